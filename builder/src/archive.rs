@@ -1,0 +1,118 @@
+//! `<name>.rootfs.tar.gz`: the image tree as a reproducible archive. Entries
+//! in path order, numeric owners only, times already clamped by the seal
+//! stage, hard links kept as links, gzip header without name or time.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufWriter;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use flate2::{Compression, GzBuilder};
+use tar::{EntryType, Header};
+
+use crate::tree::{walk, Kind};
+
+pub fn write_rootfs_archive(root: &Path, output: &Path) -> Result<()> {
+    let file = File::create(output).with_context(|| format!("while creating {}", output.display()))?;
+    let gzip = GzBuilder::new().mtime(0).operating_system(3).write(BufWriter::with_capacity(1 << 20, file), Compression::new(6));
+    let mut builder = tar::Builder::new(gzip);
+    builder.mode(tar::HeaderMode::Complete);
+    builder.follow_symlinks(false);
+    let mut first_of_inode: HashMap<(u64, u64), String> = HashMap::new();
+    for entry in walk(root)? {
+        let meta = &entry.meta;
+        let name = if entry.image_path == "/" { "./".to_string() } else { format!(".{}", entry.image_path) };
+        let mut header = Header::new_gnu();
+        header.set_mode(entry.mode());
+        header.set_uid(meta.uid() as u64);
+        header.set_gid(meta.gid() as u64);
+        header.set_mtime(meta.mtime().max(0) as u64);
+        header.set_size(0);
+        match entry.kind {
+            Kind::File if meta.nlink() > 1 => {
+                let key = (meta.dev(), meta.ino());
+                if let Some(target) = first_of_inode.get(&key) {
+                    header.set_entry_type(EntryType::Link);
+                    builder.append_link(&mut header, &name, target)?;
+                    continue;
+                }
+                first_of_inode.insert(key, name.clone());
+                append_file(&mut builder, &mut header, &name, &entry.host_path, meta.len())?;
+            }
+            Kind::File => append_file(&mut builder, &mut header, &name, &entry.host_path, meta.len())?,
+            Kind::Dir => {
+                header.set_entry_type(EntryType::Directory);
+                builder.append_data(&mut header, &name, std::io::empty())?;
+            }
+            Kind::Symlink => {
+                header.set_entry_type(EntryType::Symlink);
+                let target = std::fs::read_link(&entry.host_path)?;
+                builder.append_link(&mut header, &name, &target)?;
+            }
+            Kind::CharDevice | Kind::BlockDevice => {
+                header.set_entry_type(if entry.kind == Kind::CharDevice { EntryType::Char } else { EntryType::Block });
+                let rdev = meta.rdev();
+                header.set_device_major(libc::major(rdev))?;
+                header.set_device_minor(libc::minor(rdev))?;
+                builder.append_data(&mut header, &name, std::io::empty())?;
+            }
+            Kind::Fifo => {
+                header.set_entry_type(EntryType::Fifo);
+                builder.append_data(&mut header, &name, std::io::empty())?;
+            }
+            Kind::Socket => {}
+        }
+    }
+    let gzip = builder.into_inner()?;
+    let writer = gzip.finish()?;
+    writer.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    Ok(())
+}
+
+fn append_file<W: std::io::Write>(
+    builder: &mut tar::Builder<W>,
+    header: &mut Header,
+    name: &str,
+    path: &Path,
+    size: u64,
+) -> Result<()> {
+    header.set_entry_type(EntryType::Regular);
+    header.set_size(size);
+    let file = File::open(path).with_context(|| format!("while archiving {}", path.display()))?;
+    builder.append_data(header, name, file)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archive_is_reproducible_and_keeps_links() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("bin")).unwrap();
+        std::fs::write(root.path().join("bin/a"), "x").unwrap();
+        std::fs::hard_link(root.path().join("bin/a"), root.path().join("bin/b")).unwrap();
+        std::os::unix::fs::symlink("a", root.path().join("bin/c")).unwrap();
+        crate::stages::seal::clamp_times(root.path(), 1000).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        write_rootfs_archive(root.path(), &out.path().join("1.tar.gz")).unwrap();
+        write_rootfs_archive(root.path(), &out.path().join("2.tar.gz")).unwrap();
+        let one = std::fs::read(out.path().join("1.tar.gz")).unwrap();
+        assert_eq!(one, std::fs::read(out.path().join("2.tar.gz")).unwrap());
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&one[..]));
+        let kinds: Vec<(String, EntryType)> = archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.path().unwrap().to_string_lossy().into_owned(), e.header().entry_type())
+            })
+            .collect();
+        assert_eq!(kinds[2], ("./bin/a".to_string(), EntryType::Regular));
+        assert_eq!(kinds[3], ("./bin/b".to_string(), EntryType::Link));
+        assert_eq!(kinds[4], ("./bin/c".to_string(), EntryType::Symlink));
+    }
+}

@@ -1,0 +1,124 @@
+//! The build context: the validated profile, the lock, and the workspace
+//! paths (`root()`, `artifacts()`, `log()`), so that no stage invents its own.
+//! Stages record what they did here for the report.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+use crate::cache::Cache;
+use crate::lock::Lock;
+use crate::mirror::Mirror;
+use crate::profile::Profile;
+
+/// One entry of `<name>.report.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageRecord {
+    pub stage: String,
+    pub applied: bool,
+    pub settings: serde_json::Value,
+}
+
+pub struct BuildContext {
+    pub profile: Profile,
+    pub lock: Lock,
+    pub mirror: Mirror,
+    pub cache: Cache,
+    /// The clock of the build: every timestamp in the artifacts is at most this.
+    pub source_date_epoch: i64,
+    staging: tempfile::TempDir,
+    log: PathBuf,
+    pub records: Vec<StageRecord>,
+}
+
+impl BuildContext {
+    pub fn new(profile: Profile, lock: Lock, mirror: Mirror, cache: Cache, out: &Path, log: PathBuf) -> Result<BuildContext> {
+        let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).with_context(|| format!("while creating {}", parent.display()))?;
+        let staging = tempfile::Builder::new()
+            .prefix(&format!(".rampart-staging-{}-", profile.name))
+            .tempdir_in(parent)
+            .with_context(|| format!("while creating a staging directory in {}", parent.display()))?;
+        std::fs::create_dir_all(staging.path().join("artifacts"))?;
+        std::fs::create_dir_all(staging.path().join("work"))?;
+        let source_date_epoch = lock.source_date_epoch;
+        Ok(BuildContext { profile, lock, mirror, cache, source_date_epoch, staging, log, records: Vec::new() })
+    }
+
+    /// The image's root file system tree.
+    pub fn root(&self) -> PathBuf {
+        self.staging.path().join("root")
+    }
+
+    /// Where finished artifacts are collected before they are published.
+    pub fn artifacts(&self) -> PathBuf {
+        self.staging.path().join("artifacts")
+    }
+
+    /// Scratch space for intermediate files (file system images, ...).
+    pub fn work(&self) -> PathBuf {
+        self.staging.path().join("work")
+    }
+
+    pub fn log(&self) -> &Path {
+        &self.log
+    }
+
+    /// The path of an artifact: `<name>.<suffix>`.
+    pub fn artifact(&self, suffix: &str) -> PathBuf {
+        self.artifacts().join(format!("{}.{suffix}", self.profile.name))
+    }
+
+    /// Writes a root-owned file into the image, refusing paths that leave it.
+    pub fn install_file(&self, image_path: &str, contents: &[u8], mode: u32) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = crate::fsutil::resolve_in_root(&self.root(), Path::new(image_path))?;
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            std::fs::remove_file(&path)?;
+        }
+        std::fs::write(&path, contents).with_context(|| format!("while writing {image_path} into the image"))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+        std::os::unix::fs::lchown(&path, Some(0), Some(0))?;
+        Ok(())
+    }
+
+    /// Makes `image_path` a symlink to `target` inside the image.
+    pub fn install_symlink(&self, image_path: &str, target: &str) -> Result<()> {
+        let path = crate::fsutil::resolve_in_root(&self.root(), Path::new(image_path))?;
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        if std::fs::symlink_metadata(&path).is_ok() {
+            std::fs::remove_file(&path)?;
+        }
+        std::os::unix::fs::symlink(target, &path).with_context(|| format!("while linking {image_path} in the image"))?;
+        Ok(())
+    }
+
+    /// A command run inside the image root (chroot), with the build's clock.
+    pub fn in_root(&self, program: &str) -> crate::process::Cmd {
+        crate::process::Cmd::new("chroot")
+            .arg(self.root())
+            .arg(program)
+            .env("SOURCE_DATE_EPOCH", self.source_date_epoch.to_string())
+    }
+
+    pub fn record(&mut self, stage: &str, applied: bool, settings: serde_json::Value) {
+        self.records.push(StageRecord { stage: stage.to_string(), applied, settings });
+    }
+
+    /// Moves the artifacts to `out`, replacing what was there, and removes
+    /// the staging directory.
+    pub fn publish(self, out: &Path) -> Result<()> {
+        let trash = self.staging.path().join("previous");
+        if out.exists() {
+            std::fs::rename(out, &trash).with_context(|| format!("while moving the previous {} aside", out.display()))?;
+        }
+        std::fs::rename(self.artifacts(), out).with_context(|| format!("while publishing artifacts to {}", out.display()))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,123 @@
+//! `rampart build`: the pipeline, read top to bottom. Each stage takes the
+//! context and records what it did; outputs are made in staging and moved
+//! into `--out` only when everything succeeded.
+
+pub mod context;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::cache::Cache;
+use crate::fsutil::{sha256_file, write_atomic};
+use crate::lock::Lock;
+use crate::mirror::Mirror;
+use crate::profile::Profile;
+use crate::{archive, baseline, fetch, lock, manifest, stages, ui};
+use context::BuildContext;
+
+pub struct BuildOptions {
+    pub offline: bool,
+    pub out: PathBuf,
+    pub cache: PathBuf,
+}
+
+/// The lock to build from: read it, or (online) make or refresh it.
+pub fn ensure_lock(profile: &Profile, mirror: &Mirror, offline: bool, log: &Path) -> Result<Lock> {
+    let path = profile.lock_path();
+    if path.exists() {
+        let existing = Lock::read(&path)?;
+        if existing.is_current_for(profile) {
+            return Ok(existing);
+        }
+        if offline {
+            bail!(
+                "{} is stale: the profile's package selection changed since it was locked; run `rampart lock {}` on a connected host",
+                path.display(),
+                profile.path.display()
+            );
+        }
+        ui::step(&format!("{} is stale for the profile's package selection; re-locking", path.display()));
+    } else if offline {
+        bail!("offline build, but {} has no lock; run `rampart lock {}` on a connected host", profile.path.display(), profile.path.display());
+    }
+    let timer = ui::Timed::start(&format!("locking the package set of {}", profile.path.display()));
+    let fresh = lock::resolve(profile, mirror, log)?;
+    fresh.write(&path, profile.name.as_str())?;
+    timer.done();
+    Ok(fresh)
+}
+
+pub fn build(profile: Profile, mirror: Mirror, options: &BuildOptions) -> Result<()> {
+    // Everything the profile names is checked before any work starts.
+    stages::overlays::validate(&profile)?;
+    let cache = Cache::open(&options.cache)?;
+    if let Some(parent) = options.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("while creating {}", parent.display()))?;
+    }
+    let log = options.out.with_extension("build.log");
+    std::fs::write(&log, "").with_context(|| format!("while creating {}", log.display()))?;
+    ui::step(&format!("log: {}", log.display()));
+
+    let lock = ensure_lock(&profile, &mirror, options.offline, &log)?;
+    if options.offline {
+        fetch::require_cached(&lock, &cache, &profile.path)?;
+    } else {
+        fetch::fetch(&lock, &mirror, &cache, &log)?;
+    }
+
+    let mut ctx = BuildContext::new(profile, lock, mirror, cache, &options.out, log)?;
+    stages::packages::run(&mut ctx)?;
+    stages::configure::run(&mut ctx)?;
+    stages::users::run(&mut ctx)?;
+    stages::firstboot::run(&mut ctx)?;
+    stages::overlays::run(&mut ctx)?;
+    stages::seal::run(&mut ctx)?;
+    write_artifacts(&mut ctx)?;
+    ctx.publish(&options.out)?;
+    ui::step(&format!("artifacts in {}", options.out.display()));
+    Ok(())
+}
+
+fn write_artifacts(ctx: &mut BuildContext) -> Result<()> {
+    let timer = ui::Timed::start("writing artifacts");
+    let name = ctx.profile.name.to_string();
+    let records = baseline::compute(&ctx.root())?;
+    write_atomic(&ctx.artifact("baseline"), baseline::render(&name, &records).as_bytes())?;
+    let manifest = manifest::render(&ctx.profile, &ctx.lock);
+    write_atomic(&ctx.artifact("manifest.json"), format!("{:#}\n", manifest).as_bytes())?;
+
+    let root = ctx.root();
+    let archive_path = ctx.artifact("rootfs.tar.gz");
+    // The archive and the disk are independent; make them side by side.
+    let archive_thread = std::thread::spawn(move || archive::write_rootfs_archive(&root, &archive_path));
+    let disk_result = stages::disk::run(ctx);
+    archive_thread.join().map_err(|_| anyhow::anyhow!("the archive writer panicked"))??;
+    disk_result?;
+
+    let report = serde_json::json!({
+        "format": "rampart-report-v1",
+        "image": name,
+        "profile": ctx.profile.path.display().to_string(),
+        "source-date-epoch": ctx.source_date_epoch,
+        "stages": ctx.records,
+    });
+    write_atomic(&ctx.artifact("report.json"), format!("{:#}\n", report).as_bytes())?;
+    write_sums(&ctx.artifacts())?;
+    timer.done();
+    Ok(())
+}
+
+/// SHA256SUMS over every artifact, in name order, `sha256sum -c` compatible.
+fn write_sums(dir: &Path) -> Result<()> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    names.retain(|n| n != "SHA256SUMS");
+    names.sort();
+    let mut text = String::new();
+    for name in names {
+        text.push_str(&format!("{}  {}\n", sha256_file(&dir.join(&name))?, name));
+    }
+    write_atomic(&dir.join("SHA256SUMS"), text.as_bytes())
+}

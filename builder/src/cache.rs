@@ -1,0 +1,73 @@
+//! The shared, content-addressed cache (default /var/cache/rampart): .debs by
+//! sha256 and package-stage root trees by input digest. Entries appear only
+//! by rename, complete and verified; a killed run leaves no partial entry.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::fsutil::sha256_file;
+use crate::lock::{Lock, LockedPackage};
+
+pub const DEFAULT_CACHE: &str = "/var/cache/rampart";
+
+#[derive(Debug, Clone)]
+pub struct Cache {
+    root: PathBuf,
+}
+
+/// A cached .deb that failed its digest check and was thrown away.
+#[derive(Debug)]
+pub struct Damaged {
+    pub package: String,
+    pub actual_sha256: String,
+}
+
+impl Cache {
+    pub fn open(root: &Path) -> Result<Cache> {
+        for sub in ["debs", "rootfs", "tmp"] {
+            std::fs::create_dir_all(root.join(sub))
+                .with_context(|| format!("while creating the cache at {}", root.display()))?;
+        }
+        Ok(Cache { root: root.to_path_buf() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn deb_path(&self, sha256: &str) -> PathBuf {
+        self.root.join("debs").join(format!("{sha256}.deb"))
+    }
+
+    pub fn rootfs_path(&self, key: &str) -> PathBuf {
+        self.root.join("rootfs").join(format!("{key}.tar"))
+    }
+
+    /// A scratch directory on the cache's filesystem, so that finished
+    /// entries can be renamed into place.
+    pub fn scratch(&self) -> Result<tempfile::TempDir> {
+        Ok(tempfile::Builder::new().prefix("scratch-").tempdir_in(self.root.join("tmp"))?)
+    }
+
+    /// Checks every locked package in the cache. Damaged entries are removed
+    /// and reported; returns the packages that are not (or no longer) cached.
+    pub fn check<'a>(&self, lock: &'a Lock) -> Result<(Vec<&'a LockedPackage>, Vec<Damaged>)> {
+        let mut missing = Vec::new();
+        let mut damaged = Vec::new();
+        for package in &lock.packages {
+            let path = self.deb_path(&package.sha256);
+            if !path.exists() {
+                missing.push(package);
+                continue;
+            }
+            let actual = sha256_file(&path)?;
+            if actual != package.sha256 {
+                std::fs::remove_file(&path).with_context(|| format!("while removing damaged {}", path.display()))?;
+                damaged.push(Damaged { package: format!("{} {}", package.name, package.version), actual_sha256: actual });
+                missing.push(package);
+            }
+        }
+        Ok((missing, damaged))
+    }
+}

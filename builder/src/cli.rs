@@ -1,0 +1,129 @@
+//! The command line: argument types (clap) and the thin dispatch from each
+//! command to the module that does the work. No work happens here.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::build::{self, BuildOptions};
+use crate::cache::{Cache, DEFAULT_CACHE};
+use crate::lock::{self, Lock};
+use crate::mirror::{self, Mirror};
+use crate::profile::{self, Profile};
+use crate::{fetch, ui};
+
+#[derive(Debug, Parser)]
+#[command(name = "rampart", version, about = "Build hardened, bootable Debian 12 images offline and prove them in QEMU")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Resolve the profile's complete package set and write PROFILE's .lock next to it
+    Lock {
+        /// The profile file (profiles/NAME.toml)
+        profile: PathBuf,
+        /// Re-resolve even if the lock is current, and show what changed
+        #[arg(long)]
+        update: bool,
+        /// Debian mirror URL, overriding the profile and the host's apt sources
+        #[arg(long)]
+        mirror: Option<String>,
+    },
+    /// Download every locked .deb into the cache, verifying signature and digests
+    Fetch {
+        profile: PathBuf,
+        /// Content-addressed package cache
+        #[arg(long, default_value = DEFAULT_CACHE)]
+        cache: PathBuf,
+        #[arg(long)]
+        mirror: Option<String>,
+    },
+    /// Build the image and its artifacts (locks and fetches first unless --offline)
+    Build {
+        profile: PathBuf,
+        /// Use the cache alone; the package stage runs with the network cut
+        #[arg(long)]
+        offline: bool,
+        /// Output directory [default: out/<profile-name>]
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value = DEFAULT_CACHE)]
+        cache: PathBuf,
+        #[arg(long)]
+        mirror: Option<String>,
+    },
+}
+
+pub fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Lock { profile, update, mirror } => {
+            let profile = load(&profile)?;
+            let mirror = resolve_mirror(&profile, mirror.as_deref())?;
+            run_lock(&profile, &mirror, update)?;
+        }
+        Command::Fetch { profile, cache, mirror } => {
+            let profile = load(&profile)?;
+            let mirror = resolve_mirror(&profile, mirror.as_deref())?;
+            let cache = Cache::open(&cache)?;
+            let log = std::env::temp_dir().join(format!("rampart-fetch-{}.log", profile.name));
+            let lock = build::ensure_lock(&profile, &mirror, false, &log)?;
+            let summary = fetch::fetch(&lock, &mirror, &cache, &log)?;
+            ui::step(&format!(
+                "{} packages verified in {} ({} downloaded, {} damaged entries replaced)",
+                summary.n_packages,
+                cache.root().display(),
+                summary.n_downloaded,
+                summary.n_damaged
+            ));
+        }
+        Command::Build { profile, offline, out, cache, mirror } => {
+            let profile = load(&profile)?;
+            let mirror = resolve_mirror(&profile, mirror.as_deref())?;
+            let out = out.unwrap_or_else(|| default_out(&profile));
+            build::build(profile, mirror, &BuildOptions { offline, out, cache })?;
+        }
+    }
+    Ok(0)
+}
+
+fn load(path: &Path) -> Result<Profile> {
+    Ok(profile::load(path)?)
+}
+
+fn resolve_mirror(profile: &Profile, cli_mirror: Option<&str>) -> Result<Mirror> {
+    let host = mirror::host_sources()?;
+    mirror::resolve(&profile.mirror, cli_mirror, &host).with_context(|| format!("while choosing the mirror for {}", profile.path.display()))
+}
+
+pub fn default_out(profile: &Profile) -> PathBuf {
+    PathBuf::from("out").join(profile.name.as_str())
+}
+
+fn run_lock(profile: &Profile, mirror: &Mirror, update: bool) -> Result<()> {
+    let path = profile.lock_path();
+    let old = if path.exists() { Some(Lock::read(&path)?) } else { None };
+    if let Some(old) = &old {
+        if old.is_current_for(profile) && !update {
+            ui::step(&format!("{} is current ({} packages); use --update to refresh it", path.display(), old.packages.len()));
+            return Ok(());
+        }
+    }
+    let log = std::env::temp_dir().join(format!("rampart-lock-{}.log", profile.name));
+    let fresh = lock::resolve(profile, mirror, &log)?;
+    if let Some(old) = &old {
+        let changes = lock::describe_changes(old, &fresh);
+        if changes.is_empty() {
+            ui::step("no package changed");
+        }
+        for line in changes {
+            println!("{line}");
+        }
+    }
+    fresh.write(&path, profile.name.as_str())?;
+    ui::step(&format!("wrote {} ({} packages)", path.display(), fresh.packages.len()));
+    Ok(())
+}

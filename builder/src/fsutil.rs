@@ -1,0 +1,118 @@
+//! Small filesystem helpers shared by stages: atomic writes, streaming
+//! digests, and resolving a path inside an image root without ever following
+//! a symlink out of it.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and
+/// a rename, so readers see the old content or the new, never a part.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("while creating {}", dir.display()))?;
+    let mut temp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("while writing {}", path.display()))?;
+    temp.write_all(bytes)?;
+    use std::os::unix::fs::PermissionsExt;
+    temp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    temp.as_file().sync_all()?;
+    temp.persist(path).with_context(|| format!("while writing {}", path.display()))?;
+    Ok(())
+}
+
+/// The sha256 of a file, read in chunks.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut file = File::open(path).with_context(|| format!("while reading {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Resolves `relative` (an image path like "etc/ssh/sshd_config") inside
+/// `root` the way the image itself would see it: symlinks are followed
+/// relative to `root`, and any path that would leave `root` is refused.
+/// The last component is not followed.
+pub fn resolve_in_root(root: &Path, relative: &Path) -> Result<PathBuf> {
+    let mut resolved = PathBuf::new();
+    let mut pending: Vec<std::ffi::OsString> = Vec::new();
+    for component in relative.components().rev() {
+        pending.push(component.as_os_str().to_os_string());
+    }
+    let mut hops = 0;
+    while let Some(part) = pending.pop() {
+        let part_path = Path::new(&part);
+        match part_path.components().next() {
+            Some(Component::RootDir) | Some(Component::CurDir) | None => continue,
+            Some(Component::ParentDir) => {
+                if !resolved.pop() {
+                    bail!("path {} escapes the image root", relative.display());
+                }
+                continue;
+            }
+            _ => {}
+        }
+        let candidate = resolved.join(&part);
+        let on_host = root.join(&candidate);
+        let is_last = pending.is_empty();
+        match std::fs::symlink_metadata(&on_host) {
+            Ok(meta) if meta.file_type().is_symlink() && !is_last => {
+                hops += 1;
+                if hops > 40 {
+                    bail!("too many symlinks resolving {}", relative.display());
+                }
+                let target = std::fs::read_link(&on_host)?;
+                if target.is_absolute() {
+                    resolved = PathBuf::new();
+                }
+                for component in target.components().rev() {
+                    pending.push(component.as_os_str().to_os_string());
+                }
+            }
+            _ => resolved = candidate,
+        }
+    }
+    Ok(root.join(resolved))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symlinks_resolve_inside_the_root() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("usr/lib")).unwrap();
+        std::os::unix::fs::symlink("usr/lib", root.path().join("lib")).unwrap();
+        std::os::unix::fs::symlink("/usr/lib", root.path().join("abs")).unwrap();
+        assert_eq!(resolve_in_root(root.path(), Path::new("lib/x")).unwrap(), root.path().join("usr/lib/x"));
+        assert_eq!(resolve_in_root(root.path(), Path::new("/abs/x")).unwrap(), root.path().join("usr/lib/x"));
+    }
+
+    #[test]
+    fn escaping_paths_are_refused() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("etc")).unwrap();
+        std::os::unix::fs::symlink("../../../..", root.path().join("etc/up")).unwrap();
+        assert!(resolve_in_root(root.path(), Path::new("../x")).is_err());
+        assert!(resolve_in_root(root.path(), Path::new("etc/up/x")).is_err());
+    }
+
+    #[test]
+    fn atomic_write_replaces_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b.txt");
+        write_atomic(&path, b"one").unwrap();
+        write_atomic(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+    }
+}

@@ -1,0 +1,73 @@
+//! The disk layout every rampart image shares, and the fixed identifiers of
+//! its partitions and file systems, derived from the profile name so that
+//! two builds of one profile are bit-identical. Pure functions, no IO.
+
+use sha2::{Digest, Sha256};
+
+pub const ESP_LABEL: &str = "RAMPART-ESP";
+pub const ROOT_LABEL: &str = "rampart-root";
+pub const CONFIG_LABEL: &str = "rampart-cfg";
+pub const ESP_SIZE_MIB: u64 = 128;
+pub const CONFIG_SIZE_MIB: u64 = 16;
+/// Partitions start at 1 MiB, aligned.
+pub const FIRST_LBA_MIB: u64 = 1;
+
+/// The fixed identifiers of one profile's image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identifiers {
+    pub disk_guid: String,
+    pub esp_partuuid: String,
+    pub root_partuuid: String,
+    pub config_partuuid: String,
+    pub root_fs_uuid: String,
+    pub root_hash_seed: String,
+    pub config_fs_uuid: String,
+    pub config_hash_seed: String,
+    /// FAT volume id, 8 hex digits.
+    pub esp_volume_id: String,
+}
+
+impl Identifiers {
+    pub fn for_profile(name: &str) -> Identifiers {
+        let uuid = |what: &str| derived_uuid(name, what);
+        let volume = hex::encode(&Sha256::digest(format!("rampart:{name}:esp-volume-id").as_bytes())[..4]);
+        Identifiers {
+            disk_guid: uuid("disk"),
+            esp_partuuid: uuid("esp-partition"),
+            root_partuuid: uuid("root-partition"),
+            config_partuuid: uuid("config-partition"),
+            root_fs_uuid: uuid("root-filesystem"),
+            root_hash_seed: uuid("root-hash-seed"),
+            config_fs_uuid: uuid("config-filesystem"),
+            config_hash_seed: uuid("config-hash-seed"),
+            esp_volume_id: volume,
+        }
+    }
+}
+
+/// A version-4-shaped UUID from a digest of the profile name and a purpose.
+fn derived_uuid(name: &str, what: &str) -> String {
+    let digest = Sha256::digest(format!("rampart:{name}:{what}").as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let h = hex::encode(bytes);
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_stable_and_distinct() {
+        let a = Identifiers::for_profile("baseline");
+        assert_eq!(a, Identifiers::for_profile("baseline"));
+        assert_ne!(a.root_partuuid, a.esp_partuuid);
+        assert_ne!(a.root_fs_uuid, Identifiers::for_profile("web").root_fs_uuid);
+        assert_eq!(a.root_partuuid.len(), 36);
+        assert_eq!(&a.root_partuuid[14..15], "4");
+        assert_eq!(a.esp_volume_id.len(), 8);
+    }
+}

@@ -1,0 +1,20 @@
+//! rampart: hardened, bootable Debian 12 images built offline from TOML
+//! profiles, proven by booting them in QEMU. See ARCHITECTURE.md for the map.
+
+pub mod apt;
+pub mod archive;
+pub mod baseline;
+pub mod build;
+pub mod cache;
+pub mod cli;
+pub mod fetch;
+pub mod fsutil;
+pub mod layout;
+pub mod lock;
+pub mod manifest;
+pub mod mirror;
+pub mod process;
+pub mod profile;
+pub mod stages;
+pub mod tree;
+pub mod ui;

@@ -1,0 +1,41 @@
+//! `<name>.manifest.json`: every package in the image with version, arch,
+//! suite and the sha256 of the .deb it came from: the image's SBOM.
+
+use serde_json::{json, Value};
+
+use crate::lock::Lock;
+use crate::profile::Profile;
+
+pub fn render(profile: &Profile, lock: &Lock) -> Value {
+    let packages: Vec<Value> = lock
+        .packages
+        .iter()
+        .map(|p| {
+            json!({
+                "name": p.name,
+                "version": p.version,
+                "arch": p.arch,
+                "suite": p.suite,
+                "filename": p.filename,
+                "size": p.size,
+                "sha256": p.sha256,
+                "purl": format!("pkg:deb/debian/{}@{}?arch={}", p.name, p.version.replace(':', "%3A"), p.arch),
+            })
+        })
+        .collect();
+    json!({
+        "format": "rampart-manifest-v1",
+        "image": profile.name.as_str(),
+        "description": profile.description,
+        "source-date-epoch": lock.source_date_epoch,
+        "lock-request-sha256": lock.request_sha256,
+        "sources": lock.sources.iter().map(|s| json!({
+            "suite": s.suite,
+            "components": s.components,
+            "inrelease-sha256": s.inrelease_sha256,
+            "date": s.date,
+        })).collect::<Vec<_>>(),
+        "n-packages": packages.len(),
+        "packages": packages,
+    })
+}

@@ -1,0 +1,284 @@
+//! The one door through which rampart runs other programs.
+//! Owns: pinned environment, stdin from /dev/null, error messages that show the
+//! command shell-quoted with its exit status and stderr tail. Nothing else in
+//! the crate may spawn a process.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+/// Where to point users when a host tool is missing.
+pub const INSTALL_HINT: &str = "run scripts/install-host-tools as root";
+
+/// A command to run, with a pinned environment.
+#[derive(Debug, Clone)]
+pub struct Cmd {
+    program: String,
+    args: Vec<OsString>,
+    env: Vec<(String, OsString)>,
+    cwd: Option<PathBuf>,
+    /// Run in a fresh, empty network namespace (`unshare --net`).
+    no_network: bool,
+}
+
+/// What a captured command printed.
+#[derive(Debug)]
+pub struct Output {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub status: ExitStatus,
+}
+
+impl Output {
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+impl Cmd {
+    pub fn new(program: &str) -> Cmd {
+        Cmd { program: program.to_string(), args: Vec::new(), env: Vec::new(), cwd: None, no_network: false }
+    }
+
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Cmd {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Cmd
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: impl Into<OsString>) -> Cmd {
+        self.env.push((key.to_string(), value.into()));
+        self
+    }
+
+    pub fn cwd(mut self, dir: &Path) -> Cmd {
+        self.cwd = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Cut the command off from every network: it runs in its own network
+    /// namespace that holds only a loopback device.
+    pub fn without_network(mut self) -> Cmd {
+        self.no_network = true;
+        self
+    }
+
+    /// The command as a user could paste it into a shell.
+    pub fn display(&self) -> String {
+        let mut words: Vec<String> = Vec::new();
+        if self.no_network {
+            words.extend(["unshare".to_string(), "--net".to_string()]);
+        }
+        words.push(self.program.clone());
+        words.extend(self.args.iter().map(|a| a.to_string_lossy().into_owned()));
+        shell_words::join(words)
+    }
+
+    fn command(&self) -> Command {
+        let mut command = if self.no_network {
+            let mut c = Command::new("unshare");
+            c.arg("--net").arg("--").arg(&self.program);
+            c
+        } else {
+            Command::new(&self.program)
+        };
+        command.args(&self.args);
+        command.env_clear();
+        command.env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        command.env("LANG", "C.UTF-8");
+        command.env("LC_ALL", "C.UTF-8");
+        command.env("TZ", "UTC");
+        command.env("HOME", std::env::var_os("HOME").unwrap_or_else(|| "/root".into()));
+        if let Some(term) = std::env::var_os("TERM") {
+            command.env("TERM", term);
+        }
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        if let Some(dir) = &self.cwd {
+            command.current_dir(dir);
+        }
+        command.stdin(Stdio::null());
+        command
+    }
+
+    fn not_found(&self, error: std::io::Error) -> anyhow::Error {
+        let program = if self.no_network { "unshare" } else { &self.program };
+        if error.kind() == std::io::ErrorKind::NotFound {
+            anyhow!("{program} is not installed; {INSTALL_HINT}")
+        } else {
+            anyhow!(error).context(format!("could not start `{}`", self.display()))
+        }
+    }
+
+    /// Runs a short command, capturing its output. Fails on non-zero exit.
+    pub fn run(&self) -> Result<Output> {
+        let output = self.run_unchecked()?;
+        if !output.status.success() {
+            bail!(failure_message(&self.display(), output.status, &output.stderr));
+        }
+        Ok(output)
+    }
+
+    /// Runs a short command, capturing its output, whatever its exit status.
+    pub fn run_unchecked(&self) -> Result<Output> {
+        let output = self.command().output().map_err(|e| self.not_found(e))?;
+        Ok(Output { stdout: output.stdout, stderr: output.stderr, status: output.status })
+    }
+
+    /// Runs a long command with stdout and stderr appended to `log`.
+    /// On failure the error carries the tail of the log.
+    pub fn run_logged(&self, log: &Path) -> Result<()> {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("while opening log {}", log.display()))?;
+        let start = file.seek(SeekFrom::End(0))?;
+        let mut command = self.command();
+        command.stdout(file.try_clone()?).stderr(file.try_clone()?);
+        let status = command.status().map_err(|e| self.not_found(e))?;
+        if !status.success() {
+            let mut tail = Vec::new();
+            let mut reader = File::open(log)?;
+            reader.seek(SeekFrom::Start(start))?;
+            reader.read_to_end(&mut tail)?;
+            bail!(
+                "{}\n(full log: {})",
+                failure_message(&self.display(), status, &tail),
+                log.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts a long-running command in the background. Its output goes to
+    /// `log`; it is killed when the returned guard drops and, through
+    /// PR_SET_PDEATHSIG, when rampart itself dies.
+    pub fn spawn_background(&self, log: &Path) -> Result<Background> {
+        let file = File::create(log).with_context(|| format!("while creating log {}", log.display()))?;
+        let mut command = self.command();
+        command.stdout(file.try_clone()?).stderr(file);
+        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().map_err(|e| self.not_found(e))?;
+        Ok(Background { child: Some(child), display: self.display() })
+    }
+}
+
+/// A background process that is killed when dropped.
+pub struct Background {
+    child: Option<Child>,
+    display: String,
+}
+
+impl Background {
+    pub fn id(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Returns the exit status if the process has ended.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        match &mut self.child {
+            Some(child) => Ok(child.try_wait()?),
+            None => Ok(None),
+        }
+    }
+
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn failure_message(display: &str, status: ExitStatus, stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(15)..].join("\n  ");
+    let how = describe_status(status);
+    if tail.is_empty() {
+        format!("command failed ({how}): {display}")
+    } else {
+        format!("command failed ({how}): {display}\n  {tail}")
+    }
+}
+
+pub fn describe_status(status: ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        return format!("exit status {code}");
+    }
+    match status.signal() {
+        Some(libc::SIGKILL) => "killed by SIGKILL".into(),
+        Some(libc::SIGTERM) => "killed by SIGTERM".into(),
+        Some(libc::SIGINT) => "killed by SIGINT".into(),
+        Some(libc::SIGSEGV) => "killed by SIGSEGV".into(),
+        Some(libc::SIGPIPE) => "killed by SIGPIPE".into(),
+        Some(other) => format!("killed by signal {other}"),
+        None => "unknown status".into(),
+    }
+}
+
+/// Whether a program can be found on the pinned PATH.
+pub fn have_program(program: &str) -> bool {
+    ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .any(|dir| Path::new(dir).join(program).exists())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failing_command_names_itself_and_its_status() {
+        let error = Cmd::new("sh").args(["-c", "echo oops >&2; exit 3"]).run().unwrap_err();
+        let text = format!("{error:#}");
+        assert!(text.contains("exit status 3"), "{text}");
+        assert!(text.contains("sh -c 'echo oops >&2; exit 3'"), "{text}");
+        assert!(text.contains("oops"), "{text}");
+    }
+
+    #[test]
+    fn missing_program_says_how_to_install() {
+        let error = Cmd::new("rampart-no-such-tool").run().unwrap_err();
+        assert_eq!(format!("{error:#}"), format!("rampart-no-such-tool is not installed; {INSTALL_HINT}"));
+    }
+
+    #[test]
+    fn environment_is_pinned() {
+        let output = Cmd::new("sh").args(["-c", "echo $LANG $TZ"]).run().unwrap();
+        assert_eq!(output.stdout_text().trim(), "C.UTF-8 UTC");
+    }
+}

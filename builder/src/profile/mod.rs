@@ -1,0 +1,438 @@
+//! Turns profile files into one validated `Profile`: parses each file of the
+//! `extends` chain, validates every value where it was written (so errors name
+//! file:line:col), then merges base to child. Reads the profile files and
+//! nothing else; never runs a process, never touches the network.
+
+pub mod raw;
+pub mod types;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use toml::Spanned;
+
+pub use types::{Cidr, Hostname, ImageSize, PackageName, Port, ProfileName, UserName};
+
+/// A profile error that names the place at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("{location}: {message}")]
+pub struct ProfileError {
+    pub location: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorSpec {
+    pub url: Option<String>,
+    pub security_url: Option<String>,
+    pub suite: String,
+    pub security_suite: Option<String>,
+    pub components: Vec<String>,
+    pub snapshot: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackageSpec {
+    pub include: BTreeSet<PackageName>,
+    pub exclude: BTreeSet<PackageName>,
+    pub drop_docs: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelSpec {
+    pub package: PackageName,
+    pub cmdline: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageSpec {
+    pub hostname: Hostname,
+    pub size: ImageSize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshSpec {
+    pub port: Port,
+    pub allow_from: Vec<Cidr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: UserName,
+    pub groups: Vec<UserName>,
+    pub ssh_authorized_keys: Vec<String>,
+    pub shell: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverlayTree {
+    pub name: String,
+    /// The tree's directory on disk.
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileMode {
+    pub mode: u32,
+    pub owner: String,
+    pub group: String,
+}
+
+/// A fully merged and validated profile. Stages read only this.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub name: ProfileName,
+    pub description: String,
+    /// The profile file that was asked for.
+    pub path: PathBuf,
+    /// Every file of the `extends` chain, base first.
+    pub files: Vec<PathBuf>,
+    pub mirror: MirrorSpec,
+    pub packages: PackageSpec,
+    pub kernel: KernelSpec,
+    pub image: ImageSpec,
+    pub ssh: SshSpec,
+    pub users: Vec<User>,
+    pub overlays: Vec<OverlayTree>,
+    pub overlay_modes: BTreeMap<String, FileMode>,
+    pub variables: BTreeMap<String, serde_json::Value>,
+}
+
+impl Profile {
+    /// Where the lock of this profile lives: next to it, `.lock` for `.toml`.
+    pub fn lock_path(&self) -> PathBuf {
+        self.path.with_extension("lock")
+    }
+}
+
+/// Where a value was written.
+struct Source {
+    file: PathBuf,
+    text: String,
+}
+
+impl Source {
+    fn location(&self, offset: usize) -> String {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+        format!("{}:{}:{}", self.file.display(), line, column)
+    }
+
+    fn error<T>(&self, value: &Spanned<T>, message: impl Into<String>) -> ProfileError {
+        ProfileError { location: self.location(value.span().start), message: message.into() }
+    }
+
+    fn check<T, U, E: std::fmt::Display>(
+        &self,
+        value: &Spanned<T>,
+        field: &str,
+        parse: impl FnOnce(&T) -> Result<U, E>,
+    ) -> Result<U, ProfileError> {
+        parse(value.get_ref()).map_err(|e| self.error(value, format!("{field}: {e}")))
+    }
+}
+
+/// One file's settings, validated but not yet merged.
+#[derive(Default)]
+struct Layer {
+    name: Option<ProfileName>,
+    description: Option<String>,
+    mirror_url: Option<String>,
+    mirror_security_url: Option<String>,
+    mirror_suite: Option<String>,
+    mirror_security_suite: Option<String>,
+    mirror_components: Option<Vec<String>>,
+    mirror_snapshot: Option<(String, String)>,
+    include: Vec<PackageName>,
+    exclude: Vec<PackageName>,
+    drop_docs: Option<bool>,
+    kernel_package: Option<PackageName>,
+    kernel_cmdline: Option<String>,
+    hostname: Option<Hostname>,
+    size: Option<ImageSize>,
+    ssh_port: Option<Port>,
+    ssh_allow_from: Option<Vec<Cidr>>,
+    users: Vec<User>,
+    overlays: Vec<OverlayTree>,
+    overlay_modes: BTreeMap<String, FileMode>,
+    variables: BTreeMap<String, serde_json::Value>,
+}
+
+/// Reads and validates the profile at `path` and everything it extends.
+pub fn load(path: &Path) -> Result<Profile, ProfileError> {
+    let mut chain: Vec<(PathBuf, Layer)> = Vec::new();
+    let mut next = Some((path.to_path_buf(), None::<String>));
+    while let Some((file, asked_at)) = next.take() {
+        let canonical = std::fs::canonicalize(&file).map_err(|e| ProfileError {
+            location: asked_at.clone().unwrap_or_else(|| file.display().to_string()),
+            message: format!("cannot read profile {}: {}", file.display(), io_reason(&e)),
+        })?;
+        if let Some(position) = chain.iter().position(|(seen, _)| *seen == canonical) {
+            let cycle: Vec<String> = chain[position..]
+                .iter()
+                .map(|(p, _)| p.display().to_string())
+                .chain([canonical.display().to_string()])
+                .collect();
+            return Err(ProfileError {
+                location: asked_at.unwrap_or_default(),
+                message: format!("extends forms a cycle: {}", cycle.join(" -> ")),
+            });
+        }
+        let text = std::fs::read_to_string(&canonical).map_err(|e| ProfileError {
+            location: file.display().to_string(),
+            message: format!("cannot read profile: {}", io_reason(&e)),
+        })?;
+        let source = Source { file: file.clone(), text };
+        let raw: raw::RawProfile = toml::from_str(&source.text).map_err(|e| {
+            let offset = e.span().map(|s| s.start).unwrap_or(0);
+            ProfileError { location: source.location(offset), message: e.message().trim().to_string() }
+        })?;
+        if let Some(extends) = &raw.extends {
+            let base = file.parent().unwrap_or(Path::new(".")).join(extends.get_ref());
+            next = Some((base, Some(source.location(extends.span().start))));
+        }
+        let layer = validate_layer(&source, raw)?;
+        chain.push((canonical, layer));
+    }
+    let files: Vec<PathBuf> = chain.iter().rev().map(|(p, _)| p.clone()).collect();
+    let top_name = chain[0].1.name.clone();
+    let mut merged = Layer::default();
+    for (_, layer) in chain.into_iter().rev() {
+        merge(&mut merged, layer);
+    }
+    finish(path, files, top_name, merged)
+}
+
+fn io_reason(error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::NotFound => "no such file".to_string(),
+        _ => error.to_string(),
+    }
+}
+
+fn validate_layer(source: &Source, raw: raw::RawProfile) -> Result<Layer, ProfileError> {
+    let mut layer = Layer::default();
+    if let Some(name) = &raw.name {
+        layer.name = Some(source.check(name, "name", |s| ProfileName::parse(s))?);
+    }
+    layer.description = raw.description;
+    if let Some(mirror) = raw.mirror {
+        if let Some(url) = &mirror.url {
+            layer.mirror_url = Some(source.check(url, "mirror.url", |s| types::parse_url(s))?);
+        }
+        if let Some(url) = &mirror.security_url {
+            layer.mirror_security_url = Some(source.check(url, "mirror.security-url", |s| types::parse_url(s))?);
+        }
+        if let Some(suite) = &mirror.suite {
+            layer.mirror_suite = Some(source.check(suite, "mirror.suite", |s| types::parse_suite(s))?);
+        }
+        if let Some(suite) = &mirror.security_suite {
+            layer.mirror_security_suite = Some(source.check(suite, "mirror.security-suite", |s| types::parse_suite(s))?);
+        }
+        if let Some(components) = &mirror.components {
+            let mut parsed = Vec::new();
+            for component in components {
+                parsed.push(source.check(component, "mirror.components", |s| types::parse_suite(s))?);
+            }
+            layer.mirror_components = Some(parsed);
+        }
+        if let Some(snapshot) = &mirror.snapshot {
+            let date = source.check(snapshot, "mirror.snapshot", |s| types::parse_snapshot(s))?;
+            layer.mirror_snapshot = Some((date, source.location(snapshot.span().start)));
+        }
+    }
+    if let Some(packages) = raw.packages {
+        for name in &packages.include {
+            layer.include.push(source.check(name, "packages.include", |s| PackageName::parse(s))?);
+        }
+        for name in &packages.exclude {
+            layer.exclude.push(source.check(name, "packages.exclude", |s| PackageName::parse(s))?);
+        }
+        layer.drop_docs = packages.drop_docs;
+    }
+    if let Some(kernel) = raw.kernel {
+        if let Some(package) = &kernel.package {
+            layer.kernel_package = Some(source.check(package, "kernel.package", |s| PackageName::parse(s))?);
+        }
+        if let Some(cmdline) = &kernel.cmdline {
+            layer.kernel_cmdline = Some(source.check(cmdline, "kernel.cmdline", |s| types::parse_cmdline(s))?);
+        }
+    }
+    if let Some(image) = raw.image {
+        if let Some(hostname) = &image.hostname {
+            layer.hostname = Some(source.check(hostname, "image.hostname", |s| Hostname::parse(s))?);
+        }
+        if let Some(size) = &image.size {
+            layer.size = Some(source.check(size, "image.size", |s| ImageSize::parse(s))?);
+        }
+    }
+    if let Some(ssh) = raw.ssh {
+        if let Some(port) = &ssh.port {
+            layer.ssh_port = Some(source.check(port, "ssh.port", |p| Port::from_i64(*p))?);
+        }
+        if let Some(ranges) = &ssh.allow_from {
+            let mut parsed = Vec::new();
+            for range in ranges {
+                parsed.push(source.check(range, "ssh.allow-from", |s| Cidr::parse(s))?);
+            }
+            layer.ssh_allow_from = Some(parsed);
+        }
+    }
+    let mut seen_users = BTreeSet::new();
+    for user in &raw.users {
+        let name = source.check(&user.name, "users.name", |s| UserName::parse(s))?;
+        if name.as_str() == "root" {
+            return Err(source.error(&user.name, "users.name: root cannot be an admin account; root login stays locked"));
+        }
+        if !seen_users.insert(name.clone()) {
+            return Err(source.error(&user.name, format!("users.name: user {name} is declared twice")));
+        }
+        let mut groups = Vec::new();
+        for group in &user.groups {
+            groups.push(source.check(group, "users.groups", |s| UserName::parse(s))?);
+        }
+        let mut keys = Vec::new();
+        for key in &user.ssh_authorized_keys {
+            keys.push(source.check(key, "users.ssh-authorized-keys", |s| types::parse_ssh_public_key(s))?);
+        }
+        let shell = match &user.shell {
+            Some(shell) => source.check(shell, "users.shell", |s| types::parse_absolute_path(s))?,
+            None => "/bin/bash".to_string(),
+        };
+        layer.users.push(User { name, groups, ssh_authorized_keys: keys, shell });
+    }
+    if let Some(overlays) = raw.overlays {
+        let overlays_root = source.file.parent().unwrap_or(Path::new(".")).join("..").join("overlays");
+        for tree in &overlays.trees {
+            let name = source.check(tree, "overlays.trees", |s| types::parse_tree_name(s))?;
+            let dir = overlays_root.join(&name);
+            if !dir.is_dir() {
+                return Err(source.error(tree, format!("overlays.trees: no overlay tree {} (looked for {})", name, dir.display())));
+            }
+            layer.overlays.push(OverlayTree { name, dir });
+        }
+        for (path, spec) in &overlays.modes {
+            let path = types::parse_absolute_path(path).map_err(|e| source.error(spec, format!("overlays.modes: {e}")))?;
+            let mode = source.check(spec, &format!("overlays.modes.\"{path}\""), |s| types::parse_file_mode(s))?;
+            layer.overlay_modes.insert(path, mode);
+        }
+    }
+    for (key, value) in raw.variables {
+        if !types::is_identifier(&key) {
+            return Err(source.error(&value, format!("variables: {key:?} is not a valid variable name (letters, digits, _)")));
+        }
+        let json = serde_json::to_value(value.get_ref()).map_err(|e| source.error(&value, format!("variables.{key}: {e}")))?;
+        layer.variables.insert(key, json);
+    }
+    Ok(layer)
+}
+
+/// Merge rules (documented in README): scalars of the child win; include and
+/// exclude lists are unions (a child's exclude removes a base's include);
+/// users are merged by name, the child's definition winning; overlay trees are
+/// appended in order; modes and variables are merged by key.
+fn merge(base: &mut Layer, child: Layer) {
+    fn take<T>(slot: &mut Option<T>, value: Option<T>) {
+        if value.is_some() {
+            *slot = value;
+        }
+    }
+    take(&mut base.name, child.name);
+    take(&mut base.description, child.description);
+    take(&mut base.mirror_url, child.mirror_url);
+    take(&mut base.mirror_security_url, child.mirror_security_url);
+    take(&mut base.mirror_suite, child.mirror_suite);
+    take(&mut base.mirror_security_suite, child.mirror_security_suite);
+    take(&mut base.mirror_components, child.mirror_components);
+    take(&mut base.mirror_snapshot, child.mirror_snapshot);
+    base.include.retain(|p| !child.exclude.contains(p));
+    base.exclude.retain(|p| !child.include.contains(p));
+    base.include.extend(child.include);
+    base.exclude.extend(child.exclude);
+    take(&mut base.drop_docs, child.drop_docs);
+    take(&mut base.kernel_package, child.kernel_package);
+    take(&mut base.kernel_cmdline, child.kernel_cmdline);
+    take(&mut base.hostname, child.hostname);
+    take(&mut base.size, child.size);
+    take(&mut base.ssh_port, child.ssh_port);
+    take(&mut base.ssh_allow_from, child.ssh_allow_from);
+    for user in child.users {
+        base.users.retain(|u| u.name != user.name);
+        base.users.push(user);
+    }
+    base.overlays.extend(child.overlays);
+    base.overlay_modes.extend(child.overlay_modes);
+    base.variables.extend(child.variables);
+}
+
+fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer: Layer) -> Result<Profile, ProfileError> {
+    let at_file = |message: String| ProfileError { location: path.display().to_string(), message };
+    let name = top_name.ok_or_else(|| at_file("missing field `name` (every profile names itself)".into()))?;
+    let url = layer.mirror_url;
+    if let Some((date, location)) = &layer.mirror_snapshot {
+        for candidate in [&url, &layer.mirror_security_url].into_iter().flatten() {
+            if !candidate.contains("{snapshot}") {
+                return Err(ProfileError {
+                    location: location.clone(),
+                    message: format!(
+                        "mirror.snapshot: snapshot {date} needs mirror urls with a {{snapshot}} placeholder, and {candidate} has none"
+                    ),
+                });
+            }
+        }
+        if url.is_none() {
+            return Err(ProfileError {
+                location: location.clone(),
+                message: "mirror.snapshot: a snapshot needs mirror.url (with a {snapshot} placeholder)".into(),
+            });
+        }
+    }
+    let include: BTreeSet<PackageName> = layer.include.into_iter().collect();
+    let exclude: BTreeSet<PackageName> = layer.exclude.into_iter().collect();
+    if let Some(both) = include.intersection(&exclude).next() {
+        return Err(at_file(format!("packages: {both} is both included and excluded")));
+    }
+    let kernel_package = layer.kernel_package.unwrap_or_else(|| PackageName::parse("linux-image-cloud-amd64").unwrap());
+    if exclude.contains(&kernel_package) {
+        return Err(at_file(format!("packages.exclude: {kernel_package} is the kernel package")));
+    }
+    let hostname = match layer.hostname {
+        Some(h) => h,
+        None => Hostname::parse(name.as_str()).map_err(|e| at_file(format!("image.hostname: {e}")))?,
+    };
+    let users = layer.users;
+    Ok(Profile {
+        description: layer.description.unwrap_or_default(),
+        path: path.to_path_buf(),
+        files,
+        mirror: MirrorSpec {
+            url,
+            security_url: layer.mirror_security_url,
+            suite: layer.mirror_suite.unwrap_or_else(|| "bookworm".into()),
+            security_suite: layer.mirror_security_suite.or_else(|| Some("bookworm-security".into())).filter(|s| !s.is_empty()),
+            components: layer.mirror_components.unwrap_or_else(|| vec!["main".into()]),
+            snapshot: layer.mirror_snapshot.map(|(date, _)| date),
+        },
+        packages: PackageSpec { include, exclude, drop_docs: layer.drop_docs.unwrap_or(true) },
+        kernel: KernelSpec {
+            package: kernel_package,
+            cmdline: layer.kernel_cmdline.unwrap_or_else(|| "console=ttyS0".into()),
+        },
+        image: ImageSpec { hostname, size: layer.size.unwrap_or(ImageSize::from_bytes(2 << 30)) },
+        ssh: SshSpec {
+            port: layer.ssh_port.unwrap_or(Port::SSH),
+            allow_from: layer
+                .ssh_allow_from
+                .unwrap_or_else(|| vec![Cidr::parse("0.0.0.0/0").unwrap(), Cidr::parse("::/0").unwrap()]),
+        },
+        users,
+        overlays: layer.overlays,
+        overlay_modes: layer.overlay_modes,
+        variables: layer.variables,
+        name,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,61 @@
+//! Configure stage: identity and plumbing every image needs: host name,
+//! /etc/hosts, /etc/fstab of the rampart layout, apt sources pointing at the
+//! profile's mirror, DHCP networking by systemd-networkd. Writes files only.
+
+use anyhow::Result;
+use serde_json::json;
+
+use crate::build::context::BuildContext;
+use crate::layout::{Identifiers, ROOT_LABEL};
+
+pub fn run(ctx: &mut BuildContext) -> Result<()> {
+    let hostname = ctx.profile.image.hostname.to_string();
+    ctx.install_file("etc/hostname", format!("{hostname}\n").as_bytes(), 0o644)?;
+    let hosts = format!(
+        "127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n"
+    );
+    ctx.install_file("etc/hosts", hosts.as_bytes(), 0o644)?;
+
+    let ids = Identifiers::for_profile(ctx.profile.name.as_str());
+    let fstab = format!(
+        "# rampart layout: root found by partition UUID, never by device name\nPARTUUID={}\t/\text4\tdefaults,errors=remount-ro\t0\t1\n",
+        ids.root_partuuid
+    );
+    ctx.install_file("etc/fstab", fstab.as_bytes(), 0o644)?;
+
+    let mut sources = String::new();
+    for source in ctx.mirror.sources() {
+        sources.push_str(&format!(
+            "Types: deb\nURIs: {}\nSuites: {}\nComponents: {}\nSigned-By: {}\n\n",
+            source.url,
+            source.suite,
+            source.components.join(" "),
+            crate::apt::ARCHIVE_KEYRING
+        ));
+    }
+    ctx.install_file("etc/apt/sources.list.d/debian.sources", sources.trim_end().as_bytes(), 0o644)?;
+    ctx.install_file("etc/apt/sources.list", b"# see /etc/apt/sources.list.d/debian.sources\n", 0o644)?;
+
+    let network = "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n\n[DHCPv4]\nUseDomains=yes\n";
+    ctx.install_file("etc/systemd/network/80-rampart-dhcp.network", network.as_bytes(), 0o644)?;
+    ctx.install_symlink(
+        "etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
+        "/lib/systemd/system/systemd-networkd.service",
+    )?;
+    ctx.install_symlink(
+        "etc/systemd/system/sockets.target.wants/systemd-networkd.socket",
+        "/lib/systemd/system/systemd-networkd.socket",
+    )?;
+
+    ctx.record(
+        "configure",
+        true,
+        json!({
+            "hostname": hostname,
+            "root": format!("PARTUUID={} (label {ROOT_LABEL})", ids.root_partuuid),
+            "apt-sources": ctx.mirror.sources().iter().map(|s| format!("{} {}", s.url, s.suite)).collect::<Vec<_>>(),
+            "network": "systemd-networkd, DHCP on en*/eth*",
+        }),
+    );
+    Ok(())
+}

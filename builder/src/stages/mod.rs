@@ -1,0 +1,10 @@
+//! One module per stage and per hardening control. Stages read the validated
+//! profile from the context and never parse TOML.
+
+pub mod configure;
+pub mod disk;
+pub mod firstboot;
+pub mod overlays;
+pub mod packages;
+pub mod seal;
+pub mod users;

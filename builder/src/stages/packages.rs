@@ -1,0 +1,159 @@
+//! Package stage: the root tree, made by mmdebstrap from a local repository of
+//! the cached, verified .debs alone, with the network cut. Its output is
+//! cached by a digest of every input, so a profile edit that keeps the lock
+//! reuses it. Never downloads anything.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::apt::ARCH;
+use crate::build::context::BuildContext;
+use crate::process::Cmd;
+use crate::ui;
+
+/// Bump when the way this stage calls mmdebstrap changes.
+const STAGE_VERSION: &str = "packages-v2";
+
+/// Paths dpkg leaves out of the image when `packages.drop-docs` is on.
+const DOC_EXCLUDES: &[&str] = &[
+    "path-exclude=/usr/share/man/*",
+    "path-exclude=/usr/share/doc/*",
+    "path-include=/usr/share/doc/*/copyright",
+    "path-exclude=/usr/share/info/*",
+    "path-exclude=/usr/share/locale/*",
+    "path-include=/usr/share/locale/locale.alias",
+    "path-exclude=/usr/share/lintian/*",
+    "path-exclude=/usr/share/linda/*",
+];
+
+pub fn run(ctx: &mut BuildContext) -> Result<()> {
+    let dpkg_options: Vec<&str> = if ctx.profile.packages.drop_docs { DOC_EXCLUDES.to_vec() } else { Vec::new() };
+    let mmdebstrap_version = Cmd::new("mmdebstrap").arg("--version").run()?.stdout_text().trim().to_string();
+    let key = stage_key(&ctx.lock.render("")?, &dpkg_options, &mmdebstrap_version, &ctx.profile.mirror.suite);
+    let cached = ctx.cache.rootfs_path(&key);
+    let reused = cached.exists();
+    if reused {
+        ui::step(&format!("package stage: reusing cached root tree {}", short(&key)));
+    } else {
+        let timer = ui::Timed::start(&format!("package stage: mmdebstrap of {} packages, network cut", ctx.lock.packages.len()));
+        bootstrap(ctx, &dpkg_options, &cached)?;
+        timer.done();
+    }
+    let root = ctx.root();
+    std::fs::create_dir_all(&root)?;
+    Cmd::new("tar")
+        .args(["--extract", "--preserve-permissions", "--numeric-owner", "--xattrs", "--xattrs-include=*", "--file"])
+        .arg(&cached)
+        .arg("--directory")
+        .arg(&root)
+        .run()
+        .context("while unpacking the package stage's root tree")?;
+    let installed = installed_packages(&root)?;
+    let locked: Vec<String> = ctx.lock.packages.iter().map(|p| format!("{} {}", p.name, p.version)).collect();
+    let missing: Vec<&String> = locked.iter().filter(|p| !installed.contains(p)).collect();
+    let extra: Vec<&String> = installed.iter().filter(|p| !locked.contains(p)).collect();
+    if !missing.is_empty() || !extra.is_empty() {
+        bail!("the installed packages differ from the lock (not installed: {missing:?}; not locked: {extra:?}); run `rampart lock --update`");
+    }
+    let settings = json!({
+        "packages": ctx.lock.packages.len(),
+        "variant": "essential",
+        "drop-docs": ctx.profile.packages.drop_docs,
+        "dpkg-options": dpkg_options,
+        "mmdebstrap": mmdebstrap_version,
+        "network": "none (own network namespace)",
+        "stage-key": key,
+    });
+    ctx.record("packages", true, settings);
+    Ok(())
+}
+
+fn short(key: &str) -> &str {
+    &key[..12.min(key.len())]
+}
+
+fn stage_key(lock_text: &str, dpkg_options: &[&str], mmdebstrap_version: &str, suite: &str) -> String {
+    let mut hasher = Sha256::new();
+    for part in [STAGE_VERSION, lock_text, &dpkg_options.join("\n"), mmdebstrap_version, suite] {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part.as_bytes());
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// Runs mmdebstrap against a local repository and stores its tarball in the
+/// cache under `cached`, by rename only when complete.
+fn bootstrap(ctx: &BuildContext, dpkg_options: &[&str], cached: &Path) -> Result<()> {
+    let scratch = ctx.cache.scratch()?;
+    let repo = scratch.path().join("repo");
+    let suite = &ctx.profile.mirror.suite;
+    let pool = repo.join("pool");
+    let index_dir = repo.join(format!("dists/{suite}/main/binary-{ARCH}"));
+    std::fs::create_dir_all(&pool)?;
+    std::fs::create_dir_all(&index_dir)?;
+    for package in &ctx.lock.packages {
+        let name = format!("{}_{}_{}.deb", package.name, package.version.replace(':', "%3a"), package.arch);
+        let source = ctx.cache.deb_path(&package.sha256);
+        std::fs::hard_link(&source, pool.join(&name))
+            .or_else(|_| std::fs::copy(&source, pool.join(&name)).map(|_| ()))
+            .with_context(|| format!("while putting {} into the local repository", package.name))?;
+    }
+    let packages = Cmd::new("apt-ftparchive").args(["packages", "pool"]).cwd(&repo).run()?;
+    std::fs::write(index_dir.join("Packages"), &packages.stdout)?;
+    let release = Cmd::new("apt-ftparchive")
+        .arg("-o").arg(format!("APT::FTPArchive::Release::Suite={suite}"))
+        .arg("-o").arg(format!("APT::FTPArchive::Release::Codename={suite}"))
+        .arg("-o").arg("APT::FTPArchive::Release::Components=main")
+        .arg("-o").arg(format!("APT::FTPArchive::Release::Architectures={ARCH}"))
+        .arg("release")
+        .arg(format!("dists/{suite}"))
+        .cwd(&repo)
+        .run()?;
+    std::fs::write(repo.join(format!("dists/{suite}/Release")), &release.stdout)?;
+
+    let names: Vec<&str> = ctx.lock.packages.iter().map(|p| p.name.as_str()).collect();
+    let tarball = scratch.path().join("rootfs.tar");
+    let mut command = Cmd::new("mmdebstrap")
+        .arg("--variant=essential")
+        .arg("--mode=root")
+        .arg("--format=tar")
+        // merged /usr from the start, so usr-is-merged satisfies init-system-helpers
+        // without pulling usrmerge and perl into the image.
+        .arg("--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr")
+        .arg(format!("--architectures={ARCH}"))
+        .arg(format!("--include={}", names.join(",")))
+        .arg("--aptopt=Acquire::Languages \"none\"");
+    for option in dpkg_options {
+        command = command.arg(format!("--dpkgopt={option}"));
+    }
+    command
+        .arg(suite)
+        .arg(&tarball)
+        .arg(format!("deb [trusted=yes] copy://{} {suite} main", repo.display()))
+        .env("SOURCE_DATE_EPOCH", ctx.source_date_epoch.to_string())
+        .without_network()
+        .run_logged(ctx.log())
+        .context("while installing the locked packages with mmdebstrap (network cut)")?;
+    std::fs::rename(&tarball, cached).context("while storing the package stage in the cache")?;
+    Ok(())
+}
+
+/// "name version" of every package dpkg has installed in the root.
+pub fn installed_packages(root: &Path) -> Result<Vec<String>> {
+    let status_path = root.join("var/lib/dpkg/status");
+    let text = std::fs::read_to_string(&status_path).with_context(|| format!("while reading {}", status_path.display()))?;
+    let mut installed = Vec::new();
+    for stanza in text.split("\n\n") {
+        let fields = crate::apt::parse_stanza(stanza);
+        if fields.get("Status").is_some_and(|s| s.ends_with(" installed")) {
+            if let (Some(name), Some(version)) = (fields.get("Package"), fields.get("Version")) {
+                installed.push(format!("{name} {version}"));
+            }
+        }
+    }
+    installed.sort();
+    Ok(installed)
+}
