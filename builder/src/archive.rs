@@ -111,8 +111,8 @@ mod tests {
                 (e.path().unwrap().to_string_lossy().into_owned(), e.header().entry_type())
             })
             .collect();
-        assert_eq!(kinds[2], ("./bin/a".to_string(), EntryType::Regular));
-        assert_eq!(kinds[3], ("./bin/b".to_string(), EntryType::Link));
-        assert_eq!(kinds[4], ("./bin/c".to_string(), EntryType::Symlink));
+        assert_eq!(kinds[2], ("bin/a".to_string(), EntryType::Regular));
+        assert_eq!(kinds[3], ("bin/b".to_string(), EntryType::Link));
+        assert_eq!(kinds[4], ("bin/c".to_string(), EntryType::Symlink));
     }
 }

@@ -138,7 +138,11 @@ impl Cidr {
             IpAddr::V6(a) => u128::from(a),
         };
         let host_bits = bits - prefix;
-        let host_mask: u128 = if host_bits == 0 { 0 } else { (1u128 << host_bits) - 1 };
+        let host_mask: u128 = match host_bits {
+            0 => 0,
+            128 => u128::MAX,
+            n => (1u128 << n) - 1,
+        };
         if value & host_mask != 0 {
             return Err(format!("{s:?} has host bits set; did you mean the network address?"));
         }

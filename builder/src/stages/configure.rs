@@ -1,12 +1,11 @@
 //! Configure stage: identity and plumbing every image needs: host name,
-//! /etc/hosts, /etc/fstab of the rampart layout, apt sources pointing at the
+//! /etc/hosts, apt sources pointing at the
 //! profile's mirror, DHCP networking by systemd-networkd. Writes files only.
 
 use anyhow::Result;
 use serde_json::json;
 
 use crate::build::context::BuildContext;
-use crate::layout::{Identifiers, ROOT_LABEL};
 
 pub fn run(ctx: &mut BuildContext) -> Result<()> {
     let hostname = ctx.profile.image.hostname.to_string();
@@ -15,13 +14,6 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
         "127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n"
     );
     ctx.install_file("etc/hosts", hosts.as_bytes(), 0o644)?;
-
-    let ids = Identifiers::for_profile(ctx.profile.name.as_str());
-    let fstab = format!(
-        "# rampart layout: root found by partition UUID, never by device name\nPARTUUID={}\t/\text4\tdefaults,errors=remount-ro\t0\t1\n",
-        ids.root_partuuid
-    );
-    ctx.install_file("etc/fstab", fstab.as_bytes(), 0o644)?;
 
     let mut sources = String::new();
     for source in ctx.mirror.sources() {
@@ -52,7 +44,6 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
         true,
         json!({
             "hostname": hostname,
-            "root": format!("PARTUUID={} (label {ROOT_LABEL})", ids.root_partuuid),
             "apt-sources": ctx.mirror.sources().iter().map(|s| format!("{} {}", s.url, s.suite)).collect::<Vec<_>>(),
             "network": "systemd-networkd, DHCP on en*/eth*",
         }),

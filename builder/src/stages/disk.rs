@@ -1,6 +1,285 @@
-//! Disk stage (being written).
-use anyhow::Result;
+//! Disk stage: assembles `<name>.raw` (GPT: EFI system partition, a small
+//! configuration partition, the ext4 root last so it can grow) and
+//! `<name>.qcow2`, without loop devices or mounts: file systems are made from
+//! files (`mkfs.ext4 -d`, mtools) and written at partition offsets. Boots by
+//! systemd-boot through UEFI; root found by PARTUUID. Every identifier and
+//! timestamp is fixed, so two builds are bit-identical.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
 use crate::build::context::BuildContext;
-pub fn run(_ctx: &mut BuildContext) -> Result<()> {
+use crate::layout::{Identifiers, CONFIG_SIZE_MIB, ESP_LABEL, ESP_SIZE_MIB, FIRST_LBA_MIB, ROOT_LABEL};
+use crate::process::Cmd;
+use crate::tree::{walk, Kind};
+use crate::ui;
+
+const MIB: u64 = 1 << 20;
+const SYSTEMD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+const TYPE_ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+const TYPE_LINUX_DATA: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
+/// The discoverable-partitions type of an x86-64 root: systemd-repart finds it.
+const TYPE_ROOT_X86_64: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
+
+pub fn run(ctx: &mut BuildContext) -> Result<()> {
+    let timer = ui::Timed::start("disk stage: assembling the UEFI disk");
+    let ids = Identifiers::for_profile(ctx.profile.name.as_str());
+    let epoch = ctx.source_date_epoch.to_string();
+    let root = ctx.root();
+    let work = ctx.work();
+    let (kernel, initrd) = find_kernel(&root)?;
+
+    let disk_bytes = ctx.profile.image.size.bytes();
+    let root_start_mib = FIRST_LBA_MIB + ESP_SIZE_MIB + CONFIG_SIZE_MIB;
+    // The backup GPT takes the last 1 MiB.
+    let root_size_mib = (disk_bytes / MIB).saturating_sub(root_start_mib + 1);
+    let (needed_mib, n_entries) = root_needs(&root)?;
+    if root_size_mib < needed_mib {
+        bail!(
+            "image.size of {} is too small: the root file system needs about {} MiB plus {} MiB for the boot and configuration partitions; raise image.size",
+            ctx.profile.path.display(),
+            needed_mib,
+            root_start_mib + 1
+        );
+    }
+
+    let root_image = work.join("root.ext4");
+    make_root_filesystem(ctx, &root_image, root_size_mib, n_entries, &ids, &epoch)?;
+    let esp_image = work.join("esp.vfat");
+    let cmdline = format!("root=PARTUUID={} rw {}", ids.root_partuuid, ctx.profile.kernel.cmdline);
+    make_esp(&work, &esp_image, &kernel, &initrd, &cmdline, &ids, &epoch)?;
+
+    let raw = ctx.artifact("raw");
+    write_partition_table(&raw, disk_bytes, root_start_mib, root_size_mib, &ids)?;
+    copy_sparse(&esp_image, &raw, FIRST_LBA_MIB * MIB)?;
+    copy_sparse(&root_image, &raw, root_start_mib * MIB)?;
+    std::fs::remove_file(&root_image)?;
+
+    let qcow2 = ctx.artifact("qcow2");
+    Cmd::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2", "-c", "-o", "compression_type=zstd"])
+        .arg(&raw)
+        .arg(&qcow2)
+        .run()
+        .context("while converting the disk to qcow2")?;
+
+    ctx.record(
+        "disk",
+        true,
+        json!({
+            "size": disk_bytes,
+            "partitions": [
+                {"name": "esp", "label": ESP_LABEL, "size-mib": ESP_SIZE_MIB, "partuuid": ids.esp_partuuid, "type": TYPE_ESP},
+                {"name": "rampart-config", "size-mib": CONFIG_SIZE_MIB, "partuuid": ids.config_partuuid, "type": TYPE_LINUX_DATA},
+                {"name": "root", "label": ROOT_LABEL, "size-mib": root_size_mib, "partuuid": ids.root_partuuid, "fs-uuid": ids.root_fs_uuid, "type": TYPE_ROOT_X86_64},
+            ],
+            "disk-guid": ids.disk_guid,
+            "bootloader": "systemd-boot (UEFI), boot entries not editable",
+            "kernel": kernel.file_name().map(|n| n.to_string_lossy().into_owned()),
+            "kernel-cmdline": cmdline,
+            "qcow2": "zstd-compressed",
+        }),
+    );
+    timer.done();
+    Ok(())
+}
+
+/// The newest kernel in /boot and its initrd.
+fn find_kernel(root: &Path) -> Result<(PathBuf, PathBuf)> {
+    let boot = root.join("boot");
+    let mut kernels: Vec<String> = std::fs::read_dir(&boot)
+        .with_context(|| format!("while looking for a kernel in {}", boot.display()))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix("vmlinuz-")).map(str::to_string))
+        .collect();
+    kernels.sort();
+    let Some(version) = kernels.pop() else {
+        bail!("the image has no kernel in /boot; set kernel.package in the profile");
+    };
+    let initrd = boot.join(format!("initrd.img-{version}"));
+    if !initrd.exists() {
+        bail!("the image has kernel {version} but no initrd; is initramfs-tools installed?");
+    }
+    Ok((boot.join(format!("vmlinuz-{version}")), initrd))
+}
+
+/// MiB the root file system needs (content + 30 % + 64 MiB of metadata and
+/// journal, in 4 MiB steps), and the number of entries. Counted from file
+/// sizes, not `du`, so the answer does not depend on the build host's fs.
+fn root_needs(root: &Path) -> Result<(u64, u64)> {
+    let mut kib: u64 = 0;
+    let mut entries: u64 = 0;
+    for entry in walk(root)? {
+        entries += 1;
+        kib += match entry.kind {
+            Kind::File => entry.meta.size().div_ceil(4096) * 4,
+            _ => 4,
+        };
+    }
+    let mib = (kib * 130 / 100 / 1024 + 64).div_ceil(4) * 4;
+    Ok((mib, entries))
+}
+
+fn make_root_filesystem(ctx: &BuildContext, image: &Path, size_mib: u64, n_entries: u64, ids: &Identifiers, epoch: &str) -> Result<()> {
+    File::create(image)?.set_len(size_mib * MIB)?;
+    let inodes = (n_entries * 2).max(65536);
+    Cmd::new("mkfs.ext4")
+        .args(["-q", "-F", "-T", "default", "-b", "4096"])
+        .arg("-N").arg(inodes.to_string())
+        .arg("-L").arg(ROOT_LABEL)
+        .arg("-U").arg(&ids.root_fs_uuid)
+        .arg("-E").arg(format!("hash_seed={},lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner=0:0", ids.root_hash_seed))
+        .arg("-d").arg(ctx.root())
+        .arg(image)
+        // mke2fs 1.47.0 ignores SOURCE_DATE_EPOCH but honours this.
+        .env("E2FSPROGS_FAKE_TIME", epoch)
+        .run()
+        .context("while making the root file system")?;
+    // mkfs.ext4 -d copies atime and ctime from the build tree; pin them.
+    let mut commands = String::new();
+    for entry in walk(&ctx.root())? {
+        if entry.image_path.contains('"') || entry.image_path.contains('\n') {
+            bail!("the image holds a path debugfs cannot address: {:?}", entry.image_path);
+        }
+        commands.push_str(&format!("sif \"{0}\" atime @{epoch}\nsif \"{0}\" ctime @{epoch}\n", entry.image_path));
+    }
+    let script = ctx.work().join("debugfs-times.cmds");
+    std::fs::write(&script, commands)?;
+    let output = Cmd::new("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg(&script)
+        .arg(image)
+        .env("E2FSPROGS_FAKE_TIME", epoch)
+        .run()
+        .context("while pinning the root file system's timestamps")?;
+    let complaints: Vec<String> = String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .filter(|l| !l.starts_with("debugfs") && !l.trim().is_empty())
+        .map(str::to_string)
+        .collect();
+    if !complaints.is_empty() {
+        bail!("debugfs could not pin timestamps: {}", complaints.join("; "));
+    }
+    Ok(())
+}
+
+fn make_esp(work: &Path, image: &Path, kernel: &Path, initrd: &Path, cmdline: &str, ids: &Identifiers, epoch: &str) -> Result<()> {
+    let staging = work.join("esp");
+    std::fs::create_dir_all(&staging)?;
+    let loader = "default rampart.conf\ntimeout 0\neditor no\nauto-entries no\nauto-firmware no\n";
+    let entry = format!("title Debian GNU/Linux 12 (rampart)\nlinux /EFI/rampart/vmlinuz\ninitrd /EFI/rampart/initrd.img\noptions {cmdline}\n");
+    std::fs::write(staging.join("loader.conf"), loader)?;
+    std::fs::write(staging.join("rampart.conf"), entry)?;
+    std::fs::copy(SYSTEMD_BOOT, staging.join("BOOTX64.EFI"))
+        .with_context(|| format!("{SYSTEMD_BOOT} is missing; {}", crate::process::INSTALL_HINT))?;
+    std::fs::copy(kernel, staging.join("vmlinuz"))?;
+    std::fs::copy(initrd, staging.join("initrd.img"))?;
+    let seconds: i64 = epoch.parse()?;
+    crate::stages::seal::clamp_times(&staging, seconds)?;
+    for name in ["loader.conf", "rampart.conf", "BOOTX64.EFI", "vmlinuz", "initrd.img"] {
+        crate::stages::seal::set_times(&staging.join(name), seconds)?;
+    }
+
+    File::create(image)?.set_len(ESP_SIZE_MIB * MIB)?;
+    // --invariant must come before -i, or the volume id is ignored.
+    Cmd::new("mkfs.vfat")
+        .args(["--invariant", "-F", "32", "-S", "512", "-s", "1", "-n", ESP_LABEL, "-i", &ids.esp_volume_id])
+        .arg(image)
+        .run()
+        .context("while making the EFI system partition")?;
+    let mtools = |program: &str| {
+        Cmd::new(program).env("MTOOLS_SKIP_CHECK", "1").env("SOURCE_DATE_EPOCH", epoch).arg("-i").arg(image)
+    };
+    mtools("mmd")
+        .args(["::/EFI", "::/EFI/BOOT", "::/EFI/rampart", "::/loader", "::/loader/entries"])
+        .run()
+        .context("while making directories on the EFI system partition")?;
+    for (file, target) in [
+        ("BOOTX64.EFI", "::/EFI/BOOT/BOOTX64.EFI"),
+        ("vmlinuz", "::/EFI/rampart/vmlinuz"),
+        ("initrd.img", "::/EFI/rampart/initrd.img"),
+        ("loader.conf", "::/loader/loader.conf"),
+        ("rampart.conf", "::/loader/entries/rampart.conf"),
+    ] {
+        mtools("mcopy")
+            .arg("-m")
+            .arg(staging.join(file))
+            .arg(target)
+            .run()
+            .with_context(|| format!("while copying {file} to the EFI system partition"))?;
+    }
+    Ok(())
+}
+
+fn write_partition_table(raw: &Path, disk_bytes: u64, root_start_mib: u64, root_size_mib: u64, ids: &Identifiers) -> Result<()> {
+    let file = File::create(raw).with_context(|| format!("while creating {}", raw.display()))?;
+    file.set_len(disk_bytes)?;
+    drop(file);
+    const SECTORS_PER_MIB: u64 = 2048;
+    let script = format!(
+        "label: gpt\nlabel-id: {disk}\nunit: sectors\nfirst-lba: 2048\n\
+         start={esp_start}, size={esp_size}, type={TYPE_ESP}, uuid={esp}, name=\"esp\"\n\
+         start={cfg_start}, size={cfg_size}, type={TYPE_LINUX_DATA}, uuid={cfg}, name=\"rampart-config\"\n\
+         start={root_start}, size={root_size}, type={TYPE_ROOT_X86_64}, uuid={root}, name=\"root\"\n",
+        disk = ids.disk_guid,
+        esp_start = FIRST_LBA_MIB * SECTORS_PER_MIB,
+        esp_size = ESP_SIZE_MIB * SECTORS_PER_MIB,
+        esp = ids.esp_partuuid,
+        cfg_start = (FIRST_LBA_MIB + ESP_SIZE_MIB) * SECTORS_PER_MIB,
+        cfg_size = CONFIG_SIZE_MIB * SECTORS_PER_MIB,
+        cfg = ids.config_partuuid,
+        root_start = root_start_mib * SECTORS_PER_MIB,
+        root_size = root_size_mib * SECTORS_PER_MIB,
+        root = ids.root_partuuid,
+    );
+    let script_path = raw.with_extension("sfdisk");
+    std::fs::write(&script_path, &script)?;
+    let result = Cmd::new("sh")
+        .arg("-c")
+        .arg("exec sfdisk -q --no-reread --no-tell-kernel \"$1\" < \"$2\"")
+        .arg("sh")
+        .arg(raw)
+        .arg(&script_path)
+        .run()
+        .context("while writing the GPT partition table");
+    std::fs::remove_file(&script_path)?;
+    result.map(|_| ())
+}
+
+/// Copies `source` into `target` at `offset`, seeking over all-zero blocks
+/// so the target stays sparse.
+fn copy_sparse(source: &Path, target: &Path, offset: u64) -> Result<()> {
+    let mut input = File::open(source)?;
+    let mut output = OpenOptions::new().write(true).open(target)?;
+    let mut buffer = vec![0u8; MIB as usize];
+    let mut position = offset;
+    loop {
+        let mut filled = 0;
+        while filled < buffer.len() {
+            let n = input.read(&mut buffer[filled..])?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            break;
+        }
+        if buffer[..filled].iter().any(|b| *b != 0) {
+            output.seek(SeekFrom::Start(position))?;
+            output.write_all(&buffer[..filled])?;
+        }
+        position += filled as u64;
+        if filled < buffer.len() {
+            break;
+        }
+    }
+    output.sync_all()?;
     Ok(())
 }

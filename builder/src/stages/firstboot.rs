@@ -1,38 +1,80 @@
-//! First-boot stage: what makes one golden image into many distinct machines.
-//! SSH host keys are generated on first boot before sshd starts (the seal
-//! stage removes the build's); the root partition and file system grow to
-//! fill the disk; admin keys can be provisioned at first boot from systemd
-//! credentials passed as SMBIOS strings.
+//! First-boot stage: what turns one golden image into many distinct machines.
+//! The machine-id is generated on first boot (the seal stage empties it); SSH
+//! host keys are generated before sshd first starts (the seal stage removes
+//! the build's); the root partition and file system grow to fill the disk
+//! (systemd-repart + systemd-growfs); admin keys can be provisioned at first
+//! boot from systemd credentials (SMBIOS type 11 or fw_cfg), the same input a
+//! user's deployment gives.
 
 use anyhow::Result;
 use serde_json::json;
 
 use crate::build::context::BuildContext;
+use crate::layout::Identifiers;
 
+/// Only an Ed25519 host key: modern, and generated in milliseconds even
+/// under emulation (RSA 3072 takes ~18 s under TCG).
 const HOSTKEYS_UNIT: &str = "[Unit]
-Description=Generate SSH host keys unique to this machine
+Description=Generate the SSH host key unique to this machine
 Before=ssh.service
 ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
 
 [Service]
 Type=oneshot
-ExecStart=/usr/bin/ssh-keygen -A
+ExecStart=/usr/bin/ssh-keygen -q -t ed25519 -N \"\" -f /etc/ssh/ssh_host_ed25519_key
 RemainAfterExit=yes
 
 [Install]
 RequiredBy=ssh.service
 ";
 
+/// Where first-boot provisioned keys live: root-owned, outside the users'
+/// homes, so an account cannot rewrite what the deployment gave it.
+pub const PROVISIONED_KEYS_DIR: &str = "/etc/ssh/authorized_keys.d";
+
 pub fn run(ctx: &mut BuildContext) -> Result<()> {
+    let ids = Identifiers::for_profile(ctx.profile.name.as_str());
     let mut done = Vec::new();
+
+    let fstab = format!(
+        "# rampart layout: root found by partition UUID, never by device name; grown to the disk on boot\nPARTUUID={}\t/\text4\tdefaults,errors=remount-ro,x-systemd.growfs\t0\t1\n",
+        ids.root_partuuid
+    );
+    ctx.install_file("etc/fstab", fstab.as_bytes(), 0o644)?;
+    ctx.install_file("etc/repart.d/50-root.conf", b"# grow the root partition to fill the disk (systemd-repart)\n[Partition]\nType=root\n", 0o644)?;
+    done.push("root partition grown to the disk (systemd-repart), file system grown online (x-systemd.growfs)".to_string());
+
     if ctx.root().join("lib/systemd/system/ssh.service").exists() {
         ctx.install_file("etc/systemd/system/rampart-ssh-hostkeys.service", HOSTKEYS_UNIT.as_bytes(), 0o644)?;
         ctx.install_symlink(
             "etc/systemd/system/ssh.service.requires/rampart-ssh-hostkeys.service",
             "/etc/systemd/system/rampart-ssh-hostkeys.service",
         )?;
-        done.push("ssh host keys generated on first boot (rampart-ssh-hostkeys.service)");
+        let sshd = format!(
+            "# rampart: one modern host key, generated on first boot; keys provisioned at\n# first boot live in {PROVISIONED_KEYS_DIR}/<user>.\nHostKey /etc/ssh/ssh_host_ed25519_key\nAuthorizedKeysFile .ssh/authorized_keys {PROVISIONED_KEYS_DIR}/%u\n"
+        );
+        ctx.install_file("etc/ssh/sshd_config.d/10-rampart-firstboot.conf", sshd.as_bytes(), 0o644)?;
+        done.push("ssh host key (ed25519) generated on first boot before sshd starts".to_string());
+
+        let mut tmpfiles = String::from(
+            "# rampart: admin SSH keys from systemd credentials (SMBIOS type 11 or fw_cfg),\n# written once, on the first boot that carries them.\n",
+        );
+        tmpfiles.push_str(&format!("d {PROVISIONED_KEYS_DIR} 0755 root root -\n"));
+        for user in &ctx.profile.users {
+            tmpfiles.push_str(&format!(
+                "f^ {PROVISIONED_KEYS_DIR}/{name} 0644 root root - ssh.authorized_keys.{name}\n",
+                name = user.name
+            ));
+        }
+        ctx.install_file("etc/tmpfiles.d/rampart-provision.conf", tmpfiles.as_bytes(), 0o644)?;
+        // systemd 252's tmpfiles service sees only the credentials it loads by name.
+        let mut dropin = String::from("[Service]\n");
+        for user in &ctx.profile.users {
+            dropin.push_str(&format!("LoadCredential=ssh.authorized_keys.{}\n", user.name));
+        }
+        ctx.install_file("etc/systemd/system/systemd-tmpfiles-setup.service.d/rampart-provision.conf", dropin.as_bytes(), 0o644)?;
+        done.push("admin keys accepted at first boot from credentials ssh.authorized_keys.<user>".to_string());
     }
-    ctx.record("firstboot", true, json!({ "units": done }));
+    ctx.record("firstboot", true, json!({ "machine-id": "generated on first boot", "prepared": done }));
     Ok(())
 }

@@ -128,7 +128,7 @@ pub fn clamp_times(root: &Path, epoch: i64) -> Result<usize> {
     Ok(changed)
 }
 
-fn set_times(path: &Path, seconds: i64) -> Result<()> {
+pub fn set_times(path: &Path, seconds: i64) -> Result<()> {
     let c_path = CString::new(path.as_os_str().as_bytes())?;
     let time = libc::timespec { tv_sec: seconds, tv_nsec: 0 };
     let times = [time, time];

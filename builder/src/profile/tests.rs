@@ -1,0 +1,177 @@
+//! Profile parsing, merging and the exact error messages users see.
+
+use super::*;
+
+/// Writes `files` into a fresh `profiles/` directory and loads the first one.
+fn load_files(files: &[(&str, &str)]) -> (tempfile::TempDir, Result<Profile, ProfileError>) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("profiles")).unwrap();
+    std::fs::create_dir_all(dir.path().join("overlays/base")).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join("profiles").join(name), text).unwrap();
+    }
+    let path = dir.path().join("profiles").join(files[0].0);
+    let result = load(&path);
+    (dir, result)
+}
+
+/// Loads `files` and checks the error message, with the temp dir shown as `$DIR`.
+fn check_error(files: &[(&str, &str)], expected: &str) {
+    let (dir, result) = load_files(files);
+    let error = result.expect_err("the profile should be refused").to_string();
+    let shown = error.replace(&dir.path().display().to_string(), "$DIR");
+    assert_eq!(shown, expected);
+}
+
+fn check_ok(files: &[(&str, &str)]) -> Profile {
+    let (_dir, result) = load_files(files);
+    result.unwrap()
+}
+
+#[test]
+fn bad_toml_names_file_line_and_column() {
+    check_error(
+        &[("web.toml", "name = \"web\"\n[image\nhostname = \"x\"\n")],
+        "$DIR/profiles/web.toml:2:7: invalid table header\nexpected `.`, `]`",
+    );
+}
+
+#[test]
+fn unknown_field_lists_the_expected_ones() {
+    check_error(
+        &[("web.toml", "name = \"web\"\n\n[image]\n  hostnme = \"x\"\n")],
+        "$DIR/profiles/web.toml:4:3: unknown field `hostnme`, expected `hostname` or `size`",
+    );
+}
+
+#[test]
+fn wrong_type_names_the_field() {
+    check_error(
+        &[("web.toml", "name = \"web\"\n[ssh]\nport = \"22\"\n")],
+        "$DIR/profiles/web.toml:3:8: invalid type: string \"22\", expected i64",
+    );
+}
+
+#[test]
+fn missing_extends_target_points_at_extends() {
+    check_error(
+        &[("web.toml", "name = \"web\"\nextends = \"nope.toml\"\n")],
+        "$DIR/profiles/web.toml:2:11: cannot read profile $DIR/profiles/nope.toml: no such file",
+    );
+}
+
+#[test]
+fn extends_cycle_is_shown_in_full() {
+    check_error(
+        &[("a.toml", "name = \"a\"\nextends = \"b.toml\"\n"), ("b.toml", "extends = \"a.toml\"\n")],
+        "$DIR/profiles/b.toml:1:11: extends forms a cycle: $DIR/profiles/a.toml -> $DIR/profiles/b.toml -> $DIR/profiles/a.toml",
+    );
+}
+
+#[test]
+fn port_out_of_range_is_refused() {
+    check_error(
+        &[("web.toml", "name = \"web\"\n[ssh]\nport = 70000\n")],
+        "$DIR/profiles/web.toml:3:8: ssh.port: 70000 is not a port (1 to 65535)",
+    );
+}
+
+#[test]
+fn malformed_cidr_is_refused() {
+    check_error(
+        &[("web.toml", "name = \"web\"\n[ssh]\nallow-from = [\"10.0.0.0/8\", \"10.1.2.3/16\"]\n")],
+        "$DIR/profiles/web.toml:3:29: ssh.allow-from: \"10.1.2.3/16\" has host bits set; did you mean the network address?",
+    );
+    check_error(
+        &[("web.toml", "name = \"web\"\n[ssh]\nallow-from = [\"10.0.0/8\"]\n")],
+        "$DIR/profiles/web.toml:3:15: ssh.allow-from: \"10.0.0/8\" is not an address range in CIDR form (e.g. 192.0.2.0/24 or 2001:db8::/32)",
+    );
+}
+
+#[test]
+fn bad_username_is_refused() {
+    check_error(
+        &[("web.toml", "name = \"web\"\n[[users]]\nname = \"Admin\"\n")],
+        "$DIR/profiles/web.toml:3:8: users.name: \"Admin\" is not a valid user or group name (start with a-z or _, then a-z, 0-9, _ or -, at most 32)",
+    );
+}
+
+#[test]
+fn root_cannot_be_an_admin_account() {
+    check_error(
+        &[("web.toml", "name = \"web\"\n[[users]]\nname = \"root\"\n")],
+        "$DIR/profiles/web.toml:3:8: users.name: root cannot be an admin account; root login stays locked",
+    );
+}
+
+#[test]
+fn missing_name_is_refused() {
+    check_error(&[("web.toml", "description = \"x\"\n")], "$DIR/profiles/web.toml: missing field `name` (every profile names itself)");
+}
+
+#[test]
+fn snapshot_needs_a_placeholder() {
+    check_error(
+        &[("web.toml", "name = \"web\"\n[mirror]\nurl = \"http://mirror.example/debian\"\nsnapshot = \"20250520T000000Z\"\n")],
+        "$DIR/profiles/web.toml:4:12: mirror.snapshot: snapshot 20250520T000000Z needs mirror urls with a {snapshot} placeholder, and http://mirror.example/debian has none",
+    );
+}
+
+#[test]
+fn unknown_overlay_tree_is_refused() {
+    check_error(
+        &[("web.toml", "name = \"web\"\n[overlays]\ntrees = [\"nope\"]\n")],
+        "$DIR/profiles/web.toml:3:10: overlays.trees: no overlay tree nope (looked for $DIR/profiles/../overlays/nope)",
+    );
+}
+
+#[test]
+fn defaults_make_a_bootable_server() {
+    let profile = check_ok(&[("web.toml", "name = \"web\"\n")]);
+    assert_eq!(profile.kernel.package.as_str(), "linux-image-cloud-amd64");
+    assert_eq!(profile.image.hostname.as_str(), "web");
+    assert_eq!(profile.mirror.suite, "bookworm");
+    assert_eq!(profile.mirror.security_suite.as_deref(), Some("bookworm-security"));
+    assert_eq!(profile.ssh.port, Port::SSH);
+    assert!(profile.packages.drop_docs);
+}
+
+#[test]
+fn extends_merges_base_then_child() {
+    let profile = check_ok(&[
+        (
+            "web.toml",
+            "name = \"web\"\nextends = \"base.toml\"\n[packages]\ninclude = [\"nginx\"]\nexclude = [\"vim\"]\n[image]\nhostname = \"web1\"\n[[users]]\nname = \"ops\"\ngroups = [\"adm\"]\n[variables]\ncolour = \"red\"\n",
+        ),
+        (
+            "base.toml",
+            "name = \"base\"\ndescription = \"the base\"\n[packages]\ninclude = [\"openssh-server\", \"vim\"]\n[image]\nhostname = \"base\"\nsize = \"4G\"\n[[users]]\nname = \"ops\"\n[[users]]\nname = \"audit\"\n[overlays]\ntrees = [\"base\"]\n[variables]\ncolour = \"blue\"\nshape = \"round\"\n",
+        ),
+    ]);
+    assert_eq!(profile.name.as_str(), "web", "the asked-for file names the profile");
+    assert_eq!(profile.description, "the base");
+    let include: Vec<&str> = profile.packages.include.iter().map(|p| p.as_str()).collect();
+    assert_eq!(include, vec!["nginx", "openssh-server"]);
+    assert_eq!(profile.image.hostname.as_str(), "web1");
+    assert_eq!(profile.image.size.bytes(), 4 << 30);
+    let users: Vec<(&str, usize)> = profile.users.iter().map(|u| (u.name.as_str(), u.groups.len())).collect();
+    assert_eq!(users, vec![("audit", 0), ("ops", 1)]);
+    assert_eq!(profile.overlays.len(), 1);
+    assert_eq!(profile.variables["colour"], "red");
+    assert_eq!(profile.variables["shape"], "round");
+    assert_eq!(profile.files.len(), 2);
+}
+
+#[test]
+fn value_types_check_their_guarantees() {
+    assert!(Cidr::parse("2001:db8::/32").is_ok());
+    assert!(Cidr::parse("10.0.0.0/33").is_err());
+    assert_eq!(ImageSize::parse("1536M").unwrap().bytes(), 1536 << 20);
+    assert!(ImageSize::parse("100M").is_err());
+    assert!(Hostname::parse("-bad").is_err());
+    assert!(PackageName::parse("libc6").is_ok());
+    assert!(PackageName::parse("Libc6").is_err());
+    assert!(types::parse_ssh_public_key("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKx test@host").is_ok());
+    assert!(types::parse_ssh_public_key("ssh-dss AAAAB3NzaC1kc3MAAACBAK").is_err());
+    assert_eq!(types::parse_file_mode("0640 root:adm").unwrap().group, "adm");
+}
