@@ -11,6 +11,8 @@ use crate::cache::{Cache, DEFAULT_CACHE};
 use crate::lock::{self, Lock};
 use crate::mirror::{self, Mirror};
 use crate::profile::{self, Profile};
+use crate::vmtest::qemu::AccelChoice;
+use crate::vmtest::{self, TestOptions};
 use crate::{fetch, ui};
 
 #[derive(Debug, Parser)]
@@ -56,6 +58,26 @@ pub enum Command {
         #[arg(long)]
         mirror: Option<String>,
     },
+    /// Build if needed, boot the image in QEMU and run the profile's vm-tests scenarios
+    Test {
+        profile: PathBuf,
+        /// Run only this scenario (vm-tests/NAME.toml) [default: every scenario of the profile]
+        #[arg(long)]
+        scenario: Option<String>,
+        /// Output directory [default: out/<profile-name>]
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Acceleration: auto probes KVM with a time limit and falls back to TCG
+        #[arg(long, value_enum, default_value = "auto")]
+        accel: AccelChoice,
+        /// Build from the cache alone if a build is needed
+        #[arg(long)]
+        offline: bool,
+        #[arg(long, default_value = DEFAULT_CACHE)]
+        cache: PathBuf,
+        #[arg(long)]
+        mirror: Option<String>,
+    },
 }
 
 pub fn run(cli: Cli) -> Result<i32> {
@@ -85,6 +107,12 @@ pub fn run(cli: Cli) -> Result<i32> {
             let mirror = resolve_mirror(&profile, mirror.as_deref())?;
             let out = out.unwrap_or_else(|| default_out(&profile));
             build::build(profile, mirror, &BuildOptions { offline, out, cache })?;
+        }
+        Command::Test { profile, scenario, out, accel, offline, cache, mirror } => {
+            let profile = load(&profile)?;
+            let mirror = resolve_mirror(&profile, mirror.as_deref())?;
+            let out = out.unwrap_or_else(|| default_out(&profile));
+            vmtest::run(profile, mirror, &TestOptions { scenario, out, cache, accel, offline })?;
         }
     }
     Ok(0)

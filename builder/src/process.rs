@@ -139,6 +139,42 @@ impl Cmd {
         Ok(Output { stdout: output.stdout, stderr: output.stderr, status: output.status })
     }
 
+    /// Runs a short command with a time limit, capturing its output. Returns
+    /// `None` if it did not finish in time (it is killed then).
+    pub fn run_with_timeout(&self, timeout: std::time::Duration) -> Result<Option<Output>> {
+        let mut command = self.command();
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = command.spawn().map_err(|e| self.not_found(e))?;
+        // Read both pipes on their own threads so a chatty child cannot block.
+        let mut stdout = child.stdout.take().expect("piped stdout");
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let out_thread = std::thread::spawn(move || {
+            let mut buffer = Vec::new();
+            let _ = stdout.read_to_end(&mut buffer);
+            buffer
+        });
+        let err_thread = std::thread::spawn(move || {
+            let mut buffer = Vec::new();
+            let _ = stderr.read_to_end(&mut buffer);
+            buffer
+        });
+        let deadline = std::time::Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let stdout = out_thread.join().unwrap_or_default();
+        let stderr = err_thread.join().unwrap_or_default();
+        Ok(status.map(|status| Output { stdout, stderr, status }))
+    }
+
     /// Runs a long command with stdout and stderr appended to `log`.
     /// On failure the error carries the tail of the log.
     pub fn run_logged(&self, log: &Path) -> Result<()> {
@@ -274,6 +310,16 @@ mod tests {
     fn missing_program_says_how_to_install() {
         let error = Cmd::new("rampart-no-such-tool").run().unwrap_err();
         assert_eq!(format!("{error:#}"), format!("rampart-no-such-tool is not installed; {INSTALL_HINT}"));
+    }
+
+    #[test]
+    fn slow_command_is_killed_at_its_time_limit() {
+        let started = std::time::Instant::now();
+        let result = Cmd::new("sleep").arg("5").run_with_timeout(std::time::Duration::from_millis(200)).unwrap();
+        assert!(result.is_none());
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        let output = Cmd::new("echo").arg("hi").run_with_timeout(std::time::Duration::from_secs(5)).unwrap().unwrap();
+        assert_eq!(output.stdout_text(), "hi\n");
     }
 
     #[test]

@@ -48,6 +48,37 @@ pub fn ensure_lock(profile: &Profile, mirror: &Mirror, offline: bool, log: &Path
     Ok(fresh)
 }
 
+/// A digest of everything a build reads besides the package cache: rampart's
+/// version, the profile files, the lock and the overlay trees. `rampart test`
+/// rebuilds only when it changes.
+pub fn inputs_digest(profile: &Profile) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    let mut add = |label: &str, bytes: &[u8]| {
+        hasher.update((label.len() as u64).to_le_bytes());
+        hasher.update(label.as_bytes());
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    };
+    add("rampart", env!("CARGO_PKG_VERSION").as_bytes());
+    for file in &profile.files {
+        add("profile", &std::fs::read(file)?);
+    }
+    add("lock", &std::fs::read(profile.lock_path())?);
+    for tree in &profile.overlays {
+        for entry in crate::tree::walk(&tree.dir)? {
+            use std::os::unix::fs::MetadataExt;
+            let content = match entry.kind {
+                crate::tree::Kind::File => std::fs::read(&entry.host_path)?,
+                crate::tree::Kind::Symlink => std::fs::read_link(&entry.host_path)?.into_os_string().into_encoded_bytes(),
+                _ => Vec::new(),
+            };
+            add(&format!("overlay {} {} {:o}", tree.name, entry.image_path, entry.meta.mode()), &content);
+        }
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
 pub fn build(profile: Profile, mirror: Mirror, options: &BuildOptions) -> Result<()> {
     // Everything the profile names is checked before any work starts.
     stages::overlays::validate(&profile)?;
@@ -66,6 +97,7 @@ pub fn build(profile: Profile, mirror: Mirror, options: &BuildOptions) -> Result
         fetch::fetch(&lock, &mirror, &cache, &log)?;
     }
 
+    let inputs = inputs_digest(&profile)?;
     let mut ctx = BuildContext::new(profile, lock, mirror, cache, &options.out, log)?;
     stages::packages::run(&mut ctx)?;
     stages::configure::run(&mut ctx)?;
@@ -73,13 +105,13 @@ pub fn build(profile: Profile, mirror: Mirror, options: &BuildOptions) -> Result
     stages::firstboot::run(&mut ctx)?;
     stages::overlays::run(&mut ctx)?;
     stages::seal::run(&mut ctx)?;
-    write_artifacts(&mut ctx)?;
+    write_artifacts(&mut ctx, &inputs)?;
     ctx.publish(&options.out)?;
     ui::step(&format!("artifacts in {}", options.out.display()));
     Ok(())
 }
 
-fn write_artifacts(ctx: &mut BuildContext) -> Result<()> {
+fn write_artifacts(ctx: &mut BuildContext, inputs: &str) -> Result<()> {
     let timer = ui::Timed::start("writing artifacts");
     let name = ctx.profile.name.to_string();
     let records = baseline::compute(&ctx.root())?;
@@ -100,6 +132,7 @@ fn write_artifacts(ctx: &mut BuildContext) -> Result<()> {
         "image": name,
         "profile": ctx.profile.path.display().to_string(),
         "source-date-epoch": ctx.source_date_epoch,
+        "inputs-sha256": inputs,
         "stages": ctx.records,
     });
     write_atomic(&ctx.artifact("report.json"), format!("{:#}\n", report).as_bytes())?;

@@ -9,17 +9,11 @@ pub mod types;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use toml::Spanned;
 
 pub use types::{Cidr, Hostname, ImageSize, PackageName, Port, ProfileName, UserName};
 
-/// A profile error that names the place at fault.
-#[derive(Debug, thiserror::Error)]
-#[error("{location}: {message}")]
-pub struct ProfileError {
-    pub location: String,
-    pub message: String,
-}
+/// A profile error: names file:line:col and the field.
+pub type ProfileError = crate::located::LocatedError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MirrorSpec {
@@ -105,33 +99,7 @@ impl Profile {
     }
 }
 
-/// Where a value was written.
-struct Source {
-    file: PathBuf,
-    text: String,
-}
-
-impl Source {
-    fn location(&self, offset: usize) -> String {
-        let before = &self.text[..offset.min(self.text.len())];
-        let line = before.matches('\n').count() + 1;
-        let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
-        format!("{}:{}:{}", self.file.display(), line, column)
-    }
-
-    fn error<T>(&self, value: &Spanned<T>, message: impl Into<String>) -> ProfileError {
-        ProfileError { location: self.location(value.span().start), message: message.into() }
-    }
-
-    fn check<T, U, E: std::fmt::Display>(
-        &self,
-        value: &Spanned<T>,
-        field: &str,
-        parse: impl FnOnce(&T) -> Result<U, E>,
-    ) -> Result<U, ProfileError> {
-        parse(value.get_ref()).map_err(|e| self.error(value, format!("{field}: {e}")))
-    }
-}
+use crate::located::SourceText as Source;
 
 /// One file's settings, validated but not yet merged.
 #[derive(Default)]
@@ -184,10 +152,7 @@ pub fn load(path: &Path) -> Result<Profile, ProfileError> {
             message: format!("cannot read profile: {}", io_reason(&e)),
         })?;
         let source = Source { file: file.clone(), text };
-        let raw: raw::RawProfile = toml::from_str(&source.text).map_err(|e| {
-            let offset = e.span().map(|s| s.start).unwrap_or(0);
-            ProfileError { location: source.location(offset), message: e.message().trim().to_string() }
-        })?;
+        let raw: raw::RawProfile = source.parse()?;
         if let Some(extends) = &raw.extends {
             let base = file.parent().unwrap_or(Path::new(".")).join(extends.get_ref());
             next = Some((base, Some(source.location(extends.span().start))));

@@ -1,0 +1,76 @@
+//! JUnit XML for CI systems: one test case per check and machine.
+
+use std::fmt::Write;
+
+#[derive(Debug, Clone)]
+pub struct CaseResult {
+    pub name: String,
+    pub machine: String,
+    pub seconds: f64,
+    /// `None` if it passed; otherwise the failure message and details.
+    pub failure: Option<(String, String)>,
+}
+
+pub fn render(suite: &str, cases: &[CaseResult]) -> String {
+    let failures = cases.iter().filter(|c| c.failure.is_some()).count();
+    let total: f64 = cases.iter().map(|c| c.seconds).sum();
+    let mut xml = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let _ = writeln!(xml, "<testsuites name=\"rampart\" tests=\"{}\" failures=\"{failures}\" time=\"{total:.3}\">", cases.len());
+    let _ = writeln!(
+        xml,
+        "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" errors=\"0\" time=\"{total:.3}\">",
+        escape(suite),
+        cases.len()
+    );
+    for case in cases {
+        let _ = write!(
+            xml,
+            "    <testcase classname=\"{}.{}\" name=\"{}\" time=\"{:.3}\"",
+            escape(suite),
+            escape(&case.machine),
+            escape(&case.name),
+            case.seconds
+        );
+        match &case.failure {
+            None => xml.push_str("/>\n"),
+            Some((message, details)) => {
+                let _ = writeln!(xml, ">\n      <failure message=\"{}\">{}</failure>\n    </testcase>", escape(message), escape(details));
+            }
+        }
+    }
+    xml.push_str("  </testsuite>\n</testsuites>\n");
+    xml
+}
+
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c if (c as u32) < 0x20 && c != '\n' && c != '\t' => out.push_str(&format!("&#x{:x};", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_escaped_and_counted() {
+        let cases = vec![
+            CaseResult { name: "ok".into(), machine: "m".into(), seconds: 1.0, failure: None },
+            CaseResult { name: "bad".into(), machine: "m".into(), seconds: 0.5, failure: Some(("exit <1>".into(), "a & b\u{1b}[0m".into())) },
+        ];
+        let xml = render("baseline", &cases);
+        assert!(xml.contains("tests=\"2\" failures=\"1\""));
+        assert!(xml.contains("<testcase classname=\"baseline.m\" name=\"ok\" time=\"1.000\"/>"));
+        assert!(xml.contains("<failure message=\"exit &lt;1&gt;\">a &amp; b&#x1b;[0m</failure>"));
+    }
+}

@@ -1,0 +1,303 @@
+//! Booting the real artifact in QEMU through OVMF, and talking to it over
+//! SSH with a throwaway key provisioned the way a user's deployment does it
+//! (a systemd credential in an SMBIOS type 11 string). Owns acceleration
+//! choice (a KVM that hangs is detected by a time-limited probe) and makes
+//! sure no QEMU outlives the harness.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::process::{Background, Cmd, Output};
+use crate::ui;
+
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+const QEMU: &str = "qemu-system-x86_64";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AccelChoice {
+    /// KVM if a probe boot shows it really works, TCG otherwise
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// Checks that QEMU and OVMF are installed before anything boots.
+pub fn require_host_tools() -> Result<()> {
+    if !crate::process::have_program(QEMU) {
+        bail!("{QEMU} is not installed; {}", crate::process::INSTALL_HINT);
+    }
+    for firmware in [OVMF_CODE, OVMF_VARS] {
+        if !Path::new(firmware).exists() {
+            bail!("UEFI firmware {firmware} is missing (package ovmf); {}", crate::process::INSTALL_HINT);
+        }
+    }
+    if !crate::process::have_program("ssh") {
+        bail!("ssh is not installed (package openssh-client); {}", crate::process::INSTALL_HINT);
+    }
+    Ok(())
+}
+
+/// Decides the accelerator. `auto` boots the image's own kernel under KVM
+/// with a time limit and uses KVM only if the kernel ran to its end (a panic
+/// for want of a root file system, as asked); otherwise TCG.
+pub fn choose_accel(choice: AccelChoice, raw_image: &Path, work: &Path) -> Result<Accel> {
+    match choice {
+        AccelChoice::Tcg => return Ok(Accel::Tcg),
+        AccelChoice::Kvm => return Ok(Accel::Kvm),
+        AccelChoice::Auto => {}
+    }
+    let usable = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    if !usable {
+        ui::step("acceleration: /dev/kvm is not usable; using TCG");
+        return Ok(Accel::Tcg);
+    }
+    let kernel = work.join("probe-vmlinuz");
+    Cmd::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-o")
+        .arg("-i")
+        .arg(format!("{}@@{}", raw_image.display(), crate::layout::FIRST_LBA_MIB << 20))
+        .arg("::/EFI/rampart/vmlinuz")
+        .arg(&kernel)
+        .run()
+        .context("while taking the kernel out of the image for the KVM probe")?;
+    let log = work.join("kvm-probe.log");
+    let started = Instant::now();
+    let output = Cmd::new(QEMU)
+        .args(["-accel", "kvm", "-machine", "q35", "-m", "256", "-nodefaults", "-no-reboot", "-display", "none"])
+        .arg("-serial")
+        .arg(format!("file:{}", log.display()))
+        .arg("-kernel")
+        .arg(&kernel)
+        .args(["-append", "console=ttyS0 panic=-1 root=/dev/rampart-probe-none rootwait=0"])
+        .run_with_timeout(Duration::from_secs(10))?;
+    let console = std::fs::read_to_string(&log).unwrap_or_default();
+    let kernel_ran = console.contains("Kernel panic") || console.contains("VFS:");
+    if output.is_some() && kernel_ran {
+        ui::step(&format!("acceleration: KVM works (probe kernel ran in {:.1} s); using KVM", started.elapsed().as_secs_f64()));
+        Ok(Accel::Kvm)
+    } else {
+        let why = match output {
+            None => "the probe kernel hung (no end within 10 s)".to_string(),
+            Some(out) if !kernel_ran => format!(
+                "the probe kernel did not run ({})",
+                String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("no output")
+            ),
+            Some(_) => "unknown".to_string(),
+        };
+        ui::step(&format!("acceleration: KVM does not work here: {why}; using TCG"));
+        Ok(Accel::Tcg)
+    }
+}
+
+/// A throwaway SSH key pair for one test run.
+pub struct TestKey {
+    pub private: PathBuf,
+    pub public_line: String,
+}
+
+impl TestKey {
+    pub fn generate(dir: &Path, name: &str) -> Result<TestKey> {
+        let private = dir.join(name);
+        Cmd::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", &format!("rampart-test-{name}"), "-f"])
+            .arg(&private)
+            .run()
+            .context("while making a throwaway SSH key")?;
+        let public_line = std::fs::read_to_string(private.with_extension("pub"))?.trim().to_string();
+        Ok(TestKey { private, public_line })
+    }
+}
+
+pub struct MachineConfig<'a> {
+    pub name: &'a str,
+    pub image: &'a Path,
+    pub disk_bytes: u64,
+    pub memory_mib: u64,
+    pub accel: Accel,
+    pub user: &'a str,
+    pub key: &'a TestKey,
+    /// Extra QEMU arguments (e.g. a NIC on an isolated test network).
+    pub extra_args: Vec<String>,
+}
+
+/// A running VM. QEMU is killed when this drops (and if rampart dies).
+pub struct Machine {
+    pub name: String,
+    pub serial_log: PathBuf,
+    process: Background,
+    qemu_log: PathBuf,
+    ssh_port: u16,
+    user: String,
+    key: PathBuf,
+    pub started: Instant,
+}
+
+impl Machine {
+    /// Boots a copy-on-write scratch disk, larger than the image, backed by
+    /// the image itself: the artifact's bytes are what boots.
+    pub fn boot(config: &MachineConfig, dir: &Path) -> Result<Machine> {
+        let scratch = dir.join(format!("{}.scratch.qcow2", config.name));
+        Cmd::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg(std::fs::canonicalize(config.image)?)
+            .arg(&scratch)
+            .arg(config.disk_bytes.to_string())
+            .run()
+            .context("while making the scratch disk")?;
+        let vars = dir.join(format!("{}.OVMF_VARS.fd", config.name));
+        std::fs::copy(OVMF_VARS, &vars).with_context(|| format!("while copying {OVMF_VARS}"))?;
+        let ssh_port = free_loopback_port()?;
+        let serial_log = dir.join(format!("serial-{}.log", config.name));
+        let qemu_log = dir.join(format!("qemu-{}.log", config.name));
+        // Commas in an SMBIOS value must be doubled for QEMU's option parser.
+        let credential = format!("io.systemd.credential:ssh.authorized_keys.{}={}", config.user, config.key.public_line).replace(',', ",,");
+        let mut command = Cmd::new(QEMU)
+            .args(["-machine", "q35", "-accel", config.accel.name(), "-smp", "2"])
+            .arg("-m")
+            .arg(config.memory_mib.to_string())
+            .args(["-nodefaults", "-display", "none", "-no-reboot"])
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,file={}", vars.display()))
+            .arg("-drive")
+            .arg(format!("file={},if=virtio,format=qcow2", scratch.display()))
+            .arg("-nic")
+            .arg(format!("user,model=virtio-net-pci,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22"))
+            .args(["-device", "virtio-rng-pci"])
+            .arg("-smbios")
+            .arg(format!("type=11,value={credential}"))
+            .arg("-serial")
+            .arg(format!("file:{}", serial_log.display()));
+        for extra in &config.extra_args {
+            command = command.arg(extra);
+        }
+        let process = command.spawn_background(&qemu_log)?;
+        Ok(Machine {
+            name: config.name.to_string(),
+            serial_log,
+            process,
+            qemu_log,
+            ssh_port,
+            user: config.user.to_string(),
+            key: config.key.private.clone(),
+            started: Instant::now(),
+        })
+    }
+
+    fn ssh_command(&self, key: &Path, command: &str) -> Cmd {
+        Cmd::new("ssh")
+            .args([
+                "-o", "StrictHostKeyChecking=no",
+                "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "GlobalKnownHostsFile=/dev/null",
+                "-o", "LogLevel=ERROR",
+                "-o", "BatchMode=yes",
+                "-o", "IdentitiesOnly=yes",
+                "-o", "PasswordAuthentication=no",
+                "-o", "KbdInteractiveAuthentication=no",
+                "-o", "ConnectTimeout=10",
+                "-o", "ServerAliveInterval=5",
+                "-o", "ServerAliveCountMax=3",
+            ])
+            .arg("-i")
+            .arg(key)
+            .arg("-p")
+            .arg(self.ssh_port.to_string())
+            .arg(format!("{}@127.0.0.1", self.user))
+            .arg("--")
+            .arg(command)
+    }
+
+    /// Runs `command` in the guest as the admin user. `None` on timeout.
+    pub fn ssh(&self, command: &str, timeout: Duration) -> Result<Option<Output>> {
+        self.ssh_command(&self.key, command).run_with_timeout(timeout)
+    }
+
+    /// Tries a login with another key; returns the client's output.
+    pub fn ssh_with_key(&self, key: &Path, command: &str, timeout: Duration) -> Result<Option<Output>> {
+        self.ssh_command(key, command).run_with_timeout(timeout)
+    }
+
+    /// Waits until an SSH login with the provisioned key works; returns the
+    /// time from QEMU's start.
+    pub fn wait_for_ssh(&mut self, timeout: Duration) -> Result<Duration> {
+        let deadline = self.started + timeout;
+        loop {
+            self.ensure_running()?;
+            if let Some(output) = self.ssh("true", Duration::from_secs(15))? {
+                if output.status.success() {
+                    return Ok(self.started.elapsed());
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{} did not accept SSH logins within {} s\n{}",
+                    self.name,
+                    timeout.as_secs(),
+                    self.serial_tail(30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Errors if QEMU has exited, with its own log and the console's tail.
+    pub fn ensure_running(&mut self) -> Result<()> {
+        if let Some(status) = self.process.try_wait()? {
+            let log = std::fs::read_to_string(&self.qemu_log).unwrap_or_default();
+            bail!(
+                "QEMU of {} exited ({}): {}\n{}",
+                self.name,
+                crate::process::describe_status(status),
+                log.trim(),
+                self.serial_tail(30)
+            );
+        }
+        Ok(())
+    }
+
+    /// The last `n` lines of the serial console, for failure reports.
+    pub fn serial_tail(&self, n: usize) -> String {
+        let bytes = std::fs::read(&self.serial_log).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        let cleaned: String = text.chars().filter(|c| *c == '\n' || !c.is_control()).collect();
+        let lines: Vec<&str> = cleaned.lines().filter(|l| !l.trim().is_empty()).collect();
+        format!(
+            "--- last {} lines of the serial console of {} ({}) ---\n{}",
+            n.min(lines.len()),
+            self.name,
+            self.serial_log.display(),
+            lines[lines.len().saturating_sub(n)..].join("\n")
+        )
+    }
+
+    pub fn shut_down(mut self) {
+        self.process.kill();
+    }
+}
+
+fn free_loopback_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("while finding a free loopback port")?;
+    Ok(listener.local_addr()?.port())
+}

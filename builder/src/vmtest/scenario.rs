@@ -1,0 +1,300 @@
+//! Test scenarios (`vm-tests/*.toml`): which profile to boot, on which
+//! machines, and the ordered checks, in the spirit of the NixOS test driver.
+//! Parsed and validated completely before anything boots. No IO beyond
+//! reading the scenario file.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::located::{LocatedError, SourceText};
+use crate::profile::{ImageSize, Port};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawScenario {
+    description: Option<String>,
+    profile: Spanned<String>,
+    boot_timeout: Option<Spanned<u64>>,
+    #[serde(default)]
+    machine: Vec<RawMachine>,
+    #[serde(default)]
+    check: Vec<RawCheck>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawMachine {
+    name: Spanned<String>,
+    disk_size: Option<Spanned<String>>,
+    memory_mib: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawCheck {
+    name: Spanned<String>,
+    machine: Option<Spanned<String>>,
+    timeout: Option<Spanned<u64>>,
+    succeed: Option<String>,
+    fail: Option<String>,
+    wait_until_succeeds: Option<String>,
+    wait_for_unit: Option<String>,
+    wait_for_port: Option<Spanned<i64>>,
+    differ: Option<String>,
+    ssh_refuses_wrong_key: Option<bool>,
+    expect: Option<String>,
+    expect_contains: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MachineSpec {
+    pub name: String,
+    pub disk_size: ImageSize,
+    pub memory_mib: u64,
+}
+
+/// Which machines a check runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    One(usize),
+    All,
+}
+
+/// What the output of a command must look like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    Anything,
+    Equals(String),
+    Contains(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// The command exits 0 (and its output matches).
+    Succeed { command: String, expect: Expect },
+    /// The command exits non-zero.
+    Fail { command: String },
+    /// Retry until the command exits 0 (and its output matches).
+    WaitUntilSucceeds { command: String, expect: Expect },
+    /// Wait until the unit is active; fail at once if it failed.
+    WaitForUnit { unit: String },
+    /// Wait until something in the guest listens on the TCP port.
+    WaitForPort { port: Port },
+    /// The command's output differs between every pair of machines.
+    Differ { command: String },
+    /// An SSH login with a key the machine was not given is refused.
+    SshRefusesWrongKey,
+}
+
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: String,
+    pub target: Target,
+    pub action: Action,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: String,
+    pub path: PathBuf,
+    pub description: String,
+    pub profile_path: PathBuf,
+    pub boot_timeout: Duration,
+    pub machines: Vec<MachineSpec>,
+    pub checks: Vec<Check>,
+}
+
+/// Reads and validates a scenario. Profiles are looked up as
+/// `<scenario dir>/../profiles/<profile>.toml`.
+pub fn load(path: &Path) -> Result<Scenario, LocatedError> {
+    let text = std::fs::read_to_string(path).map_err(|e| LocatedError {
+        location: path.display().to_string(),
+        message: format!("cannot read scenario: {e}"),
+    })?;
+    let source = SourceText { file: path.to_path_buf(), text };
+    let raw: RawScenario = source.parse()?;
+    let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let profile_name = source.check(&raw.profile, "profile", |s| crate::profile::ProfileName::parse(s))?;
+    let profile_path = path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("..")
+        .join("profiles")
+        .join(format!("{profile_name}.toml"));
+    if !profile_path.exists() {
+        return Err(source.error(&raw.profile, format!("profile: no profile {profile_name} (looked for {})", profile_path.display())));
+    }
+    let mut machines = Vec::new();
+    for machine in &raw.machine {
+        let name = source.check(&machine.name, "machine.name", |s| crate::profile::Hostname::parse(s))?.to_string();
+        if machines.iter().any(|m: &MachineSpec| m.name == name) {
+            return Err(source.error(&machine.name, format!("machine.name: {name} is declared twice")));
+        }
+        let disk_size = match &machine.disk_size {
+            Some(size) => source.check(size, "machine.disk-size", |s| ImageSize::parse(s))?,
+            None => ImageSize::from_bytes(4 << 30),
+        };
+        let memory_mib = match &machine.memory_mib {
+            Some(m) => source.check(m, "machine.memory-mib", |m| {
+                if (256..=65536).contains(m) { Ok(*m) } else { Err(format!("{m} MiB is out of range (256 to 65536)")) }
+            })?,
+            None => 1024,
+        };
+        machines.push(MachineSpec { name, disk_size, memory_mib });
+    }
+    if machines.is_empty() {
+        machines.push(MachineSpec { name: "machine".into(), disk_size: ImageSize::from_bytes(4 << 30), memory_mib: 1024 });
+    }
+    let mut checks = Vec::new();
+    for check in raw.check {
+        checks.push(validate_check(&source, check, &machines)?);
+    }
+    if checks.is_empty() {
+        return Err(LocatedError { location: path.display().to_string(), message: "a scenario needs at least one [[check]]".into() });
+    }
+    let boot_timeout = match &raw.boot_timeout {
+        Some(t) => Duration::from_secs(source.check(t, "boot-timeout", |t| if *t >= 10 { Ok(*t) } else { Err("at least 10 seconds") })?),
+        None => Duration::from_secs(240),
+    };
+    Ok(Scenario {
+        name,
+        path: path.to_path_buf(),
+        description: raw.description.unwrap_or_default(),
+        profile_path,
+        boot_timeout,
+        machines,
+        checks,
+    })
+}
+
+fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec]) -> Result<Check, LocatedError> {
+    let name = raw.name.get_ref().clone();
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return Err(source.error(&raw.name, "check.name: use letters, digits, '_' and '-' (it names the JUnit test case)"));
+    }
+    let expect = match (&raw.expect, &raw.expect_contains) {
+        (Some(_), Some(_)) => return Err(source.error(&raw.name, "check: give expect or expect-contains, not both")),
+        (Some(text), None) => Expect::Equals(text.trim().to_string()),
+        (None, Some(text)) => Expect::Contains(text.clone()),
+        (None, None) => Expect::Anything,
+    };
+    let mut actions = Vec::new();
+    if let Some(command) = raw.succeed {
+        actions.push(Action::Succeed { command, expect: expect.clone() });
+    }
+    if let Some(command) = raw.wait_until_succeeds {
+        actions.push(Action::WaitUntilSucceeds { command, expect: expect.clone() });
+    }
+    if let Some(command) = raw.fail {
+        actions.push(Action::Fail { command });
+    }
+    if let Some(unit) = raw.wait_for_unit {
+        actions.push(Action::WaitForUnit { unit });
+    }
+    if let Some(port) = &raw.wait_for_port {
+        actions.push(Action::WaitForPort { port: source.check(port, "check.wait-for-port", |p| Port::from_i64(*p))? });
+    }
+    if let Some(command) = raw.differ {
+        actions.push(Action::Differ { command });
+    }
+    if raw.ssh_refuses_wrong_key == Some(true) {
+        actions.push(Action::SshRefusesWrongKey);
+    }
+    let action = match actions.len() {
+        1 => actions.remove(0),
+        0 => return Err(source.error(&raw.name, format!("check {name}: no action; give one of succeed, fail, wait-until-succeeds, wait-for-unit, wait-for-port, differ, ssh-refuses-wrong-key"))),
+        _ => return Err(source.error(&raw.name, format!("check {name}: give exactly one action"))),
+    };
+    let uses_expect = matches!(action, Action::Succeed { .. } | Action::WaitUntilSucceeds { .. });
+    if expect != Expect::Anything && !uses_expect {
+        return Err(source.error(&raw.name, format!("check {name}: expect applies only to succeed and wait-until-succeeds")));
+    }
+    let target = match (&raw.machine, &action) {
+        (_, Action::Differ { .. }) if machines.len() < 2 => {
+            return Err(source.error(&raw.name, format!("check {name}: differ needs at least two machines")));
+        }
+        (_, Action::Differ { .. }) => Target::All,
+        (None, _) => Target::One(0),
+        (Some(m), _) if m.get_ref() == "all" => Target::All,
+        (Some(m), _) => match machines.iter().position(|spec| &spec.name == m.get_ref()) {
+            Some(index) => Target::One(index),
+            None => return Err(source.error(m, format!("check.machine: no machine named {}", m.get_ref()))),
+        },
+    };
+    let timeout = match &raw.timeout {
+        Some(t) => Duration::from_secs(source.check(t, "check.timeout", |t| if (1..=3600).contains(t) { Ok(*t) } else { Err("1 to 3600 seconds") })?),
+        None => Duration::from_secs(60),
+    };
+    Ok(Check { name, target, action, timeout })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_error(scenario: &str, expected: &str) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("profiles")).unwrap();
+        std::fs::create_dir_all(dir.path().join("vm-tests")).unwrap();
+        std::fs::write(dir.path().join("profiles/baseline.toml"), "name = \"baseline\"\n").unwrap();
+        let path = dir.path().join("vm-tests/t.toml");
+        std::fs::write(&path, scenario).unwrap();
+        let error = load(&path).unwrap_err().to_string().replace(&dir.path().display().to_string(), "$DIR");
+        assert_eq!(error, expected);
+    }
+
+    #[test]
+    fn unknown_profile_is_refused_before_boot() {
+        check_error(
+            "profile = \"nope\"\n[[check]]\nname = \"x\"\nsucceed = \"true\"\n",
+            "$DIR/vm-tests/t.toml:1:11: profile: no profile nope (looked for $DIR/vm-tests/../profiles/nope.toml)",
+        );
+    }
+
+    #[test]
+    fn unknown_check_kind_is_refused() {
+        check_error(
+            "profile = \"baseline\"\n[[check]]\nname = \"x\"\nsucceeds = \"true\"\n",
+            "$DIR/vm-tests/t.toml:4:1: unknown field `succeeds`, expected one of `name`, `machine`, `timeout`, `succeed`, `fail`, `wait-until-succeeds`, `wait-for-unit`, `wait-for-port`, `differ`, `ssh-refuses-wrong-key`, `expect`, `expect-contains`",
+        );
+    }
+
+    #[test]
+    fn check_needs_exactly_one_action() {
+        check_error(
+            "profile = \"baseline\"\n[[check]]\nname = \"x\"\nsucceed = \"a\"\nfail = \"b\"\n",
+            "$DIR/vm-tests/t.toml:3:8: check x: give exactly one action",
+        );
+    }
+
+    #[test]
+    fn differ_needs_two_machines() {
+        check_error(
+            "profile = \"baseline\"\n[[check]]\nname = \"ids\"\ndiffer = \"cat /etc/machine-id\"\n",
+            "$DIR/vm-tests/t.toml:3:8: check ids: differ needs at least two machines",
+        );
+    }
+
+    #[test]
+    fn checks_target_named_machines() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("profiles")).unwrap();
+        std::fs::create_dir_all(dir.path().join("vm-tests")).unwrap();
+        std::fs::write(dir.path().join("profiles/baseline.toml"), "name = \"baseline\"\n").unwrap();
+        let path = dir.path().join("vm-tests/t.toml");
+        std::fs::write(
+            &path,
+            "profile = \"baseline\"\n[[machine]]\nname = \"a\"\n[[machine]]\nname = \"b\"\ndisk-size = \"8G\"\n[[check]]\nname = \"one\"\nmachine = \"b\"\nsucceed = \"hostname\"\nexpect = \"baseline\\n\"\n[[check]]\nname = \"ids\"\ndiffer = \"cat /etc/machine-id\"\n",
+        )
+        .unwrap();
+        let scenario = load(&path).unwrap();
+        assert_eq!(scenario.checks[0].target, Target::One(1));
+        assert_eq!(scenario.checks[0].action, Action::Succeed { command: "hostname".into(), expect: Expect::Equals("baseline".into()) });
+        assert_eq!(scenario.checks[1].target, Target::All);
+        assert_eq!(scenario.machines[1].disk_size.bytes(), 8 << 30);
+    }
+}
