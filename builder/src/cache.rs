@@ -46,8 +46,8 @@ impl Cache {
 
     /// A scratch directory on the cache's filesystem, so that finished
     /// entries can be renamed into place.
-    pub fn scratch(&self) -> Result<tempfile::TempDir> {
-        Ok(tempfile::Builder::new().prefix("scratch-").tempdir_in(self.root.join("tmp"))?)
+    pub fn scratch(&self) -> Result<crate::fsutil::OwnedTempDir> {
+        crate::fsutil::owned_tempdir(&self.root.join("tmp"), "scratch-")
     }
 
     /// Checks every locked package in the cache. Damaged entries are removed

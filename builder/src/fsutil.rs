@@ -23,6 +23,56 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// A temporary directory whose owner holds a lock on it. A run that is
+/// killed leaves it behind unlocked, and the next run removes it.
+pub struct OwnedTempDir {
+    dir: tempfile::TempDir,
+    _lock: File,
+}
+
+impl OwnedTempDir {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+const OWNER_LOCK: &str = ".rampart-owner";
+
+/// Creates a locked temporary directory `<parent>/<prefix>XXXX`, first
+/// removing any such directory a killed run left behind.
+pub fn owned_tempdir(parent: &Path, prefix: &str) -> Result<OwnedTempDir> {
+    remove_abandoned(parent, prefix)?;
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(parent)
+        .with_context(|| format!("while creating a work directory in {}", parent.display()))?;
+    let lock = File::create(dir.path().join(OWNER_LOCK))?;
+    // SAFETY: flock on a file descriptor we own.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!("could not lock {}", dir.path().display());
+    }
+    Ok(OwnedTempDir { dir, _lock: lock })
+}
+
+/// Removes `<parent>/<prefix>*` directories whose owner is gone.
+fn remove_abandoned(parent: &Path, prefix: &str) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(parent) else { return Ok(()) };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(prefix) || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let Ok(lock) = File::open(entry.path().join(OWNER_LOCK)) else { continue };
+        // SAFETY: flock on a file descriptor we own.
+        let free = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        if free {
+            crate::ui::step(&format!("removing {}, left behind by an interrupted run", entry.path().display()));
+            std::fs::remove_dir_all(entry.path()).with_context(|| format!("while removing {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// The sha256 of a file, read in chunks.
 pub fn sha256_file(path: &Path) -> Result<String> {
     let mut file = File::open(path).with_context(|| format!("while reading {}", path.display()))?;
@@ -105,6 +155,18 @@ mod tests {
         std::os::unix::fs::symlink("../../../..", root.path().join("etc/up")).unwrap();
         assert!(resolve_in_root(root.path(), Path::new("../x")).is_err());
         assert!(resolve_in_root(root.path(), Path::new("etc/up/x")).is_err());
+    }
+
+    #[test]
+    fn abandoned_work_directories_are_removed_but_owned_ones_stay() {
+        let parent = tempfile::tempdir().unwrap();
+        let owned = owned_tempdir(parent.path(), "work-").unwrap();
+        let abandoned = parent.path().join("work-abandoned");
+        std::fs::create_dir(&abandoned).unwrap();
+        std::fs::write(abandoned.join(OWNER_LOCK), "").unwrap();
+        let _second = owned_tempdir(parent.path(), "work-").unwrap();
+        assert!(!abandoned.exists());
+        assert!(owned.path().exists());
     }
 
     #[test]

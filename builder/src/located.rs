@@ -33,7 +33,8 @@ impl SourceText {
     pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, LocatedError> {
         toml::from_str(&self.text).map_err(|e| {
             let offset = e.span().map(|s| s.start).unwrap_or(0);
-            LocatedError { location: self.location(offset), message: e.message().trim().to_string() }
+            let message = e.message().trim().lines().map(str::trim).collect::<Vec<_>>().join(": ");
+            LocatedError { location: self.location(offset), message }
         })
     }
 

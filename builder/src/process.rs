@@ -22,7 +22,8 @@ pub struct Cmd {
     args: Vec<OsString>,
     env: Vec<(String, OsString)>,
     cwd: Option<PathBuf>,
-    /// Run in a fresh, empty network namespace (`unshare --net`).
+    /// Run in a fresh, empty network namespace and a private mount namespace
+    /// (`unshare --net --mount`): no network, and no mount outlives it.
     no_network: bool,
 }
 
@@ -70,7 +71,8 @@ impl Cmd {
     }
 
     /// Cut the command off from every network: it runs in its own network
-    /// namespace that holds only a loopback device.
+    /// namespace that holds only a loopback device, and in its own mount
+    /// namespace, so mounts it makes vanish with it even if it is killed.
     pub fn without_network(mut self) -> Cmd {
         self.no_network = true;
         self
@@ -80,7 +82,7 @@ impl Cmd {
     pub fn display(&self) -> String {
         let mut words: Vec<String> = Vec::new();
         if self.no_network {
-            words.extend(["unshare".to_string(), "--net".to_string()]);
+            words.extend(["unshare", "--net", "--mount", "--propagation", "private", "--"].map(String::from));
         }
         words.push(self.program.clone());
         words.extend(self.args.iter().map(|a| a.to_string_lossy().into_owned()));
@@ -90,7 +92,7 @@ impl Cmd {
     fn command(&self) -> Command {
         let mut command = if self.no_network {
             let mut c = Command::new("unshare");
-            c.arg("--net").arg("--").arg(&self.program);
+            c.args(["--net", "--mount", "--propagation", "private", "--"]).arg(&self.program);
             c
         } else {
             Command::new(&self.program)

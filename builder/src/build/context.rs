@@ -27,7 +27,7 @@ pub struct BuildContext {
     pub cache: Cache,
     /// The clock of the build: every timestamp in the artifacts is at most this.
     pub source_date_epoch: i64,
-    staging: tempfile::TempDir,
+    staging: crate::fsutil::OwnedTempDir,
     log: PathBuf,
     pub records: Vec<StageRecord>,
 }
@@ -36,10 +36,7 @@ impl BuildContext {
     pub fn new(profile: Profile, lock: Lock, mirror: Mirror, cache: Cache, out: &Path, log: PathBuf) -> Result<BuildContext> {
         let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent).with_context(|| format!("while creating {}", parent.display()))?;
-        let staging = tempfile::Builder::new()
-            .prefix(&format!(".rampart-staging-{}-", profile.name))
-            .tempdir_in(parent)
-            .with_context(|| format!("while creating a staging directory in {}", parent.display()))?;
+        let staging = crate::fsutil::owned_tempdir(parent, &format!(".rampart-staging-{}-", profile.name))?;
         std::fs::create_dir_all(staging.path().join("artifacts"))?;
         std::fs::create_dir_all(staging.path().join("work"))?;
         let source_date_epoch = lock.source_date_epoch;

@@ -129,18 +129,18 @@ struct Layer {
 
 /// Reads and validates the profile at `path` and everything it extends.
 pub fn load(path: &Path) -> Result<Profile, ProfileError> {
-    let mut chain: Vec<(PathBuf, Layer)> = Vec::new();
+    let mut chain: Vec<(PathBuf, PathBuf, Layer)> = Vec::new();
     let mut next = Some((path.to_path_buf(), None::<String>));
     while let Some((file, asked_at)) = next.take() {
         let canonical = std::fs::canonicalize(&file).map_err(|e| ProfileError {
             location: asked_at.clone().unwrap_or_else(|| file.display().to_string()),
             message: format!("cannot read profile {}: {}", file.display(), io_reason(&e)),
         })?;
-        if let Some(position) = chain.iter().position(|(seen, _)| *seen == canonical) {
+        if let Some(position) = chain.iter().position(|(seen, _, _)| *seen == canonical) {
             let cycle: Vec<String> = chain[position..]
                 .iter()
-                .map(|(p, _)| p.display().to_string())
-                .chain([canonical.display().to_string()])
+                .map(|(_, shown, _)| shown.display().to_string())
+                .chain([file.display().to_string()])
                 .collect();
             return Err(ProfileError {
                 location: asked_at.unwrap_or_default(),
@@ -158,12 +158,12 @@ pub fn load(path: &Path) -> Result<Profile, ProfileError> {
             next = Some((base, Some(source.location(extends.span().start))));
         }
         let layer = validate_layer(&source, raw)?;
-        chain.push((canonical, layer));
+        chain.push((canonical, file, layer));
     }
-    let files: Vec<PathBuf> = chain.iter().rev().map(|(p, _)| p.clone()).collect();
-    let top_name = chain[0].1.name.clone();
+    let files: Vec<PathBuf> = chain.iter().rev().map(|(p, _, _)| p.clone()).collect();
+    let top_name = chain[0].2.name.clone();
     let mut merged = Layer::default();
-    for (_, layer) in chain.into_iter().rev() {
+    for (_, _, layer) in chain.into_iter().rev() {
         merge(&mut merged, layer);
     }
     finish(path, files, top_name, merged)

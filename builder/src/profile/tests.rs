@@ -32,7 +32,7 @@ fn check_ok(files: &[(&str, &str)]) -> Profile {
 fn bad_toml_names_file_line_and_column() {
     check_error(
         &[("web.toml", "name = \"web\"\n[image\nhostname = \"x\"\n")],
-        "$DIR/profiles/web.toml:2:7: invalid table header\nexpected `.`, `]`",
+        "$DIR/profiles/web.toml:2:7: invalid table header: expected `.`, `]`",
     );
 }
 

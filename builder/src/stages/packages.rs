@@ -64,7 +64,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
         "drop-docs": ctx.profile.packages.drop_docs,
         "dpkg-options": dpkg_options,
         "mmdebstrap": mmdebstrap_version,
-        "network": "none (own network namespace)",
+        "network": "none (own network and mount namespaces)",
         "stage-key": key,
     });
     ctx.record("packages", true, settings);
@@ -134,6 +134,9 @@ fn bootstrap(ctx: &BuildContext, dpkg_options: &[&str], cached: &Path) -> Result
         .arg(&tarball)
         .arg(format!("deb [trusted=yes] copy://{} {suite} main", repo.display()))
         .env("SOURCE_DATE_EPOCH", ctx.source_date_epoch.to_string())
+        // mmdebstrap's own temporary root lives in our scratch directory, so an
+        // interrupted run's leftovers are cleaned up with it.
+        .env("TMPDIR", scratch.path())
         .without_network()
         .run_logged(ctx.log())
         .context("while installing the locked packages with mmdebstrap (network cut)")?;

@@ -73,8 +73,8 @@ pub fn find_scenarios(profile: &Profile, only: Option<&str>) -> Result<Vec<Scena
 }
 
 pub fn run(profile: Profile, mirror: Mirror, options: &TestOptions) -> Result<()> {
-    qemu::require_host_tools()?;
     let scenarios = find_scenarios(&profile, options.scenario.as_deref())?;
+    qemu::require_host_tools()?;
     let Some(admin) = profile.users.first().map(|u| u.name.to_string()) else {
         bail!("{}: the profile has no [[users]] admin account, so the test harness has no way in", profile.path.display());
     };

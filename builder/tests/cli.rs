@@ -1,0 +1,73 @@
+//! The command line's exact error messages for bad profiles. Each case is a
+//! profile file in tests/cases/ with the message it must produce beside it
+//! (`NAME.stderr`). Set RAMPART_BLESS=1 to rewrite the expected messages.
+
+use std::path::Path;
+use std::process::Command;
+
+fn check(case: &str) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let profile = format!("tests/cases/{case}.toml");
+    let output = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(["lock", &profile])
+        .current_dir(dir)
+        .output()
+        .expect("rampart runs");
+    assert_eq!(output.status.code(), Some(1), "{case}: a bad profile exits 1");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let expected_path = dir.join(format!("tests/cases/{case}.stderr"));
+    if std::env::var_os("RAMPART_BLESS").is_some() {
+        std::fs::write(&expected_path, &stderr).unwrap();
+    }
+    let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
+    assert_eq!(stderr, expected, "{case}: stderr differs from {}", expected_path.display());
+}
+
+#[test]
+fn bad_toml_is_refused_with_its_position() {
+    check("bad-toml");
+}
+
+#[test]
+fn unknown_field_is_refused_with_the_expected_fields() {
+    check("unknown-field");
+}
+
+#[test]
+fn wrong_type_is_refused() {
+    check("wrong-type");
+}
+
+#[test]
+fn missing_extends_target_is_refused() {
+    check("missing-extends");
+}
+
+#[test]
+fn extends_cycle_is_refused() {
+    check("cycle-a");
+}
+
+#[test]
+fn port_out_of_range_is_refused() {
+    check("bad-port");
+}
+
+#[test]
+fn malformed_cidr_is_refused() {
+    check("bad-cidr");
+}
+
+#[test]
+fn bad_username_is_refused() {
+    check("bad-username");
+}
+
+#[test]
+fn help_documents_every_command() {
+    let output = Command::new(env!("CARGO_BIN_EXE_rampart")).arg("--help").output().unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    for command in ["lock", "fetch", "build", "test"] {
+        assert!(text.contains(&format!("  {command} ")), "--help lacks {command}:\n{text}");
+    }
+}

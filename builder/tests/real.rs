@@ -1,0 +1,326 @@
+//! Real tests: they lock against the host's mirror, fetch, build images and
+//! boot them. They need root, the network and QEMU, so they are #[ignore]d
+//! for `cargo test` and run by scripts/test (the README's test command),
+//! one at a time. Each works in its own copy of the repository's profiles,
+//! overlays and scenarios; .debs come from the shared cache
+//! (/var/cache/rampart), which they fill if it is empty.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const SHARED_CACHE: &str = "/var/cache/rampart";
+
+/// A scratch copy of the repository's profiles, overlays and vm-tests.
+struct Workspace {
+    dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    fn new() -> Workspace {
+        let dir = tempfile::Builder::new().prefix("rampart-real-").tempdir_in("/var/tmp").unwrap();
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        for sub in ["profiles", "overlays", "vm-tests"] {
+            let status = Command::new("cp").arg("-a").arg(repo.join(sub)).arg(dir.path()).status().unwrap();
+            assert!(status.success());
+        }
+        for entry in std::fs::read_dir(dir.path().join("profiles")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "lock") {
+                std::fs::remove_file(path).unwrap();
+            }
+        }
+        Workspace { dir }
+    }
+
+    fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    fn rampart(&self, args: &[&str]) -> Output {
+        let started = Instant::now();
+        let output = Command::new(env!("CARGO_BIN_EXE_rampart")).args(args).current_dir(self.dir.path()).output().unwrap();
+        eprintln!(
+            "$ rampart {} -> {:?} in {:.1} s\n{}",
+            args.join(" "),
+            output.status.code(),
+            started.elapsed().as_secs_f64(),
+            tail(&String::from_utf8_lossy(&output.stderr), 12)
+        );
+        output
+    }
+
+    fn rampart_ok(&self, args: &[&str]) -> Output {
+        let output = self.rampart(args);
+        assert!(output.status.success(), "rampart {} failed:\n{}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+        output
+    }
+
+    /// Locks and fetches the baseline into the shared cache.
+    fn lock_and_fetch(&self) {
+        self.rampart_ok(&["lock", "profiles/baseline.toml"]);
+        self.rampart_ok(&["fetch", "profiles/baseline.toml"]);
+    }
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A cache holding hard links to the shared cache's .debs (and, if asked,
+/// package-stage trees), so a test can damage or drop entries of its own.
+fn private_cache(with_package_stage: bool) -> tempfile::TempDir {
+    let cache = tempfile::Builder::new().prefix("rampart-cache-").tempdir_in("/var/tmp").unwrap();
+    let mut subs = vec!["debs"];
+    if with_package_stage {
+        subs.push("rootfs");
+    }
+    for sub in subs {
+        std::fs::create_dir_all(cache.path().join(sub)).unwrap();
+        for entry in std::fs::read_dir(Path::new(SHARED_CACHE).join(sub)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::hard_link(entry.path(), cache.path().join(sub).join(entry.file_name())).unwrap();
+        }
+    }
+    cache
+}
+
+fn read_sums(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap()
+}
+
+#[test]
+#[ignore = "needs root, the network and a Debian mirror: run by scripts/test"]
+fn offline_build_of_baseline_in_a_network_namespace_makes_every_artifact() {
+    let ws = Workspace::new();
+    ws.lock_and_fetch();
+    let lock = std::fs::read_to_string(ws.path("profiles/baseline.lock")).unwrap();
+    assert!(lock.contains("suite = \"bookworm-security\""), "the lock records the security suite");
+    // The whole build runs with the network cut, not just the package stage.
+    let output = Command::new("unshare")
+        .args(["--net", "--"])
+        .arg(env!("CARGO_BIN_EXE_rampart"))
+        .args(["build", "profiles/baseline.toml", "--offline", "--out", "out/baseline"])
+        .current_dir(ws.path(""))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "offline build failed:\n{}", stderr(&output));
+    let out = ws.path("out/baseline");
+    for artifact in ["raw", "qcow2", "rootfs.tar.gz", "manifest.json", "baseline", "report.json"] {
+        assert!(out.join(format!("baseline.{artifact}")).exists(), "missing baseline.{artifact}");
+    }
+    let check = Command::new("sha256sum").args(["--check", "--quiet", "SHA256SUMS"]).current_dir(&out).output().unwrap();
+    assert!(check.status.success(), "SHA256SUMS does not verify: {}", String::from_utf8_lossy(&check.stdout));
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("baseline.manifest.json")).unwrap()).unwrap();
+    let packages = manifest["packages"].as_array().unwrap();
+    assert!(packages.iter().any(|p| p["name"] == "openssh-server" && p["sha256"].as_str().unwrap().len() == 64));
+    assert!(packages.iter().any(|p| p["name"] == "linux-image-cloud-amd64"));
+    let baseline = std::fs::read_to_string(out.join("baseline.baseline")).unwrap();
+    assert!(baseline.starts_with("# rampart-baseline v1 image=baseline"));
+    assert!(baseline.lines().any(|l| l.starts_with("/etc/machine-id\tf\t0444\t0\t0\t0\t")), "machine-id is empty");
+    assert!(!baseline.contains("/etc/ssh/ssh_host_"), "no SSH host keys in the image");
+    assert!(!baseline.lines().any(|l| l.starts_with("/var/lib/apt/lists/") && !l.ends_with("\t-")), "apt lists are emptied");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("baseline.report.json")).unwrap()).unwrap();
+    let stages: Vec<&str> = report["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
+    assert_eq!(stages, ["packages", "configure", "users", "firstboot", "overlays", "seal", "disk"]);
+    // No trace of the build host: its host name is nowhere in /etc.
+    let host = std::fs::read_to_string("/etc/hostname").unwrap().trim().to_string();
+    let listing = Command::new("tar").args(["-xzOf", "baseline.rootfs.tar.gz", "etc/hostname", "etc/hosts"]).current_dir(&out).output().unwrap();
+    let etc = String::from_utf8_lossy(&listing.stdout);
+    assert!(etc.contains("baseline") && (host.is_empty() || host == "baseline" || !etc.contains(&host)), "build host name leaked: {etc}");
+    assert!(!ws.path("out").read_dir().unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with(".rampart-staging")));
+}
+
+#[test]
+#[ignore = "needs root, the network and a Debian mirror: run by scripts/test"]
+fn two_cold_builds_of_one_lock_are_byte_identical() {
+    let ws = Workspace::new();
+    ws.lock_and_fetch();
+    // Each build gets its own cache without a package stage: both run mmdebstrap.
+    let first_cache = private_cache(false);
+    let second_cache = private_cache(false);
+    ws.rampart_ok(&["build", "profiles/baseline.toml", "--offline", "--out", "out/one", "--cache", first_cache.path().to_str().unwrap()]);
+    ws.rampart_ok(&["build", "profiles/baseline.toml", "--offline", "--out", "out/two", "--cache", second_cache.path().to_str().unwrap()]);
+    let one = read_sums(&ws.path("out/one"));
+    let two = read_sums(&ws.path("out/two"));
+    assert_eq!(one, two, "the two builds differ");
+    for artifact in ["baseline.raw", "baseline.qcow2", "baseline.rootfs.tar.gz", "baseline.baseline", "baseline.manifest.json", "baseline.report.json"] {
+        assert!(one.contains(artifact), "SHA256SUMS lacks {artifact}");
+    }
+}
+
+#[test]
+#[ignore = "needs root, the network and a Debian mirror: run by scripts/test"]
+fn warm_rebuild_after_a_profile_edit_reuses_the_package_stage() {
+    let ws = Workspace::new();
+    ws.lock_and_fetch();
+    ws.rampart_ok(&["build", "profiles/baseline.toml", "--offline", "--out", "out/a"]);
+    let profile = ws.path("profiles/baseline.toml");
+    let text = std::fs::read_to_string(&profile).unwrap().replace("organisation = \"rampart\"", "organisation = \"edited\"");
+    std::fs::write(&profile, text).unwrap();
+    let started = Instant::now();
+    let output = ws.rampart_ok(&["build", "profiles/baseline.toml", "--offline", "--out", "out/b"]);
+    eprintln!("warm rebuild took {:.1} s", started.elapsed().as_secs_f64());
+    assert!(stderr(&output).contains("reusing cached root tree"), "the package stage was not reused");
+    let motd = Command::new("tar").args(["-xzOf", "out/b/baseline.rootfs.tar.gz", "etc/motd"]).current_dir(ws.path("")).output().unwrap();
+    assert!(String::from_utf8_lossy(&motd.stdout).contains("for edited"), "the edit did not reach the image");
+    // Changing what is installed invalidates the lock, and so the stage.
+    let text = std::fs::read_to_string(&profile).unwrap().replace("drop-docs = true", "drop-docs = false");
+    std::fs::write(&profile, text).unwrap();
+    let report = std::fs::read_to_string(ws.path("out/b/baseline.report.json")).unwrap();
+    let key_before = serde_json::from_str::<serde_json::Value>(&report).unwrap()["stages"][0]["settings"]["stage-key"].clone();
+    let cache = private_cache(false);
+    ws.rampart_ok(&["build", "profiles/baseline.toml", "--offline", "--out", "out/c", "--cache", cache.path().to_str().unwrap()]);
+    let report = std::fs::read_to_string(ws.path("out/c/baseline.report.json")).unwrap();
+    let key_after = serde_json::from_str::<serde_json::Value>(&report).unwrap()["stages"][0]["settings"]["stage-key"].clone();
+    assert_ne!(key_before, key_after, "drop-docs must change the package stage key");
+}
+
+#[test]
+#[ignore = "needs root, the network and a Debian mirror: run by scripts/test"]
+fn corrupted_cached_deb_is_detected_refused_offline_and_refetched_online() {
+    let ws = Workspace::new();
+    ws.lock_and_fetch();
+    let cache = private_cache(true);
+    let lock = std::fs::read_to_string(ws.path("profiles/baseline.lock")).unwrap();
+    let parsed: toml::Value = toml::from_str(&lock).unwrap();
+    let victim = parsed["package"].as_array().unwrap().iter().find(|p| p["name"].as_str() == Some("openssh-server")).unwrap();
+    let sha = victim["sha256"].as_str().unwrap();
+    let deb = cache.path().join("debs").join(format!("{sha}.deb"));
+    // Break the hard link first: the shared cache stays intact.
+    let mut bytes = std::fs::read(&deb).unwrap();
+    std::fs::remove_file(&deb).unwrap();
+    bytes[1000] ^= 0xff;
+    std::fs::write(&deb, &bytes).unwrap();
+    let cache_arg = cache.path().to_str().unwrap();
+    let output = ws.rampart(&["build", "profiles/baseline.toml", "--offline", "--out", "out/x", "--cache", cache_arg]);
+    assert!(!output.status.success(), "an offline build with a damaged .deb must fail");
+    let message = stderr(&output);
+    assert!(message.contains("openssh-server"), "the error names the package: {message}");
+    assert!(message.contains("rampart fetch"), "the error says what to do: {message}");
+    assert!(!ws.path("out/x").exists(), "nothing is published by a failed build");
+    let output = ws.rampart_ok(&["fetch", "profiles/baseline.toml", "--cache", cache_arg]);
+    assert!(stderr(&output).contains("1 downloaded"), "{}", stderr(&output));
+    ws.rampart_ok(&["build", "profiles/baseline.toml", "--offline", "--out", "out/x", "--cache", cache_arg]);
+}
+
+#[test]
+#[ignore = "needs root, the network and a Debian mirror: run by scripts/test"]
+fn corrupted_cached_deb_is_refetched_by_an_online_build() {
+    let ws = Workspace::new();
+    ws.lock_and_fetch();
+    let cache = private_cache(true);
+    let some_deb = std::fs::read_dir(cache.path().join("debs")).unwrap().next().unwrap().unwrap().path();
+    std::fs::remove_file(&some_deb).unwrap();
+    std::fs::write(&some_deb, b"truncated").unwrap();
+    let output = ws.rampart_ok(&["build", "profiles/baseline.toml", "--out", "out/y", "--cache", cache.path().to_str().unwrap()]);
+    assert!(stderr(&output).contains("was damaged"), "{}", stderr(&output));
+}
+
+#[test]
+#[ignore = "needs root, the network and a Debian mirror: run by scripts/test"]
+fn unknown_package_fails_the_lock_naming_it() {
+    let ws = Workspace::new();
+    std::fs::write(
+        ws.path("profiles/broken.toml"),
+        "name = \"broken\"\nextends = \"baseline.toml\"\n[packages]\ninclude = [\"rampart-no-such-package\"]\n",
+    )
+    .unwrap();
+    let output = ws.rampart(&["lock", "profiles/broken.toml"]);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(message.contains("no package named rampart-no-such-package"), "{message}");
+    assert!(message.contains("profiles/broken.toml"), "{message}");
+    assert!(!ws.path("profiles/broken.lock").exists(), "no lock is written");
+}
+
+#[test]
+#[ignore = "needs root, the network and a Debian mirror: run by scripts/test"]
+fn build_killed_during_mmdebstrap_leaves_nothing_and_the_next_build_succeeds() {
+    use std::os::unix::process::CommandExt;
+    let ws = Workspace::new();
+    ws.lock_and_fetch();
+    let cache = private_cache(false);
+    let cache_arg = cache.path().to_str().unwrap().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(["build", "profiles/baseline.toml", "--offline", "--out", "out/k", "--cache", &cache_arg])
+        .current_dir(ws.path(""))
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    // Wait until mmdebstrap is at work, then kill the whole process group,
+    // as a Ctrl-C or a CI timeout would.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let found = Command::new("pgrep").args(["-g", &child.id().to_string(), "-f", "mmdebstrap"]).output().unwrap();
+        if found.status.success() {
+            std::thread::sleep(Duration::from_secs(8));
+            break;
+        }
+        assert!(Instant::now() < deadline, "mmdebstrap never started");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // SAFETY: kill(2) on a process group we created.
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+    child.wait().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!ws.path("out/k").exists(), "no artifacts after a killed build");
+    let rootfs_entries = std::fs::read_dir(cache.path().join("rootfs")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(rootfs_entries, 0, "no partial package-stage entry in the cache");
+    let output = ws.rampart_ok(&["build", "profiles/baseline.toml", "--offline", "--out", "out/k", "--cache", &cache_arg]);
+    assert!(stderr(&output).contains("left behind by an interrupted run"), "leftovers are cleaned: {}", stderr(&output));
+    assert!(ws.path("out/k/baseline.qcow2").exists());
+    let leftovers: Vec<String> = std::fs::read_dir(cache.path().join("tmp")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(leftovers.is_empty(), "scratch left in the cache: {leftovers:?}");
+}
+
+#[test]
+#[ignore = "needs root, QEMU and a Debian mirror: run by scripts/test"]
+fn baseline_scenario_passes_in_qemu() {
+    let ws = Workspace::new();
+    ws.lock_and_fetch();
+    let output = ws.rampart(&["test", "profiles/baseline.toml", "--out", "out/baseline"]);
+    eprintln!("{}", String::from_utf8_lossy(&output.stdout));
+    assert!(output.status.success(), "the baseline scenario failed:\n{}", stderr(&output));
+    let junit = std::fs::read_to_string(ws.path("out/baseline/baseline.junit.xml")).unwrap();
+    assert!(junit.contains("failures=\"0\""));
+    assert!(junit.contains("machine_ids_differ_between_machines"));
+    assert!(ws.path("out/baseline/baseline-first.serial.log").exists());
+    let stray = Command::new("pgrep").args(["-f", "rampart-test-"]).output().unwrap();
+    assert!(!stray.status.success(), "a QEMU outlived the test");
+}
+
+#[test]
+#[ignore = "needs root and QEMU: run by scripts/test"]
+fn image_that_does_not_boot_fails_within_its_timeout_with_the_console_shown() {
+    let ws = Workspace::new();
+    ws.lock_and_fetch();
+    ws.rampart_ok(&["build", "profiles/baseline.toml", "--out", "out/baseline"]);
+    // Wipe the boot loader: the firmware finds nothing to boot.
+    let raw = ws.path("out/baseline/baseline.raw");
+    let status = Command::new("dd").args(["if=/dev/zero", "bs=1M", "seek=1", "count=128", "conv=notrunc,sparse", "status=none"]).arg(format!("of={}", raw.display())).status().unwrap();
+    assert!(status.success());
+    let qcow2 = ws.path("out/baseline/baseline.qcow2");
+    let status = Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(&qcow2).status().unwrap();
+    assert!(status.success());
+    std::fs::write(
+        ws.path("vm-tests/noboot.toml"),
+        "profile = \"baseline\"\nboot-timeout = 45\n[[check]]\nname = \"never_runs\"\nsucceed = \"true\"\n",
+    )
+    .unwrap();
+    let started = Instant::now();
+    let output = ws.rampart(&["test", "profiles/baseline.toml", "--scenario", "noboot", "--out", "out/baseline", "--accel", "tcg"]);
+    assert!(!output.status.success());
+    assert!(started.elapsed() < Duration::from_secs(150), "the failure came within the timeout");
+    let junit = std::fs::read_to_string(ws.path("out/baseline/noboot.junit.xml")).unwrap();
+    assert!(junit.contains("did not accept SSH logins within 45 s"), "{junit}");
+    assert!(junit.contains("serial console"), "the console tail is shown: {junit}");
+    let stray = Command::new("pgrep").args(["-f", "rampart-test-"]).output().unwrap();
+    assert!(!stray.status.success(), "a QEMU outlived the test");
+}
