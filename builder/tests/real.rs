@@ -304,7 +304,7 @@ fn image_that_does_not_boot_fails_within_its_timeout_with_the_console_shown() {
     ws.rampart_ok(&["build", "profiles/baseline.toml", "--out", "out/baseline"]);
     // Wipe the boot loader: the firmware finds nothing to boot.
     let raw = ws.path("out/baseline/baseline.raw");
-    let status = Command::new("dd").args(["if=/dev/zero", "bs=1M", "seek=1", "count=128", "conv=notrunc,sparse", "status=none"]).arg(format!("of={}", raw.display())).status().unwrap();
+    let status = Command::new("dd").args(["if=/dev/zero", "bs=1M", "seek=1", "count=128", "conv=notrunc", "status=none"]).arg(format!("of={}", raw.display())).status().unwrap();
     assert!(status.success());
     let qcow2 = ws.path("out/baseline/baseline.qcow2");
     let status = Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(&qcow2).status().unwrap();

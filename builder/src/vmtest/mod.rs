@@ -4,6 +4,7 @@
 //! only; QEMU's exit status is never trusted.
 
 pub mod junit;
+pub mod lab;
 pub mod qemu;
 pub mod scenario;
 
@@ -137,6 +138,7 @@ fn run_scenario(scenario: &Scenario, image: &Path, admin: &str, accel: Accel, wo
     };
     let mut cases = Vec::new();
     let mut captured: BTreeMap<usize, Vec<(String, String)>> = BTreeMap::new();
+    let lab = if scenario.isolated_network { Some(lab::Lab::create(work, scenario.machines.len())?) } else { None };
     for (index, spec) in scenario.machines.iter().enumerate() {
         let config = MachineConfig {
             name: &spec.name,
@@ -146,9 +148,14 @@ fn run_scenario(scenario: &Scenario, image: &Path, admin: &str, accel: Accel, wo
             accel,
             user: admin,
             key: &key,
-            extra_args: Vec::new(),
+            extra_args: if lab.is_some() { lab::Lab::nic_args(index) } else { Vec::new() },
+            netns: lab.as_ref().map(|l| l.lab_ns.clone()),
         };
         let mut machine = Machine::boot(&config, work)?;
+        if let Some(lab) = &lab {
+            lab.attach(index)?;
+        }
+        let outside = lab.as_ref().map(|l| (l, lab::machine_address(index).0));
         let booted = machine.wait_for_ssh(boot_timeout);
         let serial_copy = out.join(format!("{}-{}.serial.log", scenario.name, spec.name));
         match booted {
@@ -161,7 +168,7 @@ fn run_scenario(scenario: &Scenario, image: &Path, admin: &str, accel: Accel, wo
                         continue;
                     }
                     let started = Instant::now();
-                    let outcome = run_check(&mut machine, check, &stranger);
+                    let outcome = run_check(&mut machine, check, &stranger, outside.as_ref().map(|(l, a)| (*l, a.as_str())));
                     let seconds = started.elapsed().as_secs_f64();
                     let failure = match outcome {
                         Ok(Some(output)) => {
@@ -243,7 +250,12 @@ fn matches_expectation(output: &str, expect: &Expect) -> bool {
 
 /// Runs one check; `Ok(Some(output))` carries output that other machines'
 /// answers are compared with (`differ`).
-fn run_check(machine: &mut Machine, check: &Check, stranger: &TestKey) -> Result<Option<String>, CheckFailure> {
+fn run_check(
+    machine: &mut Machine,
+    check: &Check,
+    stranger: &TestKey,
+    outside: Option<(&lab::Lab, &str)>,
+) -> Result<Option<String>, CheckFailure> {
     let deadline = Instant::now() + check.timeout;
     let remaining = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
     let ssh = |machine: &Machine, command: &str, timeout: Duration| -> Result<crate::process::Output, CheckFailure> {
@@ -325,6 +337,46 @@ fn run_check(machine: &mut Machine, check: &Check, stranger: &TestKey) -> Result
                 Ok(None) => Err(failed("the login attempt timed out", String::new())),
                 Err(error) => Err(failed("could not run ssh", format!("{error:#}"))),
             }
+        }
+        Action::OutsideSucceed { command, .. } | Action::OutsideFail { command } if outside.is_some() => {
+            let (lab, address) = outside.expect("checked");
+            let command = command.replace("{address}", address);
+            let result = lab.outside("sh").arg("-c").arg(&command).run_with_timeout(check.timeout);
+            let output = match result {
+                Ok(Some(output)) => output,
+                Ok(None) => return Err(failed(format!("timed out after {} s on the outside host", check.timeout.as_secs()), format!("command: {command}"))),
+                Err(error) => return Err(failed("could not run the command on the outside host", format!("{error:#}"))),
+            };
+            let want_success = matches!(check.action, Action::OutsideSucceed { .. });
+            let expect = match &check.action {
+                Action::OutsideSucceed { expect, .. } => expect.clone(),
+                _ => Expect::Anything,
+            };
+            if output.status.success() != want_success {
+                let verb = if want_success { "failed" } else { "succeeded but should have failed" };
+                return Err(failed(format!("outside host: `{command}` {verb}"), show(&command, &output)));
+            }
+            if want_success && !matches_expectation(&output.stdout_text(), &expect) {
+                return Err(failed(format!("outside host: `{command}` printed something else than expected: {expect:?}"), show(&command, &output)));
+            }
+            Ok(None)
+        }
+        Action::OpenTcpPorts { ports } if outside.is_some() => {
+            let (lab, address) = outside.expect("checked");
+            // The lab address comes by DHCP; wait until the machine answers there.
+            let reachable = format!("for i in $(seq 60); do ping -c1 -W1 {address} >/dev/null 2>&1 && exit 0; sleep 1; done; exit 1");
+            let _ = lab.outside("sh").arg("-c").arg(&reachable).run_with_timeout(Duration::from_secs(70));
+            match lab.open_tcp_ports(address, check.timeout) {
+                Ok(open) if &open == ports => Ok(None),
+                Ok(open) => Err(failed(
+                    format!("from outside, open TCP ports of {address} are {open:?}, expected exactly {ports:?}"),
+                    format!("nmap -sT -p- {address} from {}", lab::OUTSIDE_ADDRESS),
+                )),
+                Err(error) => Err(failed("the port scan failed", format!("{error:#}"))),
+            }
+        }
+        Action::OutsideSucceed { .. } | Action::OutsideFail { .. } | Action::OpenTcpPorts { .. } => {
+            Err(failed("this check needs the isolated network", String::new()))
         }
     }
 }

@@ -138,6 +138,8 @@ pub struct MachineConfig<'a> {
     pub key: &'a TestKey,
     /// Extra QEMU arguments (e.g. a NIC on an isolated test network).
     pub extra_args: Vec<String>,
+    /// Run QEMU (and so its loopback port forward) in this network namespace.
+    pub netns: Option<String>,
 }
 
 /// A running VM. QEMU is killed when this drops (and if rampart dies).
@@ -149,7 +151,16 @@ pub struct Machine {
     ssh_port: u16,
     user: String,
     key: PathBuf,
+    netns: Option<String>,
     pub started: Instant,
+}
+
+/// `program` run in the namespace, if any.
+fn in_netns(netns: &Option<String>, program: &str) -> Cmd {
+    match netns {
+        Some(ns) => Cmd::new("ip").args(["netns", "exec", ns, program]),
+        None => Cmd::new(program),
+    }
 }
 
 impl Machine {
@@ -171,7 +182,7 @@ impl Machine {
         let qemu_log = dir.join(format!("qemu-{}.log", config.name));
         // Commas in an SMBIOS value must be doubled for QEMU's option parser.
         let credential = format!("io.systemd.credential:ssh.authorized_keys.{}={}", config.user, config.key.public_line).replace(',', ",,");
-        let mut command = Cmd::new(QEMU)
+        let mut command = in_netns(&config.netns, QEMU)
             .args(["-machine", "q35", "-accel", config.accel.name(), "-smp", "2"])
             .arg("-m")
             .arg(config.memory_mib.to_string())
@@ -201,12 +212,13 @@ impl Machine {
             ssh_port,
             user: config.user.to_string(),
             key: config.key.private.clone(),
+            netns: config.netns.clone(),
             started: Instant::now(),
         })
     }
 
     fn ssh_command(&self, key: &Path, command: &str) -> Cmd {
-        Cmd::new("ssh")
+        in_netns(&self.netns, "ssh")
             .args([
                 "-o", "StrictHostKeyChecking=no",
                 "-o", "UserKnownHostsFile=/dev/null",

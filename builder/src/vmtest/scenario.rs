@@ -18,6 +18,7 @@ struct RawScenario {
     description: Option<String>,
     profile: Spanned<String>,
     boot_timeout: Option<Spanned<u64>>,
+    isolated_network: Option<bool>,
     #[serde(default)]
     machine: Vec<RawMachine>,
     #[serde(default)]
@@ -45,6 +46,9 @@ struct RawCheck {
     wait_for_port: Option<Spanned<i64>>,
     differ: Option<String>,
     ssh_refuses_wrong_key: Option<bool>,
+    outside_succeed: Option<String>,
+    outside_fail: Option<String>,
+    open_tcp_ports: Option<Vec<Spanned<i64>>>,
     expect: Option<String>,
     expect_contains: Option<String>,
 }
@@ -87,6 +91,19 @@ pub enum Action {
     Differ { command: String },
     /// An SSH login with a key the machine was not given is refused.
     SshRefusesWrongKey,
+    /// On the second host of the isolated network, the command exits 0;
+    /// `{address}` stands for the machine's address there.
+    OutsideSucceed { command: String, expect: Expect },
+    /// On the second host, the command exits non-zero.
+    OutsideFail { command: String },
+    /// A scan of every TCP port from the second host finds exactly these open.
+    OpenTcpPorts { ports: Vec<u16> },
+}
+
+impl Action {
+    fn needs_isolated_network(&self) -> bool {
+        matches!(self, Action::OutsideSucceed { .. } | Action::OutsideFail { .. } | Action::OpenTcpPorts { .. })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -104,6 +121,8 @@ pub struct Scenario {
     pub description: String,
     pub profile_path: PathBuf,
     pub boot_timeout: Duration,
+    /// Machines also get a NIC on an isolated network with a second host.
+    pub isolated_network: bool,
     pub machines: Vec<MachineSpec>,
     pub checks: Vec<Check>,
 }
@@ -149,9 +168,15 @@ pub fn load(path: &Path) -> Result<Scenario, LocatedError> {
     if machines.is_empty() {
         machines.push(MachineSpec { name: "machine".into(), disk_size: ImageSize::from_bytes(4 << 30), memory_mib: 1024 });
     }
+    let isolated_network = raw.isolated_network.unwrap_or(false);
     let mut checks = Vec::new();
     for check in raw.check {
-        checks.push(validate_check(&source, check, &machines)?);
+        let name = check.name.clone();
+        let check = validate_check(&source, check, &machines)?;
+        if check.action.needs_isolated_network() && !isolated_network {
+            return Err(source.error(&name, format!("check {}: checks from outside need isolated-network = true", check.name)));
+        }
+        checks.push(check);
     }
     if checks.is_empty() {
         return Err(LocatedError { location: path.display().to_string(), message: "a scenario needs at least one [[check]]".into() });
@@ -166,6 +191,7 @@ pub fn load(path: &Path) -> Result<Scenario, LocatedError> {
         description: raw.description.unwrap_or_default(),
         profile_path,
         boot_timeout,
+        isolated_network,
         machines,
         checks,
     })
@@ -204,14 +230,29 @@ fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec]) 
     if raw.ssh_refuses_wrong_key == Some(true) {
         actions.push(Action::SshRefusesWrongKey);
     }
+    if let Some(command) = raw.outside_succeed {
+        actions.push(Action::OutsideSucceed { command, expect: expect.clone() });
+    }
+    if let Some(command) = raw.outside_fail {
+        actions.push(Action::OutsideFail { command });
+    }
+    if let Some(ports) = &raw.open_tcp_ports {
+        let mut parsed = Vec::new();
+        for port in ports {
+            parsed.push(source.check(port, "check.open-tcp-ports", |p| Port::from_i64(*p))?.get());
+        }
+        parsed.sort_unstable();
+        parsed.dedup();
+        actions.push(Action::OpenTcpPorts { ports: parsed });
+    }
     let action = match actions.len() {
         1 => actions.remove(0),
-        0 => return Err(source.error(&raw.name, format!("check {name}: no action; give one of succeed, fail, wait-until-succeeds, wait-for-unit, wait-for-port, differ, ssh-refuses-wrong-key"))),
+        0 => return Err(source.error(&raw.name, format!("check {name}: no action; give one of succeed, fail, wait-until-succeeds, wait-for-unit, wait-for-port, differ, ssh-refuses-wrong-key, outside-succeed, outside-fail, open-tcp-ports"))),
         _ => return Err(source.error(&raw.name, format!("check {name}: give exactly one action"))),
     };
-    let uses_expect = matches!(action, Action::Succeed { .. } | Action::WaitUntilSucceeds { .. });
+    let uses_expect = matches!(action, Action::Succeed { .. } | Action::WaitUntilSucceeds { .. } | Action::OutsideSucceed { .. });
     if expect != Expect::Anything && !uses_expect {
-        return Err(source.error(&raw.name, format!("check {name}: expect applies only to succeed and wait-until-succeeds")));
+        return Err(source.error(&raw.name, format!("check {name}: expect applies only to succeed, wait-until-succeeds and outside-succeed")));
     }
     let target = match (&raw.machine, &action) {
         (_, Action::Differ { .. }) if machines.len() < 2 => {
@@ -259,7 +300,7 @@ mod tests {
     fn unknown_check_kind_is_refused() {
         check_error(
             "profile = \"baseline\"\n[[check]]\nname = \"x\"\nsucceeds = \"true\"\n",
-            "$DIR/vm-tests/t.toml:4:1: unknown field `succeeds`, expected one of `name`, `machine`, `timeout`, `succeed`, `fail`, `wait-until-succeeds`, `wait-for-unit`, `wait-for-port`, `differ`, `ssh-refuses-wrong-key`, `expect`, `expect-contains`",
+            "$DIR/vm-tests/t.toml:4:1: unknown field `succeeds`, expected one of `name`, `machine`, `timeout`, `succeed`, `fail`, `wait-until-succeeds`, `wait-for-unit`, `wait-for-port`, `differ`, `ssh-refuses-wrong-key`, `outside-succeed`, `outside-fail`, `open-tcp-ports`, `expect`, `expect-contains`",
         );
     }
 
@@ -268,6 +309,14 @@ mod tests {
         check_error(
             "profile = \"baseline\"\n[[check]]\nname = \"x\"\nsucceed = \"a\"\nfail = \"b\"\n",
             "$DIR/vm-tests/t.toml:3:8: check x: give exactly one action",
+        );
+    }
+
+    #[test]
+    fn outside_checks_need_the_isolated_network() {
+        check_error(
+            "profile = \"baseline\"\n[[check]]\nname = \"scan\"\nopen-tcp-ports = [22]\n",
+            "$DIR/vm-tests/t.toml:3:8: check scan: checks from outside need isolated-network = true",
         );
     }
 

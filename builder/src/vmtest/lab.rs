@@ -1,0 +1,172 @@
+//! The isolated test network: two network namespaces that the test creates
+//! and removes. "lab" holds a bridge with the VMs' second NIC (a tap) and
+//! their QEMU processes (so their management port forwards stay inside it);
+//! "outside" is the second host, with its own address, a DHCP server for the
+//! lab (dnsmasq) and the scanner (nmap). Nothing outside these namespaces is
+//! ever contacted.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::process::{Background, Cmd};
+
+/// The lab subnet; it exists only inside the namespaces.
+pub const SUBNET_PREFIX: &str = "10.77.0";
+pub const OUTSIDE_ADDRESS: &str = "10.77.0.2";
+
+pub struct Lab {
+    pub lab_ns: String,
+    pub outside_ns: String,
+    dhcp: Option<Background>,
+}
+
+/// The lab address and MAC of the machine with this index.
+pub fn machine_address(index: usize) -> (String, String) {
+    let host = 10 + index;
+    (format!("{SUBNET_PREFIX}.{host}"), format!("52:54:00:77:00:{host:02x}"))
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    Cmd::new("ip").args(args).run().map(|_| ()).context("while setting up the isolated test network")
+}
+
+impl Lab {
+    pub fn create(work: &Path, n_machines: usize) -> Result<Lab> {
+        remove_stale_namespaces();
+        let tag = std::process::id();
+        let lab = Lab { lab_ns: format!("rampart-{tag}-lab"), outside_ns: format!("rampart-{tag}-outside"), dhcp: None };
+        ip(&["netns", "add", &lab.lab_ns])?;
+        ip(&["netns", "add", &lab.outside_ns])?;
+        ip(&["-n", &lab.lab_ns, "link", "set", "lo", "up"])?;
+        ip(&["-n", &lab.outside_ns, "link", "set", "lo", "up"])?;
+        ip(&["-n", &lab.lab_ns, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &lab.lab_ns, "link", "set", "br0", "up"])?;
+        ip(&["-n", &lab.lab_ns, "link", "add", "uplink", "type", "veth", "peer", "name", "lab0", "netns", &lab.outside_ns])?;
+        ip(&["-n", &lab.lab_ns, "link", "set", "uplink", "master", "br0", "up"])?;
+        ip(&["-n", &lab.outside_ns, "addr", "add", &format!("{OUTSIDE_ADDRESS}/24"), "dev", "lab0"])?;
+        ip(&["-n", &lab.outside_ns, "link", "set", "lab0", "up"])?;
+        let mut dnsmasq = lab
+            .outside("dnsmasq")
+            .args(["--keep-in-foreground", "--log-facility=-", "--no-resolv", "--no-hosts", "--port=0"])
+            .args(["--interface=lab0", "--bind-interfaces", "--dhcp-authoritative"])
+            .arg(format!("--dhcp-range={SUBNET_PREFIX}.10,{SUBNET_PREFIX}.99,255.255.255.0,1h"))
+            // No router and no DNS server: the lab leads nowhere.
+            .args(["--dhcp-option=3", "--dhcp-option=6"])
+            .arg(format!("--dhcp-leasefile={}", work.join("lab.leases").display()))
+            .arg(format!("--pid-file={}", work.join("lab-dnsmasq.pid").display()));
+        for index in 0..n_machines {
+            let (address, mac) = machine_address(index);
+            dnsmasq = dnsmasq.arg(format!("--dhcp-host={mac},{address}"));
+        }
+        let mut lab = lab;
+        lab.dhcp = Some(dnsmasq.spawn_background(&work.join("lab-dnsmasq.log"))?);
+        Ok(lab)
+    }
+
+    /// A command run on the second host.
+    pub fn outside(&self, program: &str) -> Cmd {
+        Cmd::new("ip").args(["netns", "exec", &self.outside_ns, program])
+    }
+
+    /// QEMU arguments for a machine's lab NIC.
+    pub fn nic_args(index: usize) -> Vec<String> {
+        let (_, mac) = machine_address(index);
+        vec![
+            "-netdev".into(),
+            format!("tap,id=lab,ifname=lab{index},script=no,downscript=no"),
+            "-device".into(),
+            format!("virtio-net-pci,netdev=lab,mac={mac}"),
+        ]
+    }
+
+    /// Puts a machine's tap on the lab bridge once QEMU has made it.
+    pub fn attach(&self, index: usize) -> Result<()> {
+        let tap = format!("lab{index}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let exists = Cmd::new("ip").args(["-n", &self.lab_ns, "link", "show", &tap]).run_unchecked()?.status.success();
+            if exists {
+                return ip(&["-n", &self.lab_ns, "link", "set", &tap, "master", "br0", "up"]);
+            }
+            if Instant::now() >= deadline {
+                bail!("QEMU did not create the lab interface {tap}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The TCP ports of `address` that answer, seen from the second host:
+    /// a connect scan of all 65535 ports.
+    pub fn open_tcp_ports(&self, address: &str, timeout: Duration) -> Result<Vec<u16>> {
+        let output = self
+            .outside("nmap")
+            .args(["-n", "-Pn", "-sT", "-p-", "-T4", "--max-retries", "1", "-oG", "-", address])
+            .run_with_timeout(timeout)?
+            .with_context(|| format!("the port scan of {address} did not finish in {} s", timeout.as_secs()))?;
+        if !output.status.success() {
+            bail!("nmap failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+        }
+        Ok(parse_open_ports(&output.stdout_text()))
+    }
+}
+
+/// Open ports from nmap's grepable output ("Ports: 22/open/tcp//ssh///, ...").
+pub fn parse_open_ports(text: &str) -> Vec<u16> {
+    let mut ports = Vec::new();
+    for line in text.lines() {
+        let Some((_, list)) = line.split_once("Ports: ") else { continue };
+        for item in list.split(", ") {
+            let fields: Vec<&str> = item.split('/').collect();
+            if fields.len() > 2 && fields[1] == "open" {
+                if let Ok(port) = fields[0].trim().parse() {
+                    ports.push(port);
+                }
+            }
+        }
+    }
+    ports.sort_unstable();
+    ports
+}
+
+/// Removes namespaces left by a test run that was killed.
+fn remove_stale_namespaces() {
+    let Ok(output) = Cmd::new("ip").args(["netns", "list"]).run() else { return };
+    for line in output.stdout_text().lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(rest) = name.strip_prefix("rampart-") else { continue };
+        let Some(pid) = rest.split('-').next() else { continue };
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = Cmd::new("ip").args(["netns", "del", name]).run();
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(mut dhcp) = self.dhcp.take() {
+            dhcp.kill();
+        }
+        let _ = Cmd::new("ip").args(["netns", "del", &self.lab_ns]).run();
+        let _ = Cmd::new("ip").args(["netns", "del", &self.outside_ns]).run();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nmap_grepable_output_gives_open_ports() {
+        let text = "# Nmap 7.93 scan\nHost: 10.77.0.10 ()\tStatus: Up\nHost: 10.77.0.10 ()\tPorts: 22/open/tcp//ssh///, 80/closed/tcp//http///, 443/open/tcp//https///\tIgnored State: closed (65533)\n";
+        assert_eq!(parse_open_ports(text), vec![22, 443]);
+        assert_eq!(parse_open_ports("Host: x\tStatus: Up\n"), Vec::<u16>::new());
+    }
+
+    #[test]
+    fn machines_get_distinct_lab_addresses() {
+        assert_eq!(machine_address(0), ("10.77.0.10".to_string(), "52:54:00:77:00:0a".to_string()));
+        assert_ne!(machine_address(1).0, machine_address(0).0);
+    }
+}
