@@ -36,7 +36,20 @@ pub struct PackageSpec {
 pub struct KernelSpec {
     pub package: PackageName,
     pub cmdline: String,
+    pub initramfs_modules: InitramfsModules,
 }
+
+/// What the initramfs carries: initramfs-tools' MODULES=most, or exactly a
+/// list (MODULES=list), which makes it several times smaller and faster to boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InitramfsModules {
+    Most,
+    List(Vec<String>),
+}
+
+/// The storage drivers of the virtual machines the cloud kernel is for.
+pub const DEFAULT_INITRAMFS_MODULES: &[&str] =
+    &["virtio_pci", "virtio_blk", "virtio_scsi", "sd_mod", "ahci", "nvme", "xen_blkfront", "hv_storvsc", "vmw_pvscsi"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageSpec {
@@ -117,6 +130,7 @@ struct Layer {
     drop_docs: Option<bool>,
     kernel_package: Option<PackageName>,
     kernel_cmdline: Option<String>,
+    initramfs_modules: Option<InitramfsModules>,
     hostname: Option<Hostname>,
     size: Option<ImageSize>,
     ssh_port: Option<Port>,
@@ -223,6 +237,9 @@ fn validate_layer(source: &Source, raw: raw::RawProfile) -> Result<Layer, Profil
         if let Some(cmdline) = &kernel.cmdline {
             layer.kernel_cmdline = Some(source.check(cmdline, "kernel.cmdline", |s| types::parse_cmdline(s))?);
         }
+        if let Some(modules) = &kernel.initramfs_modules {
+            layer.initramfs_modules = Some(source.check(modules, "kernel.initramfs-modules", types::parse_initramfs_modules)?);
+        }
     }
     if let Some(image) = raw.image {
         if let Some(hostname) = &image.hostname {
@@ -318,6 +335,7 @@ fn merge(base: &mut Layer, child: Layer) {
     take(&mut base.drop_docs, child.drop_docs);
     take(&mut base.kernel_package, child.kernel_package);
     take(&mut base.kernel_cmdline, child.kernel_cmdline);
+    take(&mut base.initramfs_modules, child.initramfs_modules);
     take(&mut base.hostname, child.hostname);
     take(&mut base.size, child.size);
     take(&mut base.ssh_port, child.ssh_port);
@@ -383,6 +401,9 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
         kernel: KernelSpec {
             package: kernel_package,
             cmdline: layer.kernel_cmdline.unwrap_or_else(|| "console=ttyS0".into()),
+            initramfs_modules: layer.initramfs_modules.unwrap_or_else(|| {
+                InitramfsModules::List(DEFAULT_INITRAMFS_MODULES.iter().map(|m| m.to_string()).collect())
+            }),
         },
         image: ImageSpec { hostname, size: layer.size.unwrap_or(ImageSize::from_bytes(2 << 30)) },
         ssh: SshSpec {

@@ -50,6 +50,8 @@ pub struct RawPackages {
 pub struct RawKernel {
     pub package: Option<Spanned<String>>,
     pub cmdline: Option<Spanned<String>>,
+    /// Kernel modules the initramfs carries; "most" for initramfs-tools' default.
+    pub initramfs_modules: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

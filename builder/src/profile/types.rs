@@ -5,7 +5,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use super::FileMode;
+use super::{FileMode, InitramfsModules};
 
 macro_rules! string_type {
     ($name:ident) => {
@@ -305,4 +305,23 @@ pub fn parse_file_mode(s: &str) -> Result<FileMode, String> {
 
 pub fn is_identifier(s: &str) -> bool {
     s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// "most", or a list of kernel module names.
+pub fn parse_initramfs_modules(value: &toml::Value) -> Result<InitramfsModules, String> {
+    match value {
+        toml::Value::String(s) if s == "most" => Ok(InitramfsModules::Most),
+        toml::Value::Array(items) => {
+            let mut modules = Vec::new();
+            for item in items {
+                let name = item.as_str().ok_or("expected module names (strings)")?;
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                    return Err(format!("{name:?} is not a kernel module name"));
+                }
+                modules.push(name.to_string());
+            }
+            Ok(InitramfsModules::List(modules))
+        }
+        _ => Err("expected \"most\" or a list of kernel module names".into()),
+    }
 }

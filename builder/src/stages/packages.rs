@@ -12,10 +12,11 @@ use sha2::{Digest, Sha256};
 use crate::apt::ARCH;
 use crate::build::context::BuildContext;
 use crate::process::Cmd;
+use crate::profile::InitramfsModules;
 use crate::ui;
 
 /// Bump when the way this stage calls mmdebstrap changes.
-const STAGE_VERSION: &str = "packages-v2";
+const STAGE_VERSION: &str = "packages-v3";
 
 /// Paths dpkg leaves out of the image when `packages.drop-docs` is on.
 const DOC_EXCLUDES: &[&str] = &[
@@ -32,14 +33,16 @@ const DOC_EXCLUDES: &[&str] = &[
 pub fn run(ctx: &mut BuildContext) -> Result<()> {
     let dpkg_options: Vec<&str> = if ctx.profile.packages.drop_docs { DOC_EXCLUDES.to_vec() } else { Vec::new() };
     let mmdebstrap_version = Cmd::new("mmdebstrap").arg("--version").run()?.stdout_text().trim().to_string();
-    let key = stage_key(&ctx.lock.render("")?, &dpkg_options, &mmdebstrap_version, &ctx.profile.mirror.suite);
+    let initramfs = initramfs_files(&ctx.profile.kernel.initramfs_modules);
+    let initramfs_key: String = initramfs.iter().map(|(path, text, mode)| format!("{path} {mode:o}\n{text}")).collect();
+    let key = stage_key(&ctx.lock.render("")?, &dpkg_options, &mmdebstrap_version, &ctx.profile.mirror.suite, &initramfs_key);
     let cached = ctx.cache.rootfs_path(&key);
     let reused = cached.exists();
     if reused {
         ui::step(&format!("package stage: reusing cached root tree {}", short(&key)));
     } else {
         let timer = ui::Timed::start(&format!("package stage: mmdebstrap of {} packages, network cut", ctx.lock.packages.len()));
-        bootstrap(ctx, &dpkg_options, &cached)?;
+        bootstrap(ctx, &dpkg_options, &initramfs, &cached)?;
         timer.done();
     }
     let root = ctx.root();
@@ -61,6 +64,10 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     let settings = json!({
         "packages": ctx.lock.packages.len(),
         "variant": "essential",
+        "initramfs-modules": match &ctx.profile.kernel.initramfs_modules {
+            InitramfsModules::Most => json!("most"),
+            InitramfsModules::List(names) => json!(names),
+        },
         "drop-docs": ctx.profile.packages.drop_docs,
         "dpkg-options": dpkg_options,
         "mmdebstrap": mmdebstrap_version,
@@ -75,19 +82,47 @@ fn short(key: &str) -> &str {
     &key[..12.min(key.len())]
 }
 
-fn stage_key(lock_text: &str, dpkg_options: &[&str], mmdebstrap_version: &str, suite: &str) -> String {
+fn stage_key(lock_text: &str, dpkg_options: &[&str], mmdebstrap_version: &str, suite: &str, initramfs_hook: &str) -> String {
     let mut hasher = Sha256::new();
-    for part in [STAGE_VERSION, lock_text, &dpkg_options.join("\n"), mmdebstrap_version, suite] {
+    for part in [STAGE_VERSION, lock_text, &dpkg_options.join("\n"), mmdebstrap_version, suite, initramfs_hook] {
         hasher.update((part.len() as u64).to_le_bytes());
         hasher.update(part.as_bytes());
     }
     hex::encode(hasher.finalize())
 }
 
+/// Files laid into /etc/initramfs-tools before the kernel package builds
+/// the initramfs (mmdebstrap's essential hook): MODULES=list and a hook that
+/// adds the profile's modules, which udev in the initramfs loads on demand.
+fn initramfs_files(modules: &InitramfsModules) -> Vec<(&'static str, String, u32)> {
+    match modules {
+        InitramfsModules::Most => Vec::new(),
+        InitramfsModules::List(names) => vec![
+            ("conf.d/rampart.conf", "# rampart: only the modules named in hooks/rampart-modules\nMODULES=list\n".to_string(), 0o644),
+            (
+                "hooks/rampart-modules",
+                format!(
+                    "#!/bin/sh\n# rampart: the storage drivers this image boots from (kernel.initramfs-modules)\ncase \"$1\" in prereqs) exit 0 ;; esac\n. /usr/share/initramfs-tools/hook-functions\nfor module in {}; do manual_add_modules \"$module\"; done\n",
+                    names.join(" ")
+                ),
+                0o755,
+            ),
+        ],
+    }
+}
+
 /// Runs mmdebstrap against a local repository and stores its tarball in the
 /// cache under `cached`, by rename only when complete.
-fn bootstrap(ctx: &BuildContext, dpkg_options: &[&str], cached: &Path) -> Result<()> {
+fn bootstrap(ctx: &BuildContext, dpkg_options: &[&str], initramfs: &[(&str, String, u32)], cached: &Path) -> Result<()> {
     let scratch = ctx.cache.scratch()?;
+    let initramfs_dir = scratch.path().join("initramfs-tools");
+    for (relative, text, mode) in initramfs {
+        use std::os::unix::fs::PermissionsExt;
+        let path = initramfs_dir.join(relative);
+        std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+        std::fs::write(&path, text)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode))?;
+    }
     let repo = scratch.path().join("repo");
     let suite = &ctx.profile.mirror.suite;
     let pool = repo.join("pool");
@@ -123,6 +158,14 @@ fn bootstrap(ctx: &BuildContext, dpkg_options: &[&str], cached: &Path) -> Result
         // merged /usr from the start, so usr-is-merged satisfies init-system-helpers
         // without pulling usrmerge and perl into the image.
         .arg("--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr")
+        .args(if initramfs.is_empty() {
+            Vec::new()
+        } else {
+            vec![
+                "--essential-hook=mkdir -p \"$1/etc/initramfs-tools\"".to_string(),
+                format!("--essential-hook=sync-in {} /etc/initramfs-tools", initramfs_dir.display()),
+            ]
+        })
         .arg(format!("--architectures={ARCH}"))
         .arg(format!("--include={}", names.join(",")))
         .arg("--aptopt=Acquire::Languages \"none\"");
