@@ -54,7 +54,8 @@ pub const DEFAULT_INITRAMFS_MODULES: &[&str] =
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageSpec {
     pub hostname: Hostname,
-    pub size: ImageSize,
+    /// The raw disk's size; `None`: just large enough (the root grows on first boot).
+    pub size: Option<ImageSize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -405,7 +406,7 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
                 InitramfsModules::List(DEFAULT_INITRAMFS_MODULES.iter().map(|m| m.to_string()).collect())
             }),
         },
-        image: ImageSpec { hostname, size: layer.size.unwrap_or(ImageSize::from_bytes(2 << 30)) },
+        image: ImageSpec { hostname, size: layer.size },
         ssh: SshSpec {
             port: layer.ssh_port.unwrap_or(Port::SSH),
             allow_from: layer

@@ -153,7 +153,7 @@ fn extends_merges_base_then_child() {
     let include: Vec<&str> = profile.packages.include.iter().map(|p| p.as_str()).collect();
     assert_eq!(include, vec!["nginx", "openssh-server"]);
     assert_eq!(profile.image.hostname.as_str(), "web1");
-    assert_eq!(profile.image.size.bytes(), 4 << 30);
+    assert_eq!(profile.image.size.map(|s| s.bytes()), Some(4 << 30));
     let users: Vec<(&str, usize)> = profile.users.iter().map(|u| (u.name.as_str(), u.groups.len())).collect();
     assert_eq!(users, vec![("audit", 0), ("ops", 1)]);
     assert_eq!(profile.overlays.len(), 1);

@@ -34,11 +34,14 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     let work = ctx.work();
     let (kernel, initrd) = find_kernel(&root)?;
 
-    let disk_bytes = ctx.profile.image.size.bytes();
     let root_start_mib = FIRST_LBA_MIB + ESP_SIZE_MIB + CONFIG_SIZE_MIB;
-    // The backup GPT takes the last 1 MiB.
-    let root_size_mib = (disk_bytes / MIB).saturating_sub(root_start_mib + 1);
     let (needed_mib, n_entries) = root_needs(&root)?;
+    // The backup GPT takes the last 1 MiB.
+    let disk_bytes = match ctx.profile.image.size {
+        Some(size) => size.bytes(),
+        None => (root_start_mib + needed_mib + 1) * MIB,
+    };
+    let root_size_mib = (disk_bytes / MIB).saturating_sub(root_start_mib + 1);
     if root_size_mib < needed_mib {
         bail!(
             "image.size of {} is too small: the root file system needs about {} MiB plus {} MiB for the boot and configuration partitions; raise image.size",
