@@ -37,14 +37,14 @@ pub struct VerifiedIndex {
 }
 
 pub struct AptRoot {
-    dir: tempfile::TempDir,
+    dir: crate::fsutil::OwnedTempDir,
     sources: Vec<AptSource>,
 }
 
 impl AptRoot {
     /// Creates an empty apt root for the mirror and downloads its indices.
     pub fn update(mirror: &Mirror, log: &Path) -> Result<AptRoot> {
-        let dir = tempfile::Builder::new().prefix("rampart-apt-").tempdir()?;
+        let dir = crate::fsutil::owned_tempdir(&std::env::temp_dir(), "rampart-apt-")?;
         let root = dir.path();
         for sub in ["etc/apt/apt.conf.d", "etc/apt/preferences.d", "etc/apt/sources.list.d", "var/lib/apt/lists/partial", "var/cache/apt/archives/partial", "var/lib/dpkg"] {
             std::fs::create_dir_all(root.join(sub))?;
@@ -92,6 +92,16 @@ impl AptRoot {
             let (signed, inrelease_sha256) = verify_inrelease(&inrelease)
                 .with_context(|| format!("while verifying the index of {} {}", source.url, source.suite))?;
             let release = parse_stanza(&signed);
+            let names_suite = [release.get("Suite"), release.get("Codename")].into_iter().flatten().any(|s| s == &source.suite);
+            if !names_suite {
+                bail!(
+                    "the signed index at {} is for suite {:?} (codename {:?}), not {}: the mirror serves another suite",
+                    source.url,
+                    release.get("Suite").map(String::as_str).unwrap_or("?"),
+                    release.get("Codename").map(String::as_str).unwrap_or("?"),
+                    source.suite
+                );
+            }
             let date = release.get("Date").cloned().unwrap_or_default();
             let digests = release_sha256_list(release.get("SHA256").map(String::as_str).unwrap_or(""));
             let mut packages = HashMap::new();
@@ -176,7 +186,16 @@ impl AptRoot {
 fn uri_to_filename(url: &str) -> String {
     let without_scheme = url.split_once("://").map(|(_, rest)| rest).unwrap_or(url);
     let without_user = without_scheme.rsplit_once('@').map(|(_, r)| r).unwrap_or(without_scheme);
-    without_user.trim_end_matches('/').replace('/', "_")
+    // apt quotes these characters as %xx before turning '/' into '_'.
+    let mut quoted = String::new();
+    for c in without_user.trim_end_matches('/').chars() {
+        if "\\|{}[]<>\"^~_=!@#$%&*".contains(c) || c == ' ' || !c.is_ascii_graphic() {
+            quoted.push_str(&format!("%{:02x}", c as u32));
+        } else {
+            quoted.push(c);
+        }
+    }
+    quoted.replace('/', "_")
 }
 
 /// Checks an InRelease file's signature with the archive keyring and returns
@@ -269,6 +288,7 @@ mod tests {
     fn apt_list_names_drop_scheme_and_slashes() {
         assert_eq!(uri_to_filename("http://mirror.example/debian"), "mirror.example_debian");
         assert_eq!(uri_to_filename("http://user@mirror.example:8080/a/b/"), "mirror.example:8080_a_b");
+        assert_eq!(uri_to_filename("http://mirror.example/~me/deb_ian"), "mirror.example_%7eme_deb%5fian");
     }
 
     #[test]

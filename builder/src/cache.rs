@@ -44,6 +44,33 @@ impl Cache {
         self.root.join("rootfs").join(format!("{key}.tar"))
     }
 
+    /// Whether the package stage `key` is cached and intact (its tarball
+    /// matches the digest stored beside it). A damaged entry is removed.
+    pub fn verified_rootfs(&self, key: &str) -> Result<bool> {
+        let tarball = self.rootfs_path(key);
+        let digest_path = tarball.with_extension("tar.sha256");
+        let (Ok(expected), true) = (std::fs::read_to_string(&digest_path), tarball.exists()) else {
+            return Ok(false);
+        };
+        if sha256_file(&tarball)? == expected.trim() {
+            return Ok(true);
+        }
+        crate::ui::warn(&format!("cached package stage {} is damaged; building it again", tarball.display()));
+        std::fs::remove_file(&tarball)?;
+        std::fs::remove_file(&digest_path)?;
+        Ok(false)
+    }
+
+    /// Stores a finished package-stage tarball: synced, digest first, then
+    /// the tarball by rename, so an entry is complete or absent.
+    pub fn store_rootfs(&self, tarball: &Path, cached: &Path) -> Result<()> {
+        std::fs::File::open(tarball)?.sync_all()?;
+        let digest = sha256_file(tarball)?;
+        crate::fsutil::write_atomic(&cached.with_extension("tar.sha256"), format!("{digest}\n").as_bytes())?;
+        std::fs::rename(tarball, cached).context("while storing the package stage in the cache")?;
+        Ok(())
+    }
+
     /// A scratch directory on the cache's filesystem, so that finished
     /// entries can be renamed into place.
     pub fn scratch(&self) -> Result<crate::fsutil::OwnedTempDir> {

@@ -91,7 +91,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             let profile = load(&profile)?;
             let mirror = resolve_mirror(&profile, mirror.as_deref())?;
             let cache = Cache::open(&cache)?;
-            let log = std::env::temp_dir().join(format!("rampart-fetch-{}.log", profile.name));
+            let log = private_log("fetch")?;
             let lock = build::ensure_lock(&profile, &mirror, false, &log)?;
             let summary = fetch::fetch(&lock, &mirror, &cache, &log)?;
             ui::step(&format!(
@@ -127,6 +127,13 @@ fn resolve_mirror(profile: &Profile, cli_mirror: Option<&str>) -> Result<Mirror>
     mirror::resolve(&profile.mirror, cli_mirror, &host).with_context(|| format!("while choosing the mirror for {}", profile.path.display()))
 }
 
+/// A log file with an unpredictable name, kept for the user to read.
+fn private_log(command: &str) -> Result<PathBuf> {
+    let file = tempfile::Builder::new().prefix(&format!("rampart-{command}-")).suffix(".log").tempfile()?;
+    let (_, path) = file.keep()?;
+    Ok(path)
+}
+
 pub fn default_out(profile: &Profile) -> PathBuf {
     PathBuf::from("out").join(profile.name.as_str())
 }
@@ -140,7 +147,7 @@ fn run_lock(profile: &Profile, mirror: &Mirror, update: bool) -> Result<()> {
             return Ok(());
         }
     }
-    let log = std::env::temp_dir().join(format!("rampart-lock-{}.log", profile.name));
+    let log = private_log("lock")?;
     let fresh = lock::resolve(profile, mirror, &log)?;
     if let Some(old) = &old {
         let changes = lock::describe_changes(old, &fresh);

@@ -26,13 +26,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// A temporary directory whose owner holds a lock on it. A run that is
 /// killed leaves it behind unlocked, and the next run removes it.
 pub struct OwnedTempDir {
-    dir: tempfile::TempDir,
+    path: PathBuf,
     _lock: File,
 }
 
 impl OwnedTempDir {
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        &self.path
+    }
+}
+
+impl Drop for OwnedTempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
     }
 }
 
@@ -42,16 +48,22 @@ const OWNER_LOCK: &str = ".rampart-owner";
 /// removing any such directory a killed run left behind.
 pub fn owned_tempdir(parent: &Path, prefix: &str) -> Result<OwnedTempDir> {
     remove_abandoned(parent, prefix)?;
-    let dir = tempfile::Builder::new()
-        .prefix(prefix)
+    // Made and locked under another name, then renamed into view: no other
+    // run ever sees this directory unlocked.
+    let unborn = tempfile::Builder::new()
+        .prefix(".unborn-")
         .tempdir_in(parent)
         .with_context(|| format!("while creating a work directory in {}", parent.display()))?;
-    let lock = File::create(dir.path().join(OWNER_LOCK))?;
+    let lock = File::create(unborn.path().join(OWNER_LOCK))?;
     // SAFETY: flock on a file descriptor we own.
     if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        bail!("could not lock {}", dir.path().display());
+        bail!("could not lock {}", unborn.path().display());
     }
-    Ok(OwnedTempDir { dir, _lock: lock })
+    let unborn_path = unborn.keep();
+    let suffix = unborn_path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix(".unborn-")).unwrap_or("x").to_string();
+    let path = parent.join(format!("{prefix}{suffix}"));
+    std::fs::rename(&unborn_path, &path).with_context(|| format!("while creating {}", path.display()))?;
+    Ok(OwnedTempDir { path, _lock: lock })
 }
 
 /// Removes `<parent>/<prefix>*` directories whose owner is gone.

@@ -158,6 +158,13 @@ pub fn resolve(spec: &MirrorSpec, cli_mirror: Option<&str>, host: &[AptSource]) 
             ),
         },
     };
+    if let Some(date) = &spec.snapshot {
+        for candidate in [Some(&url), security_url.as_ref()].into_iter().flatten() {
+            if !candidate.contains("{snapshot}") {
+                bail!("the profile pins snapshot {date}, but the mirror {candidate} has no {{snapshot}} placeholder; give mirror urls (and --mirror) with one");
+            }
+        }
+    }
     Ok(Mirror {
         url,
         security_url,

@@ -114,6 +114,16 @@ impl Cmd {
             command.current_dir(dir);
         }
         command.stdin(Stdio::null());
+        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+        // Every child dies with rampart: no tool outlives a killed run.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         command
     }
 
@@ -146,6 +156,9 @@ impl Cmd {
     pub fn run_with_timeout(&self, timeout: std::time::Duration) -> Result<Option<Output>> {
         let mut command = self.command();
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        // Its own process group, so a timeout kills what it started too
+        // (a grandchild holding the pipes open would otherwise hang us).
+        command.process_group(0);
         let mut child = command.spawn().map_err(|e| self.not_found(e))?;
         // Read both pipes on their own threads so a chatty child cannot block.
         let mut stdout = child.stdout.take().expect("piped stdout");
@@ -166,7 +179,8 @@ impl Cmd {
                 break Some(status);
             }
             if std::time::Instant::now() >= deadline {
-                let _ = child.kill();
+                // SAFETY: kill(2) on the process group this child leads.
+                unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
                 let _ = child.wait();
                 break None;
             }
@@ -210,15 +224,6 @@ impl Cmd {
         let file = File::create(log).with_context(|| format!("while creating log {}", log.display()))?;
         let mut command = self.command();
         command.stdout(file.try_clone()?).stderr(file);
-        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
         let child = command.spawn().map_err(|e| self.not_found(e))?;
         Ok(Background { child: Some(child), display: self.display() })
     }
@@ -322,6 +327,14 @@ mod tests {
         assert!(started.elapsed() < std::time::Duration::from_secs(2));
         let output = Cmd::new("echo").arg("hi").run_with_timeout(std::time::Duration::from_secs(5)).unwrap().unwrap();
         assert_eq!(output.stdout_text(), "hi\n");
+    }
+
+    #[test]
+    fn timeout_kills_grandchildren_holding_the_pipes() {
+        let started = std::time::Instant::now();
+        let result = Cmd::new("sh").args(["-c", "sleep 30 & sleep 30"]).run_with_timeout(std::time::Duration::from_millis(300)).unwrap();
+        assert!(result.is_none());
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]

@@ -127,7 +127,7 @@ fn offline_build_of_baseline_in_a_network_namespace_makes_every_artifact() {
     assert!(!baseline.lines().any(|l| l.starts_with("/var/lib/apt/lists/") && !l.ends_with("\t-")), "apt lists are emptied");
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("baseline.report.json")).unwrap()).unwrap();
     let stages: Vec<&str> = report["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
-    assert_eq!(stages, ["packages", "configure", "users", "firstboot", "overlays", "seal", "disk"]);
+    assert_eq!(stages, ["packages", "configure", "users", "firstboot", "ssh-access", "overlays", "seal", "disk"]);
     // No trace of the build host: its host name is nowhere in /etc.
     let host = std::fs::read_to_string("/etc/hostname").unwrap().trim().to_string();
     let listing = Command::new("tar").args(["-xzOf", "baseline.rootfs.tar.gz", "etc/hostname", "etc/hosts"]).current_dir(&out).output().unwrap();

@@ -108,14 +108,35 @@ impl BuildContext {
         self.records.push(StageRecord { stage: stage.to_string(), applied, settings });
     }
 
-    /// Moves the artifacts to `out`, replacing what was there, and removes
-    /// the staging directory.
+    /// Moves the artifacts to `out`, replacing a previous rampart output
+    /// there in one atomic exchange; the old one is removed with staging.
+    /// A directory that is not rampart output is never replaced.
     pub fn publish(self, out: &Path) -> Result<()> {
-        let trash = self.staging.path().join("previous");
-        if out.exists() {
-            std::fs::rename(out, &trash).with_context(|| format!("while moving the previous {} aside", out.display()))?;
+        let artifacts = self.artifacts();
+        if !out.exists() {
+            std::fs::rename(&artifacts, out).with_context(|| format!("while publishing artifacts to {}", out.display()))?;
+            return Ok(());
         }
-        std::fs::rename(self.artifacts(), out).with_context(|| format!("while publishing artifacts to {}", out.display()))?;
-        Ok(())
+        let is_empty = std::fs::read_dir(out).map(|mut d| d.next().is_none()).unwrap_or(false);
+        if !is_empty && !out.join("SHA256SUMS").exists() {
+            anyhow::bail!(
+                "refusing to replace {}: it is not a rampart output directory (no SHA256SUMS); choose another --out",
+                out.display()
+            );
+        }
+        exchange(&artifacts, out).with_context(|| format!("while publishing artifacts to {}", out.display()))
     }
+}
+
+/// Swaps two paths atomically (renameat2 with RENAME_EXCHANGE).
+fn exchange(a: &Path, b: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let a = std::ffi::CString::new(a.as_os_str().as_bytes())?;
+    let b = std::ffi::CString::new(b.as_os_str().as_bytes())?;
+    // SAFETY: both are valid NUL-terminated paths.
+    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(())
 }

@@ -49,9 +49,10 @@ pub fn ensure_lock(profile: &Profile, mirror: &Mirror, offline: bool, log: &Path
 }
 
 /// A digest of everything a build reads besides the package cache: rampart's
-/// version, the profile files, the lock and the overlay trees. `rampart test`
+/// version, the profile files, the lock, the mirror the image's apt sources
+/// name and the overlay trees. `rampart test`
 /// rebuilds only when it changes.
-pub fn inputs_digest(profile: &Profile) -> Result<String> {
+pub fn inputs_digest(profile: &Profile, mirror: &Mirror) -> Result<String> {
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
     let mut add = |label: &str, bytes: &[u8]| {
@@ -65,6 +66,9 @@ pub fn inputs_digest(profile: &Profile) -> Result<String> {
         add("profile", &std::fs::read(file)?);
     }
     add("lock", &std::fs::read(profile.lock_path())?);
+    for source in mirror.sources() {
+        add("apt source", format!("{} {} {}", source.url, source.suite, source.components.join(" ")).as_bytes());
+    }
     for tree in &profile.overlays {
         for entry in crate::tree::walk(&tree.dir)? {
             use std::os::unix::fs::MetadataExt;
@@ -86,7 +90,9 @@ pub fn build(profile: Profile, mirror: Mirror, options: &BuildOptions) -> Result
     if let Some(parent) = options.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).with_context(|| format!("while creating {}", parent.display()))?;
     }
-    let log = options.out.with_extension("build.log");
+    let mut log_name = options.out.file_name().unwrap_or_default().to_os_string();
+    log_name.push(".build.log");
+    let log = options.out.with_file_name(log_name);
     std::fs::write(&log, "").with_context(|| format!("while creating {}", log.display()))?;
     ui::step(&format!("log: {}", log.display()));
 
@@ -97,12 +103,13 @@ pub fn build(profile: Profile, mirror: Mirror, options: &BuildOptions) -> Result
         fetch::fetch(&lock, &mirror, &cache, &log)?;
     }
 
-    let inputs = inputs_digest(&profile)?;
+    let inputs = inputs_digest(&profile, &mirror)?;
     let mut ctx = BuildContext::new(profile, lock, mirror, cache, &options.out, log)?;
     stages::packages::run(&mut ctx)?;
     stages::configure::run(&mut ctx)?;
     stages::users::run(&mut ctx)?;
     stages::firstboot::run(&mut ctx)?;
+    stages::ssh_access::run(&mut ctx)?;
     stages::overlays::run(&mut ctx)?;
     stages::seal::run(&mut ctx)?;
     write_artifacts(&mut ctx, &inputs)?;
@@ -130,7 +137,7 @@ fn write_artifacts(ctx: &mut BuildContext, inputs: &str) -> Result<()> {
     let report = serde_json::json!({
         "format": "rampart-report-v1",
         "image": name,
-        "profile": ctx.profile.path.display().to_string(),
+        "profile": ctx.profile.path.file_name().map(|n| n.to_string_lossy().into_owned()),
         "source-date-epoch": ctx.source_date_epoch,
         "inputs-sha256": inputs,
         "stages": ctx.records,

@@ -19,7 +19,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     for source in ctx.mirror.sources() {
         sources.push_str(&format!(
             "Types: deb\nURIs: {}\nSuites: {}\nComponents: {}\nSigned-By: {}\n\n",
-            source.url,
+            without_credentials(&source.url),
             source.suite,
             source.components.join(" "),
             crate::apt::ARCHIVE_KEYRING
@@ -39,14 +39,47 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
         "/lib/systemd/system/systemd-networkd.socket",
     )?;
 
+    let resolver = if ctx.root().join("lib/systemd/system/systemd-resolved.service").exists() {
+        // Name resolution through resolved's loopback stub only: no LLMNR or
+        // mDNS responders listening on the network.
+        ctx.install_file("etc/systemd/resolved.conf.d/rampart.conf", b"[Resolve]\nLLMNR=no\nMulticastDNS=no\n", 0o644)?;
+        "systemd-resolved (loopback stub; LLMNR and mDNS off), servers from DHCP"
+    } else {
+        "none (no resolver package in the profile)"
+    };
     ctx.record(
         "configure",
         true,
         json!({
             "hostname": hostname,
-            "apt-sources": ctx.mirror.sources().iter().map(|s| format!("{} {}", s.url, s.suite)).collect::<Vec<_>>(),
+            "apt-sources": ctx.mirror.sources().iter().map(|s| format!("{} {}", without_credentials(&s.url), s.suite)).collect::<Vec<_>>(),
             "network": "systemd-networkd, DHCP on en*/eth*",
+            "name-resolution": resolver,
         }),
     );
     Ok(())
+}
+
+/// A mirror URL without any user:password@ part: credentials never go into an image.
+pub fn without_credentials(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_once('/').map(|(a, p)| (a, format!("/{p}"))).unwrap_or((rest, String::new()));
+            let host = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority);
+            format!("{scheme}://{host}{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_stripped_from_mirror_urls() {
+        assert_eq!(without_credentials("http://user:secret@mirror.example/debian"), "http://mirror.example/debian");
+        assert_eq!(without_credentials("http://mirror.example/debian"), "http://mirror.example/debian");
+        assert_eq!(without_credentials("file:///srv/mirror"), "file:///srv/mirror");
+    }
 }

@@ -100,7 +100,8 @@ fn find_kernel(root: &Path) -> Result<(PathBuf, PathBuf)> {
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix("vmlinuz-")).map(str::to_string))
         .collect();
-    kernels.sort();
+    // Version order, so 6.1.0-10 comes after 6.1.0-9.
+    kernels.sort_by(|a, b| version_key(a).cmp(&version_key(b)));
     let Some(version) = kernels.pop() else {
         bail!("the image has no kernel in /boot; set kernel.package in the profile");
     };
@@ -109,6 +110,21 @@ fn find_kernel(root: &Path) -> Result<(PathBuf, PathBuf)> {
         bail!("the image has kernel {version} but no initrd; is initramfs-tools installed?");
     }
     Ok((boot.join(format!("vmlinuz-{version}")), initrd))
+}
+
+/// Splits a version into numeric and text runs, compared piecewise.
+fn version_key(version: &str) -> Vec<(u64, String)> {
+    let mut parts = Vec::new();
+    let mut rest = version;
+    while !rest.is_empty() {
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let (number, after) = rest.split_at(digits);
+        let text_len = after.len() - after.trim_start_matches(|c: char| !c.is_ascii_digit()).len();
+        let (text, after) = after.split_at(text_len);
+        parts.push((number.parse().unwrap_or(0), text.to_string()));
+        rest = after;
+    }
+    parts
 }
 
 /// MiB the root file system needs (content + 30 % + 64 MiB of metadata and
@@ -257,6 +273,18 @@ fn write_partition_table(raw: &Path, disk_bytes: u64, root_start_mib: u64, root_
 
 /// Copies `source` into `target` at `offset`, seeking over all-zero blocks
 /// so the target stays sparse.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_versions_sort_numerically() {
+        let mut versions = vec!["6.1.0-10-cloud-amd64", "6.1.0-9-cloud-amd64", "6.1.0-56-cloud-amd64"];
+        versions.sort_by(|a, b| version_key(a).cmp(&version_key(b)));
+        assert_eq!(versions, ["6.1.0-9-cloud-amd64", "6.1.0-10-cloud-amd64", "6.1.0-56-cloud-amd64"]);
+    }
+}
+
 fn copy_sparse(source: &Path, target: &Path, offset: u64) -> Result<()> {
     let mut input = File::open(source)?;
     let mut output = OpenOptions::new().write(true).open(target)?;

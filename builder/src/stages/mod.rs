@@ -7,4 +7,5 @@ pub mod firstboot;
 pub mod overlays;
 pub mod packages;
 pub mod seal;
+pub mod ssh_access;
 pub mod users;

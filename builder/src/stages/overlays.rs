@@ -44,6 +44,11 @@ pub fn template_context(profile: &Profile) -> tera::Context {
 pub fn render(source_name: &str, template: &str, context: &tera::Context) -> Result<String> {
     let mut tera = tera::Tera::default();
     tera.autoescape_on(vec![]);
+    // Templates see the profile only: the build host's environment must not
+    // leak into an image (nor make it differ between hosts).
+    tera.register_function("get_env", |_: &std::collections::HashMap<String, tera::Value>| -> tera::Result<tera::Value> {
+        Err(tera::Error::msg("get_env is disabled: templates see only the profile's variables"))
+    });
     tera.add_raw_template(source_name, template)
         .map_err(|e| anyhow::anyhow!("{}", error_chain(&e)))
         .with_context(|| format!("while parsing template {source_name}"))?;
@@ -149,37 +154,54 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
 
 fn install(ctx: &BuildContext, destination: &Path, item: &Planned, wanted: Option<&FileMode>) -> Result<()> {
     let existing = std::fs::symlink_metadata(destination).ok();
+    let mut destination = destination.to_path_buf();
     match item {
         Planned::Dir => {
-            if existing.as_ref().is_some_and(|m| m.is_dir()) {
-                return Ok(());
+            if existing.as_ref().is_some_and(|m| m.file_type().is_symlink()) {
+                // A directory the image already has under another name: follow
+                // the link inside the image, never on the host.
+                let relative = destination.strip_prefix(ctx.root())?.join("probe");
+                let followed = resolve_in_root(&ctx.root(), &relative)?;
+                destination = followed.parent().expect("has a parent").to_path_buf();
+                if !destination.is_dir() {
+                    bail!("the image has a symlink there that does not lead to a directory");
+                }
+            } else if existing.is_none() {
+                std::fs::create_dir_all(&destination)?;
+                std::fs::set_permissions(&destination, std::fs::Permissions::from_mode(0o755))?;
+            } else if !existing.as_ref().is_some_and(|m| m.is_dir()) {
+                bail!("the image has a file there, not a directory");
             }
-            std::fs::create_dir_all(destination)?;
-            std::fs::set_permissions(destination, std::fs::Permissions::from_mode(0o755))?;
+            // Existing directories keep their mode and owner unless the profile says otherwise.
+            let Some(wanted) = wanted else { return Ok(()) };
+            std::fs::set_permissions(&destination, std::fs::Permissions::from_mode(wanted.mode))?;
         }
         Planned::File { contents, mode } => {
             if existing.as_ref().is_some_and(|m| m.is_dir()) {
                 bail!("the image has a directory there");
             }
             if existing.is_some() {
-                std::fs::remove_file(destination)?;
+                std::fs::remove_file(&destination)?;
             }
-            std::fs::write(destination, contents)?;
+            std::fs::write(&destination, contents)?;
             let mode = wanted.map(|w| w.mode).unwrap_or(*mode);
-            std::fs::set_permissions(destination, std::fs::Permissions::from_mode(mode))?;
+            std::fs::set_permissions(&destination, std::fs::Permissions::from_mode(mode))?;
         }
         Planned::Symlink { target } => {
-            if existing.is_some() {
-                std::fs::remove_file(destination)?;
+            if existing.as_ref().is_some_and(|m| m.is_dir()) {
+                bail!("the image has a directory there");
             }
-            std::os::unix::fs::symlink(target, destination)?;
+            if existing.is_some() {
+                std::fs::remove_file(&destination)?;
+            }
+            std::os::unix::fs::symlink(target, &destination)?;
         }
     }
     let (uid, gid) = match wanted {
         Some(w) => (crate::stages::users::ids_of(ctx, &w.owner)?.0, crate::stages::users::gid_of(ctx, &w.group)?),
         None => (0, 0),
     };
-    std::os::unix::fs::lchown(destination, Some(uid), Some(gid))?;
+    std::os::unix::fs::lchown(&destination, Some(uid), Some(gid))?;
     Ok(())
 }
 
@@ -204,6 +226,12 @@ mod tests {
         let text = format!("{error:#}");
         assert!(text.starts_with("while rendering template overlays/x/etc/motd.tera"), "{text}");
         assert!(text.contains("nope"), "{text}");
+    }
+
+    #[test]
+    fn templates_cannot_read_the_host_environment() {
+        let error = render("t", "{{ get_env(name=\"HOME\") }}", &context()).unwrap_err();
+        assert!(format!("{error:#}").contains("get_env is disabled"), "{error:#}");
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     let initramfs_key: String = initramfs.iter().map(|(path, text, mode)| format!("{path} {mode:o}\n{text}")).collect();
     let key = stage_key(&ctx.lock.render("")?, &dpkg_options, &mmdebstrap_version, &ctx.profile.mirror.suite, &initramfs_key);
     let cached = ctx.cache.rootfs_path(&key);
-    let reused = cached.exists();
+    let reused = ctx.cache.verified_rootfs(&key)?;
     if reused {
         ui::step(&format!("package stage: reusing cached root tree {}", short(&key)));
     } else {
@@ -135,6 +135,11 @@ fn bootstrap(ctx: &BuildContext, dpkg_options: &[&str], initramfs: &[(&str, Stri
         std::fs::hard_link(&source, pool.join(&name))
             .or_else(|_| std::fs::copy(&source, pool.join(&name)).map(|_| ()))
             .with_context(|| format!("while putting {} into the local repository", package.name))?;
+        // Checked again where it is used: the repository below is trusted as is.
+        let actual = crate::fsutil::sha256_file(&pool.join(&name))?;
+        if actual != package.sha256 {
+            bail!("{} {} changed in the cache after it was verified (sha256 {actual}); run `rampart fetch`", package.name, package.version);
+        }
     }
     let packages = Cmd::new("apt-ftparchive").args(["packages", "pool"]).cwd(&repo).run()?;
     std::fs::write(index_dir.join("Packages"), &packages.stdout)?;
@@ -183,8 +188,7 @@ fn bootstrap(ctx: &BuildContext, dpkg_options: &[&str], initramfs: &[(&str, Stri
         .without_network()
         .run_logged(ctx.log())
         .context("while installing the locked packages with mmdebstrap (network cut)")?;
-    std::fs::rename(&tarball, cached).context("while storing the package stage in the cache")?;
-    Ok(())
+    ctx.cache.store_rootfs(&tarball, cached)
 }
 
 /// "name version" of every package dpkg has installed in the root.

@@ -3,11 +3,13 @@
 //! input). Passwords stay locked: these accounts log in by key only.
 
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde_json::json;
 
 use crate::build::context::BuildContext;
+use crate::fsutil::resolve_in_root;
 
 pub fn run(ctx: &mut BuildContext) -> Result<()> {
     if ctx.profile.users.is_empty() {
@@ -28,17 +30,19 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
             .run()
             .with_context(|| format!("while creating user {} of profile {}", user.name, ctx.profile.path.display()))?;
         let (uid, gid) = ids_of(ctx, user.name.as_str())?;
-        let home = ctx.root().join("home").join(user.name.as_str());
-        let ssh_dir = home.join(".ssh");
-        std::fs::create_dir_all(&ssh_dir)?;
-        std::fs::set_permissions(&ssh_dir, std::fs::Permissions::from_mode(0o700))?;
-        std::os::unix::fs::chown(&ssh_dir, Some(uid), Some(gid))?;
-        let keys_path = ssh_dir.join("authorized_keys");
-        let mut keys = user.ssh_authorized_keys.join("\n");
-        keys.push('\n');
-        std::fs::write(&keys_path, keys)?;
-        std::fs::set_permissions(&keys_path, std::fs::Permissions::from_mode(0o600))?;
-        std::os::unix::fs::chown(&keys_path, Some(uid), Some(gid))?;
+        if !user.ssh_authorized_keys.is_empty() {
+            let ssh_dir = format!("home/{}/.ssh", user.name);
+            let ssh_dir_path = resolve_in_root(&ctx.root(), Path::new(&ssh_dir))?;
+            std::fs::create_dir_all(&ssh_dir_path)?;
+            std::fs::set_permissions(&ssh_dir_path, std::fs::Permissions::from_mode(0o700))?;
+            std::os::unix::fs::lchown(&ssh_dir_path, Some(uid), Some(gid))?;
+            let keys_file = format!("{ssh_dir}/authorized_keys");
+            let mut keys = user.ssh_authorized_keys.join("\n");
+            keys.push('\n');
+            ctx.install_file(&keys_file, keys.as_bytes(), 0o600)?;
+            let keys_path = resolve_in_root(&ctx.root(), Path::new(&keys_file))?;
+            std::os::unix::fs::lchown(&keys_path, Some(uid), Some(gid))?;
+        }
         created.push(json!({
             "name": user.name.as_str(),
             "uid": uid,

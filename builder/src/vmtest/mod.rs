@@ -83,14 +83,14 @@ pub fn run(profile: Profile, mirror: Mirror, options: &TestOptions) -> Result<()
     let name = profile.name.to_string();
     let image = options.out.join(format!("{name}.qcow2"));
     let raw = options.out.join(format!("{name}.raw"));
-    let work = tempfile::Builder::new().prefix("rampart-test-").tempdir()?;
+    let work = crate::fsutil::owned_tempdir(&std::env::temp_dir(), "rampart-test-")?;
     let accel = qemu::choose_accel(options.accel, &raw, work.path())?;
 
     let mut n_failed = 0;
     let mut n_cases = 0;
     for scenario in &scenarios {
         ui::step(&format!("scenario {} ({}): {}", scenario.name, accel.name(), scenario.description));
-        let cases = run_scenario(scenario, &image, &admin, accel, work.path(), &options.out)?;
+        let cases = run_scenario(scenario, &image, &admin, profile.ssh.port.get(), accel, work.path(), &options.out)?;
         let junit_path = options.out.join(format!("{}.junit.xml", scenario.name));
         write_atomic(&junit_path, junit::render(&scenario.name, &cases).as_bytes())?;
         for case in &cases {
@@ -112,10 +112,11 @@ pub fn run(profile: Profile, mirror: Mirror, options: &TestOptions) -> Result<()
 
 /// Builds unless the artifacts in `out` were made from exactly these inputs.
 fn ensure_built(profile: &Profile, mirror: Mirror, options: &TestOptions) -> Result<()> {
+    let mirror_for_digest = mirror.clone();
     let report_path = options.out.join(format!("{}.report.json", profile.name));
     let image = options.out.join(format!("{}.qcow2", profile.name));
     if profile.lock_path().exists() && image.exists() && report_path.exists() {
-        let wanted = build::inputs_digest(profile)?;
+        let wanted = build::inputs_digest(profile, &mirror_for_digest)?;
         let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report_path)?)?;
         if report["inputs-sha256"].as_str() == Some(wanted.as_str()) {
             ui::step(&format!("artifacts in {} are current; not rebuilding", options.out.display()));
@@ -129,13 +130,18 @@ fn ensure_built(profile: &Profile, mirror: Mirror, options: &TestOptions) -> Res
     )
 }
 
-fn run_scenario(scenario: &Scenario, image: &Path, admin: &str, accel: Accel, work: &Path, out: &Path) -> Result<Vec<CaseResult>> {
+fn run_scenario(
+    scenario: &Scenario,
+    image: &Path,
+    admin: &str,
+    guest_ssh_port: u16,
+    accel: Accel,
+    work: &Path,
+    out: &Path,
+) -> Result<Vec<CaseResult>> {
     let key = TestKey::generate(work, &format!("{}-admin", scenario.name))?;
     let stranger = TestKey::generate(work, &format!("{}-stranger", scenario.name))?;
-    let boot_timeout = match accel {
-        Accel::Kvm => scenario.boot_timeout.min(Duration::from_secs(90)),
-        Accel::Tcg => scenario.boot_timeout,
-    };
+    let boot_timeout = scenario.boot_timeout;
     let mut cases = Vec::new();
     let mut captured: BTreeMap<usize, Vec<(String, String)>> = BTreeMap::new();
     let lab = if scenario.isolated_network { Some(lab::Lab::create(work, scenario.machines.len())?) } else { None };
@@ -147,6 +153,7 @@ fn run_scenario(scenario: &Scenario, image: &Path, admin: &str, accel: Accel, wo
             memory_mib: spec.memory_mib,
             accel,
             user: admin,
+            guest_ssh_port,
             key: &key,
             extra_args: if lab.is_some() { lab::Lab::nic_args(index) } else { Vec::new() },
             netns: lab.as_ref().map(|l| l.lab_ns.clone()),
@@ -364,7 +371,7 @@ fn run_check(
         Action::OpenTcpPorts { ports } if outside.is_some() => {
             let (lab, address) = outside.expect("checked");
             // The lab address comes by DHCP; wait until the machine answers there.
-            let reachable = format!("for i in $(seq 60); do ping -c1 -W1 {address} >/dev/null 2>&1 && exit 0; sleep 1; done; exit 1");
+            let reachable = format!("for i in $(seq 30); do ping -c1 -W1 {address} >/dev/null 2>&1 && exit 0; sleep 1; done; exit 1");
             let _ = lab.outside("sh").arg("-c").arg(&reachable).run_with_timeout(Duration::from_secs(70));
             match lab.open_tcp_ports(address, check.timeout) {
                 Ok(open) if &open == ports => Ok(None),

@@ -135,6 +135,8 @@ pub struct MachineConfig<'a> {
     pub memory_mib: u64,
     pub accel: Accel,
     pub user: &'a str,
+    /// The port sshd listens on in the guest (the profile's ssh.port).
+    pub guest_ssh_port: u16,
     pub key: &'a TestKey,
     /// Extra QEMU arguments (e.g. a NIC on an isolated test network).
     pub extra_args: Vec<String>,
@@ -194,7 +196,7 @@ impl Machine {
             .arg("-drive")
             .arg(format!("file={},if=virtio,format=qcow2", scratch.display()))
             .arg("-nic")
-            .arg(format!("user,model=virtio-net-pci,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22"))
+            .arg(format!("user,model=virtio-net-pci,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:{}", config.guest_ssh_port))
             .args(["-device", "virtio-rng-pci"])
             .arg("-smbios")
             .arg(format!("type=11,value={credential}"))
