@@ -40,10 +40,22 @@ done
     release dists/bookworm > dists/bookworm/Release)
 includes=$(awk -F' = ' '/^name = /{gsub(/"/,"",$2); print $2}' "profiles/$name.lock" | paste -sd, -)
 epoch=$(awk -F' = ' '/^source-date-epoch/{print $2}' "profiles/$name.lock")
+# The same initramfs configuration rampart lays in before the kernel installs.
+mkdir -p "$work/initramfs-tools/conf.d" "$work/initramfs-tools/hooks"
+printf 'MODULES=list\n' > "$work/initramfs-tools/conf.d/rampart.conf"
+cat > "$work/initramfs-tools/hooks/rampart-modules" <<'EOT'
+#!/bin/sh
+case "$1" in prereqs) exit 0 ;; esac
+. /usr/share/initramfs-tools/hook-functions
+for module in virtio_pci virtio_blk virtio_scsi sd_mod ahci nvme xen_blkfront hv_storvsc vmw_pvscsi; do manual_add_modules "$module"; done
+EOT
+chmod 755 "$work/initramfs-tools/hooks/rampart-modules"
 t0=$(now)
 SOURCE_DATE_EPOCH=$epoch TMPDIR="$work" unshare --net --mount --propagation private -- mmdebstrap \
     --variant=essential --mode=root --format=tar --architectures=amd64 \
     --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr --include="$includes" \
+    --essential-hook='mkdir -p "$1/etc/initramfs-tools"' \
+    --essential-hook="sync-in $work/initramfs-tools /etc/initramfs-tools" \
     --aptopt='Acquire::Languages "none"' \
     --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
     --dpkgopt='path-include=/usr/share/doc/*/copyright' --dpkgopt='path-exclude=/usr/share/info/*' \
