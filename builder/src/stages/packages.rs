@@ -15,6 +15,9 @@ use crate::process::Cmd;
 use crate::profile::InitramfsModules;
 use crate::ui;
 
+/// How a package-stage tarball is unpacked into the image root.
+const UNPACK: &[&str] = &["--extract", "--preserve-permissions", "--numeric-owner", "--xattrs", "--xattrs-include=*"];
+
 /// Bump when the way this stage calls mmdebstrap changes.
 const STAGE_VERSION: &str = "packages-v3";
 
@@ -38,22 +41,23 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     let key = stage_key(&ctx.lock.render("")?, &dpkg_options, &mmdebstrap_version, &ctx.profile.mirror.suite, &initramfs_key);
     let cached = ctx.cache.rootfs_path(&key);
     let reused = ctx.cache.verified_rootfs(&key)?;
+    let root = ctx.root();
+    std::fs::create_dir_all(&root)?;
     if reused {
         ui::step(&format!("package stage: reusing cached root tree {}", short(&key)));
+        Cmd::new("tar")
+            .args(UNPACK)
+            .arg("--file")
+            .arg(&cached)
+            .arg("--directory")
+            .arg(&root)
+            .run()
+            .context("while unpacking the package stage's root tree")?;
     } else {
         let timer = ui::Timed::start(&format!("package stage: mmdebstrap of {} packages, network cut", ctx.lock.packages.len()));
         bootstrap(ctx, &dpkg_options, &initramfs, &cached)?;
         timer.done();
     }
-    let root = ctx.root();
-    std::fs::create_dir_all(&root)?;
-    Cmd::new("tar")
-        .args(["--extract", "--preserve-permissions", "--numeric-owner", "--xattrs", "--xattrs-include=*", "--file"])
-        .arg(&cached)
-        .arg("--directory")
-        .arg(&root)
-        .run()
-        .context("while unpacking the package stage's root tree")?;
     let installed = installed_packages(&root)?;
     let locked: Vec<String> = ctx.lock.packages.iter().map(|p| format!("{} {}", p.name, p.version)).collect();
     let missing: Vec<&String> = locked.iter().filter(|p| !installed.contains(p)).collect();
@@ -156,7 +160,17 @@ fn bootstrap(ctx: &BuildContext, dpkg_options: &[&str], initramfs: &[(&str, Stri
 
     let names: Vec<&str> = ctx.lock.packages.iter().map(|p| p.name.as_str()).collect();
     let tarball = scratch.path().join("rootfs.tar");
-    let mut command = Cmd::new("mmdebstrap")
+    // mmdebstrap writes the tarball to a pipe that stores it for the cache
+    // and unpacks it into the image root at the same time.
+    let pipeline = format!(
+        "set -o pipefail; \"$@\" | tee \"$RAMPART_TARBALL\" | tar {} --directory \"$RAMPART_ROOT\"",
+        UNPACK.iter().map(|a| shell_words::quote(a).into_owned()).collect::<Vec<_>>().join(" ")
+    );
+    let mut command = Cmd::new("bash")
+        .arg("-c")
+        .arg(pipeline)
+        .arg("bash")
+        .arg("mmdebstrap")
         .arg("--variant=essential")
         .arg("--mode=root")
         .arg("--format=tar")
@@ -179,8 +193,10 @@ fn bootstrap(ctx: &BuildContext, dpkg_options: &[&str], initramfs: &[(&str, Stri
     }
     command
         .arg(suite)
-        .arg(&tarball)
+        .arg("-")
         .arg(format!("deb [trusted=yes] copy://{} {suite} main", repo.display()))
+        .env("RAMPART_TARBALL", &tarball)
+        .env("RAMPART_ROOT", ctx.root())
         .env("SOURCE_DATE_EPOCH", ctx.source_date_epoch.to_string())
         // mmdebstrap's own temporary root lives in our scratch directory, so an
         // interrupted run's leftovers are cleaned up with it.
