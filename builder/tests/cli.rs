@@ -71,3 +71,20 @@ fn help_documents_every_command() {
         assert!(text.contains(&format!("  {command} ")), "--help lacks {command}:\n{text}");
     }
 }
+
+#[test]
+fn build_refuses_to_replace_a_directory_that_is_not_its_output_before_any_work() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = tempfile::tempdir().unwrap();
+    std::fs::write(out.path().join("precious.txt"), "keep me").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(["build", "profiles/baseline.toml", "--offline", "--mirror", "http://mirror.invalid/debian", "--out"])
+        .arg(out.path())
+        .current_dir(&repo)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("refusing to replace") && stderr.contains("not a rampart output directory"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(out.path().join("precious.txt")).unwrap(), "keep me");
+}

@@ -117,15 +117,24 @@ impl BuildContext {
             std::fs::rename(&artifacts, out).with_context(|| format!("while publishing artifacts to {}", out.display()))?;
             return Ok(());
         }
-        let is_empty = std::fs::read_dir(out).map(|mut d| d.next().is_none()).unwrap_or(false);
-        if !is_empty && !out.join("SHA256SUMS").exists() {
-            anyhow::bail!(
-                "refusing to replace {}: it is not a rampart output directory (no SHA256SUMS); choose another --out",
-                out.display()
-            );
-        }
+        check_replaceable(out)?;
         exchange(&artifacts, out).with_context(|| format!("while publishing artifacts to {}", out.display()))
     }
+}
+
+/// `out` may be replaced by a build: it is absent, empty, or rampart output.
+pub fn check_replaceable(out: &Path) -> Result<()> {
+    if !out.exists() {
+        return Ok(());
+    }
+    let is_empty = std::fs::read_dir(out).map(|mut d| d.next().is_none()).unwrap_or(false);
+    if !is_empty && !out.join("SHA256SUMS").exists() {
+        anyhow::bail!(
+            "refusing to replace {}: it is not a rampart output directory (no SHA256SUMS); choose another --out",
+            out.display()
+        );
+    }
+    Ok(())
 }
 
 /// Swaps two paths atomically (renameat2 with RENAME_EXCHANGE).

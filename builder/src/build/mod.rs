@@ -86,6 +86,7 @@ pub fn inputs_digest(profile: &Profile, mirror: &Mirror) -> Result<String> {
 pub fn build(profile: Profile, mirror: Mirror, options: &BuildOptions) -> Result<()> {
     // Everything the profile names is checked before any work starts.
     stages::overlays::validate(&profile)?;
+    context::check_replaceable(&options.out)?;
     let cache = Cache::open(&options.cache)?;
     if let Some(parent) = options.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).with_context(|| format!("while creating {}", parent.display()))?;
