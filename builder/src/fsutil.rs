@@ -105,6 +105,16 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 /// relative to `root`, and any path that would leave `root` is refused.
 /// The last component is not followed.
 pub fn resolve_in_root(root: &Path, relative: &Path) -> Result<PathBuf> {
+    resolve(root, relative, false)
+}
+
+/// Like `resolve_in_root`, but a symlink in the last component is followed
+/// too: where the image itself would end up.
+pub fn resolve_in_root_following(root: &Path, relative: &Path) -> Result<PathBuf> {
+    resolve(root, relative, true)
+}
+
+fn resolve(root: &Path, relative: &Path, follow_last: bool) -> Result<PathBuf> {
     let mut resolved = PathBuf::new();
     let mut pending: Vec<std::ffi::OsString> = Vec::new();
     for component in relative.components().rev() {
@@ -127,7 +137,7 @@ pub fn resolve_in_root(root: &Path, relative: &Path) -> Result<PathBuf> {
         let on_host = root.join(&candidate);
         let is_last = pending.is_empty();
         match std::fs::symlink_metadata(&on_host) {
-            Ok(meta) if meta.file_type().is_symlink() && !is_last => {
+            Ok(meta) if meta.file_type().is_symlink() && (follow_last || !is_last) => {
                 hops += 1;
                 if hops > 40 {
                     bail!("too many symlinks resolving {}", relative.display());
@@ -158,6 +168,8 @@ mod tests {
         std::os::unix::fs::symlink("/usr/lib", root.path().join("abs")).unwrap();
         assert_eq!(resolve_in_root(root.path(), Path::new("lib/x")).unwrap(), root.path().join("usr/lib/x"));
         assert_eq!(resolve_in_root(root.path(), Path::new("/abs/x")).unwrap(), root.path().join("usr/lib/x"));
+        assert_eq!(resolve_in_root(root.path(), Path::new("lib")).unwrap(), root.path().join("lib"));
+        assert_eq!(resolve_in_root_following(root.path(), Path::new("lib")).unwrap(), root.path().join("usr/lib"));
     }
 
     #[test]

@@ -58,7 +58,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     make_esp(&work, &esp_image, &kernel, &initrd, &cmdline, &ids, &epoch)?;
 
     let raw = ctx.artifact("raw");
-    write_partition_table(&raw, disk_bytes, root_start_mib, root_size_mib, &ids)?;
+    write_partition_table(&raw, &work, disk_bytes, root_start_mib, root_size_mib, &ids)?;
     copy_sparse(&esp_image, &raw, FIRST_LBA_MIB * MIB)?;
     copy_sparse(&root_image, &raw, root_start_mib * MIB)?;
     std::fs::remove_file(&root_image)?;
@@ -200,7 +200,6 @@ fn make_esp(work: &Path, image: &Path, kernel: &Path, initrd: &Path, cmdline: &s
     std::fs::copy(kernel, staging.join("vmlinuz"))?;
     std::fs::copy(initrd, staging.join("initrd.img"))?;
     let seconds: i64 = epoch.parse()?;
-    crate::stages::seal::clamp_times(&staging, seconds)?;
     for name in ["loader.conf", "rampart.conf", "BOOTX64.EFI", "vmlinuz", "initrd.img"] {
         crate::stages::seal::set_times(&staging.join(name), seconds)?;
     }
@@ -236,7 +235,7 @@ fn make_esp(work: &Path, image: &Path, kernel: &Path, initrd: &Path, cmdline: &s
     Ok(())
 }
 
-fn write_partition_table(raw: &Path, disk_bytes: u64, root_start_mib: u64, root_size_mib: u64, ids: &Identifiers) -> Result<()> {
+fn write_partition_table(raw: &Path, work: &Path, disk_bytes: u64, root_start_mib: u64, root_size_mib: u64, ids: &Identifiers) -> Result<()> {
     let file = File::create(raw).with_context(|| format!("while creating {}", raw.display()))?;
     file.set_len(disk_bytes)?;
     drop(file);
@@ -257,18 +256,17 @@ fn write_partition_table(raw: &Path, disk_bytes: u64, root_start_mib: u64, root_
         root_size = root_size_mib * SECTORS_PER_MIB,
         root = ids.root_partuuid,
     );
-    let script_path = raw.with_extension("sfdisk");
+    let script_path = work.join("partitions.sfdisk");
     std::fs::write(&script_path, &script)?;
-    let result = Cmd::new("sh")
+    Cmd::new("sh")
         .arg("-c")
         .arg("exec sfdisk -q --no-reread --no-tell-kernel \"$1\" < \"$2\"")
         .arg("sh")
         .arg(raw)
         .arg(&script_path)
         .run()
-        .context("while writing the GPT partition table");
-    std::fs::remove_file(&script_path)?;
-    result.map(|_| ())
+        .context("while writing the GPT partition table")?;
+    Ok(())
 }
 
 /// Copies `source` into `target` at `offset`, seeking over all-zero blocks

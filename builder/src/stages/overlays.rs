@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use crate::build::context::BuildContext;
-use crate::fsutil::resolve_in_root;
+use crate::fsutil::{resolve_in_root, resolve_in_root_following};
 use crate::profile::{FileMode, Profile};
 
 /// One file an overlay puts into the image.
@@ -160,9 +160,8 @@ fn install(ctx: &BuildContext, destination: &Path, item: &Planned, wanted: Optio
             if existing.as_ref().is_some_and(|m| m.file_type().is_symlink()) {
                 // A directory the image already has under another name: follow
                 // the link inside the image, never on the host.
-                let relative = destination.strip_prefix(ctx.root())?.join("probe");
-                let followed = resolve_in_root(&ctx.root(), &relative)?;
-                destination = followed.parent().expect("has a parent").to_path_buf();
+                let relative = destination.strip_prefix(ctx.root())?.to_path_buf();
+                destination = resolve_in_root_following(&ctx.root(), &relative)?;
                 if !destination.is_dir() {
                     bail!("the image has a symlink there that does not lead to a directory");
                 }

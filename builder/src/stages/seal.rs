@@ -101,27 +101,13 @@ fn empty_directory(dir: &Path, keep_dirs: bool) -> Result<()> {
 /// Sets every mtime later than `epoch` to `epoch` (and every atime to the
 /// mtime), symlinks included. Returns how many were changed.
 pub fn clamp_times(root: &Path, epoch: i64) -> Result<usize> {
+    use std::os::unix::fs::MetadataExt;
     let mut changed = 0;
-    let mut stack = vec![root.to_path_buf()];
-    let mut paths = Vec::new();
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir)? {
-            let entry = entry?;
-            if entry.file_type()?.is_dir() {
-                stack.push(entry.path());
-            }
-            paths.push(entry.path());
-        }
-    }
-    paths.push(root.to_path_buf());
-    // Children before parents: setting a child's time does not touch the
-    // parent's mtime, but creating nothing here keeps the order irrelevant.
-    for path in paths {
-        let meta = std::fs::symlink_metadata(&path)?;
-        use std::os::unix::fs::MetadataExt;
+    for entry in crate::tree::walk(root)? {
+        let meta = &entry.meta;
         let mtime = meta.mtime().min(epoch);
         if meta.mtime() != mtime || meta.atime() != mtime || meta.mtime_nsec() != 0 {
-            set_times(&path, mtime)?;
+            set_times(&entry.host_path, mtime)?;
             changed += 1;
         }
     }

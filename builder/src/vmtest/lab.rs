@@ -36,7 +36,7 @@ impl Lab {
     pub fn create(work: &Path, n_machines: usize) -> Result<Lab> {
         remove_stale_namespaces();
         let tag = std::process::id();
-        let lab = Lab { lab_ns: format!("rampart-{tag}-lab"), outside_ns: format!("rampart-{tag}-outside"), dhcp: None };
+        let mut lab = Lab { lab_ns: format!("rampart-{tag}-lab"), outside_ns: format!("rampart-{tag}-outside"), dhcp: None };
         ip(&["netns", "add", &lab.lab_ns])?;
         ip(&["netns", "add", &lab.outside_ns])?;
         ip(&["-n", &lab.lab_ns, "link", "set", "lo", "up"])?;
@@ -60,7 +60,6 @@ impl Lab {
             let (address, mac) = machine_address(index);
             dnsmasq = dnsmasq.arg(format!("--dhcp-host={mac},{address}"));
         }
-        let mut lab = lab;
         lab.dhcp = Some(dnsmasq.spawn_background(&work.join("lab-dnsmasq.log"))?);
         Ok(lab)
     }

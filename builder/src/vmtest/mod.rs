@@ -112,11 +112,10 @@ pub fn run(profile: Profile, mirror: Mirror, options: &TestOptions) -> Result<()
 
 /// Builds unless the artifacts in `out` were made from exactly these inputs.
 fn ensure_built(profile: &Profile, mirror: Mirror, options: &TestOptions) -> Result<()> {
-    let mirror_for_digest = mirror.clone();
     let report_path = options.out.join(format!("{}.report.json", profile.name));
     let image = options.out.join(format!("{}.qcow2", profile.name));
     if profile.lock_path().exists() && image.exists() && report_path.exists() {
-        let wanted = build::inputs_digest(profile, &mirror_for_digest)?;
+        let wanted = build::inputs_digest(profile, &mirror)?;
         let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report_path)?)?;
         if report["inputs-sha256"].as_str() == Some(wanted.as_str()) {
             ui::step(&format!("artifacts in {} are current; not rebuilding", options.out.display()));
