@@ -3,6 +3,7 @@
 //! file:line:col), then merges base to child. Reads the profile files and
 //! nothing else; never runs a process, never touches the network.
 
+pub mod controls;
 pub mod raw;
 pub mod types;
 
@@ -10,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 
+pub use controls::{FirewallAllow, FirewallSpec, PasswordPolicy, Protocol, ServicesSpec, Sited};
 pub use types::{Cidr, Hostname, ImageSize, PackageName, Port, ProfileName, UserName};
 
 /// A profile error: names file:line:col and the field.
@@ -62,6 +64,22 @@ pub struct ImageSpec {
 pub struct SshSpec {
     pub port: Port,
     pub allow_from: Vec<Cidr>,
+    /// TCP, agent, stream-local and X11 forwarding (a jump host needs TCP).
+    pub forwarding: bool,
+    pub max_auth_tries: u32,
+    pub login_grace_time: u32,
+    pub banner: String,
+    /// Further sshd_config keywords, by keyword.
+    pub options: BTreeMap<String, Sited<String>>,
+}
+
+/// A password the profile gives for an account, instead of a random one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GivenPassword {
+    /// Plain text (test profiles): checked like a typed password.
+    Plain(String),
+    /// A crypt(3) hash: tried against common passwords at build time.
+    Hash(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +88,8 @@ pub struct User {
     pub groups: Vec<UserName>,
     pub ssh_authorized_keys: Vec<String>,
     pub shell: String,
+    /// `None`: a random password, handed out in the secrets file.
+    pub password: Option<Sited<GivenPassword>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +120,9 @@ pub struct Profile {
     pub kernel: KernelSpec,
     pub image: ImageSpec,
     pub ssh: SshSpec,
+    pub services: ServicesSpec,
+    pub passwords: PasswordPolicy,
+    pub firewall: FirewallSpec,
     pub users: Vec<User>,
     pub overlays: Vec<OverlayTree>,
     pub overlay_modes: BTreeMap<String, FileMode>,
@@ -136,6 +159,7 @@ struct Layer {
     size: Option<ImageSize>,
     ssh_port: Option<Port>,
     ssh_allow_from: Option<Vec<Cidr>>,
+    controls: controls::ControlsLayer,
     users: Vec<User>,
     overlays: Vec<OverlayTree>,
     overlay_modes: BTreeMap<String, FileMode>,
@@ -250,6 +274,7 @@ fn validate_layer(source: &Source, raw: raw::RawProfile) -> Result<Layer, Profil
             layer.size = Some(source.check(size, "image.size", |s| ImageSize::parse(s))?);
         }
     }
+    layer.controls = controls::validate(source, raw.ssh.as_ref(), raw.services, raw.passwords, raw.firewall)?;
     if let Some(ssh) = raw.ssh {
         if let Some(port) = &ssh.port {
             layer.ssh_port = Some(source.check(port, "ssh.port", |p| Port::from_i64(*p))?);
@@ -283,7 +308,19 @@ fn validate_layer(source: &Source, raw: raw::RawProfile) -> Result<Layer, Profil
             Some(shell) => source.check(shell, "users.shell", |s| types::parse_absolute_path(s))?,
             None => "/bin/bash".to_string(),
         };
-        layer.users.push(User { name, groups, ssh_authorized_keys: keys, shell });
+        let password = match (&user.password, &user.password_hash) {
+            (Some(_), Some(hash)) => return Err(source.error(hash, "users.password-hash: give password or password-hash, not both")),
+            (Some(plain), None) => Some(controls::Sited {
+                value: GivenPassword::Plain(plain.get_ref().clone()),
+                at: source.location(plain.span().start),
+            }),
+            (None, Some(hash)) => {
+                let hash_text = source.check(hash, "users.password-hash", |s| types::parse_password_hash(s))?;
+                Some(controls::Sited { value: GivenPassword::Hash(hash_text), at: source.location(hash.span().start) })
+            }
+            (None, None) => None,
+        };
+        layer.users.push(User { name, groups, ssh_authorized_keys: keys, shell, password });
     }
     if let Some(overlays) = raw.overlays {
         let overlays_root = source.file.parent().unwrap_or(Path::new(".")).join("..").join("overlays");
@@ -341,6 +378,7 @@ fn merge(base: &mut Layer, child: Layer) {
     take(&mut base.size, child.size);
     take(&mut base.ssh_port, child.ssh_port);
     take(&mut base.ssh_allow_from, child.ssh_allow_from);
+    controls::merge(&mut base.controls, child.controls);
     for user in child.users {
         base.users.retain(|u| u.name != user.name);
         base.users.push(user);
@@ -372,8 +410,21 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
             });
         }
     }
-    let include: BTreeSet<PackageName> = layer.include.into_iter().collect();
+    let controls = controls::finish(layer.controls).map_err(at_file)?;
+    let mut include: BTreeSet<PackageName> = layer.include.into_iter().collect();
     let exclude: BTreeSet<PackageName> = layer.exclude.into_iter().collect();
+    // Each control brings the Debian packages that do its work in the image.
+    let mut needed = vec![("passwords", "libpam-pwquality"), ("passwords", "cracklib-runtime")];
+    if controls.firewall.enable {
+        needed.push(("firewall", "nftables"));
+    }
+    for (control, package) in needed {
+        let package = PackageName::parse(package).expect("valid");
+        if exclude.contains(&package) {
+            return Err(at_file(format!("packages.exclude: the {control} control needs {package}")));
+        }
+        include.insert(package);
+    }
     if let Some(both) = include.intersection(&exclude).next() {
         return Err(at_file(format!("packages: {both} is both included and excluded")));
     }
@@ -386,6 +437,13 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
         None => Hostname::parse(name.as_str()).map_err(|e| at_file(format!("image.hostname: {e}")))?,
     };
     let users = layer.users;
+    for user in &users {
+        if let Some(Sited { value: GivenPassword::Plain(plain), at }) = &user.password {
+            if let Some(why) = controls::password_weakness(plain, user.name.as_str(), &controls.passwords) {
+                return Err(ProfileError { location: at.clone(), message: format!("users.password of {}: too weak: {why}", user.name) });
+            }
+        }
+    }
     Ok(Profile {
         description: layer.description.unwrap_or_default(),
         path: path.to_path_buf(),
@@ -411,8 +469,16 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
             port: layer.ssh_port.unwrap_or(Port::SSH),
             allow_from: layer
                 .ssh_allow_from
-                .unwrap_or_else(|| vec![Cidr::parse("0.0.0.0/0").unwrap(), Cidr::parse("::/0").unwrap()]),
+                .unwrap_or_else(controls::anywhere),
+            forwarding: controls.ssh_forwarding,
+            max_auth_tries: controls.ssh_max_auth_tries,
+            login_grace_time: controls.ssh_login_grace_time,
+            banner: controls.ssh_banner,
+            options: controls.ssh_options,
         },
+        services: controls.services,
+        passwords: controls.passwords,
+        firewall: controls.firewall,
         users,
         overlays: layer.overlays,
         overlay_modes: layer.overlay_modes,

@@ -17,6 +17,9 @@ pub struct RawProfile {
     pub kernel: Option<RawKernel>,
     pub image: Option<RawImage>,
     pub ssh: Option<RawSsh>,
+    pub services: Option<RawServices>,
+    pub passwords: Option<RawPasswords>,
+    pub firewall: Option<RawFirewall>,
     #[serde(default)]
     pub users: Vec<RawUser>,
     pub overlays: Option<RawOverlays>,
@@ -66,6 +69,66 @@ pub struct RawImage {
 pub struct RawSsh {
     pub port: Option<Spanned<i64>>,
     pub allow_from: Option<Vec<Spanned<String>>>,
+    pub forwarding: Option<bool>,
+    pub max_auth_tries: Option<Spanned<i64>>,
+    pub login_grace_time: Option<Spanned<i64>>,
+    pub banner: Option<Spanned<String>>,
+    /// Further sshd_config keywords, checked by the image's `sshd -t`.
+    #[serde(default)]
+    pub options: BTreeMap<String, Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawServices {
+    /// The allow-list: units that may be enabled; everything else is disabled and masked.
+    pub enable: Option<Vec<Spanned<String>>>,
+    /// Terminals that get a login prompt (tty1, ttyS0, ...).
+    pub gettys: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawPasswords {
+    pub min_length: Option<Spanned<i64>>,
+    pub min_classes: Option<Spanned<i64>>,
+    pub max_repeat: Option<Spanned<i64>>,
+    pub max_sequence: Option<Spanned<i64>>,
+    pub dictionary_check: Option<bool>,
+    pub enforce_for_root: Option<bool>,
+    pub remember: Option<Spanned<i64>>,
+    pub lockout_attempts: Option<Spanned<i64>>,
+    pub lockout_seconds: Option<Spanned<i64>>,
+    pub max_days: Option<Spanned<i64>>,
+    pub min_days: Option<Spanned<i64>>,
+    pub warn_days: Option<Spanned<i64>>,
+    pub inactive_days: Option<Spanned<i64>>,
+    pub umask: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawFirewall {
+    pub enable: Option<bool>,
+    /// Inbound ICMP echo requests accepted per second.
+    pub icmp_echo_per_second: Option<Spanned<i64>>,
+    /// Log dropped inbound packets (rate-limited).
+    pub log_drops: Option<bool>,
+    #[serde(default)]
+    pub allow: Vec<RawFirewallAllow>,
+    /// Extra nft rules for the input chain, checked by `nft -c` at build time.
+    #[serde(default)]
+    pub input_rules: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawFirewallAllow {
+    pub port: Spanned<i64>,
+    pub protocol: Option<Spanned<String>>,
+    pub from: Option<Vec<Spanned<String>>>,
+    /// What listens there (for the report and the reader).
+    pub service: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,6 +140,10 @@ pub struct RawUser {
     #[serde(default)]
     pub ssh_authorized_keys: Vec<Spanned<String>>,
     pub shell: Option<Spanned<String>>,
+    /// A yescrypt/sha512crypt hash; checked against common passwords at build time.
+    pub password_hash: Option<Spanned<String>>,
+    /// A plain password, for test profiles only; checked like a typed one.
+    pub password: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

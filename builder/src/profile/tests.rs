@@ -151,7 +151,8 @@ fn extends_merges_base_then_child() {
     assert_eq!(profile.name.as_str(), "web", "the asked-for file names the profile");
     assert_eq!(profile.description, "the base");
     let include: Vec<&str> = profile.packages.include.iter().map(|p| p.as_str()).collect();
-    assert_eq!(include, vec!["nginx", "openssh-server"]);
+    // The password and firewall controls bring their packages.
+    assert_eq!(include, vec!["cracklib-runtime", "libpam-pwquality", "nftables", "nginx", "openssh-server"]);
     assert_eq!(profile.image.hostname.as_str(), "web1");
     assert_eq!(profile.image.size.map(|s| s.bytes()), Some(4 << 30));
     let users: Vec<(&str, usize)> = profile.users.iter().map(|u| (u.name.as_str(), u.groups.len())).collect();
@@ -174,4 +175,84 @@ fn value_types_check_their_guarantees() {
     assert!(types::parse_ssh_public_key("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKx test@host").is_ok());
     assert!(types::parse_ssh_public_key("ssh-dss AAAAB3NzaC1kc3MAAACBAK").is_err());
     assert_eq!(types::parse_file_mode("0640 root:adm").unwrap().group, "adm");
+}
+
+#[test]
+fn access_controls_merge_field_by_field_over_strong_defaults() {
+    let profile = check_ok(&[
+        (
+            "web.toml",
+            "name = \"web\"\nextends = \"base.toml\"\n[passwords]\nmin-length = 16\n[[firewall.allow]]\nport = 443\nfrom = [\"10.0.0.0/8\"]\n[ssh]\nforwarding = true\n[ssh.options]\nClientAliveInterval = \"300\"\n",
+        ),
+        (
+            "base.toml",
+            "name = \"base\"\n[services]\nenable = [\"ssh.service\"]\n[passwords]\nremember = 5\n[[firewall.allow]]\nport = 443\n[[firewall.allow]]\nport = 53\nprotocol = \"udp\"\n",
+        ),
+    ]);
+    assert_eq!(profile.passwords.min_length, 16);
+    assert_eq!(profile.passwords.remember, 5);
+    assert_eq!(profile.passwords.lockout_attempts, 5, "CIS default");
+    assert_eq!(profile.passwords.umask, 0o027);
+    let services: Vec<&str> = profile.services.enable.iter().map(|s| s.value.as_str()).collect();
+    assert_eq!(services, vec!["ssh.service"]);
+    assert_eq!(profile.services.gettys, vec!["ttyS0"]);
+    let ports: Vec<(u16, &str, usize)> =
+        profile.firewall.allow.iter().map(|a| (a.port.get(), a.protocol.as_str(), a.from.len())).collect();
+    assert_eq!(ports, vec![(53, "udp", 2), (443, "tcp", 1)], "the child's 443 replaces the base's");
+    assert!(profile.firewall.enable);
+    assert!(profile.ssh.forwarding);
+    assert_eq!(profile.ssh.max_auth_tries, 3);
+    assert_eq!(profile.ssh.options["ClientAliveInterval"].value, "300");
+}
+
+#[test]
+fn bad_firewall_port_is_refused_where_written() {
+    check_error(
+        &[("web.toml", "name = \"web\"\n[[firewall.allow]]\nport = 70000\n")],
+        "$DIR/profiles/web.toml:3:8: firewall.allow.port: 70000 is not a port (1 to 65535)",
+    );
+}
+
+#[test]
+fn bad_firewall_range_is_refused_where_written() {
+    check_error(
+        &[("web.toml", "name = \"web\"\n[[firewall.allow]]\nport = 80\nfrom = [\"10.1.2.3/8\"]\n")],
+        "$DIR/profiles/web.toml:4:9: firewall.allow.from: \"10.1.2.3/8\" has host bits set; did you mean the network address?",
+    );
+}
+
+#[test]
+fn unknown_service_kind_is_refused() {
+    check_error(
+        &[("web.toml", "name = \"web\"\n[services]\nenable = [\"nginx\"]\n")],
+        "$DIR/profiles/web.toml:3:11: services.enable: \"nginx\" is not a unit name (e.g. \"nginx.service\"; kinds: .service, .socket, .timer, .path; templates need an instance)",
+    );
+}
+
+#[test]
+fn weak_given_password_is_refused_before_any_work() {
+    check_error(
+        &[("web.toml", "name = \"web\"\n[[users]]\nname = \"ops\"\npassword = \"Password123!\"\n")],
+        "$DIR/profiles/web.toml:4:12: users.password of ops: too weak: it is 12 characters long; the policy asks for at least 14",
+    );
+    check_error(
+        &[("web.toml", "name = \"web\"\n[passwords]\nmin-length = 8\n[[users]]\nname = \"ops\"\npassword = \"Password123!\"\n")],
+        "$DIR/profiles/web.toml:6:12: users.password of ops: too weak: it is on the list of common passwords",
+    );
+}
+
+#[test]
+fn md5_password_hash_is_refused() {
+    check_error(
+        &[("web.toml", "name = \"web\"\n[[users]]\nname = \"ops\"\npassword-hash = \"$1$abc$def\"\n")],
+        "$DIR/profiles/web.toml:4:17: users.password-hash: not a strong crypt(3) hash (yescrypt \"$y$...\", sha512crypt \"$6$...\", or bcrypt); md5 and DES hashes are refused",
+    );
+}
+
+#[test]
+fn sshd_option_that_rampart_sets_is_refused() {
+    check_error(
+        &[("web.toml", "name = \"web\"\n[ssh.options]\nPermitRootLogin = \"yes\"\n")],
+        "$DIR/profiles/web.toml:3:19: ssh.options.PermitRootLogin: PermitRootLogin is set by rampart's SSH control; use the [ssh] field for it, where there is one",
+    );
 }

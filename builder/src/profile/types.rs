@@ -325,3 +325,16 @@ pub fn parse_initramfs_modules(value: &toml::Value) -> Result<InitramfsModules, 
         _ => Err("expected \"most\" or a list of kernel module names".into()),
     }
 }
+
+/// A crypt(3) password hash of a method that is still strong: yescrypt,
+/// sha512crypt, sha256crypt or bcrypt.
+pub fn parse_password_hash(s: &str) -> Result<String, String> {
+    let strong = ["$y$", "$gy$", "$7$", "$6$", "$5$", "$2b$", "$2y$"];
+    if !strong.iter().any(|p| s.starts_with(p)) {
+        return Err("not a strong crypt(3) hash (yescrypt \"$y$...\", sha512crypt \"$6$...\", or bcrypt); md5 and DES hashes are refused".into());
+    }
+    if s.split('$').count() < 4 || s.chars().any(|c| c.is_whitespace() || c == ':') {
+        return Err("not a complete crypt(3) hash ($method$[params$]salt$hash)".into());
+    }
+    Ok(s.to_string())
+}
