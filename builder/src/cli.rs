@@ -57,6 +57,10 @@ pub enum Command {
         cache: PathBuf,
         #[arg(long)]
         mirror: Option<String>,
+        /// The accounts' initial passwords (0600): reused if the file exists, else made and written there
+        /// [default: <out>/<name>.secrets, reused from the previous build]
+        #[arg(long)]
+        secrets: Option<PathBuf>,
     },
     /// Build if needed, boot the image in QEMU and run the profile's vm-tests scenarios
     Test {
@@ -102,11 +106,11 @@ pub fn run(cli: Cli) -> Result<i32> {
                 summary.n_damaged
             ));
         }
-        Command::Build { profile, offline, out, cache, mirror } => {
+        Command::Build { profile, offline, out, cache, mirror, secrets } => {
             let profile = load(&profile)?;
             let mirror = resolve_mirror(&profile, mirror.as_deref())?;
             let out = out.unwrap_or_else(|| default_out(&profile));
-            build::build(profile, mirror, &BuildOptions { offline, out, cache })?;
+            build::build(profile, mirror, &BuildOptions { offline, out, cache, secrets })?;
         }
         Command::Test { profile, scenario, out, accel, offline, cache, mirror } => {
             let profile = load(&profile)?;

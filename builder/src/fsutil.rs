@@ -23,6 +23,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Like `write_atomic`, for a file only its owner may read (0600 from the
+/// moment it exists).
+pub fn write_atomic_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("while creating {}", dir.display()))?;
+    let mut temp = tempfile::Builder::new()
+        .permissions(std::fs::Permissions::from_mode(0o600))
+        .tempfile_in(dir)
+        .with_context(|| format!("while writing {}", path.display()))?;
+    temp.write_all(bytes)?;
+    temp.as_file().sync_all()?;
+    temp.persist(path).with_context(|| format!("while writing {}", path.display()))?;
+    Ok(())
+}
+
 /// A temporary directory whose owner holds a lock on it. A run that is
 /// killed leaves it behind unlocked, and the next run removes it.
 pub struct OwnedTempDir {

@@ -16,6 +16,7 @@ pub mod manifest;
 pub mod mirror;
 pub mod process;
 pub mod profile;
+pub mod secrets;
 pub mod stages;
 pub mod tree;
 pub mod ui;

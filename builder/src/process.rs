@@ -25,6 +25,9 @@ pub struct Cmd {
     /// Run in a fresh, empty network namespace and a private mount namespace
     /// (`unshare --net --mount`): no network, and no mount outlives it.
     no_network: bool,
+    /// Bytes fed to the command's stdin (secrets go here, never into argv).
+    /// Not shown by `display`.
+    stdin: Option<Vec<u8>>,
 }
 
 /// What a captured command printed.
@@ -43,7 +46,7 @@ impl Output {
 
 impl Cmd {
     pub fn new(program: &str) -> Cmd {
-        Cmd { program: program.to_string(), args: Vec::new(), env: Vec::new(), cwd: None, no_network: false }
+        Cmd { program: program.to_string(), args: Vec::new(), env: Vec::new(), cwd: None, no_network: false, stdin: None }
     }
 
     pub fn arg(mut self, arg: impl Into<OsString>) -> Cmd {
@@ -67,6 +70,12 @@ impl Cmd {
 
     pub fn cwd(mut self, dir: &Path) -> Cmd {
         self.cwd = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Feeds `bytes` to the command's stdin instead of /dev/null.
+    pub fn stdin_bytes(mut self, bytes: Vec<u8>) -> Cmd {
+        self.stdin = Some(bytes);
         self
     }
 
@@ -113,7 +122,7 @@ impl Cmd {
         if let Some(dir) = &self.cwd {
             command.current_dir(dir);
         }
-        command.stdin(Stdio::null());
+        command.stdin(if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() });
         // SAFETY: prctl is async-signal-safe and touches no memory of ours.
         // Every child dies with rampart: no tool outlives a killed run.
         unsafe {
@@ -147,8 +156,49 @@ impl Cmd {
 
     /// Runs a short command, capturing its output, whatever its exit status.
     pub fn run_unchecked(&self) -> Result<Output> {
-        let output = self.command().output().map_err(|e| self.not_found(e))?;
+        let mut command = self.command();
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = command.spawn().map_err(|e| self.not_found(e))?;
+        let writer = self.feed_stdin(&mut child);
+        let output = child.wait_with_output()?;
+        if let Some(writer) = writer {
+            let _ = writer.join();
+        }
         Ok(Output { stdout: output.stdout, stderr: output.stderr, status: output.status })
+    }
+
+    /// Writes the stdin bytes on their own thread (a child that does not read
+    /// them all must not block us); closes stdin when done.
+    fn feed_stdin(&self, child: &mut Child) -> Option<std::thread::JoinHandle<()>> {
+        let mut pipe = child.stdin.take()?;
+        let bytes = self.stdin.clone().unwrap_or_default();
+        Some(std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = pipe.write_all(&bytes);
+        }))
+    }
+
+    /// Starts the command with stdin and stdout as pipes, for a dialogue
+    /// (answering prompts). stderr goes with stdout. Killed on drop.
+    pub fn spawn_dialogue(&self) -> Result<Dialogue> {
+        let mut command = self.command();
+        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        command.process_group(0);
+        let mut child = command.spawn().map_err(|e| self.not_found(e))?;
+        let (sender, receiver) = std::sync::mpsc::channel::<Vec<u8>>();
+        for mut pipe in [Box::new(child.stdout.take().expect("piped")) as Box<dyn Read + Send>, Box::new(child.stderr.take().expect("piped"))] {
+            let sender = sender.clone();
+            std::thread::spawn(move || {
+                let mut buffer = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buffer) {
+                    if n == 0 || sender.send(buffer[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let stdin = child.stdin.take();
+        Ok(Dialogue { child, stdin, received: receiver, transcript: Vec::new() })
     }
 
     /// Runs a short command with a time limit, capturing its output. Returns
@@ -160,6 +210,7 @@ impl Cmd {
         // (a grandchild holding the pipes open would otherwise hang us).
         command.process_group(0);
         let mut child = command.spawn().map_err(|e| self.not_found(e))?;
+        let _writer = self.feed_stdin(&mut child);
         // Read both pipes on their own threads so a chatty child cannot block.
         let mut stdout = child.stdout.take().expect("piped stdout");
         let mut stderr = child.stderr.take().expect("piped stderr");
@@ -226,6 +277,83 @@ impl Cmd {
         command.stdout(file.try_clone()?).stderr(file);
         let child = command.spawn().map_err(|e| self.not_found(e))?;
         Ok(Background { child: Some(child), display: self.display() })
+    }
+}
+
+/// A command in dialogue: what it prints is collected, answers are written
+/// to its stdin. Its process group is killed when this drops.
+pub struct Dialogue {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    received: std::sync::mpsc::Receiver<Vec<u8>>,
+    /// Everything printed so far.
+    pub transcript: Vec<u8>,
+}
+
+impl Dialogue {
+    /// Waits until the output (since `from`) contains one of `patterns`;
+    /// returns the index of the pattern and the offset after it. `None` when
+    /// the command ended or the time ran out first.
+    pub fn expect(&mut self, from: usize, patterns: &[&str], timeout: std::time::Duration) -> Option<(usize, usize)> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let text = String::from_utf8_lossy(&self.transcript[from.min(self.transcript.len())..]).into_owned();
+            let found = patterns.iter().enumerate().filter_map(|(i, p)| text.find(p).map(|at| (at, i, p.len()))).min();
+            if let Some((at, index, length)) = found {
+                // Offsets in the lossy text equal byte offsets for UTF-8 output.
+                return Some((index, from + at + length));
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.received.recv_timeout(left) {
+                Ok(bytes) => self.transcript.extend(bytes),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    pub fn send(&mut self, line: &str) -> Result<()> {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().context("the dialogue's stdin is closed")?;
+        stdin.write_all(line.as_bytes())?;
+        stdin.write_all(b"\n")?;
+        stdin.flush()?;
+        Ok(())
+    }
+
+    /// Waits for the command to end; `None` if it did not within `timeout`.
+    pub fn wait(&mut self, timeout: std::time::Duration) -> Result<Option<ExitStatus>> {
+        self.stdin = None;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            while let Ok(bytes) = self.received.try_recv() {
+                self.transcript.extend(bytes);
+            }
+            if let Some(status) = self.child.try_wait()? {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                while let Ok(bytes) = self.received.try_recv() {
+                    self.transcript.extend(bytes);
+                }
+                return Ok(Some(status));
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    pub fn transcript_text(&self) -> String {
+        String::from_utf8_lossy(&self.transcript).into_owned()
+    }
+}
+
+impl Drop for Dialogue {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            // SAFETY: kill(2) on the process group this child leads.
+            unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+            let _ = self.child.wait();
+        }
     }
 }
 

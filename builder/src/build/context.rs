@@ -30,6 +30,28 @@ pub struct BuildContext {
     staging: crate::fsutil::OwnedTempDir,
     log: PathBuf,
     pub records: Vec<StageRecord>,
+    /// Kernel command-line words that controls add to the profile's.
+    pub kernel_cmdline_extra: Vec<String>,
+    /// Where the accounts' initial passwords are read from and written to.
+    pub secrets_file: SecretsFile,
+    /// Initial passwords made or reused by the users stage, by account.
+    pub secrets: Vec<(String, String)>,
+}
+
+/// Where initial passwords live: a file the user named, or the one in the
+/// output directory (read from the previous build, written with the new).
+#[derive(Debug, Clone)]
+pub enum SecretsFile {
+    Given(PathBuf),
+    InOut(PathBuf),
+}
+
+impl SecretsFile {
+    pub fn path(&self) -> &Path {
+        match self {
+            SecretsFile::Given(p) | SecretsFile::InOut(p) => p,
+        }
+    }
 }
 
 impl BuildContext {
@@ -40,7 +62,20 @@ impl BuildContext {
         std::fs::create_dir_all(staging.path().join("artifacts"))?;
         std::fs::create_dir_all(staging.path().join("work"))?;
         let source_date_epoch = lock.source_date_epoch;
-        Ok(BuildContext { profile, lock, mirror, cache, source_date_epoch, staging, log, records: Vec::new() })
+        let secrets_file = SecretsFile::InOut(out.join(format!("{}.secrets", profile.name)));
+        Ok(BuildContext {
+            profile,
+            lock,
+            mirror,
+            cache,
+            source_date_epoch,
+            staging,
+            log,
+            records: Vec::new(),
+            kernel_cmdline_extra: Vec::new(),
+            secrets_file,
+            secrets: Vec::new(),
+        })
     }
 
     /// The image's root file system tree.
@@ -106,6 +141,34 @@ impl BuildContext {
 
     pub fn record(&mut self, stage: &str, applied: bool, settings: serde_json::Value) {
         self.records.push(StageRecord { stage: stage.to_string(), applied, settings });
+    }
+
+    /// The full kernel command line after the root= part: the profile's,
+    /// then what controls added.
+    pub fn kernel_cmdline(&self) -> String {
+        let mut words: Vec<&str> = self.profile.kernel.cmdline.split_whitespace().collect();
+        words.extend(self.kernel_cmdline_extra.iter().map(String::as_str));
+        words.join(" ")
+    }
+
+    /// Writes the initial passwords, mode 0600 from the first byte: into the
+    /// artifacts (published with them) or to the file the user named.
+    pub fn write_secrets(&self) -> Result<()> {
+        if self.secrets.is_empty() {
+            return Ok(());
+        }
+        let mut text = format!(
+            "# rampart: initial passwords of the accounts of image {}.\n# Keep this file off the image and away from logs; each account must\n# change its password at first login.\n",
+            self.profile.name
+        );
+        for (user, password) in &self.secrets {
+            text.push_str(&format!("{user}:{password}\n"));
+        }
+        let path = match &self.secrets_file {
+            SecretsFile::Given(path) => path.clone(),
+            SecretsFile::InOut(_) => self.artifact("secrets"),
+        };
+        crate::fsutil::write_atomic_private(&path, text.as_bytes())
     }
 
     /// Moves the artifacts to `out`, replacing a previous rampart output

@@ -20,6 +20,8 @@ pub struct BuildOptions {
     pub offline: bool,
     pub out: PathBuf,
     pub cache: PathBuf,
+    /// Where the accounts' initial passwords are kept; `None`: `<out>/<name>.secrets`.
+    pub secrets: Option<PathBuf>,
 }
 
 /// The lock to build from: read it, or (online) make or refresh it.
@@ -48,8 +50,8 @@ pub fn ensure_lock(profile: &Profile, mirror: &Mirror, offline: bool, log: &Path
     Ok(fresh)
 }
 
-/// A digest of everything a build reads besides the package cache: rampart's
-/// version, the profile files, the lock, the mirror the image's apt sources
+/// A digest of everything a build reads besides the package cache: rampart
+/// itself (its executable), the profile files, the lock, the mirror the image's apt sources
 /// name and the overlay trees. `rampart test`
 /// rebuilds only when it changes.
 pub fn inputs_digest(profile: &Profile, mirror: &Mirror) -> Result<String> {
@@ -62,6 +64,9 @@ pub fn inputs_digest(profile: &Profile, mirror: &Mirror) -> Result<String> {
         hasher.update(bytes);
     };
     add("rampart", env!("CARGO_PKG_VERSION").as_bytes());
+    // The program itself: a rampart that builds differently is another input.
+    let program = std::env::current_exe().and_then(std::fs::read).context("while reading rampart's own executable")?;
+    add("rampart executable", &program);
     for file in &profile.files {
         add("profile", &std::fs::read(file)?);
     }
@@ -106,12 +111,19 @@ pub fn build(profile: Profile, mirror: Mirror, options: &BuildOptions) -> Result
 
     let inputs = inputs_digest(&profile, &mirror)?;
     let mut ctx = BuildContext::new(profile, lock, mirror, cache, &options.out, log)?;
+    ctx.secrets_file = match &options.secrets {
+        Some(path) => context::SecretsFile::Given(path.clone()),
+        None => context::SecretsFile::InOut(options.out.join(format!("{}.secrets", ctx.profile.name))),
+    };
     stages::packages::run(&mut ctx)?;
     stages::configure::run(&mut ctx)?;
+    stages::passwords::run(&mut ctx)?;
     stages::users::run(&mut ctx)?;
     stages::firstboot::run(&mut ctx)?;
-    stages::ssh_access::run(&mut ctx)?;
+    stages::ssh::run(&mut ctx)?;
+    stages::firewall::run(&mut ctx)?;
     stages::overlays::run(&mut ctx)?;
+    stages::services::run(&mut ctx)?;
     stages::seal::run(&mut ctx)?;
     write_artifacts(&mut ctx, &inputs)?;
     ctx.publish(&options.out)?;
@@ -145,6 +157,7 @@ fn write_artifacts(ctx: &mut BuildContext, inputs: &str) -> Result<()> {
     });
     write_atomic(&ctx.artifact("report.json"), format!("{:#}\n", report).as_bytes())?;
     write_sums(&ctx.artifacts())?;
+    ctx.write_secrets()?;
     timer.done();
     Ok(())
 }
@@ -154,7 +167,8 @@ fn write_sums(dir: &Path) -> Result<()> {
     let mut names: Vec<String> = std::fs::read_dir(dir)?
         .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
         .collect::<Result<_, _>>()?;
-    names.retain(|n| n != "SHA256SUMS");
+    // The secrets file stays with the operator; it is no part of what ships.
+    names.retain(|n| n != "SHA256SUMS" && !n.ends_with(".secrets"));
     names.sort();
     // One thread per artifact: the disk images dominate.
     let digests: Vec<Result<String>> = std::thread::scope(|scope| {

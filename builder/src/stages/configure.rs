@@ -40,10 +40,16 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     )?;
 
     let resolver = if ctx.root().join("lib/systemd/system/systemd-resolved.service").exists() {
-        // Name resolution through resolved's loopback stub only: no LLMNR or
-        // mDNS responders listening on the network.
-        ctx.install_file("etc/systemd/resolved.conf.d/rampart.conf", b"[Resolve]\nLLMNR=no\nMulticastDNS=no\n", 0o644)?;
-        "systemd-resolved (loopback stub; LLMNR and mDNS off), servers from DHCP"
+        // resolved keeps the list of DNS servers (from DHCP) in its
+        // resolv.conf; it listens nowhere: no stub on loopback, no LLMNR or
+        // mDNS responder on the network. Every listening socket is declared.
+        ctx.install_file(
+            "etc/systemd/resolved.conf.d/rampart.conf",
+            b"[Resolve]\nLLMNR=no\nMulticastDNS=no\nDNSStubListener=no\n",
+            0o644,
+        )?;
+        ctx.install_symlink("etc/resolv.conf", "../run/systemd/resolve/resolv.conf")?;
+        "systemd-resolved (servers from DHCP in /etc/resolv.conf; no stub listener, LLMNR or mDNS)"
     } else {
         "none (no resolver package in the profile)"
     };

@@ -54,7 +54,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     let root_image = work.join("root.ext4");
     make_root_filesystem(ctx, &root_image, root_size_mib, n_entries, &ids, &epoch)?;
     let esp_image = work.join("esp.vfat");
-    let cmdline = format!("root=PARTUUID={} rw {}", ids.root_partuuid, ctx.profile.kernel.cmdline);
+    let cmdline = format!("root=PARTUUID={} rw {}", ids.root_partuuid, ctx.kernel_cmdline());
     make_esp(&work, &esp_image, &kernel, &initrd, &cmdline, &ids, &epoch)?;
 
     let raw = ctx.artifact("raw");

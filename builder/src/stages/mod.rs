@@ -3,9 +3,12 @@
 
 pub mod configure;
 pub mod disk;
+pub mod firewall;
 pub mod firstboot;
 pub mod overlays;
 pub mod packages;
+pub mod passwords;
 pub mod seal;
-pub mod ssh_access;
+pub mod services;
+pub mod ssh;
 pub mod users;

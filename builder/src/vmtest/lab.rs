@@ -15,6 +15,9 @@ use crate::process::{Background, Cmd};
 /// The lab subnet; it exists only inside the namespaces.
 pub const SUBNET_PREFIX: &str = "10.77.0";
 pub const OUTSIDE_ADDRESS: &str = "10.77.0.2";
+/// Every address of the second host: a scan from the second one shows what
+/// a source outside a port's allowed range sees (or inside it).
+pub const OUTSIDE_ADDRESSES: &[&str] = &["10.77.0.2", "10.77.0.3"];
 
 pub struct Lab {
     pub lab_ns: String,
@@ -45,7 +48,9 @@ impl Lab {
         ip(&["-n", &lab.lab_ns, "link", "set", "br0", "up"])?;
         ip(&["-n", &lab.lab_ns, "link", "add", "uplink", "type", "veth", "peer", "name", "lab0", "netns", &lab.outside_ns])?;
         ip(&["-n", &lab.lab_ns, "link", "set", "uplink", "master", "br0", "up"])?;
-        ip(&["-n", &lab.outside_ns, "addr", "add", &format!("{OUTSIDE_ADDRESS}/24"), "dev", "lab0"])?;
+        for address in OUTSIDE_ADDRESSES {
+            ip(&["-n", &lab.outside_ns, "addr", "add", &format!("{address}/24"), "dev", "lab0"])?;
+        }
         ip(&["-n", &lab.outside_ns, "link", "set", "lab0", "up"])?;
         let mut dnsmasq = lab
             .outside("dnsmasq")
@@ -96,12 +101,24 @@ impl Lab {
         }
     }
 
-    /// The TCP ports of `address` that answer, seen from the second host:
-    /// a connect scan of all 65535 ports.
-    pub fn open_tcp_ports(&self, address: &str, timeout: Duration) -> Result<Vec<u16>> {
+    /// The TCP ports of `address` that answer, seen from the second host's
+    /// address `from`: a SYN scan of all 65535 ports.
+    pub fn open_tcp_ports(&self, address: &str, from: &str, timeout: Duration) -> Result<Vec<u16>> {
+        self.scan(&["-sS", "-p-"], address, from, timeout)
+    }
+
+    /// The common UDP ports (nmap's top 100) of `address` that answer.
+    /// Silence counts as not open: only a reply proves a listener.
+    pub fn open_udp_ports(&self, address: &str, from: &str, timeout: Duration) -> Result<Vec<u16>> {
+        self.scan(&["-sU", "--top-ports", "100"], address, from, timeout)
+    }
+
+    fn scan(&self, kind: &[&str], address: &str, from: &str, timeout: Duration) -> Result<Vec<u16>> {
         let output = self
             .outside("nmap")
-            .args(["-n", "-Pn", "-sT", "-p-", "-T4", "--max-retries", "1", "-oG", "-", address])
+            .args(["-n", "-Pn"])
+            .args(kind)
+            .args(["-S", from, "-e", "lab0", "-T4", "--max-retries", "1", "-oG", "-", address])
             .run_with_timeout(timeout)?
             .with_context(|| format!("the port scan of {address} did not finish in {} s", timeout.as_secs()))?;
         if !output.status.success() {

@@ -90,7 +90,7 @@ pub fn run(profile: Profile, mirror: Mirror, options: &TestOptions) -> Result<()
     let mut n_cases = 0;
     for scenario in &scenarios {
         ui::step(&format!("scenario {} ({}): {}", scenario.name, accel.name(), scenario.description));
-        let cases = run_scenario(scenario, &image, &admin, profile.ssh.port.get(), accel, work.path(), &options.out)?;
+        let cases = run_scenario(scenario, &profile, &image, &admin, accel, work.path(), &options.out)?;
         let junit_path = options.out.join(format!("{}.junit.xml", scenario.name));
         write_atomic(&junit_path, junit::render(&scenario.name, &cases).as_bytes())?;
         for case in &cases {
@@ -125,19 +125,43 @@ fn ensure_built(profile: &Profile, mirror: Mirror, options: &TestOptions) -> Res
     build::build(
         profile.clone(),
         mirror,
-        &BuildOptions { offline: options.offline, out: options.out.clone(), cache: options.cache.clone() },
+        &BuildOptions { offline: options.offline, out: options.out.clone(), cache: options.cache.clone(), secrets: None },
     )
+}
+
+/// What the harness knows about one booted machine's admin account.
+struct Session {
+    /// The admin's password, for sudo (after the first login changed it).
+    sudo_password: Option<String>,
+    /// The first login had to change an expired password.
+    forced_password_change: bool,
+}
+
+/// Logs in for the first time as a user would: if the account's password
+/// expired (pre-expired golden image), answers passwd's prompts with the
+/// initial password from the secrets file and a new random one.
+fn first_login(machine: &Machine, profile: &Profile, admin: &str, out: &Path, change_required: bool) -> Result<Session> {
+    let secrets_path = out.join(format!("{}.secrets", profile.name));
+    let initial = crate::secrets::read(&secrets_path)?.into_iter().find(|(user, _)| user == admin).map(|(_, p)| p);
+    if !change_required {
+        return Ok(Session { sudo_password: initial, forced_password_change: false });
+    }
+    let initial = initial.with_context(|| format!("{admin} must change its password at first login, but {} has no password for it", secrets_path.display()))?;
+    let new = crate::secrets::random_password(admin, &profile.passwords)?;
+    machine.change_expired_password(&initial, &new, Duration::from_secs(60))?;
+    Ok(Session { sudo_password: Some(new), forced_password_change: true })
 }
 
 fn run_scenario(
     scenario: &Scenario,
+    profile: &Profile,
     image: &Path,
     admin: &str,
-    guest_ssh_port: u16,
     accel: Accel,
     work: &Path,
     out: &Path,
 ) -> Result<Vec<CaseResult>> {
+    let guest_ssh_port = profile.ssh.port.get();
     let key = TestKey::generate(work, &format!("{}-admin", scenario.name))?;
     let stranger = TestKey::generate(work, &format!("{}-stranger", scenario.name))?;
     let boot_timeout = scenario.boot_timeout;
@@ -162,19 +186,29 @@ fn run_scenario(
             lab.attach(index)?;
         }
         let outside = lab.as_ref().map(|l| (l, lab::machine_address(index).0));
-        let booted = machine.wait_for_ssh(boot_timeout);
+        let booted = machine.wait_for_ssh(boot_timeout).and_then(|(elapsed, change_required)| {
+            ui::step(&format!("{}: SSH ready {:.1} s after QEMU started", spec.name, elapsed.as_secs_f64()));
+            let session = first_login(&machine, profile, admin, out, change_required)
+                .with_context(|| format!("{}: the first login failed\n{}", spec.name, machine.serial_tail(20)))?;
+            Ok((elapsed, session))
+        });
         let serial_copy = out.join(format!("{}-{}.serial.log", scenario.name, spec.name));
         match booted {
-            Ok(elapsed) => {
-                ui::step(&format!("{}: SSH ready {:.1} s after QEMU started", spec.name, elapsed.as_secs_f64()));
+            Ok((elapsed, session)) => {
                 cases.push(CaseResult { name: "boots_to_ssh".into(), machine: spec.name.clone(), seconds: elapsed.as_secs_f64(), failure: None });
+                let env = CheckEnv {
+                    stranger: &stranger,
+                    outside: outside.as_ref().map(|(l, a)| (*l, a.as_str())),
+                    profile,
+                    session: &session,
+                };
                 for (check_index, check) in scenario.checks.iter().enumerate() {
                     let applies = matches!(check.target, Target::All) || check.target == Target::One(index);
                     if !applies {
                         continue;
                     }
                     let started = Instant::now();
-                    let outcome = run_check(&mut machine, check, &stranger, outside.as_ref().map(|(l, a)| (*l, a.as_str())));
+                    let outcome = run_check(&mut machine, check, &env);
                     let seconds = started.elapsed().as_secs_f64();
                     let failure = match outcome {
                         Ok(Some(output)) => {
@@ -246,6 +280,20 @@ fn show(command: &str, output: &crate::process::Output) -> String {
     )
 }
 
+/// (protocol, port) of every listening socket in `ss -Hlntu` output, except
+/// the DHCP clients' own (68, 546), which only take replies to their requests.
+fn parse_listening(text: &str) -> std::collections::BTreeSet<(String, u16)> {
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let protocol = fields.first()?.to_string();
+            let port: u16 = fields.get(4)?.rsplit(':').next()?.parse().ok()?;
+            Some((protocol, port))
+        })
+        .filter(|(protocol, port)| !(protocol == "udp" && (*port == 68 || *port == 546)))
+        .collect()
+}
+
 fn matches_expectation(output: &str, expect: &Expect) -> bool {
     match expect {
         Expect::Anything => true,
@@ -254,18 +302,30 @@ fn matches_expectation(output: &str, expect: &Expect) -> bool {
     }
 }
 
+/// What checks of one machine can use besides the machine itself.
+struct CheckEnv<'a> {
+    stranger: &'a TestKey,
+    outside: Option<(&'a lab::Lab, &'a str)>,
+    profile: &'a Profile,
+    session: &'a Session,
+}
+
 /// Runs one check; `Ok(Some(output))` carries output that other machines'
 /// answers are compared with (`differ`).
-fn run_check(
-    machine: &mut Machine,
-    check: &Check,
-    stranger: &TestKey,
-    outside: Option<(&lab::Lab, &str)>,
-) -> Result<Option<String>, CheckFailure> {
+fn run_check(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Result<Option<String>, CheckFailure> {
+    let (stranger, outside) = (env.stranger, env.outside);
     let deadline = Instant::now() + check.timeout;
     let remaining = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
     let ssh = |machine: &Machine, command: &str, timeout: Duration| -> Result<crate::process::Output, CheckFailure> {
-        match machine.ssh(command, timeout) {
+        let result = if check.as_root {
+            match &env.session.sudo_password {
+                Some(password) => machine.ssh_as_root(command, password, timeout),
+                None => return Err(failed("as-root needs the admin's password, and the secrets file has none", String::new())),
+            }
+        } else {
+            machine.ssh(command, timeout)
+        };
+        match result {
             Ok(Some(output)) => Ok(output),
             Ok(None) => Err(failed(format!("timed out after {} s", timeout.as_secs()), format!("command: {command}"))),
             Err(error) => Err(failed("could not run ssh", format!("{error:#}"))),
@@ -367,21 +427,82 @@ fn run_check(
             }
             Ok(None)
         }
-        Action::OpenTcpPorts { ports } if outside.is_some() => {
+        Action::OpenTcpPorts { ports, from } | Action::OpenUdpPorts { ports, from } if outside.is_some() => {
             let (lab, address) = outside.expect("checked");
-            // The lab address comes by DHCP; wait until the machine answers there.
-            let reachable = format!("for i in $(seq 30); do ping -c1 -W1 {address} >/dev/null 2>&1 && exit 0; sleep 1; done; exit 1");
-            let _ = lab.outside("sh").arg("-c").arg(&reachable).run_with_timeout(Duration::from_secs(70));
-            match lab.open_tcp_ports(address, check.timeout) {
+            // The lab address comes by DHCP; wait until the machine answers
+            // there (ARP, which no firewall rule of the guest sees).
+            let reachable = format!("for i in $(seq 60); do nmap -n -sn -PR {address} 2>/dev/null | grep -q 'Host is up' && exit 0; sleep 1; done; exit 1");
+            let _ = lab.outside("sh").arg("-c").arg(&reachable).run_with_timeout(Duration::from_secs(90));
+            let udp = matches!(check.action, Action::OpenUdpPorts { .. });
+            let scanned = if udp { lab.open_udp_ports(address, from, check.timeout) } else { lab.open_tcp_ports(address, from, check.timeout) };
+            let kind = if udp { "UDP" } else { "TCP" };
+            match scanned {
                 Ok(open) if &open == ports => Ok(None),
                 Ok(open) => Err(failed(
-                    format!("from outside, open TCP ports of {address} are {open:?}, expected exactly {ports:?}"),
-                    format!("nmap -sT -p- {address} from {}", lab::OUTSIDE_ADDRESS),
+                    format!("from {from}, open {kind} ports of {address} are {open:?}, expected exactly {ports:?}"),
+                    format!("nmap scan of {address} from {from}"),
                 )),
                 Err(error) => Err(failed("the port scan failed", format!("{error:#}"))),
             }
         }
-        Action::OutsideSucceed { .. } | Action::OutsideFail { .. } | Action::OpenTcpPorts { .. } => {
+        Action::SshRefuses { options, user, expect } => {
+            let shown = format!("ssh {} {}@<machine> true", options.join(" "), user.as_deref().unwrap_or("<admin>"));
+            match machine.ssh_with_options(options, user.as_deref(), check.timeout) {
+                Ok(Some(output)) if output.status.success() => Err(failed("the login was let in", show(&shown, &output))),
+                Ok(Some(output)) if !matches_expectation(&String::from_utf8_lossy(&output.stderr), expect) => {
+                    Err(failed(format!("the login was refused, but not as expected: {expect:?}"), show(&shown, &output)))
+                }
+                Ok(Some(_)) => Ok(None),
+                Ok(None) => Err(failed("the login attempt timed out", shown)),
+                Err(error) => Err(failed("could not run ssh", format!("{error:#}"))),
+            }
+        }
+        Action::RunningServicesMatchProfile => {
+            let command = "systemctl list-units --type=service --state=running --no-legend --plain";
+            let output = ssh(machine, command, check.timeout)?;
+            let running: Vec<String> = output.stdout_text().lines().filter_map(|l| l.split_whitespace().next().map(String::from)).collect();
+            let expected = crate::stages::services::expected_running(env.profile);
+            let unexpected: Vec<&String> = running.iter().filter(|u| !expected.iter().any(|e| crate::stages::services::unit_matches(e, u))).collect();
+            let missing: Vec<&String> = env
+                .profile
+                .services
+                .enable
+                .iter()
+                .map(|u| &u.value)
+                .filter(|u| u.ends_with(".service") && !running.contains(u))
+                .collect();
+            if !unexpected.is_empty() || !missing.is_empty() {
+                return Err(failed(
+                    format!("running services differ from the allow-list: not allowed but running {unexpected:?}; allowed but not running {missing:?}"),
+                    show(command, &output),
+                ));
+            }
+            Ok(None)
+        }
+        Action::ListeningSocketsMatchProfile => {
+            let command = "ss -Hlntu";
+            let output = ssh(machine, command, check.timeout)?;
+            let listening = parse_listening(&output.stdout_text());
+            let declared: std::collections::BTreeSet<(String, u16)> = crate::stages::firewall::declared_ports(env.profile)
+                .iter()
+                .map(|a| (a.protocol.as_str().to_string(), a.port.get()))
+                .collect();
+            if listening != declared {
+                return Err(failed(
+                    format!("listening sockets {listening:?} differ from the declared {declared:?}"),
+                    show(command, &output),
+                ));
+            }
+            Ok(None)
+        }
+        Action::FirstLoginForcedPasswordChange => {
+            if env.session.forced_password_change {
+                Ok(None)
+            } else {
+                Err(failed("the first login was let in without changing the initial password", String::new()))
+            }
+        }
+        Action::OutsideSucceed { .. } | Action::OutsideFail { .. } | Action::OpenTcpPorts { .. } | Action::OpenUdpPorts { .. } => {
             Err(failed("this check needs the isolated network", String::new()))
         }
     }

@@ -220,7 +220,14 @@ impl Machine {
     }
 
     fn ssh_command(&self, key: &Path, command: &str) -> Cmd {
+        self.ssh_command_with(key, &[], &self.user, command)
+    }
+
+    /// The ssh client command line, with extra client options and a user.
+    fn ssh_command_with(&self, key: &Path, options: &[String], user: &str, command: &str) -> Cmd {
+        // ssh takes the first value of an option: the check's own come first.
         in_netns(&self.netns, "ssh")
+            .args(options)
             .args([
                 "-o", "StrictHostKeyChecking=no",
                 "-o", "UserKnownHostsFile=/dev/null",
@@ -228,17 +235,16 @@ impl Machine {
                 "-o", "LogLevel=ERROR",
                 "-o", "BatchMode=yes",
                 "-o", "IdentitiesOnly=yes",
-                "-o", "PasswordAuthentication=no",
-                "-o", "KbdInteractiveAuthentication=no",
                 "-o", "ConnectTimeout=10",
                 "-o", "ServerAliveInterval=5",
                 "-o", "ServerAliveCountMax=3",
             ])
+            .args(["-o", "PasswordAuthentication=no", "-o", "KbdInteractiveAuthentication=no"])
             .arg("-i")
             .arg(key)
             .arg("-p")
             .arg(self.ssh_port.to_string())
-            .arg(format!("{}@127.0.0.1", self.user))
+            .arg(format!("{user}@127.0.0.1"))
             .arg("--")
             .arg(command)
     }
@@ -248,20 +254,38 @@ impl Machine {
         self.ssh_command(&self.key, command).run_with_timeout(timeout)
     }
 
+    /// Runs `command` as root through sudo, which asks for the admin's
+    /// password (given on stdin, never on a command line).
+    pub fn ssh_as_root(&self, command: &str, password: &str, timeout: Duration) -> Result<Option<Output>> {
+        let wrapped = format!("sudo -S -p '' -- sh -c {}", shell_words::quote(command));
+        self.ssh_command(&self.key, &wrapped).stdin_bytes(format!("{password}\n").into_bytes()).run_with_timeout(timeout)
+    }
+
     /// Tries a login with another key; returns the client's output.
     pub fn ssh_with_key(&self, key: &Path, command: &str, timeout: Duration) -> Result<Option<Output>> {
         self.ssh_command(key, command).run_with_timeout(timeout)
     }
 
-    /// Waits until an SSH login with the provisioned key works; returns the
-    /// time from QEMU's start.
-    pub fn wait_for_ssh(&mut self, timeout: Duration) -> Result<Duration> {
+    /// Tries a login with the provisioned key, extra client options (e.g.
+    /// only weak ciphers, or password authentication) and another user.
+    pub fn ssh_with_options(&self, options: &[String], user: Option<&str>, timeout: Duration) -> Result<Option<Output>> {
+        let options: Vec<String> = options.iter().map(|o| o.to_string()).collect();
+        self.ssh_command_with(&self.key, &options, user.unwrap_or(&self.user), "true").run_with_timeout(timeout)
+    }
+
+    /// Waits until sshd lets the provisioned key in; returns the time from
+    /// QEMU's start and whether the account must change its password first
+    /// (sshd then refuses commands without a terminal).
+    pub fn wait_for_ssh(&mut self, timeout: Duration) -> Result<(Duration, bool)> {
         let deadline = self.started + timeout;
         loop {
             self.ensure_running()?;
             if let Some(output) = self.ssh("true", Duration::from_secs(15))? {
                 if output.status.success() {
-                    return Ok(self.started.elapsed());
+                    return Ok((self.started.elapsed(), false));
+                }
+                if String::from_utf8_lossy(&output.stderr).contains("Password change required") {
+                    return Ok((self.started.elapsed(), true));
                 }
             }
             if Instant::now() >= deadline {
@@ -273,6 +297,28 @@ impl Machine {
                 );
             }
             std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// The first interactive login of an account whose password expired:
+    /// sshd runs passwd on the terminal, which asks for the current password
+    /// and a new one twice. Answers each prompt as it comes, like a user.
+    pub fn change_expired_password(&self, current: &str, new: &str, timeout: Duration) -> Result<()> {
+        let mut dialogue = self.ssh_command_with(&self.key, &["-tt".to_string()], &self.user, "true").spawn_dialogue()?;
+        let mut at = 0;
+        for (prompt, answer) in [("urrent password:", current), ("ew password:", new), ("etype new password:", new)] {
+            match dialogue.expect(at, &[prompt], timeout) {
+                Some((_, next)) => at = next,
+                None => bail!("passwd did not ask {prompt:?} at the first login; the session printed:\n{}", dialogue.transcript_text()),
+            }
+            dialogue.send(answer)?;
+        }
+        match dialogue.expect(at, &["updated successfully", "BAD PASSWORD", "failure", "Authentication token manipulation error"], timeout) {
+            Some((0, _)) => {
+                let _ = dialogue.wait(Duration::from_secs(10));
+                Ok(())
+            }
+            _ => bail!("the password change at the first login failed:\n{}", dialogue.transcript_text()),
         }
     }
 

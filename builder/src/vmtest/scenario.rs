@@ -49,6 +49,17 @@ struct RawCheck {
     outside_succeed: Option<String>,
     outside_fail: Option<String>,
     open_tcp_ports: Option<Vec<Spanned<i64>>>,
+    open_udp_ports: Option<Vec<Spanned<i64>>>,
+    /// With open-tcp-ports / open-udp-ports: scan from this address of the
+    /// second host (it has 10.77.0.2 and 10.77.0.3).
+    scan_from: Option<Spanned<String>>,
+    ssh_refuses: Option<Vec<String>>,
+    ssh_user: Option<String>,
+    running_services_match_profile: Option<bool>,
+    listening_sockets_match_profile: Option<bool>,
+    first_login_forced_password_change: Option<bool>,
+    /// Run the command as root, through sudo with the admin's password.
+    as_root: Option<bool>,
     expect: Option<String>,
     expect_contains: Option<String>,
 }
@@ -97,12 +108,23 @@ pub enum Action {
     /// On the second host, the command exits non-zero.
     OutsideFail { command: String },
     /// A scan of every TCP port from the second host finds exactly these open.
-    OpenTcpPorts { ports: Vec<u16> },
+    OpenTcpPorts { ports: Vec<u16>, from: String },
+    /// A scan of the common UDP ports from the second host finds exactly these open.
+    OpenUdpPorts { ports: Vec<u16>, from: String },
+    /// An SSH login with the provisioned key and these client options (and
+    /// perhaps another user) is refused.
+    SshRefuses { options: Vec<String>, user: Option<String>, expect: Expect },
+    /// The running services are the profile's allow-list plus systemd's core.
+    RunningServicesMatchProfile,
+    /// The listening sockets are the ports the profile declares.
+    ListeningSocketsMatchProfile,
+    /// The first login had to change the account's expired password.
+    FirstLoginForcedPasswordChange,
 }
 
 impl Action {
     fn needs_isolated_network(&self) -> bool {
-        matches!(self, Action::OutsideSucceed { .. } | Action::OutsideFail { .. } | Action::OpenTcpPorts { .. })
+        matches!(self, Action::OutsideSucceed { .. } | Action::OutsideFail { .. } | Action::OpenTcpPorts { .. } | Action::OpenUdpPorts { .. })
     }
 }
 
@@ -112,6 +134,8 @@ pub struct Check {
     pub target: Target,
     pub action: Action,
     pub timeout: Duration,
+    /// Commands run as root (through sudo) instead of the admin user.
+    pub as_root: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -236,23 +260,57 @@ fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec]) 
     if let Some(command) = raw.outside_fail {
         actions.push(Action::OutsideFail { command });
     }
-    if let Some(ports) = &raw.open_tcp_ports {
+    let from = match &raw.scan_from {
+        None => crate::vmtest::lab::OUTSIDE_ADDRESS.to_string(),
+        Some(address) => source.check(address, "check.scan-from", |a| {
+            if crate::vmtest::lab::OUTSIDE_ADDRESSES.contains(&a.as_str()) {
+                Ok(a.clone())
+            } else {
+                Err(format!("{a:?} is not an address of the second host ({})", crate::vmtest::lab::OUTSIDE_ADDRESSES.join(", ")))
+            }
+        })?,
+    };
+    for (list, field, udp) in [(&raw.open_tcp_ports, "check.open-tcp-ports", false), (&raw.open_udp_ports, "check.open-udp-ports", true)] {
+        let Some(ports) = list else { continue };
         let mut parsed = Vec::new();
         for port in ports {
-            parsed.push(source.check(port, "check.open-tcp-ports", |p| Port::from_i64(*p))?.get());
+            parsed.push(source.check(port, field, |p| Port::from_i64(*p))?.get());
         }
         parsed.sort_unstable();
         parsed.dedup();
-        actions.push(Action::OpenTcpPorts { ports: parsed });
+        let from = from.clone();
+        actions.push(if udp { Action::OpenUdpPorts { ports: parsed, from } } else { Action::OpenTcpPorts { ports: parsed, from } });
+    }
+    if let Some(options) = raw.ssh_refuses {
+        actions.push(Action::SshRefuses { options, user: raw.ssh_user.clone(), expect: expect.clone() });
+    } else if raw.ssh_user.is_some() {
+        return Err(source.error(&raw.name, format!("check {name}: ssh-user goes with ssh-refuses")));
+    }
+    if raw.running_services_match_profile == Some(true) {
+        actions.push(Action::RunningServicesMatchProfile);
+    }
+    if raw.listening_sockets_match_profile == Some(true) {
+        actions.push(Action::ListeningSocketsMatchProfile);
+    }
+    if raw.first_login_forced_password_change == Some(true) {
+        actions.push(Action::FirstLoginForcedPasswordChange);
     }
     let action = match actions.len() {
         1 => actions.remove(0),
-        0 => return Err(source.error(&raw.name, format!("check {name}: no action; give one of succeed, fail, wait-until-succeeds, wait-for-unit, wait-for-port, differ, ssh-refuses-wrong-key, outside-succeed, outside-fail, open-tcp-ports"))),
+        0 => return Err(source.error(&raw.name, format!("check {name}: no action; give one of succeed, fail, wait-until-succeeds, wait-for-unit, wait-for-port, differ, ssh-refuses-wrong-key, ssh-refuses, outside-succeed, outside-fail, open-tcp-ports, open-udp-ports, running-services-match-profile, listening-sockets-match-profile, first-login-forced-password-change"))),
         _ => return Err(source.error(&raw.name, format!("check {name}: give exactly one action"))),
     };
-    let uses_expect = matches!(action, Action::Succeed { .. } | Action::WaitUntilSucceeds { .. } | Action::OutsideSucceed { .. });
+    let uses_expect = matches!(action, Action::Succeed { .. } | Action::WaitUntilSucceeds { .. } | Action::OutsideSucceed { .. } | Action::SshRefuses { .. });
     if expect != Expect::Anything && !uses_expect {
-        return Err(source.error(&raw.name, format!("check {name}: expect applies only to succeed, wait-until-succeeds and outside-succeed")));
+        return Err(source.error(&raw.name, format!("check {name}: expect applies only to succeed, wait-until-succeeds, outside-succeed and ssh-refuses")));
+    }
+    let runs_a_command = matches!(action, Action::Succeed { .. } | Action::Fail { .. } | Action::WaitUntilSucceeds { .. } | Action::Differ { .. });
+    let as_root = raw.as_root.unwrap_or(false);
+    if as_root && !runs_a_command {
+        return Err(source.error(&raw.name, format!("check {name}: as-root applies only to succeed, fail, wait-until-succeeds and differ")));
+    }
+    if raw.scan_from.is_some() && !matches!(action, Action::OpenTcpPorts { .. } | Action::OpenUdpPorts { .. }) {
+        return Err(source.error(&raw.name, format!("check {name}: scan-from goes with open-tcp-ports or open-udp-ports")));
     }
     let target = match (&raw.machine, &action) {
         (_, Action::Differ { .. }) if machines.len() < 2 => {
@@ -270,7 +328,7 @@ fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec]) 
         Some(t) => Duration::from_secs(source.check(t, "check.timeout", |t| if (1..=3600).contains(t) { Ok(*t) } else { Err("1 to 3600 seconds") })?),
         None => Duration::from_secs(60),
     };
-    Ok(Check { name, target, action, timeout })
+    Ok(Check { name, target, action, timeout, as_root })
 }
 
 #[cfg(test)]
@@ -300,7 +358,7 @@ mod tests {
     fn unknown_check_kind_is_refused() {
         check_error(
             "profile = \"baseline\"\n[[check]]\nname = \"x\"\nsucceeds = \"true\"\n",
-            "$DIR/vm-tests/t.toml:4:1: unknown field `succeeds`, expected one of `name`, `machine`, `timeout`, `succeed`, `fail`, `wait-until-succeeds`, `wait-for-unit`, `wait-for-port`, `differ`, `ssh-refuses-wrong-key`, `outside-succeed`, `outside-fail`, `open-tcp-ports`, `expect`, `expect-contains`",
+            "$DIR/vm-tests/t.toml:4:1: unknown field `succeeds`, expected one of `name`, `machine`, `timeout`, `succeed`, `fail`, `wait-until-succeeds`, `wait-for-unit`, `wait-for-port`, `differ`, `ssh-refuses-wrong-key`, `outside-succeed`, `outside-fail`, `open-tcp-ports`, `open-udp-ports`, `scan-from`, `ssh-refuses`, `ssh-user`, `running-services-match-profile`, `listening-sockets-match-profile`, `first-login-forced-password-change`, `as-root`, `expect`, `expect-contains`",
         );
     }
 

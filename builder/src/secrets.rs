@@ -1,0 +1,62 @@
+//! Initial passwords: the 0600 secrets file next to the artifacts (read back
+//! by rebuilds and by `rampart test`) and random passwords that pass the
+//! profile's policy. Secrets never go into argv, logs or the report.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::profile::controls::password_weakness;
+use crate::profile::PasswordPolicy;
+
+/// `user:password` lines of an earlier secrets file (comments skipped).
+pub fn read(path: &Path) -> Result<Vec<(String, String)>> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(path) else { return Ok(Vec::new()) };
+    if meta.mode() & 0o077 != 0 {
+        anyhow::bail!("{} can be read by others (mode {:o}); fix it (chmod 600) or remove it and rotate the passwords", path.display(), meta.mode() & 0o777);
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("while reading {}", path.display()))?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.split_once(':').map(|(u, p)| (u.to_string(), p.to_string())))
+        .collect())
+}
+
+/// A random password that passes the policy: letters, digits and symbols
+/// without look-alikes, at least 20 characters.
+pub fn random_password(user: &str, policy: &PasswordPolicy) -> Result<String> {
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789-_.!#%+=@";
+    let length = policy.min_length.max(20) as usize;
+    let mut urandom = std::fs::File::open("/dev/urandom").context("while opening /dev/urandom")?;
+    for _ in 0..1000 {
+        let mut bytes = vec![0u8; length];
+        std::io::Read::read_exact(&mut urandom, &mut bytes)?;
+        // 256 is a multiple of nothing here; reject the top values to stay uniform.
+        if bytes.iter().any(|b| *b as usize >= 256 - 256 % ALPHABET.len()) {
+            continue;
+        }
+        let password: String = bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect();
+        if crate::profile::controls::character_classes(&password) == 4 && password_weakness(&password, user, policy).is_none() {
+            return Ok(password);
+        }
+    }
+    anyhow::bail!("could not make a random password that passes the policy")
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_passwords_pass_the_policy_and_differ() {
+        let policy = PasswordPolicy::default();
+        let a = random_password("admin", &policy).unwrap();
+        let b = random_password("admin", &policy).unwrap();
+        assert_ne!(a, b);
+        assert!(a.len() >= 20);
+        assert_eq!(password_weakness(&a, "admin", &policy), None);
+    }
+}

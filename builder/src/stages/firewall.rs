@@ -1,0 +1,205 @@
+//! Firewall control (seed step 5, "Firewalls and Protecting Services"):
+//! an nftables ruleset rendered from `[firewall]` and `[ssh]`, default-deny
+//! inbound and forward, checked by the image's own `nft -c` in an empty
+//! network namespace at build time and loaded by nftables.service before the
+//! network comes up; plus the anti-spoofing and SYN-flood sysctls.
+
+use anyhow::{bail, Result};
+use serde_json::json;
+
+use crate::build::context::BuildContext;
+use crate::profile::{Cidr, FirewallAllow, Profile, Protocol};
+
+/// The seed's risky ports: NetBIOS, SMB, RPC portmapper, LPR.
+pub const RISKY_PORTS: &str = "111, 137-139, 445, 515";
+
+const SYSCTLS: &str = "# rampart: [firewall] anti-spoofing and SYN-flood protection (CIS Debian 12 3.3)
+net.ipv4.conf.all.rp_filter = 1
+net.ipv4.conf.default.rp_filter = 1
+net.ipv4.tcp_syncookies = 1
+net.ipv4.conf.all.accept_redirects = 0
+net.ipv4.conf.default.accept_redirects = 0
+net.ipv4.conf.all.secure_redirects = 0
+net.ipv4.conf.default.secure_redirects = 0
+net.ipv4.conf.all.send_redirects = 0
+net.ipv4.conf.default.send_redirects = 0
+net.ipv6.conf.all.accept_redirects = 0
+net.ipv6.conf.default.accept_redirects = 0
+net.ipv4.conf.all.accept_source_route = 0
+net.ipv4.conf.default.accept_source_route = 0
+net.ipv6.conf.all.accept_source_route = 0
+net.ipv6.conf.default.accept_source_route = 0
+net.ipv4.conf.all.log_martians = 1
+net.ipv4.conf.default.log_martians = 1
+net.ipv4.icmp_echo_ignore_broadcasts = 1
+net.ipv4.icmp_ignore_bogus_error_responses = 1
+net.ipv4.ip_forward = 0
+net.ipv6.conf.all.forwarding = 0
+";
+
+/// A ruleset and, per line, the profile field it came from (to name it when
+/// `nft -c` refuses a line).
+pub struct Ruleset {
+    pub text: String,
+    pub origins: Vec<Option<String>>,
+}
+
+impl Ruleset {
+    fn line(&mut self, text: &str, origin: Option<String>) {
+        self.text.push_str(text);
+        self.text.push('\n');
+        self.origins.push(origin);
+    }
+}
+
+/// Every declared inbound service: SSH (from `[ssh]`) and `[[firewall.allow]]`.
+pub fn declared_ports(profile: &Profile) -> Vec<FirewallAllow> {
+    let mut ports = vec![FirewallAllow {
+        port: profile.ssh.port,
+        protocol: Protocol::Tcp,
+        from: profile.ssh.allow_from.clone(),
+        service: Some("ssh.service".into()),
+        at: "[ssh]".into(),
+    }];
+    for allow in &profile.firewall.allow {
+        if !ports.iter().any(|p| (p.port, p.protocol) == (allow.port, allow.protocol)) {
+            ports.push(allow.clone());
+        }
+    }
+    ports
+}
+
+fn address_set(ranges: &[&Cidr]) -> String {
+    let items: Vec<String> = ranges.iter().map(|c| c.to_string()).collect();
+    format!("{{ {} }}", items.join(", "))
+}
+
+pub fn render(profile: &Profile) -> Ruleset {
+    let firewall = &profile.firewall;
+    let mut r = Ruleset { text: String::new(), origins: Vec::new() };
+    r.line("#!/usr/sbin/nft -f", None);
+    r.line(&format!("# rampart: [firewall] of profile {}; loaded before the network comes up.", profile.name), None);
+    r.line("flush ruleset", None);
+    r.line("", None);
+    r.line("table inet rampart {", None);
+    r.line("\tchain input {", None);
+    r.line("\t\ttype filter hook input priority filter; policy drop;", None);
+    r.line("\t\tiif \"lo\" accept", None);
+    r.line("\t\tct state invalid drop", None);
+    r.line("\t\tct state established,related accept", None);
+    r.line("\t\t# loopback addresses arrive on lo only (anti-spoofing)", None);
+    r.line("\t\tip saddr 127.0.0.0/8 drop", None);
+    r.line("\t\tip6 saddr ::1 drop", None);
+    r.line("\t\t# the seed's risky ports: NetBIOS, SMB, RPC, LPR, dropped and logged", None);
+    r.line(&format!("\t\tmeta l4proto {{ tcp, udp }} th dport {{ {RISKY_PORTS} }} limit rate 10/minute burst 5 packets log prefix \"rampart-risky-port: \" level warn"), None);
+    r.line(&format!("\t\tmeta l4proto {{ tcp, udp }} th dport {{ {RISKY_PORTS} }} drop"), None);
+    r.line("\t\t# ICMP: errors, and echo requests at a limited rate", None);
+    r.line("\t\ticmp type { destination-unreachable, time-exceeded, parameter-problem } accept", None);
+    r.line("\t\ticmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem } accept", None);
+    r.line("\t\ticmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert } ip6 hoplimit 255 accept", None);
+    if firewall.icmp_echo_per_second > 0 {
+        let rate = firewall.icmp_echo_per_second;
+        r.line(&format!("\t\ticmp type echo-request limit rate {rate}/second burst {} packets accept", rate * 2), Some("firewall.icmp-echo-per-second".into()));
+        r.line(&format!("\t\ticmpv6 type echo-request limit rate {rate}/second burst {} packets accept", rate * 2), Some("firewall.icmp-echo-per-second".into()));
+    }
+    r.line("\t\t# DHCP replies to this host's own clients", None);
+    r.line("\t\tudp sport 67 udp dport 68 accept", None);
+    r.line("\t\tip6 saddr fe80::/10 udp sport 547 udp dport 546 accept", None);
+    r.line("\t\t# declared services, each for its source ranges only", None);
+    for allow in declared_ports(profile) {
+        let v4: Vec<&Cidr> = allow.from.iter().filter(|c| c.address.is_ipv4()).collect();
+        let v6: Vec<&Cidr> = allow.from.iter().filter(|c| c.address.is_ipv6()).collect();
+        let what = format!("{} dport {}", allow.protocol.as_str(), allow.port);
+        let origin = Some(format!("{} (port {})", allow.at, allow.port));
+        if !v4.is_empty() {
+            r.line(&format!("\t\tip saddr {} {what} accept", address_set(&v4)), origin.clone());
+        }
+        if !v6.is_empty() {
+            r.line(&format!("\t\tip6 saddr {} {what} accept", address_set(&v6)), origin);
+        }
+    }
+    for rule in &firewall.input_rules {
+        r.line(&format!("\t\t{}", rule.value), Some(format!("{}: firewall.input-rules", rule.at)));
+    }
+    if firewall.log_drops {
+        r.line("\t\tlimit rate 5/minute burst 10 packets log prefix \"rampart-drop: \" level info", Some("firewall.log-drops".into()));
+    }
+    r.line("\t}", None);
+    r.line("\tchain forward {", None);
+    r.line("\t\ttype filter hook forward priority filter; policy drop;", None);
+    r.line("\t}", None);
+    r.line("\tchain output {", None);
+    r.line("\t\ttype filter hook output priority filter; policy accept;", None);
+    r.line("\t}", None);
+    r.line("}", None);
+    r
+}
+
+/// Names the profile field behind the first line `nft -c` complains about
+/// ("/etc/nftables.conf:23:5-10: Error: ...").
+fn blame(ruleset: &Ruleset, nft_error: &str) -> Option<String> {
+    let rest = nft_error.split("/etc/nftables.conf:").nth(1)?;
+    let line: usize = rest.split(':').next()?.parse().ok()?;
+    ruleset.origins.get(line.checked_sub(1)?).cloned().flatten()
+}
+
+pub fn run(ctx: &mut BuildContext) -> Result<()> {
+    if !ctx.profile.firewall.enable {
+        ctx.record("firewall", false, json!({ "reason": "firewall.enable = false" }));
+        return Ok(());
+    }
+    let ruleset = render(&ctx.profile);
+    ctx.install_file("etc/nftables.conf", ruleset.text.as_bytes(), 0o755)?;
+    // The image's nft checks the ruleset against a kernel in a fresh, empty
+    // network namespace: nothing of the build host's firewall is touched.
+    let output = ctx.in_root("nft").args(["--check", "--file", "/etc/nftables.conf"]).without_network().run_unchecked()?;
+    if !output.status.success() {
+        let error = String::from_utf8_lossy(&output.stderr).trim().to_string();
+        match blame(&ruleset, &error) {
+            Some(field) => bail!("{field}: nft refuses the firewall rule made from it:\n{error}"),
+            None => bail!("nft refuses the firewall ruleset made from [firewall] of {}:\n{error}", ctx.profile.path.display()),
+        }
+    }
+    ctx.install_file("etc/sysctl.d/60-rampart-network.conf", SYSCTLS.as_bytes(), 0o644)?;
+    let declared: Vec<serde_json::Value> = declared_ports(&ctx.profile)
+        .iter()
+        .map(|a| {
+            json!({
+                "port": a.port.get(),
+                "protocol": a.protocol.as_str(),
+                "from": a.from.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+                "service": a.service,
+            })
+        })
+        .collect();
+    let firewall = &ctx.profile.firewall;
+    let settings = json!({
+        "engine": "nftables (nftables.service, before network-pre.target)",
+        "inbound": "default deny; loopback and established allowed",
+        "forward": "default deny",
+        "open": declared,
+        "risky-ports-dropped-and-logged": RISKY_PORTS,
+        "icmp-echo-per-second": firewall.icmp_echo_per_second,
+        "log-drops": firewall.log_drops,
+        "extra-input-rules": firewall.input_rules.iter().map(|r| r.value.clone()).collect::<Vec<_>>(),
+        "sysctls": "/etc/sysctl.d/60-rampart-network.conf (rp_filter, syncookies, no redirects, no source routing, log_martians)",
+        "checked-with": "nft --check (the image's own nft)",
+    });
+    ctx.record("firewall", true, settings);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nft_errors_are_traced_to_the_profile_field() {
+        let mut ruleset = Ruleset { text: String::new(), origins: Vec::new() };
+        ruleset.line("table inet rampart {", None);
+        ruleset.line("\t\ttcp dport 9 acept", Some("web.toml:7:3: firewall.input-rules".into()));
+        let error = "/etc/nftables.conf:2:20-20: Error: syntax error, unexpected newline";
+        assert_eq!(blame(&ruleset, error).as_deref(), Some("web.toml:7:3: firewall.input-rules"));
+        assert_eq!(blame(&ruleset, "/etc/nftables.conf:1:1-1: Error: x"), None);
+    }
+}

@@ -1,0 +1,165 @@
+//! Minimal-services control (seed step 4, "Services"): the profile's
+//! allow-list becomes a systemd preset policy ("enable" for each allowed
+//! unit, "disable *" for the rest) applied by the image's own
+//! `systemctl preset-all`; every unit left disabled is then masked, socket
+//! and timer units included. Only the profile's gettys get a login prompt.
+
+use std::collections::BTreeSet;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use crate::build::context::BuildContext;
+use crate::profile::{Profile, ServicesSpec};
+
+const PRESET: &str = "etc/systemd/system-preset/00-rampart.preset";
+
+/// Units other controls need, added to the profile's allow-list.
+pub fn implied_units(profile: &Profile) -> Vec<(String, &'static str)> {
+    let mut units = vec![("rampart-ssh-hostkeys.service".to_string(), "first-boot SSH host keys")];
+    if profile.firewall.enable {
+        units.push(("nftables.service".to_string(), "[firewall]"));
+    }
+    units
+}
+
+/// systemd's own services, which run whatever the allow-list says: the
+/// core daemons, user managers of logged-in users, and the D-Bus activated
+/// helpers that start on demand and exit when idle.
+pub const CORE_SERVICES: &[&str] = &[
+    "dbus.service",
+    "systemd-journald.service",
+    "systemd-logind.service",
+    "systemd-udevd.service",
+    "user@*.service",
+    "systemd-hostnamed.service",
+    "systemd-timedated.service",
+    "systemd-localed.service",
+];
+
+/// The services a booted image may run: allow-list, implied units, gettys
+/// and systemd's core (`*` matches within one name).
+pub fn expected_running(profile: &Profile) -> Vec<String> {
+    let mut units: Vec<String> = profile.services.enable.iter().map(|u| u.value.clone()).collect();
+    units.extend(implied_units(profile).into_iter().map(|(u, _)| u));
+    units.extend(profile.services.gettys.iter().map(|t| ServicesSpec::getty_unit(t)));
+    units.extend(CORE_SERVICES.iter().map(|u| u.to_string()));
+    units
+}
+
+/// Whether `unit` matches `pattern` ("user@*.service").
+pub fn unit_matches(pattern: &str, unit: &str) -> bool {
+    match pattern.split_once('*') {
+        Some((prefix, suffix)) => unit.len() >= prefix.len() + suffix.len() && unit.starts_with(prefix) && unit.ends_with(suffix),
+        None => pattern == unit,
+    }
+}
+
+/// The unit's file in the image (merged /usr), if a package ships it.
+fn unit_file(ctx: &BuildContext, unit: &str) -> Option<std::path::PathBuf> {
+    let template = match unit.split_once('@') {
+        Some((prefix, rest)) => format!("{prefix}@.{}", rest.rsplit('.').next().unwrap_or("service")),
+        None => unit.to_string(),
+    };
+    ["etc/systemd/system", "usr/lib/systemd/system", "lib/systemd/system"]
+        .iter()
+        .flat_map(|dir| [ctx.root().join(dir).join(unit), ctx.root().join(dir).join(&template)])
+        .find(|path| path.exists())
+}
+
+fn unit_exists(ctx: &BuildContext, unit: &str) -> bool {
+    unit_file(ctx, unit).is_some()
+}
+
+/// The `Also=` units of a unit's [Install] section: enabling a unit enables
+/// them too (systemd-networkd.service brings its socket).
+fn also_units(ctx: &BuildContext, unit: &str) -> Vec<String> {
+    let Some(path) = unit_file(ctx, unit) else { return Vec::new() };
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut in_install = false;
+    let mut also = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_install = line == "[Install]";
+        } else if let Some(value) = line.strip_prefix("Also=").filter(|_| in_install) {
+            also.extend(value.split_whitespace().map(String::from));
+        }
+    }
+    also
+}
+
+pub fn run(ctx: &mut BuildContext) -> Result<()> {
+    let spec = ctx.profile.services.clone();
+    for unit in &spec.enable {
+        if !unit_exists(ctx, &unit.value) {
+            bail!(
+                "{}: services.enable: no installed package provides {}; add the package that ships it to packages.include, or drop it from the allow-list",
+                unit.at,
+                unit.value
+            );
+        }
+    }
+    let implied: Vec<(String, &str)> = implied_units(&ctx.profile).into_iter().filter(|(u, _)| unit_exists(ctx, u)).collect();
+    let mut allowed: BTreeSet<String> = spec.enable.iter().map(|u| u.value.clone()).collect();
+    allowed.extend(implied.iter().map(|(u, _)| u.clone()));
+    let also: Vec<String> = allowed.iter().flat_map(|u| also_units(ctx, u)).filter(|u| unit_exists(ctx, u)).collect();
+    allowed.extend(also);
+
+    let mut preset = format!("# rampart: [services] allow-list of profile {}; everything else is disabled (and masked).\n", ctx.profile.name);
+    for unit in &allowed {
+        match unit.split_once('@') {
+            Some((prefix, rest)) => {
+                let (instance, kind) = rest.rsplit_once('.').unwrap_or((rest, "service"));
+                preset.push_str(&format!("enable {prefix}@.{kind} {instance}\n"));
+            }
+            None => preset.push_str(&format!("enable {unit}\n")),
+        }
+    }
+    for tty in &spec.gettys {
+        let unit = ServicesSpec::getty_unit(tty);
+        let (template, _) = unit.split_once('@').expect("getty units are templates");
+        preset.push_str(&format!("enable {template}@.service {tty}\n"));
+    }
+    preset.push_str("disable *\n");
+    ctx.install_file(PRESET, preset.as_bytes(), 0o644)?;
+    ctx.in_root("systemctl")
+        .args(["preset-all", "--preset-mode=full"])
+        .run()
+        .context("while applying the service allow-list with systemctl preset-all")?;
+
+    let listing = ctx
+        .in_root("systemctl")
+        .args(["list-unit-files", "--no-legend", "--no-pager", "--state=disabled"])
+        .run()
+        .context("while listing the image's disabled units")?;
+    let mut masked = Vec::new();
+    for line in listing.stdout_text().lines() {
+        let Some(unit) = line.split_whitespace().next() else { continue };
+        let governed = [".service", ".socket", ".timer", ".path"].iter().any(|k| unit.ends_with(k));
+        // Templates stay unmasked: their instances are what the policy names
+        // (a masked getty@.service would mask the profile's own gettys too).
+        if governed && !unit.contains("@.") && !allowed.contains(unit) {
+            masked.push(unit.to_string());
+        }
+    }
+    if !masked.is_empty() {
+        ctx.in_root("systemctl").arg("mask").args(&masked).run().context("while masking the units off the allow-list")?;
+    }
+    // No getty appears unasked: none on virtual terminals switched to, none
+    // made by the getty generator for the kernel console.
+    ctx.install_file("etc/systemd/logind.conf.d/50-rampart.conf", b"[Login]\nNAutoVTs=0\nReserveVT=0\n", 0o644)?;
+    ctx.kernel_cmdline_extra.push("systemd.getty_auto=0".into());
+
+    ctx.record(
+        "services",
+        true,
+        json!({
+            "allow-list": spec.enable.iter().map(|u| u.value.clone()).collect::<Vec<_>>(),
+            "implied": implied.iter().map(|(u, why)| json!({ "unit": u, "for": why })).collect::<Vec<_>>(),
+            "gettys": spec.gettys.iter().map(|t| ServicesSpec::getty_unit(t)).collect::<Vec<_>>(),
+            "policy": "systemd preset: enable the allow-list, disable *; disabled units masked",
+            "masked": masked,
+        }),
+    );
+    Ok(())
+}
