@@ -127,7 +127,22 @@ fn offline_build_of_baseline_in_a_network_namespace_makes_every_artifact() {
     assert!(!baseline.lines().any(|l| l.starts_with("/var/lib/apt/lists/") && !l.ends_with("\t-")), "apt lists are emptied");
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("baseline.report.json")).unwrap()).unwrap();
     let stages: Vec<&str> = report["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
-    assert_eq!(stages, ["packages", "configure", "users", "firstboot", "ssh-access", "overlays", "seal", "disk"]);
+    assert_eq!(stages, ["packages", "configure", "passwords", "users", "firstboot", "ssh", "firewall", "overlays", "services", "seal", "disk"]);
+    // The admin's initial password: in a 0600 file next to the artifacts,
+    // outside SHA256SUMS, and nowhere in the image, the report or the log.
+    use std::os::unix::fs::PermissionsExt;
+    let secrets_path = out.join("baseline.secrets");
+    assert_eq!(std::fs::metadata(&secrets_path).unwrap().permissions().mode() & 0o777, 0o600);
+    let secrets = std::fs::read_to_string(&secrets_path).unwrap();
+    let password = secrets.lines().find_map(|l| l.strip_prefix("admin:")).expect("a password for admin").to_string();
+    assert!(password.len() >= 20);
+    assert!(!read_sums(&out).contains("secrets"));
+    for file in ["baseline.raw", "baseline.report.json", "baseline.manifest.json", "baseline.baseline"] {
+        let bytes = std::fs::read(out.join(file)).unwrap();
+        assert!(!bytes.windows(password.len()).any(|w| w == password.as_bytes()), "the password is in {file}");
+    }
+    let log = std::fs::read_to_string(ws.path("out/baseline.build.log")).unwrap();
+    assert!(!log.contains(&password), "the password is in the build log");
     // No trace of the build host: its host name is nowhere in /etc.
     let host = std::fs::read_to_string("/etc/hostname").unwrap().trim().to_string();
     let listing = Command::new("tar").args(["-xzOf", "baseline.rootfs.tar.gz", "etc/hostname", "etc/hosts"]).current_dir(&out).output().unwrap();
@@ -144,13 +159,40 @@ fn two_cold_builds_of_one_lock_are_byte_identical() {
     // Each build gets its own cache without a package stage: both run mmdebstrap.
     let first_cache = private_cache(false);
     let second_cache = private_cache(false);
-    ws.rampart_ok(&["build", "profiles/baseline.toml", "--offline", "--out", "out/one", "--cache", first_cache.path().to_str().unwrap()]);
-    ws.rampart_ok(&["build", "profiles/baseline.toml", "--offline", "--out", "out/two", "--cache", second_cache.path().to_str().unwrap()]);
+    // The accounts' initial passwords are an input like the lock: both builds
+    // read them from one secrets file (the first build makes it).
+    let secrets = ws.path("shared.secrets");
+    let secrets = secrets.to_str().unwrap();
+    ws.rampart_ok(&["build", "profiles/baseline.toml", "--offline", "--out", "out/one", "--cache", first_cache.path().to_str().unwrap(), "--secrets", secrets]);
+    ws.rampart_ok(&["build", "profiles/baseline.toml", "--offline", "--out", "out/two", "--cache", second_cache.path().to_str().unwrap(), "--secrets", secrets]);
     let one = read_sums(&ws.path("out/one"));
     let two = read_sums(&ws.path("out/two"));
     assert_eq!(one, two, "the two builds differ");
     for artifact in ["baseline.raw", "baseline.qcow2", "baseline.rootfs.tar.gz", "baseline.baseline", "baseline.manifest.json", "baseline.report.json"] {
         assert!(one.contains(artifact), "SHA256SUMS lacks {artifact}");
+    }
+}
+
+#[test]
+#[ignore = "needs root, the network and a Debian mirror: run by scripts/test"]
+fn access_settings_the_image_refuses_fail_the_build_naming_the_field() {
+    let ws = Workspace::new();
+    ws.lock_and_fetch();
+    let cases = [
+        ("bad-unit", "[services]\nenable = [\"ssh.service\", \"nginx.service\"]\n", "bad-unit.toml:5:26: services.enable: no installed package provides nginx.service"),
+        ("bad-rule", "[firewall]\ninput-rules = [\"tcp dport 9100 acept\"]\n", "bad-rule.toml:5:16: firewall.input-rules: nft refuses the firewall rule made from it"),
+        ("bad-sshd", "[ssh.options]\nCiphers = \"des-cbc@nowhere\"\n", "bad-sshd.toml:5:11: ssh.options.Ciphers: the image's sshd refuses the configuration made from it"),
+    ];
+    for (name, section, expected) in cases {
+        let profile = format!("name = \"{name}\"\nextends = \"baseline.toml\"\n\n{section}");
+        std::fs::write(ws.path(&format!("profiles/{name}.toml")), profile).unwrap();
+        // Same package selection as the baseline: its lock is this one's.
+        std::fs::copy(ws.path("profiles/baseline.lock"), ws.path(&format!("profiles/{name}.lock"))).unwrap();
+        let out = format!("out/{name}");
+        let output = ws.rampart(&["build", &format!("profiles/{name}.toml"), "--offline", "--out", &out]);
+        assert!(!output.status.success(), "{name} built");
+        assert!(stderr(&output).contains(expected), "{name}: expected {expected:?} in:\n{}", stderr(&output));
+        assert!(!ws.path(&out).exists(), "{name}: a failed build left {out}");
     }
 }
 
