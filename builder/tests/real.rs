@@ -339,6 +339,19 @@ fn baseline_scenario_passes_in_qemu() {
 }
 
 #[test]
+#[ignore = "needs root, the network and QEMU: run by scripts/test"]
+fn lab_bastion_scenario_proves_source_ranges_from_two_addresses() {
+    let ws = Workspace::new();
+    ws.lock_and_fetch();
+    let output = ws.rampart(&["test", "profiles/lab-bastion.toml", "--out", "out/lab-bastion"]);
+    eprintln!("{}", String::from_utf8_lossy(&output.stdout));
+    assert!(output.status.success(), "the lab-bastion scenario failed:\n{}", stderr(&output));
+    let junit = std::fs::read_to_string(ws.path("out/lab-bastion/lab-bastion.junit.xml")).unwrap();
+    assert!(junit.contains("failures=\"0\""));
+    assert!(junit.contains("from_outside_the_ranges_no_tcp_port_answers"));
+}
+
+#[test]
 #[ignore = "needs root and QEMU: run by scripts/test"]
 fn image_that_does_not_boot_fails_within_its_timeout_with_the_console_shown() {
     let ws = Workspace::new();
