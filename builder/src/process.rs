@@ -26,8 +26,18 @@ pub struct Cmd {
     /// (`unshare --net --mount`): no network, and no mount outlives it.
     no_network: bool,
     /// Bytes fed to the command's stdin (secrets go here, never into argv).
-    /// Not shown by `display`.
-    stdin: Option<Vec<u8>>,
+    /// Not shown by `display` or `Debug`.
+    stdin: Option<StdinBytes>,
+}
+
+/// Stdin bytes whose `Debug` shows only their length: they may be secrets.
+#[derive(Clone)]
+struct StdinBytes(Vec<u8>);
+
+impl std::fmt::Debug for StdinBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} bytes>", self.0.len())
+    }
 }
 
 /// What a captured command printed.
@@ -75,7 +85,7 @@ impl Cmd {
 
     /// Feeds `bytes` to the command's stdin instead of /dev/null.
     pub fn stdin_bytes(mut self, bytes: Vec<u8>) -> Cmd {
-        self.stdin = Some(bytes);
+        self.stdin = Some(StdinBytes(bytes));
         self
     }
 
@@ -171,7 +181,7 @@ impl Cmd {
     /// them all must not block us); closes stdin when done.
     fn feed_stdin(&self, child: &mut Child) -> Option<std::thread::JoinHandle<()>> {
         let mut pipe = child.stdin.take()?;
-        let bytes = self.stdin.clone().unwrap_or_default();
+        let bytes = self.stdin.clone().map(|b| b.0).unwrap_or_default();
         Some(std::thread::spawn(move || {
             use std::io::Write;
             let _ = pipe.write_all(&bytes);
@@ -253,7 +263,12 @@ impl Cmd {
         let start = file.seek(SeekFrom::End(0))?;
         let mut command = self.command();
         command.stdout(file.try_clone()?).stderr(file.try_clone()?);
-        let status = command.status().map_err(|e| self.not_found(e))?;
+        let mut child = command.spawn().map_err(|e| self.not_found(e))?;
+        let writer = self.feed_stdin(&mut child);
+        let status = child.wait()?;
+        if let Some(writer) = writer {
+            let _ = writer.join();
+        }
         if !status.success() {
             let mut tail = Vec::new();
             let mut reader = File::open(log)?;
@@ -275,7 +290,8 @@ impl Cmd {
         let file = File::create(log).with_context(|| format!("while creating log {}", log.display()))?;
         let mut command = self.command();
         command.stdout(file.try_clone()?).stderr(file);
-        let child = command.spawn().map_err(|e| self.not_found(e))?;
+        let mut child = command.spawn().map_err(|e| self.not_found(e))?;
+        let _writer = self.feed_stdin(&mut child);
         Ok(Background { child: Some(child), display: self.display() })
     }
 }
@@ -311,8 +327,12 @@ impl Dialogue {
         }
     }
 
+    /// Writes `line` and a newline. Waits a moment first: a prompt is
+    /// printed before the program turns echo off and flushes pending input,
+    /// and an answer sent in between would be echoed, then lost.
     pub fn send(&mut self, line: &str) -> Result<()> {
         use std::io::Write;
+        std::thread::sleep(std::time::Duration::from_millis(300));
         let stdin = self.stdin.as_mut().context("the dialogue's stdin is closed")?;
         stdin.write_all(line.as_bytes())?;
         stdin.write_all(b"\n")?;

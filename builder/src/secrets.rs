@@ -30,14 +30,20 @@ pub fn random_password(user: &str, policy: &PasswordPolicy) -> Result<String> {
     const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789-_.!#%+=@";
     let length = policy.min_length.max(20) as usize;
     let mut urandom = std::fs::File::open("/dev/urandom").context("while opening /dev/urandom")?;
-    for _ in 0..1000 {
-        let mut bytes = vec![0u8; length];
-        std::io::Read::read_exact(&mut urandom, &mut bytes)?;
-        // 256 is a multiple of nothing here; reject the top values to stay uniform.
-        if bytes.iter().any(|b| *b as usize >= 256 - 256 % ALPHABET.len()) {
-            continue;
+    // Bytes at or above the largest multiple of the alphabet's size are
+    // drawn again, one by one, so every character is equally likely.
+    let limit = 256 - 256 % ALPHABET.len();
+    let mut next_char = || -> Result<char> {
+        loop {
+            let mut byte = [0u8; 1];
+            std::io::Read::read_exact(&mut urandom, &mut byte)?;
+            if (byte[0] as usize) < limit {
+                return Ok(ALPHABET[byte[0] as usize % ALPHABET.len()] as char);
+            }
         }
-        let password: String = bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect();
+    };
+    for _ in 0..1000 {
+        let password: String = (0..length).map(|_| next_char()).collect::<Result<_>>()?;
         if crate::profile::controls::character_classes(&password) == 4 && password_weakness(&password, user, policy).is_none() {
             return Ok(password);
         }
@@ -58,5 +64,7 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.len() >= 20);
         assert_eq!(password_weakness(&a, "admin", &policy), None);
+        let long = PasswordPolicy { min_length: 128, ..PasswordPolicy::default() };
+        assert_eq!(random_password("admin", &long).unwrap().len(), 128, "long policies are met, not given up on");
     }
 }

@@ -176,9 +176,20 @@ fn two_cold_builds_of_one_lock_are_byte_identical() {
 #[test]
 #[ignore = "needs root, the network and a Debian mirror: run by scripts/test"]
 fn access_settings_the_image_refuses_fail_the_build_naming_the_field() {
+    // Each case is a profile extending the baseline; every build must fail
+    // before the disk is assembled, naming the field at fault.
     let ws = Workspace::new();
     ws.lock_and_fetch();
+    // A yescrypt hash of a common password, as a user might paste one.
+    let weak_hash = Command::new("perl").args(["-e", "print crypt(q(Password123!), q($y$j9T$abcdefghijklmnopqrstu.))"]).output().unwrap();
+    let weak_hash = String::from_utf8(weak_hash.stdout).unwrap();
+    assert!(weak_hash.starts_with("$y$"), "the host's crypt() made no yescrypt hash");
+    let admin = "[[users]]\nname = \"admin\"\ngroups = [\"adm\", \"sudo\"]\n";
+    let weak_word = format!("{admin}password = \"Understanding1!\"\n");
+    let weak_hash = format!("{admin}password-hash = \"{weak_hash}\"\n");
     let cases = [
+        ("weak-word", weak_word.as_str(), "weak-word.toml:7:12: users.password of admin: too weak: the cracklib dictionary check says: it is based on a dictionary word"),
+        ("weak-hash", weak_hash.as_str(), "weak-hash.toml:7:17: users.password-hash of admin: too weak: it is the hash of \"Password123!\", a common password"),
         ("bad-unit", "[services]\nenable = [\"ssh.service\", \"nginx.service\"]\n", "bad-unit.toml:5:26: services.enable: no installed package provides nginx.service"),
         ("bad-rule", "[firewall]\ninput-rules = [\"tcp dport 9100 acept\"]\n", "bad-rule.toml:5:16: firewall.input-rules: nft refuses the firewall rule made from it"),
         ("bad-sshd", "[ssh.options]\nCiphers = \"des-cbc@nowhere\"\n", "bad-sshd.toml:5:11: ssh.options.Ciphers: the image's sshd refuses the configuration made from it"),

@@ -161,13 +161,21 @@ impl BuildContext {
             "# rampart: initial passwords of the accounts of image {}.\n# Keep this file off the image and away from logs; each account must\n# change its password at first login.\n",
             self.profile.name
         );
-        for (user, password) in &self.secrets {
-            text.push_str(&format!("{user}:{password}\n"));
-        }
         let path = match &self.secrets_file {
             SecretsFile::Given(path) => path.clone(),
             SecretsFile::InOut(_) => self.artifact("secrets"),
         };
+        // A file the user named may be shared by several profiles: keep the
+        // other accounts' lines.
+        let mut lines: Vec<(String, String)> = match &self.secrets_file {
+            SecretsFile::Given(path) => crate::secrets::read(path)?,
+            SecretsFile::InOut(_) => Vec::new(),
+        };
+        lines.retain(|(user, _)| !self.secrets.iter().any(|(ours, _)| ours == user));
+        lines.extend(self.secrets.iter().cloned());
+        for (user, password) in &lines {
+            text.push_str(&format!("{user}:{password}\n"));
+        }
         crate::fsutil::write_atomic_private(&path, text.as_bytes())
     }
 

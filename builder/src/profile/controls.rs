@@ -234,6 +234,8 @@ pub const SSH_MANAGED_KEYWORDS: &[&str] = &[
     "allowtcpforwarding", "allowagentforwarding", "allowstreamlocalforwarding", "x11forwarding", "permittunnel",
     "gatewayports", "disableforwarding", "maxauthtries", "logingracetime", "banner", "hostkey", "authorizedkeysfile",
     "usepam", "hostbasedauthentication", "ignorerhosts", "permituserenvironment",
+    // A Match block or an Include would swallow or reorder the lines after it.
+    "match", "include",
 ];
 
 pub const DEFAULT_BANNER: &str = "Authorised access only. Activity on this system is logged and monitored.";
@@ -241,6 +243,9 @@ pub const DEFAULT_BANNER: &str = "Authorised access only. Activity on this syste
 fn parse_ssh_option(key: &str, value: &str) -> Result<(), String> {
     if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric()) {
         return Err(format!("{key:?} is not an sshd_config keyword"));
+    }
+    if ["match", "include"].contains(&key.to_ascii_lowercase().as_str()) {
+        return Err(format!("{key} cannot be used in ssh.options (it would change what the lines after it mean)"));
     }
     if SSH_MANAGED_KEYWORDS.contains(&key.to_ascii_lowercase().as_str()) {
         return Err(format!("{key} is set by rampart's SSH control; use the [ssh] field for it, where there is one"));

@@ -436,6 +436,13 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
         Some(h) => h,
         None => Hostname::parse(name.as_str()).map_err(|e| at_file(format!("image.hostname: {e}")))?,
     };
+    let ssh_port = layer.ssh_port.unwrap_or(Port::SSH);
+    if let Some(allow) = controls.firewall.allow.iter().find(|a| a.port == ssh_port && a.protocol == Protocol::Tcp) {
+        return Err(ProfileError {
+            location: allow.at.clone(),
+            message: format!("firewall.allow: port {ssh_port}/tcp is SSH's; set who may reach it with ssh.allow-from"),
+        });
+    }
     let users = layer.users;
     for user in &users {
         if let Some(Sited { value: GivenPassword::Plain(plain), at }) = &user.password {

@@ -256,3 +256,19 @@ fn sshd_option_that_rampart_sets_is_refused() {
         "$DIR/profiles/web.toml:3:19: ssh.options.PermitRootLogin: PermitRootLogin is set by rampart's SSH control; use the [ssh] field for it, where there is one",
     );
 }
+
+#[test]
+fn ssh_port_in_firewall_allow_is_refused() {
+    check_error(
+        &[("web.toml", "name = \"web\"\n[[firewall.allow]]\nport = 22\nfrom = [\"10.0.0.0/8\"]\n")],
+        "$DIR/profiles/web.toml:3:8: firewall.allow: port 22/tcp is SSH's; set who may reach it with ssh.allow-from",
+    );
+}
+
+#[test]
+fn match_blocks_are_refused_in_sshd_options() {
+    check_error(
+        &[("web.toml", "name = \"web\"\n[ssh.options]\nMatch = \"User x\"\n")],
+        "$DIR/profiles/web.toml:3:9: ssh.options.Match: Match cannot be used in ssh.options (it would change what the lines after it mean)",
+    );
+}

@@ -14,9 +14,16 @@ use crate::profile::{Profile, ServicesSpec};
 
 const PRESET: &str = "etc/systemd/system-preset/00-rampart.preset";
 
-/// Units other controls need, added to the profile's allow-list.
+/// Units rampart's own stages configure, added to the profile's allow-list
+/// (where the image has them): a profile without `[services]` still boots to
+/// a machine one can reach.
 pub fn implied_units(profile: &Profile) -> Vec<(String, &'static str)> {
-    let mut units = vec![("rampart-ssh-hostkeys.service".to_string(), "first-boot SSH host keys")];
+    let mut units = vec![
+        ("ssh.service".to_string(), "[ssh]"),
+        ("rampart-ssh-hostkeys.service".to_string(), "first-boot SSH host keys"),
+        ("systemd-networkd.service".to_string(), "networking (DHCP)"),
+        ("systemd-resolved.service".to_string(), "name resolution"),
+    ];
     if profile.firewall.enable {
         units.push(("nftables.service".to_string(), "[firewall]"));
     }
@@ -139,6 +146,15 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
         // Templates stay unmasked: their instances are what the policy names
         // (a masked getty@.service would mask the profile's own gettys too).
         if governed && !unit.contains("@.") && !allowed.contains(unit) {
+            // A unit the profile's own overlays put into /etc cannot be masked
+            // (the mask would replace it): the allow-list must name it.
+            let local = ctx.root().join("etc/systemd/system").join(unit);
+            if std::fs::symlink_metadata(&local).is_ok_and(|m| m.file_type().is_file()) {
+                bail!(
+                    "services.enable of {}: the overlays install {unit}, but the allow-list does not name it; add it to services.enable or drop it from the overlay",
+                    ctx.profile.path.display()
+                );
+            }
             masked.push(unit.to_string());
         }
     }

@@ -122,9 +122,11 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     Ok(())
 }
 
-/// The field behind "…/20-rampart.conf line N: …" in sshd's complaint.
+/// The field behind "…/20-rampart.conf line N: …" or "…/20-rampart.conf:
+/// line N: …" (unknown keywords) in sshd's complaint.
 fn blame(origins: &[String], message: &str) -> Option<String> {
-    let rest = message.split("20-rampart.conf line ").nth(1)?;
+    let rest = message.split("20-rampart.conf").nth(1)?;
+    let rest = rest.trim_start_matches(':').trim_start().strip_prefix("line ")?;
     let line: usize = rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()?;
     origins.get(line.checked_sub(1)?).cloned()
 }
@@ -152,6 +154,8 @@ mod tests {
         let origins = vec!["comment".to_string(), "comment".to_string(), "web.toml:9:11: ssh.options.Ciphers".to_string()];
         let message = "/etc/ssh/sshd_config.d/20-rampart.conf line 3: Bad SSH2 cipher spec 'des'.";
         assert_eq!(blame(&origins, message).as_deref(), Some("web.toml:9:11: ssh.options.Ciphers"));
+        let unknown = "/etc/ssh/sshd_config.d/20-rampart.conf: line 3: Bad configuration option: Chiphers";
+        assert_eq!(blame(&origins, unknown).as_deref(), Some("web.toml:9:11: ssh.options.Ciphers"));
         assert_eq!(blame(&origins, "something else"), None);
     }
 }

@@ -93,18 +93,22 @@ fn set_password(ctx: &mut BuildContext, user: &User, previous: &[(String, String
             if let Some(why) = dictionary_weakness(ctx, plain)? {
                 anyhow::bail!("{at}: users.password of {name}: too weak: {why}");
             }
+            // The harness (and the operator) log in with it the first time.
+            ctx.secrets.push((name.to_string(), plain.clone()));
             (hash_password(ctx, name, plain)?, "given in the profile (test profiles only); checked")
         }
         None => {
             let policy = ctx.profile.passwords.clone();
             let reused = previous.iter().find(|(u, p)| u == name && password_weakness(p, name, &policy).is_none()).map(|(_, p)| p.clone());
-            let (password, how) = match reused {
-                Some(password) => (password, "random, kept from the secrets file"),
-                None => (crate::secrets::random_password(name, &policy)?, "random, written to the secrets file"),
+            // Kept from an earlier secrets file or new: the report says the same
+            // either way, so a rebuild from the same inputs gives the same bytes.
+            let password = match reused {
+                Some(password) => password,
+                None => crate::secrets::random_password(name, &policy)?,
             };
             let hash = hash_password(ctx, name, &password)?;
             ctx.secrets.push((name.to_string(), password));
-            (hash, how)
+            (hash, "random, in the secrets file")
         }
     };
     ctx.in_root("chpasswd").arg("--encrypted").stdin_bytes(format!("{name}:{hash}\n").into_bytes()).run()?;
@@ -112,17 +116,25 @@ fn set_password(ctx: &mut BuildContext, user: &User, previous: &[(String, String
 }
 
 /// yescrypt with the image's own libcrypt (through perl-base, which every
-/// Debian has). The salt is derived from the password and the account, so a
-/// rebuild with the same secrets gives the same image; the password goes
-/// through stdin, never the command line.
+/// Debian has). The salt derives from the image, the account and the lock's
+/// clock, never from the password (a salt made from it would let anyone with
+/// /etc/shadow test guesses at SHA-256 speed), so a rebuild from the same
+/// inputs gives the same bytes. Salt and password go through stdin.
 fn hash_password(ctx: &BuildContext, user: &str, password: &str) -> Result<String> {
     use sha2::{Digest, Sha256};
-    let digest = Sha256::new().chain_update(b"rampart yescrypt salt\0").chain_update(user).chain_update(b"\0").chain_update(password).finalize();
+    let digest = Sha256::new()
+        .chain_update(b"rampart yescrypt salt\0")
+        .chain_update(ctx.profile.name.as_str())
+        .chain_update(b"\0")
+        .chain_update(user)
+        .chain_update(b"\0")
+        .chain_update(ctx.source_date_epoch.to_le_bytes())
+        .finalize();
     let salt = format!("$y$j9T${}", crypt_base64(&digest[..16]));
     let output = ctx
         .in_root("perl")
-        .args(["-e", "my $p = <STDIN>; chomp $p; print crypt($p, $ARGV[0]) // ''", &salt])
-        .stdin_bytes(format!("{password}\n").into_bytes())
+        .args(["-e", "my $s = <STDIN>; my $p = <STDIN>; chomp $s; chomp $p; print crypt($p, $s) // ''"])
+        .stdin_bytes(format!("{salt}\n{password}\n").into_bytes())
         .run()?;
     let hash = output.stdout_text();
     if !hash.starts_with(&salt) {
@@ -167,8 +179,8 @@ fn matching_common_password(ctx: &BuildContext, user: &str, hash: &str) -> Resul
     candidates.extend([user.to_string(), format!("{user}123"), format!("{user}1234"), format!("{user}123!")]);
     let output = ctx
         .in_root("perl")
-        .args(["-e", "while (my $p = <STDIN>) { chomp $p; if (crypt($p, $ARGV[0]) eq $ARGV[0]) { print $p; last } }", hash])
-        .stdin_bytes(candidates.join("\n").into_bytes())
+        .args(["-e", "my $h = <STDIN>; chomp $h; while (my $p = <STDIN>) { chomp $p; if (crypt($p, $h) eq $h) { print $p; last } }"])
+        .stdin_bytes(format!("{hash}\n{}\n", candidates.join("\n")).into_bytes())
         .run()?;
     let found = output.stdout_text();
     Ok(if found.is_empty() { None } else { Some(found) })

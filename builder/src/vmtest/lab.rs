@@ -103,17 +103,17 @@ impl Lab {
 
     /// The TCP ports of `address` that answer, seen from the second host's
     /// address `from`: a SYN scan of all 65535 ports.
-    pub fn open_tcp_ports(&self, address: &str, from: &str, timeout: Duration) -> Result<Vec<u16>> {
+    pub fn open_tcp_ports(&self, address: &str, from: &str, timeout: Duration) -> Result<Scan> {
         self.scan(&["-sS", "-p-"], address, from, timeout)
     }
 
     /// The common UDP ports (nmap's top 100) of `address` that answer.
     /// Silence counts as not open: only a reply proves a listener.
-    pub fn open_udp_ports(&self, address: &str, from: &str, timeout: Duration) -> Result<Vec<u16>> {
+    pub fn open_udp_ports(&self, address: &str, from: &str, timeout: Duration) -> Result<Scan> {
         self.scan(&["-sU", "--top-ports", "100"], address, from, timeout)
     }
 
-    fn scan(&self, kind: &[&str], address: &str, from: &str, timeout: Duration) -> Result<Vec<u16>> {
+    fn scan(&self, kind: &[&str], address: &str, from: &str, timeout: Duration) -> Result<Scan> {
         let output = self
             .outside("nmap")
             .args(["-n", "-Pn"])
@@ -127,18 +127,31 @@ impl Lab {
         if !output.status.success() {
             bail!("nmap failed: {}", String::from_utf8_lossy(&output.stderr).trim());
         }
-        Ok(parse_open_ports(&output.stdout_text()))
+        let text = output.stdout_text();
+        Ok(Scan { open: parse_ports(&text, "open"), n_closed: parse_ports(&text, "closed").len() + ignored_closed(&text) })
     }
 }
 
-/// Open ports from nmap's grepable output ("Ports: 22/open/tcp//ssh///, ...").
-pub fn parse_open_ports(text: &str) -> Vec<u16> {
+/// What a scan found: the open ports, and how many ports answered "closed"
+/// (a TCP reset or an ICMP port-unreachable: nothing dropped the probe).
+pub struct Scan {
+    pub open: Vec<u16>,
+    pub n_closed: usize,
+}
+
+/// The count in "Ignored State: closed (65534)" of nmap's grepable output.
+fn ignored_closed(text: &str) -> usize {
+    text.split("Ignored State: closed (").nth(1).and_then(|rest| rest.split(')').next()).and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+/// Ports in one state from nmap's grepable output ("Ports: 22/open/tcp//ssh///, ...").
+pub fn parse_ports(text: &str, state: &str) -> Vec<u16> {
     let mut ports = Vec::new();
     for line in text.lines() {
         let Some((_, list)) = line.split_once("Ports: ") else { continue };
         for item in list.split(", ") {
             let fields: Vec<&str> = item.split('/').collect();
-            if fields.len() > 2 && fields[1] == "open" {
+            if fields.len() > 2 && fields[1] == state {
                 if let Ok(port) = fields[0].trim().parse() {
                     ports.push(port);
                 }
@@ -179,8 +192,11 @@ mod tests {
     #[test]
     fn nmap_grepable_output_gives_open_ports() {
         let text = "# Nmap 7.93 scan\nHost: 10.77.0.10 ()\tStatus: Up\nHost: 10.77.0.10 ()\tPorts: 22/open/tcp//ssh///, 80/closed/tcp//http///, 443/open/tcp//https///\tIgnored State: closed (65533)\n";
-        assert_eq!(parse_open_ports(text), vec![22, 443]);
-        assert_eq!(parse_open_ports("Host: x\tStatus: Up\n"), Vec::<u16>::new());
+        assert_eq!(parse_ports(text, "open"), vec![22, 443]);
+        assert_eq!(parse_ports(text, "closed"), vec![80]);
+        assert_eq!(ignored_closed(text), 65533);
+        assert_eq!(parse_ports("Host: x\tStatus: Up\n", "open"), Vec::<u16>::new());
+        assert_eq!(ignored_closed("Host: x\tIgnored State: filtered (65534)\n"), 0);
     }
 
     #[test]

@@ -432,16 +432,22 @@ fn run_check(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Result<Opt
             // The lab address comes by DHCP; wait until the machine answers
             // there (ARP, which no firewall rule of the guest sees).
             let reachable = format!("for i in $(seq 60); do nmap -n -sn -PR {address} 2>/dev/null | grep -q 'Host is up' && exit 0; sleep 1; done; exit 1");
-            let _ = lab.outside("sh").arg("-c").arg(&reachable).run_with_timeout(Duration::from_secs(90));
+            let up = lab.outside("sh").arg("-c").arg(&reachable).run_with_timeout(Duration::from_secs(90));
+            if !matches!(&up, Ok(Some(output)) if output.status.success()) {
+                // A scan of nothing finds nothing open: that proves nothing.
+                return Err(failed(format!("the machine never answered at {address} on the lab network"), format!("{up:?}")));
+            }
             let udp = matches!(check.action, Action::OpenUdpPorts { .. });
             let scanned = if udp { lab.open_udp_ports(address, from, check.timeout) } else { lab.open_tcp_ports(address, from, check.timeout) };
             let kind = if udp { "UDP" } else { "TCP" };
+            let shown = format!("nmap scan of {address} from {from}");
             match scanned {
-                Ok(open) if &open == ports => Ok(None),
-                Ok(open) => Err(failed(
-                    format!("from {from}, open {kind} ports of {address} are {open:?}, expected exactly {ports:?}"),
-                    format!("nmap scan of {address} from {from}"),
+                Ok(scan) if scan.n_closed > 0 => Err(failed(
+                    format!("from {from}, {} {kind} ports of {address} answered \"closed\": nothing drops probes of undeclared ports", scan.n_closed),
+                    shown,
                 )),
+                Ok(scan) if &scan.open == ports => Ok(None),
+                Ok(scan) => Err(failed(format!("from {from}, open {kind} ports of {address} are {:?}, expected exactly {ports:?}", scan.open), shown)),
                 Err(error) => Err(failed("the port scan failed", format!("{error:#}"))),
             }
         }

@@ -305,11 +305,13 @@ impl Machine {
     /// and a new one twice. Answers each prompt as it comes, like a user.
     pub fn change_expired_password(&self, current: &str, new: &str, timeout: Duration) -> Result<()> {
         let mut dialogue = self.ssh_command_with(&self.key, &["-tt".to_string()], &self.user, "true").spawn_dialogue()?;
+        // What the session printed, for errors, with both passwords blotted out.
+        let transcript = |dialogue: &crate::process::Dialogue| dialogue.transcript_text().replace(current, "<initial password>").replace(new, "<new password>");
         let mut at = 0;
         for (prompt, answer) in [("urrent password:", current), ("ew password:", new), ("etype new password:", new)] {
             match dialogue.expect(at, &[prompt], timeout) {
                 Some((_, next)) => at = next,
-                None => bail!("passwd did not ask {prompt:?} at the first login; the session printed:\n{}", dialogue.transcript_text()),
+                None => bail!("passwd did not ask {prompt:?} at the first login; the session printed:\n{}", transcript(&dialogue)),
             }
             dialogue.send(answer)?;
         }
@@ -318,7 +320,7 @@ impl Machine {
                 let _ = dialogue.wait(Duration::from_secs(10));
                 Ok(())
             }
-            _ => bail!("the password change at the first login failed:\n{}", dialogue.transcript_text()),
+            _ => bail!("the password change at the first login failed:\n{}", transcript(&dialogue)),
         }
     }
 
