@@ -44,6 +44,13 @@ pub enum Command {
         #[arg(long)]
         mirror: Option<String>,
     },
+    /// Compare the lock with the mirror: packages with newer versions, security updates first
+    /// (the signal to rebuild the golden image); the lock is left alone
+    Outdated {
+        profile: PathBuf,
+        #[arg(long)]
+        mirror: Option<String>,
+    },
     /// Build the image and its artifacts (locks and fetches first unless --offline)
     Build {
         profile: PathBuf,
@@ -90,6 +97,11 @@ pub fn run(cli: Cli) -> Result<i32> {
             let profile = load(&profile)?;
             let mirror = resolve_mirror(&profile, mirror.as_deref())?;
             run_lock(&profile, &mirror, update)?;
+        }
+        Command::Outdated { profile, mirror } => {
+            let profile = load(&profile)?;
+            let mirror = resolve_mirror(&profile, mirror.as_deref())?;
+            run_outdated(&profile, &mirror)?;
         }
         Command::Fetch { profile, cache, mirror } => {
             let profile = load(&profile)?;
@@ -140,6 +152,46 @@ fn private_log(command: &str) -> Result<PathBuf> {
 
 pub fn default_out(profile: &Profile) -> PathBuf {
     PathBuf::from("out").join(profile.name.as_str())
+}
+
+fn run_outdated(profile: &Profile, mirror: &Mirror) -> Result<()> {
+    let path = profile.lock_path();
+    if !path.exists() {
+        anyhow::bail!("{} has no lock ({}); run `rampart lock {}` first", profile.path.display(), path.display(), profile.path.display());
+    }
+    let locked = Lock::read(&path)?;
+    let log = private_log("outdated")?;
+    let fresh = lock::resolve(profile, mirror, &log)?;
+    let updates = lock::outdated(&locked, &fresh);
+    let n_security = updates.iter().filter(|u| u.security).count();
+    for (heading, security) in [("security updates", true), ("other updates", false)] {
+        let group: Vec<&lock::Update> = updates.iter().filter(|u| u.security == security).collect();
+        if group.is_empty() {
+            continue;
+        }
+        println!("{heading} ({}):", group.len());
+        for update in group {
+            println!("  {} {} -> {}", update.name, update.locked, update.available);
+        }
+    }
+    let added_or_dropped: Vec<String> =
+        lock::describe_changes(&locked, &fresh).into_iter().filter(|l| !l.starts_with('~')).collect();
+    if !added_or_dropped.is_empty() {
+        println!("other differences ({}):", added_or_dropped.len());
+        for line in &added_or_dropped {
+            println!("  {line}");
+        }
+    }
+    if updates.is_empty() && added_or_dropped.is_empty() {
+        ui::step(&format!("{} is up to date with the mirror ({} packages)", path.display(), locked.packages.len()));
+    } else {
+        ui::step(&format!(
+            "{} packages have newer versions ({n_security} from the security suite); run `rampart lock --update {}` and rebuild",
+            updates.len(),
+            profile.path.display()
+        ));
+    }
+    Ok(())
 }
 
 fn run_lock(profile: &Profile, mirror: &Mirror, update: bool) -> Result<()> {

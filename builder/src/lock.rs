@@ -197,6 +197,38 @@ pub fn describe_changes(old: &Lock, new: &Lock) -> Vec<String> {
     lines
 }
 
+/// A locked package the mirror now serves in another version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Update {
+    pub name: String,
+    pub locked: String,
+    pub available: String,
+    /// The mirror's version comes from the security suite.
+    pub security: bool,
+}
+
+/// The packages of `locked` that `fresh` (a resolution against the mirror
+/// today) has in another version: security updates first, then by name.
+/// Packages the fresh resolution adds or drops are listed by `describe_changes`.
+pub fn outdated(locked: &Lock, fresh: &Lock) -> Vec<Update> {
+    let now: BTreeMap<&str, &LockedPackage> = fresh.packages.iter().map(|p| (p.name.as_str(), p)).collect();
+    let mut updates: Vec<Update> = locked
+        .packages
+        .iter()
+        .filter_map(|old| {
+            let new = now.get(old.name.as_str())?;
+            (new.version != old.version).then(|| Update {
+                name: old.name.clone(),
+                locked: old.version.clone(),
+                available: new.version.clone(),
+                security: new.suite.ends_with("-security"),
+            })
+        })
+        .collect();
+    updates.sort_by(|a, b| b.security.cmp(&a.security).then_with(|| a.name.cmp(&b.name)));
+    updates
+}
+
 /// Parses an RFC 2822 date as used in Release files ("Sat, 10 May 2025 09:22:01 UTC").
 pub fn parse_release_date(text: &str) -> Result<i64> {
     let words: Vec<&str> = text.split_whitespace().collect();
@@ -290,6 +322,20 @@ mod tests {
         assert_eq!(parse_release_date("Thu, 01 Jan 1970 00:00:00 UTC").unwrap(), 0);
         assert_eq!(parse_release_date("Sat, 10 May 2025 09:22:01 UTC").unwrap(), 1746868921);
         assert!(parse_release_date("Sat, 10 May 2025 09:22:01 CEST").is_err());
+    }
+
+    #[test]
+    fn outdated_lists_security_updates_first() {
+        let locked = sample();
+        let mut fresh = sample();
+        fresh.packages[0].version = "1:1.2.13.dfsg-1+deb12u1".into();
+        fresh.packages[0].suite = "bookworm-security".into();
+        fresh.packages[1].version = "3.135".into();
+        let updates = outdated(&locked, &fresh);
+        let shown: Vec<(&str, bool)> = updates.iter().map(|u| (u.name.as_str(), u.security)).collect();
+        assert_eq!(shown, vec![("zlib1g", true), ("adduser", false)]);
+        assert_eq!(updates[1].available, "3.135");
+        assert!(outdated(&locked, &sample()).is_empty());
     }
 
     #[test]

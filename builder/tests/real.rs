@@ -209,6 +209,31 @@ fn access_settings_the_image_refuses_fail_the_build_naming_the_field() {
 
 #[test]
 #[ignore = "needs root, the network and a Debian mirror: run by scripts/test"]
+fn outdated_lists_locked_versions_the_mirror_has_replaced() {
+    let ws = Workspace::new();
+    ws.rampart_ok(&["lock", "profiles/baseline.toml"]);
+    let output = ws.rampart_ok(&["outdated", "profiles/baseline.toml"]);
+    assert!(stderr(&output).contains("is up to date with the mirror"), "a fresh lock is current:\n{}", stderr(&output));
+    // Pretend two packages were locked long ago.
+    let path = ws.path("profiles/baseline.lock");
+    let lock = std::fs::read_to_string(&path).unwrap();
+    let old = lock
+        .replacen("name = \"libssl3\"\nversion = \"", "name = \"libssl3\"\nversion = \"3.0.0-1\"\nold-version = \"", 1)
+        .replacen("name = \"openssh-server\"\nversion = \"", "name = \"openssh-server\"\nversion = \"1:9.2p1-1\"\nold-version = \"", 1);
+    // Drop the real versions that the replacement pushed into "old-version".
+    let old: String = old.lines().filter(|l| !l.starts_with("old-version = ")).map(|l| format!("{l}\n")).collect();
+    assert_ne!(old, lock);
+    std::fs::write(&path, old).unwrap();
+    let output = ws.rampart_ok(&["outdated", "profiles/baseline.toml"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("libssl3 3.0.0-1 -> "), "libssl3 is listed:\n{stdout}");
+    assert!(stdout.contains("openssh-server 1:9.2p1-1 -> "), "openssh-server is listed:\n{stdout}");
+    assert!(stderr(&output).contains("2 packages have newer versions"));
+    assert!(std::fs::read_to_string(&path).unwrap().contains("version = \"1:9.2p1-1\""), "outdated leaves the lock alone");
+}
+
+#[test]
+#[ignore = "needs root, the network and a Debian mirror: run by scripts/test"]
 fn warm_rebuild_after_a_profile_edit_reuses_the_package_stage() {
     let ws = Workspace::new();
     ws.lock_and_fetch();
