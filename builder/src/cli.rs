@@ -69,6 +69,14 @@ pub enum Command {
         #[arg(long)]
         secrets: Option<PathBuf>,
     },
+    /// Check a disk image (raw or qcow2) against the baseline of its build, without booting
+    /// it: lists added, removed and changed files; exit 0 only if none
+    Verify {
+        image: PathBuf,
+        /// The <name>.baseline written by the build
+        #[arg(long)]
+        baseline: PathBuf,
+    },
     /// Build if needed, boot the image in QEMU and run the profile's vm-tests scenarios
     Test {
         profile: PathBuf,
@@ -97,6 +105,30 @@ pub fn run(cli: Cli) -> Result<i32> {
             let profile = load(&profile)?;
             let mirror = resolve_mirror(&profile, mirror.as_deref())?;
             run_lock(&profile, &mirror, update)?;
+        }
+        Command::Verify { image, baseline } => {
+            crate::process::require_programs(&[("qemu-img", "qemu-utils"), ("sfdisk", "fdisk"), ("debugfs", "e2fsprogs")])?;
+            let differences = crate::verify::verify(&image, &baseline)?;
+            for path in &differences.added {
+                println!("added    {path}");
+            }
+            for path in &differences.removed {
+                println!("removed  {path}");
+            }
+            for (path, what) in &differences.changed {
+                println!("changed  {path}: {}", what.join(", "));
+            }
+            if !differences.is_empty() {
+                anyhow::bail!(
+                    "{} does not match {}: {} changed, {} added, {} removed",
+                    image.display(),
+                    baseline.display(),
+                    differences.changed.len(),
+                    differences.added.len(),
+                    differences.removed.len()
+                );
+            }
+            ui::step(&format!("{} matches {}", image.display(), baseline.display()));
         }
         Command::Outdated { profile, mirror } => {
             let profile = load(&profile)?;

@@ -20,4 +20,5 @@ pub mod secrets;
 pub mod stages;
 pub mod tree;
 pub mod ui;
+pub mod verify;
 pub mod vmtest;

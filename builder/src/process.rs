@@ -442,6 +442,16 @@ pub fn describe_status(status: ExitStatus) -> String {
 }
 
 /// Whether a program can be found on the pinned PATH.
+/// Fails naming the Debian package of the first missing program.
+pub fn require_programs(programs: &[(&str, &str)]) -> Result<()> {
+    for (program, package) in programs {
+        if !have_program(program) {
+            bail!("{program} is not installed (Debian package {package}); {INSTALL_HINT}");
+        }
+    }
+    Ok(())
+}
+
 pub fn have_program(program: &str) -> bool {
     ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
         .iter()

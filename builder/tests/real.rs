@@ -209,6 +209,41 @@ fn access_settings_the_image_refuses_fail_the_build_naming_the_field() {
 
 #[test]
 #[ignore = "needs root, the network and a Debian mirror: run by scripts/test"]
+fn verify_passes_the_built_image_and_names_what_was_tampered_with() {
+    let ws = Workspace::new();
+    ws.lock_and_fetch();
+    ws.rampart_ok(&["build", "profiles/baseline.toml", "--offline", "--out", "out/baseline"]);
+    let output = ws.rampart_ok(&["verify", "out/baseline/baseline.qcow2", "--baseline", "out/baseline/baseline.baseline"]);
+    assert!(stderr(&output).contains("matches"));
+    // A copy of the raw disk with one binary replaced and one file added,
+    // written with debugfs at the root partition's offset (no mount).
+    let tampered = ws.path("tampered.raw");
+    assert!(Command::new("cp").arg("--sparse=always").arg(ws.path("out/baseline/baseline.raw")).arg(&tampered).status().unwrap().success());
+    let table = Command::new("sfdisk").arg("--json").arg(&tampered).output().unwrap();
+    let table: serde_json::Value = serde_json::from_slice(&table.stdout).unwrap();
+    let root = table["partitiontable"]["partitions"].as_array().unwrap().iter().find(|p| p["name"] == "root").expect("a root partition");
+    let device = format!("{}?offset={}", tampered.display(), root["start"].as_u64().unwrap() * 512);
+    std::fs::write(ws.path("evil"), "#!/bin/sh\n").unwrap();
+    let script = format!("rm /usr/bin/passwd\nwrite {evil} /usr/bin/passwd\nwrite {evil} /usr/bin/evil\n", evil = ws.path("evil").display());
+    std::fs::write(ws.path("tamper.debugfs"), script).unwrap();
+    assert!(Command::new("debugfs").args(["-w", "-f"]).arg(ws.path("tamper.debugfs")).arg(&device).output().unwrap().status.success());
+    let output = ws.rampart(&["verify", "tampered.raw", "--baseline", "out/baseline/baseline.baseline"]);
+    assert!(!output.status.success(), "a tampered image passed");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("added    /usr/bin/evil"), "{stdout}");
+    assert!(stdout.contains("changed  /usr/bin/passwd: mode 4755 -> "), "{stdout}");
+    assert!(stderr(&output).contains("1 changed, 1 added, 0 removed"), "{}", stderr(&output));
+    // A baseline of another image, and a file that is no image.
+    let other = std::fs::read_to_string(ws.path("out/baseline/baseline.baseline")).unwrap().replacen("image=baseline", "image=web", 1);
+    std::fs::write(ws.path("web.baseline"), other).unwrap();
+    let output = ws.rampart(&["verify", "out/baseline/baseline.raw", "--baseline", "web.baseline"]);
+    assert!(stderr(&output).contains("is the baseline of image web, but out/baseline/baseline.raw is another image"), "{}", stderr(&output));
+    let output = ws.rampart(&["verify", "evil", "--baseline", "out/baseline/baseline.baseline"]);
+    assert!(stderr(&output).contains("evil: no partition table; not a rampart disk image"), "{}", stderr(&output));
+}
+
+#[test]
+#[ignore = "needs root, the network and a Debian mirror: run by scripts/test"]
 fn outdated_lists_locked_versions_the_mirror_has_replaced() {
     let ws = Workspace::new();
     ws.rampart_ok(&["lock", "profiles/baseline.toml"]);
