@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::mirror::{AptSource, Mirror};
 use crate::process::Cmd;
+use crate::ui;
 
 pub const ARCH: &str = "amd64";
 pub const ARCHIVE_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
@@ -172,13 +173,33 @@ impl AptRoot {
 
     /// Downloads `name=version` packages into `into` (apt checks the index
     /// digests; the caller checks them again against the lock).
+    /// apt downloads them in parallel, pipelined; a progress line follows
+    /// its "Get:" lines. Its output goes to the log.
     pub fn download(&self, wanted: &[String], into: &Path, log: &Path) -> Result<()> {
-        self.apt_get()
-            .args(["download", "-q"])
-            .args(wanted)
-            .cwd(into)
-            .run_logged(log)
-            .context("while downloading packages from the mirror")
+        let command = self.apt_get().args(["download", "-q"]).args(wanted).cwd(into);
+        let mut dialogue = command.spawn_dialogue()?;
+        let mut progress = ui::Progress::new("downloading", wanted.len());
+        let status = loop {
+            if let Some(status) = dialogue.wait(std::time::Duration::from_millis(250))? {
+                break status;
+            }
+            progress.show(dialogue.transcript_text().matches("Get:").count());
+        };
+        progress.finish();
+        let transcript = dialogue.transcript_text();
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+        std::io::Write::write_all(&mut file, transcript.as_bytes())?;
+        if !status.success() {
+            let tail: Vec<&str> = transcript.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+            bail!(
+                "while downloading packages from the mirror: `{}` failed ({})\n{}\n(full log: {})",
+                command.display(),
+                crate::process::describe_status(status),
+                tail.join("\n"),
+                log.display()
+            );
+        }
+        Ok(())
     }
 }
 

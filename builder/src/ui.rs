@@ -11,6 +11,42 @@ pub fn warn(message: &str) {
     eprintln!("rampart: warning: {message}");
 }
 
+/// A count that grows towards a total: a live line on a terminal, a line per
+/// quarter in a log.
+pub struct Progress {
+    what: String,
+    total: usize,
+    shown: usize,
+    terminal: bool,
+}
+
+impl Progress {
+    pub fn new(what: &str, total: usize) -> Progress {
+        use std::io::IsTerminal;
+        Progress { what: what.to_string(), total, shown: 0, terminal: std::io::stderr().is_terminal() }
+    }
+
+    pub fn show(&mut self, done: usize) {
+        let done = done.min(self.total);
+        if done == self.shown {
+            return;
+        }
+        let quarter = |n: usize| if self.total == 0 { 0 } else { n * 4 / self.total };
+        if self.terminal {
+            eprint!("\rrampart: {} {done}/{}\x1b[K", self.what, self.total);
+        } else if quarter(done) > quarter(self.shown) {
+            step(&format!("{} {done}/{}", self.what, self.total));
+        }
+        self.shown = done;
+    }
+
+    pub fn finish(self) {
+        if self.terminal && self.shown > 0 {
+            eprintln!();
+        }
+    }
+}
+
 /// A step that reports how long it took when it finishes.
 pub struct Timed {
     what: String,

@@ -513,3 +513,18 @@ fn run_check(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Result<Opt
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listening_sockets_are_read_from_ss_without_dhcp_clients() {
+        let ss = "udp   UNCONN 0      0       10.0.2.15%eth0:68         0.0.0.0:*\n\
+                  tcp   LISTEN 0      128            0.0.0.0:22         0.0.0.0:*\n\
+                  tcp   LISTEN 0      128               [::]:22            [::]:*\n\
+                  udp   UNCONN 0      0          127.0.0.1:323        0.0.0.0:*\n";
+        let found: Vec<(String, u16)> = parse_listening(ss).into_iter().collect();
+        assert_eq!(found, vec![("tcp".to_string(), 22), ("udp".to_string(), 323)]);
+    }
+}
