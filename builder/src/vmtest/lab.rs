@@ -56,6 +56,9 @@ impl Lab {
             .outside("dnsmasq")
             .args(["--keep-in-foreground", "--log-facility=-", "--no-resolv", "--no-hosts", "--port=0"])
             .args(["--interface=lab0", "--bind-interfaces", "--dhcp-authoritative"])
+            // Stay root: a process that changes its user loses the parent-death
+            // signal, and dnsmasq must die with rampart however rampart ends.
+            .arg("--user=root")
             .arg(format!("--dhcp-range={SUBNET_PREFIX}.10,{SUBNET_PREFIX}.99,255.255.255.0,1h"))
             // No router and no DNS server: the lab leads nowhere.
             .args(["--dhcp-option=3", "--dhcp-option=6"])
