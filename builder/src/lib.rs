@@ -18,6 +18,7 @@ pub mod process;
 pub mod profile;
 pub mod secrets;
 pub mod stages;
+pub mod traced;
 pub mod tree;
 pub mod ui;
 pub mod verify;

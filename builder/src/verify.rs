@@ -162,38 +162,53 @@ fn root_partition_offset(image: &Path, raw: &Path, name: &str, baseline_file: &P
     Ok(root["start"].as_u64().context("the root partition has no start")? * sector)
 }
 
+/// Runs `command "<path>"` in debugfs for each path (one script, one
+/// process) and returns each path's output lines. debugfs echoes every
+/// command as "debugfs: <command>", which splits the output.
+fn debugfs_each(device: &str, command: &str, paths: &[String], work: &Path) -> Result<Vec<(String, Vec<String>)>> {
+    if paths.is_empty() {
+        return Ok(Vec::new());
+    }
+    let script = work.join(format!("{command}.debugfs"));
+    let text: String = paths.iter().map(|p| format!("{command} \"{}\"\n", p.replace('"', "\\\""))).collect();
+    std::fs::write(&script, text)?;
+    let output = Cmd::new("debugfs").arg("-f").arg(&script).arg(device).run()?;
+    let echo = format!("debugfs: {command} ");
+    let mut results: Vec<(String, Vec<String>)> = Vec::new();
+    let mut next_path = paths.iter();
+    for line in output.stdout_text().lines() {
+        if line.starts_with(&echo) {
+            if let Some(path) = next_path.next() {
+                results.push((path.clone(), Vec::new()));
+            }
+        } else if let Some((_, lines)) = results.last_mut() {
+            lines.push(line.to_string());
+        }
+    }
+    Ok(results)
+}
+
 /// Mode, uid and gid of every entry below `directories`, as the file system
 /// records them (debugfs `ls -p`: /inode/mode/uid/gid/name/size/).
 fn inode_attributes(device: &str, directories: &[String], work: &Path) -> Result<Vec<(String, (u32, u32, u32))>> {
-    let script = work.join("ls.debugfs");
-    let mut text = String::new();
-    for dir in directories {
-        text.push_str(&format!("ls -p \"{}\"\n", dir.replace('"', "\\\"")));
-    }
-    std::fs::write(&script, text)?;
-    let output = Cmd::new("debugfs").arg("-f").arg(&script).arg(device).run()?;
     let mut attributes = Vec::new();
-    let mut current: Option<&String> = None;
-    let mut next_dir = directories.iter();
-    for line in output.stdout_text().lines() {
-        if line.starts_with("debugfs: ls -p ") {
-            current = next_dir.next();
-            continue;
+    for (dir, lines) in debugfs_each(device, "ls -p", directories, work)? {
+        for line in lines {
+            let Some(fields) = line.strip_prefix('/').and_then(|l| l.strip_suffix('/')) else { continue };
+            let fields: Vec<&str> = fields.split('/').collect();
+            if fields.len() < 6 {
+                continue;
+            }
+            let entry = fields[4..fields.len() - 1].join("/");
+            let path = match entry.as_str() {
+                "." if dir == "/" => "/".to_string(),
+                "." | ".." => continue,
+                _ if dir == "/" => format!("/{entry}"),
+                _ => format!("{dir}/{entry}"),
+            };
+            let (Ok(mode), Ok(uid), Ok(gid)) = (u32::from_str_radix(fields[1], 8), fields[2].parse(), fields[3].parse()) else { continue };
+            attributes.push((path, (mode, uid, gid)));
         }
-        let (Some(dir), Some(fields)) = (current, line.strip_prefix('/').and_then(|l| l.strip_suffix('/'))) else { continue };
-        let fields: Vec<&str> = fields.split('/').collect();
-        if fields.len() < 6 {
-            continue;
-        }
-        let entry = fields[4..fields.len() - 1].join("/");
-        let path = match entry.as_str() {
-            "." if dir == "/" => "/".to_string(),
-            "." | ".." => continue,
-            _ if dir == "/" => format!("/{entry}"),
-            _ => format!("{dir}/{entry}"),
-        };
-        let (Ok(mode), Ok(uid), Ok(gid)) = (u32::from_str_radix(fields[1], 8), fields[2].parse(), fields[3].parse()) else { continue };
-        attributes.push((path, (mode, uid, gid)));
     }
     Ok(attributes)
 }
@@ -201,26 +216,12 @@ fn inode_attributes(device: &str, directories: &[String], work: &Path) -> Result
 /// "major,minor" of each device node (debugfs `stat`: "Device major/minor
 /// number: 01:03 (hex 01:03)").
 fn device_numbers(device: &str, paths: &[String], work: &Path) -> Result<Vec<(String, String)>> {
-    if paths.is_empty() {
-        return Ok(Vec::new());
-    }
-    let script = work.join("stat.debugfs");
-    let text: String = paths.iter().map(|p| format!("stat \"{}\"\n", p.replace('"', "\\\""))).collect();
-    std::fs::write(&script, text)?;
-    let output = Cmd::new("debugfs").arg("-f").arg(&script).arg(device).run()?;
     let mut numbers = Vec::new();
-    let mut next_path = paths.iter();
-    let mut current = None;
-    for line in output.stdout_text().lines() {
-        if line.starts_with("debugfs: stat ") {
-            current = next_path.next();
-        } else if let (Some(path), Some(rest)) = (current, line.trim().strip_prefix("Device major/minor number: ")) {
-            let pair = rest.split_whitespace().next().unwrap_or("");
-            if let Some((major, minor)) = pair.split_once(':') {
-                if let (Ok(major), Ok(minor)) = (major.parse::<u32>(), minor.parse::<u32>()) {
-                    numbers.push((path.clone(), format!("{major},{minor}")));
-                }
-            }
+    for (path, lines) in debugfs_each(device, "stat", paths, work)? {
+        let pair = lines.iter().find_map(|l| l.trim().strip_prefix("Device major/minor number: ")?.split_whitespace().next().map(String::from));
+        let parsed = pair.as_deref().and_then(|p| p.split_once(':')).and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)));
+        if let Some((major, minor)) = parsed {
+            numbers.push((path, format!("{major},{minor}")));
         }
     }
     Ok(numbers)

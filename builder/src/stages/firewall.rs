@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::build::context::BuildContext;
 use crate::profile::{Cidr, FirewallAllow, Profile, Protocol};
+use crate::traced::{line_named_after, TracedText};
 
 /// The seed's risky ports: NetBIOS, SMB, RPC portmapper, LPR.
 pub const RISKY_PORTS: &str = "111, 137-139, 445, 515";
@@ -37,21 +38,6 @@ net.ipv4.ip_forward = 0
 net.ipv6.conf.all.forwarding = 0
 ";
 
-/// A ruleset and, per line, the profile field it came from (to name it when
-/// `nft -c` refuses a line).
-pub struct Ruleset {
-    pub text: String,
-    pub origins: Vec<Option<String>>,
-}
-
-impl Ruleset {
-    fn line(&mut self, text: &str, origin: Option<String>) {
-        self.text.push_str(text);
-        self.text.push('\n');
-        self.origins.push(origin);
-    }
-}
-
 /// Every declared inbound service: SSH (from `[ssh]`) and `[[firewall.allow]]`.
 pub fn declared_ports(profile: &Profile) -> Vec<FirewallAllow> {
     let mut ports = vec![FirewallAllow {
@@ -61,11 +47,9 @@ pub fn declared_ports(profile: &Profile) -> Vec<FirewallAllow> {
         service: Some("ssh.service".into()),
         at: "[ssh]".into(),
     }];
-    for allow in &profile.firewall.allow {
-        if !ports.iter().any(|p| (p.port, p.protocol) == (allow.port, allow.protocol)) {
-            ports.push(allow.clone());
-        }
-    }
+    // The profile refuses the SSH port in firewall.allow and merges entries
+    // by port and protocol: no entry repeats another.
+    ports.extend(profile.firewall.allow.iter().cloned());
     ports
 }
 
@@ -74,9 +58,9 @@ fn address_set(ranges: &[&Cidr]) -> String {
     format!("{{ {} }}", items.join(", "))
 }
 
-pub fn render(profile: &Profile) -> Ruleset {
+pub fn render(profile: &Profile) -> TracedText {
     let firewall = &profile.firewall;
-    let mut r = Ruleset { text: String::new(), origins: Vec::new() };
+    let mut r = TracedText::default();
     r.line("#!/usr/sbin/nft -f", None);
     r.line(&format!("# rampart: [firewall] of profile {}; loaded before the network comes up.", profile.name), None);
     r.line("flush ruleset", None);
@@ -135,14 +119,6 @@ pub fn render(profile: &Profile) -> Ruleset {
     r
 }
 
-/// Names the profile field behind the first line `nft -c` complains about
-/// ("/etc/nftables.conf:23:5-10: Error: ...").
-fn blame(ruleset: &Ruleset, nft_error: &str) -> Option<String> {
-    let rest = nft_error.split("/etc/nftables.conf:").nth(1)?;
-    let line: usize = rest.split(':').next()?.parse().ok()?;
-    ruleset.origins.get(line.checked_sub(1)?).cloned().flatten()
-}
-
 pub fn run(ctx: &mut BuildContext) -> Result<()> {
     if !ctx.profile.firewall.enable {
         ctx.record("firewall", false, json!({ "reason": "firewall.enable = false" }));
@@ -155,7 +131,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     let output = ctx.in_root("nft").args(["--check", "--file", "/etc/nftables.conf"]).without_network().run_unchecked()?;
     if !output.status.success() {
         let error = String::from_utf8_lossy(&output.stderr).trim().to_string();
-        match blame(&ruleset, &error) {
+        match line_named_after(&error, "/etc/nftables.conf").and_then(|n| ruleset.origin(n)) {
             Some(field) => bail!("{field}: nft refuses the firewall rule made from it:\n{error}"),
             None => bail!("nft refuses the firewall ruleset made from [firewall] of {}:\n{error}", ctx.profile.path.display()),
         }
@@ -187,19 +163,4 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     });
     ctx.record("firewall", true, settings);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nft_errors_are_traced_to_the_profile_field() {
-        let mut ruleset = Ruleset { text: String::new(), origins: Vec::new() };
-        ruleset.line("table inet rampart {", None);
-        ruleset.line("\t\ttcp dport 9 acept", Some("web.toml:7:3: firewall.input-rules".into()));
-        let error = "/etc/nftables.conf:2:20-20: Error: syntax error, unexpected newline";
-        assert_eq!(blame(&ruleset, error).as_deref(), Some("web.toml:7:3: firewall.input-rules"));
-        assert_eq!(blame(&ruleset, "/etc/nftables.conf:1:1-1: Error: x"), None);
-    }
 }

@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 use serde_json::json;
 
 use crate::build::context::BuildContext;
+use crate::traced::{line_named_after, TracedText};
 
 const DROP_IN: &str = "etc/ssh/sshd_config.d/20-rampart.conf";
 const BANNER: &str = "etc/issue.net";
@@ -18,17 +19,9 @@ pub const CIPHERS: &str = "chacha20-poly1305@openssh.com,aes256-gcm@openssh.com,
 pub const MACS: &str = "hmac-sha2-512-etm@openssh.com,hmac-sha2-256-etm@openssh.com,umac-128-etm@openssh.com";
 pub const HOST_KEY_ALGORITHMS: &str = "ssh-ed25519,sk-ssh-ed25519@openssh.com,rsa-sha2-512,rsa-sha2-256";
 
-/// The drop-in and, per line, the profile field it came from.
-struct DropIn {
-    text: String,
-    origins: Vec<String>,
-}
-
-impl DropIn {
-    fn line(&mut self, keyword: &str, value: &str, origin: &str) {
-        self.text.push_str(&format!("{keyword} {value}\n"));
-        self.origins.push(origin.to_string());
-    }
+/// One `Keyword value` line of the drop-in, traced to its field.
+fn keyword(d: &mut TracedText, keyword: &str, value: &str, origin: &str) {
+    d.line(&format!("{keyword} {value}"), Some(origin.to_string()));
 }
 
 pub fn run(ctx: &mut BuildContext) -> Result<()> {
@@ -37,14 +30,14 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
         return Ok(());
     }
     let ssh = ctx.profile.ssh.clone();
-    let mut d = DropIn { text: String::new(), origins: Vec::new() };
-    d.text.push_str(&format!("# rampart: [ssh] of profile {}. sshd takes the first value it reads,\n# and this file is read before sshd_config's own settings.\n", ctx.profile.name));
-    d.origins.extend(["comment".to_string(), "comment".to_string()]);
+    let mut d = TracedText::default();
+    d.line(&format!("# rampart: [ssh] of profile {}. sshd takes the first value it reads,", ctx.profile.name), None);
+    d.line("# and this file is read before sshd_config's own settings.", None);
     // The profile's own options first, so that they win over the defaults below.
-    for (keyword, value) in &ssh.options {
-        d.line(keyword, &value.value, &format!("{}: ssh.options.{keyword}", value.at));
+    for (name, value) in &ssh.options {
+        keyword(&mut d, name, &value.value, &format!("{}: ssh.options.{name}", value.at));
     }
-    d.line("Port", &ssh.port.to_string(), "ssh.port");
+    keyword(&mut d, "Port", &ssh.port.to_string(), "ssh.port");
     let patterns: Vec<String> = ctx
         .profile
         .users
@@ -52,9 +45,9 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
         .flat_map(|user| ssh.allow_from.iter().map(move |range| format!("{}@{}", user.name, range)))
         .collect();
     if !patterns.is_empty() {
-        d.line("AllowUsers", &patterns.join(" "), "ssh.allow-from");
+        keyword(&mut d, "AllowUsers", &patterns.join(" "), "ssh.allow-from");
     }
-    for (keyword, value) in [
+    for (name, value) in [
         ("PermitRootLogin", "no"),
         ("PubkeyAuthentication", "yes"),
         ("AuthenticationMethods", "publickey"),
@@ -66,18 +59,18 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
         ("PermitUserEnvironment", "no"),
         ("UsePAM", "yes"),
     ] {
-        d.line(keyword, value, "fixed by rampart");
+        keyword(&mut d, name, value, "fixed by rampart");
     }
-    d.line("MaxAuthTries", &ssh.max_auth_tries.to_string(), "ssh.max-auth-tries");
-    d.line("LoginGraceTime", &ssh.login_grace_time.to_string(), "ssh.login-grace-time");
+    keyword(&mut d, "MaxAuthTries", &ssh.max_auth_tries.to_string(), "ssh.max-auth-tries");
+    keyword(&mut d, "LoginGraceTime", &ssh.login_grace_time.to_string(), "ssh.login-grace-time");
     let forwarding = if ssh.forwarding { "yes" } else { "no" };
-    for keyword in ["AllowTcpForwarding", "AllowAgentForwarding", "AllowStreamLocalForwarding"] {
-        d.line(keyword, forwarding, "ssh.forwarding");
+    for name in ["AllowTcpForwarding", "AllowAgentForwarding", "AllowStreamLocalForwarding"] {
+        keyword(&mut d, name, forwarding, "ssh.forwarding");
     }
-    for (keyword, value) in [("X11Forwarding", "no"), ("PermitTunnel", "no"), ("GatewayPorts", "no")] {
-        d.line(keyword, value, "fixed by rampart");
+    for (name, value) in [("X11Forwarding", "no"), ("PermitTunnel", "no"), ("GatewayPorts", "no")] {
+        keyword(&mut d, name, value, "fixed by rampart");
     }
-    for (keyword, value) in [
+    for (name, value) in [
         ("KexAlgorithms", KEX_ALGORITHMS),
         ("Ciphers", CIPHERS),
         ("MACs", MACS),
@@ -88,16 +81,18 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
         ("MaxSessions", "10"),
         ("LogLevel", "VERBOSE"),
     ] {
-        d.line(keyword, value, "rampart default (ssh.options may override)");
+        keyword(&mut d, name, value, "rampart default (ssh.options may override)");
     }
-    d.line("Banner", "/etc/issue.net", "ssh.banner");
+    keyword(&mut d, "Banner", "/etc/issue.net", "ssh.banner");
     ctx.install_file(DROP_IN, d.text.as_bytes(), 0o644)?;
     ctx.install_file(BANNER, format!("{}\n", ssh.banner).as_bytes(), 0o644)?;
     // The old access-only drop-in of earlier rampart versions must not linger.
     let _ = std::fs::remove_file(ctx.root().join("etc/ssh/sshd_config.d/20-rampart-access.conf"));
     if let Err(error) = check_with_sshd(ctx) {
         let message = format!("{error:#}");
-        let field = blame(&d.origins, &message).unwrap_or_else(|| format!("[ssh] of {}", ctx.profile.path.display()));
+        let field = line_named_after(&message, "20-rampart.conf")
+            .and_then(|n| d.origin(n))
+            .unwrap_or_else(|| format!("[ssh] of {}", ctx.profile.path.display()));
         bail!("{field}: the image's sshd refuses the configuration made from it:\n{message}");
     }
     ctx.record(
@@ -122,15 +117,6 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     Ok(())
 }
 
-/// The field behind "…/20-rampart.conf line N: …" or "…/20-rampart.conf:
-/// line N: …" (unknown keywords) in sshd's complaint.
-fn blame(origins: &[String], message: &str) -> Option<String> {
-    let rest = message.split("20-rampart.conf").nth(1)?;
-    let rest = rest.trim_start_matches(':').trim_start().strip_prefix("line ")?;
-    let line: usize = rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()?;
-    origins.get(line.checked_sub(1)?).cloned()
-}
-
 /// Runs the image's `sshd -t` with a throwaway host key (the image has none).
 fn check_with_sshd(ctx: &BuildContext) -> Result<()> {
     let key = "/run/rampart-sshd-check-key";
@@ -143,19 +129,4 @@ fn check_with_sshd(ctx: &BuildContext) -> Result<()> {
     }
     let _ = std::fs::remove_dir(ctx.root().join("run/sshd"));
     result.map(|_| ())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sshd_complaints_are_traced_to_the_profile_field() {
-        let origins = vec!["comment".to_string(), "comment".to_string(), "web.toml:9:11: ssh.options.Ciphers".to_string()];
-        let message = "/etc/ssh/sshd_config.d/20-rampart.conf line 3: Bad SSH2 cipher spec 'des'.";
-        assert_eq!(blame(&origins, message).as_deref(), Some("web.toml:9:11: ssh.options.Ciphers"));
-        let unknown = "/etc/ssh/sshd_config.d/20-rampart.conf: line 3: Bad configuration option: Chiphers";
-        assert_eq!(blame(&origins, unknown).as_deref(), Some("web.toml:9:11: ssh.options.Ciphers"));
-        assert_eq!(blame(&origins, "something else"), None);
-    }
 }

@@ -42,16 +42,11 @@ impl Accel {
 
 /// Checks that QEMU and OVMF are installed before anything boots.
 pub fn require_host_tools() -> Result<()> {
-    if !crate::process::have_program(QEMU) {
-        bail!("{QEMU} is not installed; {}", crate::process::INSTALL_HINT);
-    }
+    crate::process::require_programs(&[(QEMU, "qemu-system-x86"), ("ssh", "openssh-client")])?;
     for firmware in [OVMF_CODE, OVMF_VARS] {
         if !Path::new(firmware).exists() {
             bail!("UEFI firmware {firmware} is missing (package ovmf); {}", crate::process::INSTALL_HINT);
         }
-    }
-    if !crate::process::have_program("ssh") {
-        bail!("ssh is not installed (package openssh-client); {}", crate::process::INSTALL_HINT);
     }
     Ok(())
 }
