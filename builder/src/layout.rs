@@ -9,6 +9,8 @@ pub const ROOT_LABEL: &str = "rampart-root";
 pub const CONFIG_LABEL: &str = "rampart-cfg";
 pub const ESP_SIZE_MIB: u64 = 128;
 pub const CONFIG_SIZE_MIB: u64 = 16;
+/// Where the configuration partition is mounted, read-only.
+pub const CONFIG_MOUNT: &str = "/etc/rampart";
 /// Partitions start at 1 MiB, aligned.
 pub const FIRST_LBA_MIB: u64 = 1;
 

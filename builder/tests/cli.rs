@@ -88,3 +88,13 @@ fn build_refuses_to_replace_a_directory_that_is_not_its_output_before_any_work()
     assert!(stderr.contains("refusing to replace") && stderr.contains("not a rampart output directory"), "{stderr}");
     assert_eq!(std::fs::read_to_string(out.path().join("precious.txt")).unwrap(), "keep me");
 }
+
+#[test]
+fn log_host_without_port_is_refused() {
+    check("bad-log-host");
+}
+
+#[test]
+fn integrity_rule_that_is_not_a_selection_line_is_refused() {
+    check("bad-integrity-rule");
+}

@@ -127,7 +127,18 @@ fn offline_build_of_baseline_in_a_network_namespace_makes_every_artifact() {
     assert!(!baseline.lines().any(|l| l.starts_with("/var/lib/apt/lists/") && !l.ends_with("\t-")), "apt lists are emptied");
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("baseline.report.json")).unwrap()).unwrap();
     let stages: Vec<&str> = report["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
-    assert_eq!(stages, ["packages", "configure", "passwords", "users", "firstboot", "ssh", "firewall", "overlays", "services", "seal", "disk"]);
+    assert_eq!(
+        stages,
+        ["packages", "configure", "passwords", "users", "firstboot", "ssh", "firewall", "logging", "integrity", "overlays", "services", "seal", "config-partition", "disk"]
+    );
+    // The integrity baseline was made at build time, and lives on the
+    // configuration partition, not in the root file system.
+    let integrity = report["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "integrity").unwrap();
+    assert!(integrity["settings"]["database-entries"].as_u64().unwrap() > 3000, "{integrity}");
+    assert!(!baseline.contains("/etc/rampart/"), "the configuration partition's files are not in the root");
+    let partition = report["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "config-partition").unwrap();
+    let files = partition["settings"]["files"].to_string();
+    assert!(files.contains("/etc/rampart/aide/aide.db.gz") && files.contains("/etc/rampart/rsyslog/rsyslog.conf"), "{files}");
     // The admin's initial password: in a 0600 file next to the artifacts,
     // outside SHA256SUMS, and nowhere in the image, the report or the log.
     use std::os::unix::fs::PermissionsExt;
@@ -193,6 +204,8 @@ fn access_settings_the_image_refuses_fail_the_build_naming_the_field() {
         ("bad-unit", "[services]\nenable = [\"ssh.service\", \"nginx.service\"]\n", "bad-unit.toml:5:26: services.enable: no installed package provides nginx.service"),
         ("bad-rule", "[firewall]\ninput-rules = [\"tcp dport 9100 acept\"]\n", "bad-rule.toml:5:16: firewall.input-rules: nft refuses the firewall rule made from it"),
         ("bad-sshd", "[ssh.options]\nCiphers = \"des-cbc@nowhere\"\n", "bad-sshd.toml:5:11: ssh.options.Ciphers: the image's sshd refuses the configuration made from it"),
+        ("bad-aide", "[integrity]\nrules = [\"/srv/app Content\", \"/opt/app NoSuchGroup\"]\n", "bad-aide.toml:5:30: integrity.rules: aide refuses the rule made from it"),
+        ("bad-schedule", "[integrity]\nschedule = \"every full moon\"\n", "bad-schedule.toml:5:12: integrity.schedule: \"every full moon\" is not a calendar expression systemd accepts"),
     ];
     for (name, section, expected) in cases {
         let profile = format!("name = \"{name}\"\nextends = \"baseline.toml\"\n\n{section}");

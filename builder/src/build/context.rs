@@ -93,6 +93,12 @@ impl BuildContext {
         self.staging.path().join("work")
     }
 
+    /// The tree of the read-only configuration partition (mounted at
+    /// `layout::CONFIG_MOUNT`), split off the root before the disk is made.
+    pub fn config_tree(&self) -> PathBuf {
+        self.staging.path().join("config-partition")
+    }
+
     pub fn log(&self) -> &Path {
         &self.log
     }

@@ -122,9 +122,13 @@ pub fn build(profile: Profile, mirror: Mirror, options: &BuildOptions) -> Result
     stages::firstboot::run(&mut ctx)?;
     stages::ssh::run(&mut ctx)?;
     stages::firewall::run(&mut ctx)?;
+    stages::logging::run(&mut ctx)?;
+    stages::integrity::run(&mut ctx)?;
     stages::overlays::run(&mut ctx)?;
     stages::services::run(&mut ctx)?;
     stages::seal::run(&mut ctx)?;
+    stages::integrity::seed_database(&mut ctx)?;
+    stages::config_partition::run(&mut ctx)?;
     write_artifacts(&mut ctx, &inputs)?;
     ctx.publish(&options.out)?;
     ui::step(&format!("artifacts in {}", options.out.display()));

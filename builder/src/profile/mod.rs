@@ -4,6 +4,7 @@
 //! nothing else; never runs a process, never touches the network.
 
 pub mod controls;
+pub mod monitoring;
 pub mod raw;
 pub mod types;
 
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 
 pub use controls::{FirewallAllow, FirewallSpec, PasswordPolicy, Protocol, ServicesSpec, Sited};
+pub use monitoring::{IntegritySpec, LogHost, LoggingSpec};
 pub use types::{Cidr, Hostname, ImageSize, PackageName, Port, ProfileName, UserName};
 
 /// A profile error: names file:line:col and the field.
@@ -123,6 +125,8 @@ pub struct Profile {
     pub services: ServicesSpec,
     pub passwords: PasswordPolicy,
     pub firewall: FirewallSpec,
+    pub logging: LoggingSpec,
+    pub integrity: IntegritySpec,
     pub users: Vec<User>,
     pub overlays: Vec<OverlayTree>,
     pub overlay_modes: BTreeMap<String, FileMode>,
@@ -160,6 +164,7 @@ struct Layer {
     ssh_port: Option<Port>,
     ssh_allow_from: Option<Vec<Cidr>>,
     controls: controls::ControlsLayer,
+    monitoring: monitoring::MonitoringLayer,
     users: Vec<User>,
     overlays: Vec<OverlayTree>,
     overlay_modes: BTreeMap<String, FileMode>,
@@ -275,6 +280,7 @@ fn validate_layer(source: &Source, raw: raw::RawProfile) -> Result<Layer, Profil
         }
     }
     layer.controls = controls::validate(source, raw.ssh.as_ref(), raw.services, raw.passwords, raw.firewall)?;
+    layer.monitoring = monitoring::validate(source, raw.logging, raw.integrity)?;
     if let Some(ssh) = raw.ssh {
         if let Some(port) = &ssh.port {
             layer.ssh_port = Some(source.check(port, "ssh.port", |p| Port::from_i64(*p))?);
@@ -379,6 +385,7 @@ fn merge(base: &mut Layer, child: Layer) {
     take(&mut base.ssh_port, child.ssh_port);
     take(&mut base.ssh_allow_from, child.ssh_allow_from);
     controls::merge(&mut base.controls, child.controls);
+    monitoring::merge(&mut base.monitoring, child.monitoring);
     for user in child.users {
         base.users.retain(|u| u.name != user.name);
         base.users.push(user);
@@ -411,12 +418,19 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
         }
     }
     let controls = controls::finish(layer.controls).map_err(at_file)?;
+    let (logging, integrity) = monitoring::finish(layer.monitoring);
     let mut include: BTreeSet<PackageName> = layer.include.into_iter().collect();
     let exclude: BTreeSet<PackageName> = layer.exclude.into_iter().collect();
     // Each control brings the Debian packages that do its work in the image.
     let mut needed = vec![("passwords", "libpam-pwquality"), ("passwords", "cracklib-runtime")];
     if controls.firewall.enable {
         needed.push(("firewall", "nftables"));
+    }
+    if logging.enable {
+        needed.push(("logging", "rsyslog"));
+    }
+    if integrity.enable {
+        needed.push(("integrity", "aide"));
     }
     for (control, package) in needed {
         let package = PackageName::parse(package).expect("valid");
@@ -486,6 +500,8 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
         services: controls.services,
         passwords: controls.passwords,
         firewall: controls.firewall,
+        logging,
+        integrity,
         users,
         overlays: layer.overlays,
         overlay_modes: layer.overlay_modes,

@@ -20,6 +20,8 @@ pub struct RawProfile {
     pub services: Option<RawServices>,
     pub passwords: Option<RawPasswords>,
     pub firewall: Option<RawFirewall>,
+    pub logging: Option<RawLogging>,
+    pub integrity: Option<RawIntegrity>,
     #[serde(default)]
     pub users: Vec<RawUser>,
     pub overlays: Option<RawOverlays>,
@@ -104,6 +106,26 @@ pub struct RawPasswords {
     pub warn_days: Option<Spanned<i64>>,
     pub inactive_days: Option<Spanned<i64>>,
     pub umask: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawLogging {
+    pub enable: Option<bool>,
+    /// host:port of the remote log host; "" for none.
+    pub remote: Option<Spanned<String>>,
+    pub queue_max_mib: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawIntegrity {
+    pub enable: Option<bool>,
+    #[serde(default)]
+    pub exclude: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub rules: Vec<Spanned<String>>,
+    pub schedule: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

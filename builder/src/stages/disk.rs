@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use crate::build::context::BuildContext;
-use crate::layout::{Identifiers, CONFIG_SIZE_MIB, ESP_LABEL, ESP_SIZE_MIB, FIRST_LBA_MIB, ROOT_LABEL};
+use crate::layout::{Identifiers, CONFIG_LABEL, CONFIG_MOUNT, CONFIG_SIZE_MIB, ESP_LABEL, ESP_SIZE_MIB, FIRST_LBA_MIB, ROOT_LABEL};
 use crate::process::Cmd;
 use crate::tree::{walk, Kind};
 use crate::ui;
@@ -52,7 +52,30 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     }
 
     let root_image = work.join("root.ext4");
-    make_root_filesystem(ctx, &root_image, root_size_mib, n_entries, &ids, &epoch)?;
+    let root_fs = Ext4 {
+        what: "root",
+        tree: root.clone(),
+        size_mib: root_size_mib,
+        inodes: (n_entries * 2).max(65536),
+        label: ROOT_LABEL,
+        uuid: &ids.root_fs_uuid,
+        hash_seed: &ids.root_hash_seed,
+        journal: true,
+    };
+    make_ext4(ctx, &root_image, &root_fs, &epoch)?;
+    // Read-only where mounted: no journal to replay.
+    let config_image = work.join("config.ext4");
+    let config_fs = Ext4 {
+        what: "configuration",
+        tree: ctx.config_tree(),
+        size_mib: CONFIG_SIZE_MIB,
+        inodes: 1024,
+        label: CONFIG_LABEL,
+        uuid: &ids.config_fs_uuid,
+        hash_seed: &ids.config_hash_seed,
+        journal: false,
+    };
+    make_ext4(ctx, &config_image, &config_fs, &epoch)?;
     let esp_image = work.join("esp.vfat");
     let cmdline = format!("root=PARTUUID={} rw {}", ids.root_partuuid, ctx.kernel_cmdline());
     make_esp(&work, &esp_image, &kernel, &initrd, &cmdline, &ids, &epoch)?;
@@ -60,8 +83,10 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     let raw = ctx.artifact("raw");
     write_partition_table(&raw, &work, disk_bytes, root_start_mib, root_size_mib, &ids)?;
     copy_sparse(&esp_image, &raw, FIRST_LBA_MIB * MIB)?;
+    copy_sparse(&config_image, &raw, (FIRST_LBA_MIB + ESP_SIZE_MIB) * MIB)?;
     copy_sparse(&root_image, &raw, root_start_mib * MIB)?;
     std::fs::remove_file(&root_image)?;
+    std::fs::remove_file(&config_image)?;
 
     let qcow2 = ctx.artifact("qcow2");
     Cmd::new("qemu-img")
@@ -78,7 +103,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
             "size": disk_bytes,
             "partitions": [
                 {"name": "esp", "label": ESP_LABEL, "size-mib": ESP_SIZE_MIB, "partuuid": ids.esp_partuuid, "type": TYPE_ESP},
-                {"name": "rampart-config", "size-mib": CONFIG_SIZE_MIB, "partuuid": ids.config_partuuid, "type": TYPE_LINUX_DATA},
+                {"name": "rampart-config", "label": CONFIG_LABEL, "size-mib": CONFIG_SIZE_MIB, "partuuid": ids.config_partuuid, "fs-uuid": ids.config_fs_uuid, "type": TYPE_LINUX_DATA, "mount": format!("{CONFIG_MOUNT} (read-only)")},
                 {"name": "root", "label": ROOT_LABEL, "size-mib": root_size_mib, "partuuid": ids.root_partuuid, "fs-uuid": ids.root_fs_uuid, "type": TYPE_ROOT_X86_64},
             ],
             "disk-guid": ids.disk_guid,
@@ -144,30 +169,42 @@ fn root_needs(root: &Path) -> Result<(u64, u64)> {
     Ok((mib, entries))
 }
 
-fn make_root_filesystem(ctx: &BuildContext, image: &Path, size_mib: u64, n_entries: u64, ids: &Identifiers, epoch: &str) -> Result<()> {
-    File::create(image)?.set_len(size_mib * MIB)?;
-    let inodes = (n_entries * 2).max(65536);
+/// One ext4 file system made from a tree, with fixed identifiers and times.
+struct Ext4<'a> {
+    what: &'a str,
+    tree: PathBuf,
+    size_mib: u64,
+    inodes: u64,
+    label: &'a str,
+    uuid: &'a str,
+    hash_seed: &'a str,
+    journal: bool,
+}
+
+fn make_ext4(ctx: &BuildContext, image: &Path, fs: &Ext4, epoch: &str) -> Result<()> {
+    File::create(image)?.set_len(fs.size_mib * MIB)?;
     Cmd::new("mkfs.ext4")
         .args(["-q", "-F", "-T", "default", "-b", "4096"])
-        .arg("-N").arg(inodes.to_string())
-        .arg("-L").arg(ROOT_LABEL)
-        .arg("-U").arg(&ids.root_fs_uuid)
-        .arg("-E").arg(format!("hash_seed={},lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner=0:0", ids.root_hash_seed))
-        .arg("-d").arg(ctx.root())
+        .args(if fs.journal { &[][..] } else { &["-O", "^has_journal"][..] })
+        .arg("-N").arg(fs.inodes.to_string())
+        .arg("-L").arg(fs.label)
+        .arg("-U").arg(fs.uuid)
+        .arg("-E").arg(format!("hash_seed={},lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner=0:0", fs.hash_seed))
+        .arg("-d").arg(&fs.tree)
         .arg(image)
         // mke2fs 1.47.0 ignores SOURCE_DATE_EPOCH but honours this.
         .env("E2FSPROGS_FAKE_TIME", epoch)
         .run()
-        .context("while making the root file system")?;
+        .with_context(|| format!("while making the {} file system", fs.what))?;
     // mkfs.ext4 -d copies atime and ctime from the build tree; pin them.
     let mut commands = String::new();
-    for entry in walk(&ctx.root())? {
+    for entry in walk(&fs.tree)? {
         if entry.image_path.contains('"') || entry.image_path.contains('\n') {
             bail!("the image holds a path debugfs cannot address: {:?}", entry.image_path);
         }
         commands.push_str(&format!("sif \"{0}\" atime @{epoch}\nsif \"{0}\" ctime @{epoch}\n", entry.image_path));
     }
-    let script = ctx.work().join("debugfs-times.cmds");
+    let script = ctx.work().join(format!("debugfs-times-{}.cmds", fs.label));
     std::fs::write(&script, commands)?;
     let output = Cmd::new("debugfs")
         .arg("-w")
@@ -176,7 +213,7 @@ fn make_root_filesystem(ctx: &BuildContext, image: &Path, size_mib: u64, n_entri
         .arg(image)
         .env("E2FSPROGS_FAKE_TIME", epoch)
         .run()
-        .context("while pinning the root file system's timestamps")?;
+        .with_context(|| format!("while pinning the {} file system's timestamps", fs.what))?;
     let complaints: Vec<String> = String::from_utf8_lossy(&output.stderr)
         .lines()
         .filter(|l| !l.starts_with("debugfs") && !l.trim().is_empty())

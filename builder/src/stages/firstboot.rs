@@ -10,7 +10,7 @@ use anyhow::Result;
 use serde_json::json;
 
 use crate::build::context::BuildContext;
-use crate::layout::Identifiers;
+use crate::layout::{Identifiers, CONFIG_MOUNT};
 
 /// Only an Ed25519 host key: modern, and generated in milliseconds even
 /// under emulation (RSA 3072 takes ~18 s under TCG).
@@ -37,8 +37,11 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     let mut done = Vec::new();
 
     let fstab = format!(
-        "# rampart layout: root found by partition UUID, never by device name; grown to the disk on boot\nPARTUUID={}\t/\text4\tdefaults,errors=remount-ro,x-systemd.growfs\t0\t1\n",
-        ids.root_partuuid
+        "# rampart layout: root found by partition UUID, never by device name; grown to the disk on boot\n\
+         PARTUUID={}\t/\text4\tdefaults,errors=remount-ro,x-systemd.growfs\t0\t1\n\
+         # the configuration partition (logging, integrity): read-only\n\
+         PARTUUID={}\t{CONFIG_MOUNT}\text4\tro,nodev,nosuid,noexec\t0\t0\n",
+        ids.root_partuuid, ids.config_partuuid
     );
     ctx.install_file("etc/fstab", fstab.as_bytes(), 0o644)?;
     ctx.install_file("etc/repart.d/50-root.conf", b"# grow the root partition to fill the disk (systemd-repart)\n[Partition]\nType=root\n", 0o644)?;

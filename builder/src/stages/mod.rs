@@ -1,10 +1,13 @@
 //! One module per stage and per hardening control. Stages read the validated
 //! profile from the context and never parse TOML.
 
+pub mod config_partition;
 pub mod configure;
 pub mod disk;
 pub mod firewall;
 pub mod firstboot;
+pub mod integrity;
+pub mod logging;
 pub mod overlays;
 pub mod packages;
 pub mod passwords;

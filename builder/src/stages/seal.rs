@@ -46,6 +46,11 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
             removed.push(format!("/{relative}"));
         }
     }
+    // D-Bus's machine id is systemd's: a link, as dbus's tmpfiles.d would
+    // make on first boot (and then the integrity baseline would miss it).
+    if root.join("usr/lib/tmpfiles.d/dbus.conf").exists() {
+        ctx.install_symlink("var/lib/dbus/machine-id", "/etc/machine-id")?;
+    }
     let ssh_dir = root.join("etc/ssh");
     if ssh_dir.is_dir() {
         for entry in std::fs::read_dir(&ssh_dir)? {

@@ -27,6 +27,13 @@ pub fn implied_units(profile: &Profile) -> Vec<(String, &'static str)> {
     if profile.firewall.enable {
         units.push(("nftables.service".to_string(), "[firewall]"));
     }
+    if profile.logging.enable {
+        units.push(("rsyslog.service".to_string(), "[logging]"));
+    }
+    if profile.integrity.enable {
+        units.push((crate::stages::integrity::CHECK_TIMER.to_string(), "[integrity]"));
+        units.push((crate::stages::integrity::CHECK_SERVICE.to_string(), "[integrity], started by its timer"));
+    }
     units
 }
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::process::{Background, Cmd};
+use crate::vmtest::collector::Collector;
 
 /// The lab subnet; it exists only inside the namespaces.
 pub const SUBNET_PREFIX: &str = "10.77.0";
@@ -23,6 +24,8 @@ pub struct Lab {
     pub lab_ns: String,
     pub outside_ns: String,
     dhcp: Option<Background>,
+    /// The remote log host on the second host, when the profile forwards there.
+    pub collector: Option<Collector>,
 }
 
 /// The lab address and MAC of the machine with this index.
@@ -39,7 +42,7 @@ impl Lab {
     pub fn create(work: &Path, n_machines: usize) -> Result<Lab> {
         remove_stale_namespaces();
         let tag = std::process::id();
-        let mut lab = Lab { lab_ns: format!("rampart-{tag}-lab"), outside_ns: format!("rampart-{tag}-outside"), dhcp: None };
+        let mut lab = Lab { lab_ns: format!("rampart-{tag}-lab"), outside_ns: format!("rampart-{tag}-outside"), dhcp: None, collector: None };
         ip(&["netns", "add", &lab.lab_ns])?;
         ip(&["netns", "add", &lab.outside_ns])?;
         ip(&["-n", &lab.lab_ns, "link", "set", "lo", "up"])?;
@@ -70,6 +73,14 @@ impl Lab {
         }
         lab.dhcp = Some(dnsmasq.spawn_background(&work.join("lab-dnsmasq.log"))?);
         Ok(lab)
+    }
+
+    /// Starts the remote log host at `address` (an address of the second host).
+    pub fn start_collector(&mut self, address: std::net::SocketAddr) -> Result<()> {
+        let collector = Collector::new(&self.outside_ns, address);
+        collector.start()?;
+        self.collector = Some(collector);
+        Ok(())
     }
 
     /// A command run on the second host.
@@ -180,6 +191,9 @@ fn remove_stale_namespaces() {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if let Some(collector) = self.collector.take() {
+            collector.stop();
+        }
         if let Some(mut dhcp) = self.dhcp.take() {
             dhcp.kill();
         }

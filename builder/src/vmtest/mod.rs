@@ -3,6 +3,7 @@
 //! writes a human summary and JUnit XML. The verdict comes from the checks
 //! only; QEMU's exit status is never trusted.
 
+pub mod collector;
 pub mod junit;
 pub mod lab;
 pub mod qemu;
@@ -75,6 +76,20 @@ pub fn find_scenarios(profile: &Profile, only: Option<&str>) -> Result<Vec<Scena
 
 pub fn run(profile: Profile, mirror: Mirror, options: &TestOptions) -> Result<()> {
     let scenarios = find_scenarios(&profile, options.scenario.as_deref())?;
+    for scenario in &scenarios {
+        if let Some(check) = scenario.checks.iter().find(|c| c.action.needs_remote_log_host()) {
+            if lab_log_host(&profile).is_none() {
+                bail!(
+                    "{}: check {} needs the profile's logging.remote to be an address of the lab's second host ({}); {} forwards to {}",
+                    scenario.path.display(),
+                    check.name,
+                    lab::OUTSIDE_ADDRESSES.join(", "),
+                    profile.path.display(),
+                    profile.logging.remote.as_ref().map(|r| r.value.to_string()).unwrap_or_else(|| "no remote host".into())
+                );
+            }
+        }
+    }
     qemu::require_host_tools()?;
     let Some(admin) = profile.users.first().map(|u| u.name.to_string()) else {
         bail!("{}: the profile has no [[users]] admin account, so the test harness has no way in", profile.path.display());
@@ -108,6 +123,15 @@ pub fn run(profile: Profile, mirror: Mirror, options: &TestOptions) -> Result<()
     }
     ui::step(&format!("all {n_cases} checks passed"));
     Ok(())
+}
+
+/// The profile's remote log host, if it is an address of the lab's second host.
+fn lab_log_host(profile: &Profile) -> Option<std::net::SocketAddr> {
+    let remote = profile.logging.remote.as_ref()?;
+    if !profile.logging.enable || !lab::OUTSIDE_ADDRESSES.contains(&remote.value.host.as_str()) {
+        return None;
+    }
+    format!("{}:{}", remote.value.host, remote.value.port).parse().ok()
 }
 
 /// Builds unless the artifacts in `out` were made from exactly these inputs.
@@ -167,7 +191,10 @@ fn run_scenario(
     let boot_timeout = scenario.boot_timeout;
     let mut cases = Vec::new();
     let mut captured: BTreeMap<usize, Vec<(String, String)>> = BTreeMap::new();
-    let lab = if scenario.isolated_network { Some(lab::Lab::create(work, scenario.machines.len())?) } else { None };
+    let mut lab = if scenario.isolated_network { Some(lab::Lab::create(work, scenario.machines.len())?) } else { None };
+    if let (Some(lab), Some(address)) = (lab.as_mut(), lab_log_host(profile)) {
+        lab.start_collector(address)?;
+    }
     for (index, spec) in scenario.machines.iter().enumerate() {
         let config = MachineConfig {
             name: &spec.name,
@@ -507,6 +534,69 @@ fn run_check(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Result<Opt
             } else {
                 Err(failed("the first login was let in without changing the initial password", String::new()))
             }
+        }
+        Action::RemoteLogReceives | Action::RemoteLogSurvivesOutage => {
+            let Some(collector) = outside.and_then(|(lab, _)| lab.collector.as_ref()) else {
+                return Err(failed("this check needs the profile's remote log host on the isolated network", String::new()));
+            };
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
+            let tag = format!("rampart-check-{}-{nanos}", std::process::id());
+            let outage = matches!(check.action, Action::RemoteLogSurvivesOutage);
+            if outage {
+                collector.stop();
+            }
+            let lines: Vec<String> = (1..=if outage { 5 } else { 1 }).map(|i| format!("{tag}-line-{i}")).collect();
+            for line in &lines {
+                let command = format!("logger -p user.notice -t rampart-check {line}");
+                let output = ssh(machine, &command, remaining())?;
+                if !output.status.success() {
+                    return Err(failed(format!("`{command}` failed"), show(&command, &output)));
+                }
+            }
+            if outage {
+                // Long enough for rsyslog to notice the host is gone and queue.
+                std::thread::sleep(Duration::from_secs(5));
+                if let Some(line) = lines.iter().find(|l| collector.received().contains(l.as_str())) {
+                    return Err(failed(format!("{line} arrived while the log host was down: the outage was not real"), String::new()));
+                }
+                collector.start().map_err(|e| failed("could not start the log collector again", format!("{e:#}")))?;
+            }
+            loop {
+                let received = collector.received();
+                let missing: Vec<&String> = lines.iter().filter(|l| !received.contains(l.as_str())).collect();
+                if missing.is_empty() {
+                    return Ok(None);
+                }
+                if Instant::now() >= deadline {
+                    let tail: String = received.chars().rev().take(2000).collect::<Vec<_>>().into_iter().rev().collect();
+                    return Err(failed(
+                        format!("{} of {} lines never reached the log host at {}: {missing:?}", missing.len(), lines.len(), collector.address()),
+                        format!("the log host received (tail):\n{tail}"),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+        Action::ProfileServicesLog => {
+            let mut units: Vec<String> = env.profile.services.enable.iter().map(|u| u.value.clone()).collect();
+            units.extend(crate::stages::services::implied_units(env.profile).into_iter().map(|(u, _)| u));
+            units.retain(|u| u.ends_with(".service"));
+            units.sort();
+            units.dedup();
+            // For each running one: its main process's name, found among the
+            // program names of /var/log/syslog or auth.log (sshd logs as auth).
+            let script = format!(
+                "for u in {}; do [ \"$(systemctl is-active $u)\" = active ] || continue; \
+                 pid=$(systemctl show -p MainPID --value $u); [ \"$pid\" -gt 0 ] || continue; comm=$(cat /proc/$pid/comm); \
+                 if grep -qE \" $comm[^ ]*[:[]\" /var/log/syslog /var/log/auth.log; then echo \"$u logs as $comm\"; else echo \"SILENT $u ($comm)\"; fi; done",
+                units.join(" ")
+            );
+            let output = ssh(machine, &script, check.timeout)?;
+            let text = output.stdout_text();
+            if !output.status.success() || text.contains("SILENT") || !text.contains(" logs as ") {
+                return Err(failed("a running service of the profile has no lines of its own in /var/log/syslog or auth.log", show(&script, &output)));
+            }
+            Ok(None)
         }
         Action::OutsideSucceed { .. } | Action::OutsideFail { .. } | Action::OpenTcpPorts { .. } | Action::OpenUdpPorts { .. } => {
             Err(failed("this check needs the isolated network", String::new()))

@@ -58,6 +58,12 @@ struct RawCheck {
     running_services_match_profile: Option<bool>,
     listening_sockets_match_profile: Option<bool>,
     first_login_forced_password_change: Option<bool>,
+    /// A line logged in the guest reaches the profile's remote log host.
+    remote_log_receives: Option<bool>,
+    /// Lines logged while the remote log host is down arrive once it is back.
+    remote_log_survives_outage: Option<bool>,
+    /// Every running service of the profile has lines of its own in syslog.
+    profile_services_log: Option<bool>,
     /// Run the command as root, through sudo with the admin's password.
     as_root: Option<bool>,
     expect: Option<String>,
@@ -120,11 +126,32 @@ pub enum Action {
     ListeningSocketsMatchProfile,
     /// The first login had to change the account's expired password.
     FirstLoginForcedPasswordChange,
+    /// A line logged in the guest arrives at the remote log host (the
+    /// profile's `logging.remote`, an address of the second host).
+    RemoteLogReceives,
+    /// With the remote log host down, lines logged in the guest wait in its
+    /// queue and all arrive once the host is back.
+    RemoteLogSurvivesOutage,
+    /// Every running service of the profile writes lines of its own to syslog.
+    ProfileServicesLog,
 }
 
 impl Action {
     fn needs_isolated_network(&self) -> bool {
-        matches!(self, Action::OutsideSucceed { .. } | Action::OutsideFail { .. } | Action::OpenTcpPorts { .. } | Action::OpenUdpPorts { .. })
+        matches!(
+            self,
+            Action::OutsideSucceed { .. }
+                | Action::OutsideFail { .. }
+                | Action::OpenTcpPorts { .. }
+                | Action::OpenUdpPorts { .. }
+                | Action::RemoteLogReceives
+                | Action::RemoteLogSurvivesOutage
+        )
+    }
+
+    /// The check needs the profile's remote log host on the second host.
+    pub fn needs_remote_log_host(&self) -> bool {
+        matches!(self, Action::RemoteLogReceives | Action::RemoteLogSurvivesOutage)
     }
 }
 
@@ -295,9 +322,18 @@ fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec]) 
     if raw.first_login_forced_password_change == Some(true) {
         actions.push(Action::FirstLoginForcedPasswordChange);
     }
+    if raw.remote_log_receives == Some(true) {
+        actions.push(Action::RemoteLogReceives);
+    }
+    if raw.remote_log_survives_outage == Some(true) {
+        actions.push(Action::RemoteLogSurvivesOutage);
+    }
+    if raw.profile_services_log == Some(true) {
+        actions.push(Action::ProfileServicesLog);
+    }
     let action = match actions.len() {
         1 => actions.remove(0),
-        0 => return Err(source.error(&raw.name, format!("check {name}: no action; give one of succeed, fail, wait-until-succeeds, wait-for-unit, wait-for-port, differ, ssh-refuses-wrong-key, ssh-refuses, outside-succeed, outside-fail, open-tcp-ports, open-udp-ports, running-services-match-profile, listening-sockets-match-profile, first-login-forced-password-change"))),
+        0 => return Err(source.error(&raw.name, format!("check {name}: no action; give one of succeed, fail, wait-until-succeeds, wait-for-unit, wait-for-port, differ, ssh-refuses-wrong-key, ssh-refuses, outside-succeed, outside-fail, open-tcp-ports, open-udp-ports, running-services-match-profile, listening-sockets-match-profile, first-login-forced-password-change, remote-log-receives, remote-log-survives-outage, profile-services-log"))),
         _ => return Err(source.error(&raw.name, format!("check {name}: give exactly one action"))),
     };
     let uses_expect = matches!(action, Action::Succeed { .. } | Action::WaitUntilSucceeds { .. } | Action::OutsideSucceed { .. } | Action::SshRefuses { .. });
@@ -358,7 +394,7 @@ mod tests {
     fn unknown_check_kind_is_refused() {
         check_error(
             "profile = \"baseline\"\n[[check]]\nname = \"x\"\nsucceeds = \"true\"\n",
-            "$DIR/vm-tests/t.toml:4:1: unknown field `succeeds`, expected one of `name`, `machine`, `timeout`, `succeed`, `fail`, `wait-until-succeeds`, `wait-for-unit`, `wait-for-port`, `differ`, `ssh-refuses-wrong-key`, `outside-succeed`, `outside-fail`, `open-tcp-ports`, `open-udp-ports`, `scan-from`, `ssh-refuses`, `ssh-user`, `running-services-match-profile`, `listening-sockets-match-profile`, `first-login-forced-password-change`, `as-root`, `expect`, `expect-contains`",
+            "$DIR/vm-tests/t.toml:4:1: unknown field `succeeds`, expected one of `name`, `machine`, `timeout`, `succeed`, `fail`, `wait-until-succeeds`, `wait-for-unit`, `wait-for-port`, `differ`, `ssh-refuses-wrong-key`, `outside-succeed`, `outside-fail`, `open-tcp-ports`, `open-udp-ports`, `scan-from`, `ssh-refuses`, `ssh-user`, `running-services-match-profile`, `listening-sockets-match-profile`, `first-login-forced-password-change`, `remote-log-receives`, `remote-log-survives-outage`, `profile-services-log`, `as-root`, `expect`, `expect-contains`",
         );
     }
 

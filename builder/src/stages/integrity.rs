@@ -1,0 +1,282 @@
+//! Integrity control (seed step 9, "System Integrity Checking"): an AIDE
+//! database of the finished image, made at build time, offline, before the
+//! image ever touches a network, and kept with its configuration on the
+//! read-only configuration partition. A timer runs `aide --check` on the
+//! profile's schedule; the report goes to the journal (and so to syslog and
+//! the remote log host). Rules leave out only what changes by design at run
+//! time. The image's own `aide --config-check` checks the rules at build time.
+
+use std::io::Write;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use crate::build::context::BuildContext;
+use crate::fsutil::sha256_file;
+use crate::layout::CONFIG_MOUNT;
+use crate::profile::Profile;
+use crate::traced::{line_named_after, TracedText};
+
+pub fn config_path() -> String {
+    format!("{CONFIG_MOUNT}/aide/aide.conf")
+}
+
+pub fn database_path() -> String {
+    format!("{CONFIG_MOUNT}/aide/aide.db.gz")
+}
+
+pub const CHECK_SERVICE: &str = "rampart-aide-check.service";
+pub const CHECK_TIMER: &str = "rampart-aide-check.timer";
+
+/// What changes at run time by design, left out of the baseline.
+const RUN_TIME_PATHS: &[(&str, &str)] = &[
+    ("/proc", "kernel interfaces"),
+    ("/sys", "kernel interfaces"),
+    ("/dev", "device nodes"),
+    ("/run", "run-time state (tmpfs)"),
+    ("/tmp", "temporary files"),
+    ("/var/tmp", "temporary files"),
+    ("/lost+found", "made with each file system"),
+    ("/var/log", "logs, kept and forwarded by [logging]"),
+    ("/var/cache", "caches"),
+    ("/var/spool", "queues"),
+    ("/var/lib/systemd", "systemd's state: timers, random seed, credentials"),
+    ("/var/lib/private", "state of services with dynamic users"),
+    ("/var/lib/apt/lists", "package lists"),
+    ("/var/lib/sudo", "sudo's time stamps"),
+    ("/home", "the users' own files"),
+    ("/etc/ssh/ssh_host_", "host keys, made on first boot"),
+    ("/etc/ssh/authorized_keys.d/", "SSH keys provisioned at first boot (systemd credential); the directory itself is checked"),
+    ("/etc/passwd-", "shadow-utils' backup of the previous version"),
+    ("/etc/group-", "shadow-utils' backup of the previous version"),
+    ("/etc/shadow-", "shadow-utils' backup of the previous version"),
+    ("/etc/gshadow-", "shadow-utils' backup of the previous version"),
+    ("/etc/subuid-", "shadow-utils' backup of the previous version"),
+    ("/etc/subgid-", "shadow-utils' backup of the previous version"),
+    (CONFIG_MOUNT, "the read-only partition, which holds this database"),
+];
+
+/// Files whose contents change by design: their type, owner and mode are
+/// still checked.
+const RUN_TIME_CONTENTS: &[(&str, &str)] = &[
+    ("/etc/machine-id", "made on first boot"),
+    ("/etc/shadow", "passwords change (the first login must change it)"),
+    ("/etc/security/opasswd", "the password history (pam_pwhistory)"),
+];
+
+/// AIDE selection lines are regular expressions: a path is quoted.
+fn regex_quoted(path: &str) -> String {
+    let mut quoted = String::new();
+    for c in path.chars() {
+        if ".[]()*+?{}|^$\\".contains(c) {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted
+}
+
+pub fn render(profile: &Profile) -> TracedText {
+    let integrity = &profile.integrity;
+    let mut t = TracedText::default();
+    t.line(&format!("# rampart: [integrity] of profile {}. This configuration and the database", profile.name), None);
+    t.line(&format!("# were made at build time and live on the read-only partition ({CONFIG_MOUNT})."), None);
+    t.line(&format!("database_in=file:{}", database_path()), None);
+    t.line("# no database_out: the baseline is made at build time only", None);
+    t.line("database_add_metadata=no", None);
+    t.line("report_url=stdout", None);
+    t.line("# Content: what a file is; never inode numbers or change times, which", None);
+    t.line("# differ on every disk the image is written to.", None);
+    t.line("Content = ftype+p+u+g+n+s+m+sha512+acl+xattrs+caps", None);
+    t.line("Attributes = ftype+p+u+g+acl+xattrs", None);
+    t.line("/ f,l Content", None);
+    t.line("# a directory's size and times change with what is in it", None);
+    t.line("/ d Attributes", None);
+    for (path, why) in RUN_TIME_CONTENTS {
+        t.line(&format!("{}$ f Attributes", regex_quoted(path)), Some(format!("rampart: {why}")));
+    }
+    for (path, why) in RUN_TIME_PATHS {
+        t.line(&format!("# {why}"), None);
+        // "dir/" and "prefix_" name what is below or after; "file-" is one file.
+        let suffix = if path.ends_with('_') || path.ends_with('/') {
+            ""
+        } else if path.ends_with('-') {
+            "$"
+        } else {
+            "(/|$)"
+        };
+        t.line(&format!("!{}{suffix}", regex_quoted(path)), None);
+    }
+    for path in &integrity.exclude {
+        t.line(&format!("!{}(/|$)", regex_quoted(&path.value)), Some(format!("{}: integrity.exclude", path.at)));
+    }
+    for rule in &integrity.rules {
+        t.line(&rule.value, Some(format!("{}: integrity.rules", rule.at)));
+    }
+    t
+}
+
+fn check_unit() -> String {
+    format!(
+        "[Unit]
+Description=rampart: AIDE integrity check against the build-time baseline
+Documentation=man:aide(1)
+RequiresMountsFor={CONFIG_MOUNT}
+
+[Service]
+Type=oneshot
+# Differences make the unit fail: visible in systemctl --failed, and the
+# report is in the journal, syslog and at the remote log host.
+ExecStart=/usr/bin/aide --check --config {}
+Nice=19
+IOSchedulingClass=idle
+",
+        config_path()
+    )
+}
+
+fn timer_unit(schedule: &str) -> String {
+    format!(
+        "[Unit]
+Description=rampart: scheduled AIDE integrity check
+
+[Timer]
+OnCalendar={schedule}
+Persistent=true
+RandomizedDelaySec=15min
+
+[Install]
+WantedBy=timers.target
+"
+    )
+}
+
+/// Before the services stage: the configuration (checked by the image's
+/// aide) and the units. The database comes last, in `seed_database`.
+pub fn run(ctx: &mut BuildContext) -> Result<()> {
+    let integrity = ctx.profile.integrity.clone();
+    if !integrity.enable {
+        ctx.record("integrity", false, json!({ "reason": "integrity.enable = false" }));
+        return Ok(());
+    }
+    let config = render(&ctx.profile);
+    let config_path = config_path();
+    ctx.install_file(&config_path[1..], config.text.as_bytes(), 0o600)?;
+    let output = ctx.in_root("aide").args(["--config-check", "--config", &config_path]).run_unchecked()?;
+    if !output.status.success() {
+        let error = String::from_utf8_lossy(&output.stderr).trim().to_string();
+        match line_named_after(&error, &config_path).and_then(|n| config.origin(n)) {
+            Some(field) => bail!("{field}: aide refuses the rule made from it:\n{error}"),
+            None => bail!("aide refuses the integrity configuration made from [integrity] of {}:\n{error}", ctx.profile.path.display()),
+        }
+    }
+    let calendar = ctx.in_root("systemd-analyze").args(["calendar", &integrity.schedule.value]).run_unchecked()?;
+    if !calendar.status.success() {
+        bail!(
+            "{}: integrity.schedule: {:?} is not a calendar expression systemd accepts:\n{}",
+            integrity.schedule.at,
+            integrity.schedule.value,
+            String::from_utf8_lossy(&calendar.stderr).trim()
+        );
+    }
+    ctx.install_file(&format!("etc/systemd/system/{CHECK_SERVICE}"), check_unit().as_bytes(), 0o644)?;
+    ctx.install_file(&format!("etc/systemd/system/{CHECK_TIMER}"), timer_unit(&integrity.schedule.value).as_bytes(), 0o644)?;
+    ctx.record(
+        "integrity",
+        true,
+        json!({
+            "tool": "aide",
+            "config": config_path,
+            "database": database_path(),
+            "compared": "type, mode, owners, links, size, mtime, sha512, ACLs, xattrs, capabilities",
+            "left-out": RUN_TIME_PATHS.iter().map(|(p, why)| json!({"path": p, "why": why})).collect::<Vec<_>>(),
+            "contents-not-compared": RUN_TIME_CONTENTS.iter().map(|(p, why)| json!({"path": p, "why": why})).collect::<Vec<_>>(),
+            "profile-exclude": integrity.exclude.iter().map(|p| p.value.clone()).collect::<Vec<_>>(),
+            "profile-rules": integrity.rules.iter().map(|r| r.value.clone()).collect::<Vec<_>>(),
+            "check": format!("{CHECK_TIMER} ({})", integrity.schedule.value),
+            "checked-by": "aide --config-check, systemd-analyze calendar (the image's)",
+        }),
+    );
+    Ok(())
+}
+
+/// After the seal: the database of the finished image, by the image's own
+/// aide. Inode numbers are zeroed (they are not compared, and they differ
+/// with the build host's file system), so two builds give the same bytes.
+pub fn seed_database(ctx: &mut BuildContext) -> Result<()> {
+    if !ctx.profile.integrity.enable {
+        return Ok(());
+    }
+    let fresh = format!("{CONFIG_MOUNT}/aide/aide.db.new");
+    ctx.in_root("aide")
+        .args(["--init", "--config", &config_path()])
+        .arg("--after")
+        .arg(format!("database_out=file:{fresh}"))
+        .arg("--after")
+        .arg("gzip_dbout=no")
+        .run()
+        .context("while making the AIDE database of the image")?;
+    let fresh_host = ctx.root().join(&fresh[1..]);
+    let text = std::fs::read_to_string(&fresh_host).with_context(|| format!("while reading {}", fresh_host.display()))?;
+    let (normalised, n_entries) = without_inode_numbers(&text)?;
+    let database = ctx.root().join(&database_path()[1..]);
+    let file = std::fs::File::create(&database).with_context(|| format!("while writing {}", database.display()))?;
+    let mut gz = flate2::GzBuilder::new().mtime(0).write(file, flate2::Compression::best());
+    gz.write_all(normalised.as_bytes())?;
+    gz.finish()?.sync_all()?;
+    std::fs::remove_file(&fresh_host)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&database, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let digest = sha256_file(&database)?;
+    if let Some(record) = ctx.records.iter_mut().rev().find(|r| r.stage == "integrity") {
+        record.settings["database-entries"] = json!(n_entries);
+        record.settings["database-sha256"] = json!(digest);
+    }
+    Ok(())
+}
+
+/// The database with every inode number set to 0, and its number of entries.
+fn without_inode_numbers(text: &str) -> Result<(String, usize)> {
+    let mut column = None;
+    let mut out = String::with_capacity(text.len());
+    let mut entries = 0;
+    for line in text.lines() {
+        if let Some(spec) = line.strip_prefix("@@db_spec ") {
+            // Entry fields follow the spec's names ("name" is the path).
+            column = spec.split_whitespace().position(|f| f == "inode");
+            out.push_str(line);
+        } else if line.starts_with('/') {
+            entries += 1;
+            let mut fields: Vec<&str> = line.split(' ').collect();
+            let Some(index) = column.filter(|i| *i < fields.len()) else {
+                bail!("unexpected AIDE database layout (no inode column before the entries)");
+            };
+            fields[index] = "0";
+            out.push_str(&fields.join(" "));
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    Ok((out, entries))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inode_numbers_are_zeroed_and_nothing_else() {
+        let db = "@@begin_db\n@@db_spec name perm uid gid size mtime inode lcount\n/ 40755 0 0 4096 MTc= 10207378 17\n/bin 120777 0 0 7 MTc= 10207379 1\n@@end_db\n";
+        let (out, n) = without_inode_numbers(db).unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(out, "@@begin_db\n@@db_spec name perm uid gid size mtime inode lcount\n/ 40755 0 0 4096 MTc= 0 17\n/bin 120777 0 0 7 MTc= 0 1\n@@end_db\n");
+    }
+
+    #[test]
+    fn paths_are_quoted_for_aide() {
+        assert_eq!(regex_quoted("/srv/a.b+c"), "/srv/a\\.b\\+c");
+    }
+}

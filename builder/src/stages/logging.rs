@@ -1,0 +1,141 @@
+//! Logging control (seed step 8, "System Logging"): rsyslog reads its
+//! configuration from the read-only configuration partition, so logging
+//! cannot be quietly reconfigured on the box; journald keeps a persistent
+//! journal and hands every message to rsyslog; with `logging.remote`, every
+//! message also goes to the remote log host over TCP through a disk-assisted
+//! queue, so nothing is lost while that host is down. The image's own
+//! `rsyslogd -N1` checks the configuration at build time.
+
+use anyhow::{bail, Result};
+use serde_json::json;
+
+use crate::build::context::BuildContext;
+use crate::layout::CONFIG_MOUNT;
+use crate::profile::Profile;
+
+/// Where rsyslog's configuration lives, on the read-only partition.
+pub fn config_path() -> String {
+    format!("{CONFIG_MOUNT}/rsyslog/rsyslog.conf")
+}
+
+/// The file of the forwarding queue under rsyslog's work directory.
+pub const QUEUE_NAME: &str = "rampart-forward";
+
+pub fn render(profile: &Profile) -> String {
+    let logging = &profile.logging;
+    let mut text = format!(
+        "# rampart: [logging] of profile {name}. This file is on the read-only
+# configuration partition ({CONFIG_MOUNT}); changing it takes a visible remount.
+global(workDirectory=\"/var/spool/rsyslog\")
+
+# Every message journald receives (services, kernel, audit) comes over the
+# syslog socket; rsyslog reads nothing else.
+module(load=\"imuxsock\")
+
+module(load=\"builtin:omfile\" fileOwner=\"root\" fileGroup=\"adm\" fileCreateMode=\"0640\" dirCreateMode=\"0750\")
+
+*.*;auth,authpriv.none          -/var/log/syslog
+auth,authpriv.*                 /var/log/auth.log
+kern.*                          -/var/log/kern.log
+*.emerg                         :omusrmsg:*
+",
+        name = profile.name
+    );
+    if let Some(remote) = &logging.remote {
+        text.push_str(&format!(
+            "
+# Everything to the remote log host ({at}), over TCP. While it is down,
+# messages wait in a queue that spills to disk and survives a shutdown;
+# rsyslog keeps retrying, so nothing is lost.
+*.* action(type=\"omfwd\" target=\"{host}\" port=\"{port}\" protocol=\"tcp\"
+           tcp_framing=\"octet-counted\" template=\"RSYSLOG_SyslogProtocol23Format\"
+           action.resumeRetryCount=\"-1\" action.resumeInterval=\"2\"
+           queue.type=\"LinkedList\" queue.filename=\"{QUEUE_NAME}\"
+           queue.maxDiskSpace=\"{mib}m\" queue.saveOnShutdown=\"on\"
+           queue.size=\"100000\" queue.highWatermark=\"80000\" queue.lowWatermark=\"20000\")
+",
+            at = remote.at,
+            host = remote.value.host,
+            port = remote.value.port,
+            mib = logging.queue_max_mib,
+        ));
+    }
+    text
+}
+
+fn rsyslog_dropin() -> String {
+    format!(
+        "# rampart: rsyslog reads its configuration from the read-only partition only
+[Unit]
+RequiresMountsFor={CONFIG_MOUNT}
+[Service]
+ExecStart=
+ExecStart=/usr/sbin/rsyslogd -n -iNONE -f {}
+",
+        config_path()
+    )
+}
+
+const JOURNALD_DROPIN: &str = "# rampart: [logging]: a persistent journal, every message handed to rsyslog
+[Journal]
+Storage=persistent
+Compress=yes
+ForwardToSyslog=yes
+";
+
+pub fn run(ctx: &mut BuildContext) -> Result<()> {
+    let logging = ctx.profile.logging.clone();
+    if !logging.enable {
+        ctx.record("logging", false, json!({ "reason": "logging.enable = false" }));
+        return Ok(());
+    }
+    let config = config_path();
+    ctx.install_file(&config[1..], render(&ctx.profile).as_bytes(), 0o644)?;
+    // The image's rsyslogd checks the configuration it will run with.
+    let output = ctx.in_root("rsyslogd").args(["-N1", "-f", &config]).run_unchecked()?;
+    if !output.status.success() {
+        let error = String::from_utf8_lossy(&output.stderr).trim().to_string();
+        match &logging.remote {
+            Some(remote) => bail!("{}: logging.remote: rsyslogd refuses the configuration made from it:\n{error}", remote.at),
+            None => bail!("rsyslogd refuses the logging configuration rampart made for {}:\n{error}", ctx.profile.path.display()),
+        }
+    }
+    // Tools and admins looking in the usual place find the real file, and
+    // writing through the link fails like writing the file itself.
+    ctx.install_symlink("etc/rsyslog.conf", &config)?;
+    ctx.install_file("etc/systemd/system/rsyslog.service.d/50-rampart.conf", rsyslog_dropin().as_bytes(), 0o644)?;
+    ctx.install_file("etc/systemd/journald.conf.d/50-rampart.conf", JOURNALD_DROPIN.as_bytes(), 0o644)?;
+    ctx.record(
+        "logging",
+        true,
+        json!({
+            "rsyslog-config": config,
+            "config-partition": format!("{CONFIG_MOUNT}, mounted read-only"),
+            "journal": "persistent (/var/log/journal), forwarded to rsyslog",
+            "files": ["/var/log/syslog", "/var/log/auth.log", "/var/log/kern.log"],
+            "remote": logging.remote.as_ref().map(|r| json!({
+                "host": r.value.to_string(),
+                "protocol": "tcp (octet-counted, RFC 5424)",
+                "queue": format!("disk-assisted, up to {} MiB, kept over shutdown", logging.queue_max_mib),
+            })),
+            "checked-by": "rsyslogd -N1 (the image's)",
+        }),
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarding_is_rendered_only_with_a_remote_host() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/lab-bastion.toml");
+        let profile = crate::profile::load(&path).unwrap();
+        let text = render(&profile);
+        assert!(text.contains("target=\"10.77.0.2\" port=\"514\" protocol=\"tcp\""), "{text}");
+        assert!(text.contains("queue.saveOnShutdown=\"on\""));
+        let base = crate::profile::load(&path.with_file_name("baseline.toml")).unwrap();
+        assert!(!render(&base).contains("omfwd"));
+    }
+}
