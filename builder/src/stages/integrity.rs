@@ -237,30 +237,44 @@ pub fn seed_database(ctx: &mut BuildContext) -> Result<()> {
     Ok(())
 }
 
-/// The database with every inode number set to 0, and its number of entries.
+/// The database with every inode number set to 0 and its entries in byte
+/// order (whatever order the build host's directories listed them in), and
+/// its number of entries.
 fn without_inode_numbers(text: &str) -> Result<(String, usize)> {
     let mut column = None;
-    let mut out = String::with_capacity(text.len());
-    let mut entries = 0;
+    let mut head = String::new();
+    let mut entries: Vec<String> = Vec::new();
+    let mut tail = String::new();
     for line in text.lines() {
         if let Some(spec) = line.strip_prefix("@@db_spec ") {
             // Entry fields follow the spec's names ("name" is the path).
             column = spec.split_whitespace().position(|f| f == "inode");
-            out.push_str(line);
+            head.push_str(line);
+            head.push('\n');
         } else if line.starts_with('/') {
-            entries += 1;
             let mut fields: Vec<&str> = line.split(' ').collect();
             let Some(index) = column.filter(|i| *i < fields.len()) else {
                 bail!("unexpected AIDE database layout (no inode column before the entries)");
             };
             fields[index] = "0";
-            out.push_str(&fields.join(" "));
+            entries.push(fields.join(" "));
+        } else if entries.is_empty() {
+            head.push_str(line);
+            head.push('\n');
         } else {
-            out.push_str(line);
+            tail.push_str(line);
+            tail.push('\n');
         }
+    }
+    entries.sort();
+    let n_entries = entries.len();
+    let mut out = head;
+    for entry in entries {
+        out.push_str(&entry);
         out.push('\n');
     }
-    Ok((out, entries))
+    out.push_str(&tail);
+    Ok((out, n_entries))
 }
 
 #[cfg(test)]
@@ -268,8 +282,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn inode_numbers_are_zeroed_and_nothing_else() {
-        let db = "@@begin_db\n@@db_spec name perm uid gid size mtime inode lcount\n/ 40755 0 0 4096 MTc= 10207378 17\n/bin 120777 0 0 7 MTc= 10207379 1\n@@end_db\n";
+    fn inode_numbers_are_zeroed_and_entries_sorted() {
+        let db = "@@begin_db\n@@db_spec name perm uid gid size mtime inode lcount\n/bin 120777 0 0 7 MTc= 10207379 1\n/ 40755 0 0 4096 MTc= 10207378 17\n@@end_db\n";
         let (out, n) = without_inode_numbers(db).unwrap();
         assert_eq!(n, 2);
         assert_eq!(out, "@@begin_db\n@@db_spec name perm uid gid size mtime inode lcount\n/ 40755 0 0 4096 MTc= 0 17\n/bin 120777 0 0 7 MTc= 0 1\n@@end_db\n");
