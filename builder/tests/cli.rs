@@ -88,3 +88,8 @@ fn build_refuses_to_replace_a_directory_that_is_not_its_output_before_any_work()
     assert!(stderr.contains("refusing to replace") && stderr.contains("not a rampart output directory"), "{stderr}");
     assert_eq!(std::fs::read_to_string(out.path().join("precious.txt")).unwrap(), "keep me");
 }
+
+#[test]
+fn unknown_elf_audit_property_is_refused_with_the_known_ones() {
+    check("elf-audit-unknown-property");
+}

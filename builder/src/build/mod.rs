@@ -125,6 +125,7 @@ pub fn build(profile: Profile, mirror: Mirror, options: &BuildOptions) -> Result
     stages::overlays::run(&mut ctx)?;
     stages::services::run(&mut ctx)?;
     stages::seal::run(&mut ctx)?;
+    stages::elf_audit::run(&mut ctx)?;
     write_artifacts(&mut ctx, &inputs)?;
     ctx.publish(&options.out)?;
     ui::step(&format!("artifacts in {}", options.out.display()));

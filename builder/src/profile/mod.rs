@@ -4,6 +4,7 @@
 //! nothing else; never runs a process, never touches the network.
 
 pub mod controls;
+pub mod elf_audit;
 pub mod raw;
 pub mod types;
 
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 
 pub use controls::{FirewallAllow, FirewallSpec, PasswordPolicy, Protocol, ServicesSpec, Sited};
+pub use elf_audit::{ElfAuditSpec, HardeningProperty};
 pub use types::{Cidr, Hostname, ImageSize, PackageName, Port, ProfileName, UserName};
 
 /// A profile error: names file:line:col and the field.
@@ -123,6 +125,7 @@ pub struct Profile {
     pub services: ServicesSpec,
     pub passwords: PasswordPolicy,
     pub firewall: FirewallSpec,
+    pub elf_audit: ElfAuditSpec,
     pub users: Vec<User>,
     pub overlays: Vec<OverlayTree>,
     pub overlay_modes: BTreeMap<String, FileMode>,
@@ -160,6 +163,7 @@ struct Layer {
     ssh_port: Option<Port>,
     ssh_allow_from: Option<Vec<Cidr>>,
     controls: controls::ControlsLayer,
+    elf_audit: elf_audit::ElfAuditLayer,
     users: Vec<User>,
     overlays: Vec<OverlayTree>,
     overlay_modes: BTreeMap<String, FileMode>,
@@ -275,6 +279,7 @@ fn validate_layer(source: &Source, raw: raw::RawProfile) -> Result<Layer, Profil
         }
     }
     layer.controls = controls::validate(source, raw.ssh.as_ref(), raw.services, raw.passwords, raw.firewall)?;
+    layer.elf_audit = elf_audit::validate(source, raw.elf_audit)?;
     if let Some(ssh) = raw.ssh {
         if let Some(port) = &ssh.port {
             layer.ssh_port = Some(source.check(port, "ssh.port", |p| Port::from_i64(*p))?);
@@ -379,6 +384,7 @@ fn merge(base: &mut Layer, child: Layer) {
     take(&mut base.ssh_port, child.ssh_port);
     take(&mut base.ssh_allow_from, child.ssh_allow_from);
     controls::merge(&mut base.controls, child.controls);
+    elf_audit::merge(&mut base.elf_audit, child.elf_audit);
     for user in child.users {
         base.users.retain(|u| u.name != user.name);
         base.users.push(user);
@@ -486,6 +492,7 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
         services: controls.services,
         passwords: controls.passwords,
         firewall: controls.firewall,
+        elf_audit: elf_audit::finish(layer.elf_audit),
         users,
         overlays: layer.overlays,
         overlay_modes: layer.overlay_modes,

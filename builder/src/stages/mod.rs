@@ -3,6 +3,7 @@
 
 pub mod configure;
 pub mod disk;
+pub mod elf_audit;
 pub mod firewall;
 pub mod firstboot;
 pub mod overlays;
