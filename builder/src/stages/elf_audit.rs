@@ -170,8 +170,8 @@ const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
 /// Enough for the ELF64 file header.
 const HEADER_BYTES: usize = 64;
 
-/// Judges one ELF file from its bytes (at least its header; the whole file
-/// when the header says it is audited).
+/// Whether an ELF file is audited, from its first 64 bytes alone, so that
+/// kernel modules and foreign files are never read whole.
 pub fn classify_header(header_bytes: &[u8]) -> Result<(), Skipped> {
     if header_bytes.len() < HEADER_BYTES || &header_bytes[..4] != ELF_MAGIC {
         return Err(Skipped::Malformed);
