@@ -240,7 +240,8 @@ pub fn classify(data: &[u8], fortifiable: &FortifiableFunctions) -> Result<ElfFa
         _ if has_interpreter && !soname => ElfKind::PieExecutable,
         _ => ElfKind::SharedLibrary,
     };
-    // Without PT_GNU_STACK the kernel gives x86-64 programs an executable stack.
+    // Without PT_GNU_STACK the loader may map an executable stack;
+    // hardening-check counts that as no NX, and so does rampart.
     let nx = gnu_stack_executable == Some(false);
     // Only what ld.so loads binds lazily or not; a static(-pie) program
     // resolves everything itself before main.
@@ -251,7 +252,6 @@ pub fn classify(data: &[u8], fortifiable: &FortifiableFunctions) -> Result<ElfFa
     let sections = header.sections(endian, data).map_err(|_| Skipped::Malformed)?;
     let symbol_table = if dynamically_linked { elf::SHT_DYNSYM } else { elf::SHT_SYMTAB };
     let symbols = sections.symbols(endian, data, symbol_table).map_err(|_| Skipped::Malformed)?;
-    let imports_only = dynamically_linked;
     let (mut canary, mut fortified, mut unfortified) = (false, false, false);
     for symbol in symbols.iter() {
         let Ok(name) = symbol.name(endian, symbols.strings()) else { continue };
@@ -259,8 +259,9 @@ pub fn classify(data: &[u8], fortifiable: &FortifiableFunctions) -> Result<ElfFa
             canary = true;
             continue;
         }
-        // A library that defines memcpy does not call it.
-        if imports_only && !symbol.is_undefined(endian) {
+        // A library that defines memcpy does not call it; in .symtab a
+        // static program's own calls are definitions too.
+        if dynamically_linked && !symbol.is_undefined(endian) {
             continue;
         }
         if checked_variant_of(name).is_some_and(|plain| fortifiable.plain.contains(plain)) {
