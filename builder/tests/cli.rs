@@ -98,3 +98,8 @@ fn log_host_without_port_is_refused() {
 fn integrity_rule_that_is_not_a_selection_line_is_refused() {
     check("bad-integrity-rule");
 }
+
+#[test]
+fn unknown_elf_audit_property_is_refused_with_the_known_ones() {
+    check("elf-audit-unknown-property");
+}

@@ -129,7 +129,7 @@ fn offline_build_of_baseline_in_a_network_namespace_makes_every_artifact() {
     let stages: Vec<&str> = report["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
     assert_eq!(
         stages,
-        ["packages", "configure", "passwords", "users", "firstboot", "ssh", "firewall", "logging", "integrity", "overlays", "services", "seal", "config-partition", "disk"]
+        ["packages", "configure", "passwords", "users", "firstboot", "ssh", "firewall", "logging", "integrity", "overlays", "services", "seal", "elf-audit", "config-partition", "disk"]
     );
     // The integrity baseline was made at build time, and lives on the
     // configuration partition, not in the root file system.
@@ -139,6 +139,31 @@ fn offline_build_of_baseline_in_a_network_namespace_makes_every_artifact() {
     let partition = report["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "config-partition").unwrap();
     let files = partition["settings"]["files"].to_string();
     assert!(files.contains("/etc/rampart/aide/aide.db.gz") && files.contains("/etc/rampart/rsyslog/rsyslog.conf"), "{files}");
+    // The ELF hardening audit: figures per property over the executables,
+    // and the weak ones with what they lack.
+    let audit = &report["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "elf-audit").unwrap()["settings"];
+    eprintln!("elf-audit: {} ELF files; executables: {}", audit["elf-files"], audit["executables"]);
+    assert!(audit["elf-files"].as_u64().unwrap() > 500, "the audit found the image's programs and libraries");
+    for property in ["pie", "nx", "relro", "bind-now", "stack-protector", "fortify"] {
+        let figure = &audit["executables"][property];
+        let (have, of) = (figure["have"].as_u64().unwrap(), figure["of"].as_u64().unwrap());
+        assert!(of > 400 && have <= of, "{property}: {figure}");
+    }
+    assert_eq!(audit["executables"]["nx"]["percent"], 100.0, "no executable stack anywhere");
+    assert_eq!(audit["executables"]["pie"]["percent"], 100.0, "every counted executable is PIE");
+    let weak = audit["weak-executables"].as_object().unwrap();
+    assert_eq!(weak.get("/usr/bin/cat").and_then(|v| v.as_str()), Some("bind-now"), "coreutils is built without -z now");
+    assert!(!weak.contains_key("/usr/sbin/sshd"), "sshd is fully hardened");
+    assert!(audit["allowed-weak-executables"].as_object().unwrap().contains_key("/usr/lib/klibc/bin/sh"));
+    // binutils' readelf, on the image's own files, agrees.
+    let extracted = ws.path("extracted");
+    std::fs::create_dir_all(&extracted).unwrap();
+    let tar = Command::new("tar").arg("-xzf").arg(out.join("baseline.rootfs.tar.gz")).arg("-C").arg(&extracted).args(["usr/sbin/sshd", "usr/bin/cat"]).status().unwrap();
+    assert!(tar.success());
+    for (file, bound_now) in [("usr/sbin/sshd", true), ("usr/bin/cat", false)] {
+        let dynamic = Command::new("readelf").args(["--dynamic", "--wide"]).arg(extracted.join(file)).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&dynamic.stdout).contains("BIND_NOW"), bound_now, "readelf -d {file}");
+    }
     // The admin's initial password: in a 0600 file next to the artifacts,
     // outside SHA256SUMS, and nowhere in the image, the report or the log.
     use std::os::unix::fs::PermissionsExt;
@@ -206,6 +231,7 @@ fn access_settings_the_image_refuses_fail_the_build_naming_the_field() {
         ("bad-sshd", "[ssh.options]\nCiphers = \"des-cbc@nowhere\"\n", "bad-sshd.toml:5:11: ssh.options.Ciphers: the image's sshd refuses the configuration made from it"),
         ("bad-aide", "[integrity]\nrules = [\"/srv/app Content\", \"/opt/app NoSuchGroup\"]\n", "bad-aide.toml:5:30: integrity.rules: aide refuses the rule made from it"),
         ("bad-schedule", "[integrity]\nschedule = \"every full moon\"\n", "bad-schedule.toml:5:12: integrity.schedule: \"every full moon\" is not a calendar expression systemd accepts"),
+        ("elf-floor", "[elf-audit.floor]\nstack-protector = 100\n", "elf-floor.toml:5:19: elf-audit.floor.stack-protector: "),
     ];
     for (name, section, expected) in cases {
         let profile = format!("name = \"{name}\"\nextends = \"baseline.toml\"\n\n{section}");

@@ -127,6 +127,7 @@ pub fn build(profile: Profile, mirror: Mirror, options: &BuildOptions) -> Result
     stages::overlays::run(&mut ctx)?;
     stages::services::run(&mut ctx)?;
     stages::seal::run(&mut ctx)?;
+    stages::elf_audit::run(&mut ctx)?;
     stages::integrity::seed_database(&mut ctx)?;
     stages::config_partition::run(&mut ctx)?;
     write_artifacts(&mut ctx, &inputs)?;

@@ -5,6 +5,7 @@
 
 pub mod controls;
 pub mod monitoring;
+pub mod elf_audit;
 pub mod raw;
 pub mod types;
 
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 pub use controls::{FirewallAllow, FirewallSpec, PasswordPolicy, Protocol, ServicesSpec, Sited};
 pub use monitoring::{IntegritySpec, LogHost, LoggingSpec};
+pub use elf_audit::{ElfAuditSpec, HardeningProperty};
 pub use types::{Cidr, Hostname, ImageSize, PackageName, Port, ProfileName, UserName};
 
 /// A profile error: names file:line:col and the field.
@@ -127,6 +129,7 @@ pub struct Profile {
     pub firewall: FirewallSpec,
     pub logging: LoggingSpec,
     pub integrity: IntegritySpec,
+    pub elf_audit: ElfAuditSpec,
     pub users: Vec<User>,
     pub overlays: Vec<OverlayTree>,
     pub overlay_modes: BTreeMap<String, FileMode>,
@@ -165,6 +168,7 @@ struct Layer {
     ssh_allow_from: Option<Vec<Cidr>>,
     controls: controls::ControlsLayer,
     monitoring: monitoring::MonitoringLayer,
+    elf_audit: elf_audit::ElfAuditLayer,
     users: Vec<User>,
     overlays: Vec<OverlayTree>,
     overlay_modes: BTreeMap<String, FileMode>,
@@ -281,6 +285,7 @@ fn validate_layer(source: &Source, raw: raw::RawProfile) -> Result<Layer, Profil
     }
     layer.controls = controls::validate(source, raw.ssh.as_ref(), raw.services, raw.passwords, raw.firewall)?;
     layer.monitoring = monitoring::validate(source, raw.logging, raw.integrity)?;
+    layer.elf_audit = elf_audit::validate(source, raw.elf_audit)?;
     if let Some(ssh) = raw.ssh {
         if let Some(port) = &ssh.port {
             layer.ssh_port = Some(source.check(port, "ssh.port", |p| Port::from_i64(*p))?);
@@ -386,6 +391,7 @@ fn merge(base: &mut Layer, child: Layer) {
     take(&mut base.ssh_allow_from, child.ssh_allow_from);
     controls::merge(&mut base.controls, child.controls);
     monitoring::merge(&mut base.monitoring, child.monitoring);
+    elf_audit::merge(&mut base.elf_audit, child.elf_audit);
     for user in child.users {
         base.users.retain(|u| u.name != user.name);
         base.users.push(user);
@@ -502,6 +508,7 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
         firewall: controls.firewall,
         logging,
         integrity,
+        elf_audit: elf_audit::finish(layer.elf_audit),
         users,
         overlays: layer.overlays,
         overlay_modes: layer.overlay_modes,

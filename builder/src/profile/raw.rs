@@ -22,6 +22,7 @@ pub struct RawProfile {
     pub firewall: Option<RawFirewall>,
     pub logging: Option<RawLogging>,
     pub integrity: Option<RawIntegrity>,
+    pub elf_audit: Option<RawElfAudit>,
     #[serde(default)]
     pub users: Vec<RawUser>,
     pub overlays: Option<RawOverlays>,
@@ -151,6 +152,27 @@ pub struct RawFirewallAllow {
     pub from: Option<Vec<Spanned<String>>>,
     /// What listens there (for the report and the reader).
     pub service: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawElfAudit {
+    pub enable: Option<bool>,
+    /// Least percentage of the image's executables with each property.
+    pub floor: Option<RawElfFloor>,
+    /// Executables allowed to be weak: not counted against the floors.
+    pub allow_weak: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawElfFloor {
+    pub pie: Option<Spanned<f64>>,
+    pub nx: Option<Spanned<f64>>,
+    pub relro: Option<Spanned<f64>>,
+    pub bind_now: Option<Spanned<f64>>,
+    pub stack_protector: Option<Spanned<f64>>,
+    pub fortify: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Deserialize)]

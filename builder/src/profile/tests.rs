@@ -272,3 +272,66 @@ fn match_blocks_are_refused_in_sshd_options() {
         "$DIR/profiles/web.toml:3:9: ssh.options.Match: Match cannot be used in ssh.options (it would change what the lines after it mean)",
     );
 }
+
+#[test]
+fn elf_audit_floors_merge_field_by_field_over_the_defaults() {
+    let profile = check_ok(&[
+        ("web.toml", "name = \"web\"\nextends = \"base.toml\"\n[elf-audit]\nallow-weak = [\"/opt/tool/bin/*\"]\n[elf-audit.floor]\nbind-now = 97.5\n"),
+        ("base.toml", "name = \"base\"\n[elf-audit]\nenable = false\nallow-weak = [\"/usr/bin/legacy\"]\nfloor = { pie = 90, bind-now = 50 }\n"),
+    ]);
+    let floors: Vec<(&str, f64, Option<String>)> = profile
+        .elf_audit
+        .floors
+        .iter()
+        .map(|f| (f.property.name(), f.percent, f.at.as_ref().map(|at| at.rsplit('/').next().unwrap().to_string())))
+        .collect();
+    assert_eq!(
+        floors,
+        [
+            ("pie", 90.0, Some("base.toml:5:17".into())),
+            ("nx", 100.0, None),
+            ("relro", 98.0, None),
+            ("bind-now", 97.5, Some("web.toml:6:12".into())),
+            ("stack-protector", 90.0, None),
+            ("fortify", 85.0, None),
+        ]
+    );
+    assert!(!profile.elf_audit.enable, "the base's enable = false is kept");
+    let allowed: Vec<&str> = profile.elf_audit.allow_weak.iter().map(|a| a.value.as_str()).collect();
+    assert_eq!(allowed, ["/opt/tool/bin/*", "/usr/bin/legacy"], "allowed paths add up");
+    let defaults = check_ok(&[("web.toml", "name = \"web\"\n")]);
+    assert!(defaults.elf_audit.enable);
+    assert!(defaults.elf_audit.allow_weak.is_empty());
+}
+
+#[test]
+fn elf_audit_floor_outside_0_to_100_is_refused() {
+    check_error(
+        &[("web.toml", "name = \"web\"\n[elf-audit.floor]\npie = 101\n")],
+        "$DIR/profiles/web.toml:3:7: elf-audit.floor.pie: 101 is not a percentage (0 to 100)",
+    );
+    check_error(
+        &[("web.toml", "name = \"web\"\n[elf-audit.floor]\nstack-protector = -0.5\n")],
+        "$DIR/profiles/web.toml:3:19: elf-audit.floor.stack-protector: -0.5 is not a percentage (0 to 100)",
+    );
+}
+
+#[test]
+fn elf_audit_unknown_property_is_refused_with_the_known_ones() {
+    check_error(
+        &[("web.toml", "name = \"web\"\n[elf-audit.floor]\ncanary = 90\n")],
+        "$DIR/profiles/web.toml:3:1: unknown field `canary`, expected one of `pie`, `nx`, `relro`, `bind-now`, `stack-protector`, `fortify`",
+    );
+}
+
+#[test]
+fn elf_audit_allow_weak_takes_absolute_image_paths() {
+    check_error(
+        &[("web.toml", "name = \"web\"\n[elf-audit]\nallow-weak = [\"usr/bin/tool\"]\n")],
+        "$DIR/profiles/web.toml:3:15: elf-audit.allow-weak: \"usr/bin/tool\" is not an absolute path of a file in the image (e.g. \"/usr/bin/tool\"; * matches within one name)",
+    );
+    check_error(
+        &[("web.toml", "name = \"web\"\n[elf-audit]\nallow-weak = [\"/usr/bin/../sbin/x\"]\n")],
+        "$DIR/profiles/web.toml:3:15: elf-audit.allow-weak: \"/usr/bin/../sbin/x\" is not an absolute path of a file in the image (e.g. \"/usr/bin/tool\"; * matches within one name)",
+    );
+}

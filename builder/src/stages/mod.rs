@@ -4,6 +4,7 @@
 pub mod config_partition;
 pub mod configure;
 pub mod disk;
+pub mod elf_audit;
 pub mod firewall;
 pub mod firstboot;
 pub mod integrity;
