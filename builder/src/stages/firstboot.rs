@@ -70,6 +70,14 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
             ));
         }
         ctx.install_file("etc/tmpfiles.d/rampart-provision.conf", tmpfiles.as_bytes(), 0o644)?;
+        // The directory is in the image (and so in its integrity baseline);
+        // only the keys come at first boot.
+        let keys_dir = crate::fsutil::resolve_in_root(&ctx.root(), std::path::Path::new(&PROVISIONED_KEYS_DIR[1..]))?;
+        std::fs::create_dir_all(&keys_dir)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&keys_dir, std::fs::Permissions::from_mode(0o755))?;
+        }
         // systemd 252's tmpfiles service sees only the credentials it loads by name.
         let mut dropin = String::from("[Service]\n");
         for user in &ctx.profile.users {

@@ -53,6 +53,7 @@ const RUN_TIME_PATHS: &[(&str, &str)] = &[
     ("/etc/gshadow-", "shadow-utils' backup of the previous version"),
     ("/etc/subuid-", "shadow-utils' backup of the previous version"),
     ("/etc/subgid-", "shadow-utils' backup of the previous version"),
+    ("/etc/security/opasswd.old", "pam_pwhistory's backup of the previous version"),
     (CONFIG_MOUNT, "the read-only partition, which holds this database"),
 ];
 
