@@ -122,6 +122,7 @@ pub fn build(profile: Profile, mirror: Mirror, options: &BuildOptions) -> Result
     stages::firstboot::run(&mut ctx)?;
     stages::ssh::run(&mut ctx)?;
     stages::firewall::run(&mut ctx)?;
+    stages::toolchain::run(&mut ctx)?;
     stages::overlays::run(&mut ctx)?;
     stages::services::run(&mut ctx)?;
     stages::seal::run(&mut ctx)?;

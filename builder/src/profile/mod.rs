@@ -60,6 +60,13 @@ pub struct ImageSpec {
     pub size: Option<ImageSize>,
 }
 
+/// `[toolchain]`: what anything compiled on the image gets by default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolchainSpec {
+    /// gcc's own defaults (a specs file) and dpkg-buildflags' hardening=+all.
+    pub hardened: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SshSpec {
     pub port: Port,
@@ -123,6 +130,7 @@ pub struct Profile {
     pub services: ServicesSpec,
     pub passwords: PasswordPolicy,
     pub firewall: FirewallSpec,
+    pub toolchain: ToolchainSpec,
     pub users: Vec<User>,
     pub overlays: Vec<OverlayTree>,
     pub overlay_modes: BTreeMap<String, FileMode>,
@@ -160,6 +168,7 @@ struct Layer {
     ssh_port: Option<Port>,
     ssh_allow_from: Option<Vec<Cidr>>,
     controls: controls::ControlsLayer,
+    toolchain_hardened: Option<bool>,
     users: Vec<User>,
     overlays: Vec<OverlayTree>,
     overlay_modes: BTreeMap<String, FileMode>,
@@ -275,6 +284,7 @@ fn validate_layer(source: &Source, raw: raw::RawProfile) -> Result<Layer, Profil
         }
     }
     layer.controls = controls::validate(source, raw.ssh.as_ref(), raw.services, raw.passwords, raw.firewall)?;
+    layer.toolchain_hardened = raw.toolchain.and_then(|t| t.hardened);
     if let Some(ssh) = raw.ssh {
         if let Some(port) = &ssh.port {
             layer.ssh_port = Some(source.check(port, "ssh.port", |p| Port::from_i64(*p))?);
@@ -379,6 +389,7 @@ fn merge(base: &mut Layer, child: Layer) {
     take(&mut base.ssh_port, child.ssh_port);
     take(&mut base.ssh_allow_from, child.ssh_allow_from);
     controls::merge(&mut base.controls, child.controls);
+    take(&mut base.toolchain_hardened, child.toolchain_hardened);
     for user in child.users {
         base.users.retain(|u| u.name != user.name);
         base.users.push(user);
@@ -486,6 +497,7 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
         services: controls.services,
         passwords: controls.passwords,
         firewall: controls.firewall,
+        toolchain: ToolchainSpec { hardened: layer.toolchain_hardened.unwrap_or(true) },
         users,
         overlays: layer.overlays,
         overlay_modes: layer.overlay_modes,

@@ -20,6 +20,7 @@ pub struct RawProfile {
     pub services: Option<RawServices>,
     pub passwords: Option<RawPasswords>,
     pub firewall: Option<RawFirewall>,
+    pub toolchain: Option<RawToolchain>,
     #[serde(default)]
     pub users: Vec<RawUser>,
     pub overlays: Option<RawOverlays>,
@@ -129,6 +130,13 @@ pub struct RawFirewallAllow {
     pub from: Option<Vec<Spanned<String>>>,
     /// What listens there (for the report and the reader).
     pub service: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawToolchain {
+    /// Hardened defaults for the image's C compiler and for dpkg package builds.
+    pub hardened: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

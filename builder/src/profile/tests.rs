@@ -272,3 +272,15 @@ fn match_blocks_are_refused_in_sshd_options() {
         "$DIR/profiles/web.toml:3:9: ssh.options.Match: Match cannot be used in ssh.options (it would change what the lines after it mean)",
     );
 }
+
+#[test]
+fn toolchain_is_hardened_unless_a_profile_says_otherwise() {
+    assert!(check_ok(&[("web.toml", "name = \"web\"\n")]).toolchain.hardened);
+    let base = ("base.toml", "name = \"base\"\n[toolchain]\nhardened = false\n");
+    assert!(!check_ok(&[("web.toml", "name = \"web\"\nextends = \"base.toml\"\n"), base]).toolchain.hardened, "inherited");
+    assert!(check_ok(&[("web.toml", "name = \"web\"\nextends = \"base.toml\"\n[toolchain]\nhardened = true\n"), base]).toolchain.hardened);
+    check_error(
+        &[("web.toml", "name = \"web\"\n[toolchain]\nfortify = 3\n")],
+        "$DIR/profiles/web.toml:3:1: unknown field `fortify`, expected `hardened`",
+    );
+}
