@@ -43,6 +43,15 @@ const FORTIFY_FLAG: &str = "-D_FORTIFY_SOURCE=3";
 const DPKG_VARIABLE: &str = "DEB_BUILD_MAINT_OPTIONS";
 const DPKG_VALUE: &str = "hardening=+all";
 const PROFILE_SCRIPT: &str = "etc/profile.d/rampart-toolchain.sh";
+const SUDOERS: &str = "etc/sudoers.d/20-rampart-toolchain";
+
+/// sudo's PAM stack in bookworm has no pam_env, and env_reset drops the
+/// variable: keep the one the session has.
+const SUDOERS_TEXT: &str = "\
+# rampart: [toolchain] hardened: package builds under sudo keep dpkg's
+# hardening=+all from the session's environment (/etc/environment).
+Defaults env_keep += \"DEB_BUILD_MAINT_OPTIONS\"
+";
 
 const PROFILE_TEXT: &str = "\
 # rampart: [toolchain] hardened. dpkg-buildflags turns on every hardening
@@ -269,6 +278,11 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     ctx.install_file(PROFILE_SCRIPT, PROFILE_TEXT.as_bytes(), 0o644)?;
     let environment = std::fs::read_to_string(ctx.root().join("etc/environment")).unwrap_or_default();
     ctx.install_file("etc/environment", with_environment_line(&environment).as_bytes(), 0o644)?;
+    let with_sudo = in_image(&ctx.root(), "usr/sbin/visudo");
+    if with_sudo {
+        ctx.install_file(SUDOERS, SUDOERS_TEXT.as_bytes(), 0o440)?;
+        ctx.in_root("visudo").args(["--check", "--strict", "--quiet"]).run().context("the image's visudo refuses the toolchain's sudoers drop-in")?;
+    }
 
     let probe_dir = ctx.root().join(&PROBE_DIR[1..]);
     let _ = std::fs::remove_dir_all(&probe_dir);
@@ -387,7 +401,7 @@ fn check_compilers(ctx: &BuildContext, compilers: &[Compiler]) -> Result<(Vec<St
 /// dpkg-buildflags as a login shell sees it: every hardening feature on
 /// (`-z now` is the one hardening=+all adds over bookworm's defaults).
 fn check_dpkg_buildflags(ctx: &BuildContext) -> Result<serde_json::Value> {
-    let setting = format!("{DPKG_VARIABLE}={DPKG_VALUE} in /etc/environment (pam_env: ssh, console, su, sudo, cron) and /{PROFILE_SCRIPT} (login shells)");
+    let setting = format!("{DPKG_VARIABLE}={DPKG_VALUE} in /etc/environment (pam_env: ssh, console, su, cron), /{PROFILE_SCRIPT} (login shells) and, with sudo, env_keep in /{SUDOERS}");
     if !in_image(&ctx.root(), "usr/bin/dpkg-buildflags") {
         return Ok(json!({ "setting": setting, "checked": "no: dpkg-buildflags (dpkg-dev) is not in the image" }));
     }
