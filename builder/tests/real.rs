@@ -441,7 +441,8 @@ fn build_host_scenario_proves_the_hardened_toolchain_defaults_in_qemu() {
     let toolchain = report["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "toolchain").unwrap();
     assert_eq!(toolchain["applied"], true);
     assert_eq!(toolchain["settings"]["specs"][0], "/usr/lib/gcc/x86_64-linux-gnu/12/specs");
-    let stray = Command::new("pgrep").args(["-f", "rampart-test-"]).output().unwrap();
+    // This scenario's own QEMU (named after the profile), not another test's.
+    let stray = Command::new("pgrep").args(["-f", "rampart-test-build-host"]).output().unwrap();
     assert!(!stray.status.success(), "a QEMU outlived the test");
 }
 
