@@ -129,7 +129,7 @@ fn offline_build_of_baseline_in_a_network_namespace_makes_every_artifact() {
     let stages: Vec<&str> = report["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
     assert_eq!(
         stages,
-        ["packages", "configure", "passwords", "users", "firstboot", "ssh", "firewall", "logging", "integrity", "overlays", "services", "seal", "elf-audit", "config-partition", "disk"]
+        ["packages", "configure", "passwords", "users", "firstboot", "ssh", "firewall", "logging", "integrity", "toolchain", "overlays", "services", "seal", "elf-audit", "config-partition", "disk"]
     );
     // The integrity baseline was made at build time, and lives on the
     // configuration partition, not in the root file system.
@@ -164,6 +164,9 @@ fn offline_build_of_baseline_in_a_network_namespace_makes_every_artifact() {
         let dynamic = Command::new("readelf").args(["--dynamic", "--wide"]).arg(extracted.join(file)).output().unwrap();
         assert_eq!(String::from_utf8_lossy(&dynamic.stdout).contains("BIND_NOW"), bound_now, "readelf -d {file}");
     }
+    let toolchain = report["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "toolchain").unwrap();
+    assert_eq!(toolchain["applied"], false, "the baseline has no compiler to harden");
+    assert_eq!(toolchain["settings"]["reason"], "no compiler in the image");
     // The admin's initial password: in a 0600 file next to the artifacts,
     // outside SHA256SUMS, and nowhere in the image, the report or the log.
     use std::os::unix::fs::PermissionsExt;
@@ -459,6 +462,27 @@ fn lab_bastion_scenario_proves_source_ranges_from_two_addresses() {
     let junit = std::fs::read_to_string(ws.path("out/lab-bastion/lab-bastion.junit.xml")).unwrap();
     assert!(junit.contains("failures=\"0\""));
     assert!(junit.contains("from_outside_the_ranges_no_tcp_port_answers"));
+}
+
+#[test]
+#[ignore = "needs root, the network and QEMU: run by scripts/test"]
+fn build_host_scenario_proves_the_hardened_toolchain_defaults_in_qemu() {
+    let ws = Workspace::new();
+    ws.rampart_ok(&["lock", "profiles/build-host.toml"]);
+    ws.rampart_ok(&["fetch", "profiles/build-host.toml"]);
+    let output = ws.rampart(&["test", "profiles/build-host.toml", "--out", "out/build-host"]);
+    eprintln!("{}", String::from_utf8_lossy(&output.stdout));
+    assert!(output.status.success(), "the build-host scenario failed:\n{}", stderr(&output));
+    let junit = std::fs::read_to_string(ws.path("out/build-host/build-host.junit.xml")).unwrap();
+    assert!(junit.contains("failures=\"0\""));
+    assert!(junit.contains("stack_smash_is_stopped_at_run_time"));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(ws.path("out/build-host/build-host.report.json")).unwrap()).unwrap();
+    let toolchain = report["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "toolchain").unwrap();
+    assert_eq!(toolchain["applied"], true);
+    assert_eq!(toolchain["settings"]["specs"][0], "/usr/lib/gcc/x86_64-linux-gnu/12/specs");
+    // This scenario's own QEMU (named after the profile), not another test's.
+    let stray = Command::new("pgrep").args(["-f", "rampart-test-build-host"]).output().unwrap();
+    assert!(!stray.status.success(), "a QEMU outlived the test");
 }
 
 #[test]

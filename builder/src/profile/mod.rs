@@ -64,6 +64,13 @@ pub struct ImageSpec {
     pub size: Option<ImageSize>,
 }
 
+/// `[toolchain]`: what anything compiled on the image gets by default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolchainSpec {
+    /// gcc's own defaults (a specs file) and dpkg-buildflags' hardening=+all.
+    pub hardened: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SshSpec {
     pub port: Port,
@@ -130,6 +137,7 @@ pub struct Profile {
     pub logging: LoggingSpec,
     pub integrity: IntegritySpec,
     pub elf_audit: ElfAuditSpec,
+    pub toolchain: ToolchainSpec,
     pub users: Vec<User>,
     pub overlays: Vec<OverlayTree>,
     pub overlay_modes: BTreeMap<String, FileMode>,
@@ -169,6 +177,7 @@ struct Layer {
     controls: controls::ControlsLayer,
     monitoring: monitoring::MonitoringLayer,
     elf_audit: elf_audit::ElfAuditLayer,
+    toolchain_hardened: Option<bool>,
     users: Vec<User>,
     overlays: Vec<OverlayTree>,
     overlay_modes: BTreeMap<String, FileMode>,
@@ -286,6 +295,7 @@ fn validate_layer(source: &Source, raw: raw::RawProfile) -> Result<Layer, Profil
     layer.controls = controls::validate(source, raw.ssh.as_ref(), raw.services, raw.passwords, raw.firewall)?;
     layer.monitoring = monitoring::validate(source, raw.logging, raw.integrity)?;
     layer.elf_audit = elf_audit::validate(source, raw.elf_audit)?;
+    layer.toolchain_hardened = raw.toolchain.and_then(|t| t.hardened);
     if let Some(ssh) = raw.ssh {
         if let Some(port) = &ssh.port {
             layer.ssh_port = Some(source.check(port, "ssh.port", |p| Port::from_i64(*p))?);
@@ -392,6 +402,7 @@ fn merge(base: &mut Layer, child: Layer) {
     controls::merge(&mut base.controls, child.controls);
     monitoring::merge(&mut base.monitoring, child.monitoring);
     elf_audit::merge(&mut base.elf_audit, child.elf_audit);
+    take(&mut base.toolchain_hardened, child.toolchain_hardened);
     for user in child.users {
         base.users.retain(|u| u.name != user.name);
         base.users.push(user);
@@ -509,6 +520,7 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
         logging,
         integrity,
         elf_audit: elf_audit::finish(layer.elf_audit),
+        toolchain: ToolchainSpec { hardened: layer.toolchain_hardened.unwrap_or(true) },
         users,
         overlays: layer.overlays,
         overlay_modes: layer.overlay_modes,

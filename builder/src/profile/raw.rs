@@ -23,6 +23,7 @@ pub struct RawProfile {
     pub logging: Option<RawLogging>,
     pub integrity: Option<RawIntegrity>,
     pub elf_audit: Option<RawElfAudit>,
+    pub toolchain: Option<RawToolchain>,
     #[serde(default)]
     pub users: Vec<RawUser>,
     pub overlays: Option<RawOverlays>,
@@ -173,6 +174,13 @@ pub struct RawElfFloor {
     pub bind_now: Option<Spanned<f64>>,
     pub stack_protector: Option<Spanned<f64>>,
     pub fortify: Option<Spanned<f64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawToolchain {
+    /// Hardened defaults for the image's C compiler and for dpkg package builds.
+    pub hardened: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

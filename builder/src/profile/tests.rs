@@ -335,3 +335,15 @@ fn elf_audit_allow_weak_takes_absolute_image_paths() {
         "$DIR/profiles/web.toml:3:15: elf-audit.allow-weak: \"/usr/bin/../sbin/x\" is not an absolute path of a file in the image (e.g. \"/usr/bin/tool\"; * matches within one name)",
     );
 }
+
+#[test]
+fn toolchain_is_hardened_unless_a_profile_says_otherwise() {
+    assert!(check_ok(&[("web.toml", "name = \"web\"\n")]).toolchain.hardened);
+    let base = ("base.toml", "name = \"base\"\n[toolchain]\nhardened = false\n");
+    assert!(!check_ok(&[("web.toml", "name = \"web\"\nextends = \"base.toml\"\n"), base]).toolchain.hardened, "inherited");
+    assert!(check_ok(&[("web.toml", "name = \"web\"\nextends = \"base.toml\"\n[toolchain]\nhardened = true\n"), base]).toolchain.hardened);
+    check_error(
+        &[("web.toml", "name = \"web\"\n[toolchain]\nfortify = 3\n")],
+        "$DIR/profiles/web.toml:3:1: unknown field `fortify`, expected `hardened`",
+    );
+}

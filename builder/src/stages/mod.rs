@@ -15,4 +15,5 @@ pub mod passwords;
 pub mod seal;
 pub mod services;
 pub mod ssh;
+pub mod toolchain;
 pub mod users;
