@@ -4,6 +4,7 @@
 //! nothing else; never runs a process, never touches the network.
 
 pub mod controls;
+pub mod kernel;
 pub mod raw;
 pub mod types;
 
@@ -39,6 +40,8 @@ pub struct KernelSpec {
     pub package: PackageName,
     pub cmdline: String,
     pub initramfs_modules: InitramfsModules,
+    /// Sysctls, command-line options, module blacklist, AppArmor, mount options.
+    pub hardening: kernel::KernelHardening,
 }
 
 /// What the initramfs carries: initramfs-tools' MODULES=most, or exactly a
@@ -155,6 +158,7 @@ struct Layer {
     kernel_package: Option<PackageName>,
     kernel_cmdline: Option<String>,
     initramfs_modules: Option<InitramfsModules>,
+    kernel_hardening: kernel::KernelLayer,
     hostname: Option<Hostname>,
     size: Option<ImageSize>,
     ssh_port: Option<Port>,
@@ -265,6 +269,7 @@ fn validate_layer(source: &Source, raw: raw::RawProfile) -> Result<Layer, Profil
         if let Some(modules) = &kernel.initramfs_modules {
             layer.initramfs_modules = Some(source.check(modules, "kernel.initramfs-modules", types::parse_initramfs_modules)?);
         }
+        layer.kernel_hardening = kernel::validate(source, &kernel)?;
     }
     if let Some(image) = raw.image {
         if let Some(hostname) = &image.hostname {
@@ -374,6 +379,7 @@ fn merge(base: &mut Layer, child: Layer) {
     take(&mut base.kernel_package, child.kernel_package);
     take(&mut base.kernel_cmdline, child.kernel_cmdline);
     take(&mut base.initramfs_modules, child.initramfs_modules);
+    kernel::merge(&mut base.kernel_hardening, child.kernel_hardening);
     take(&mut base.hostname, child.hostname);
     take(&mut base.size, child.size);
     take(&mut base.ssh_port, child.ssh_port);
@@ -417,6 +423,10 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
     let mut needed = vec![("passwords", "libpam-pwquality"), ("passwords", "cracklib-runtime")];
     if controls.firewall.enable {
         needed.push(("firewall", "nftables"));
+    }
+    let kernel_hardening = kernel::finish(layer.kernel_hardening);
+    if kernel_hardening.apparmor {
+        needed.push(("kernel.apparmor", "apparmor"));
     }
     for (control, package) in needed {
         let package = PackageName::parse(package).expect("valid");
@@ -470,6 +480,7 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
             initramfs_modules: layer.initramfs_modules.unwrap_or_else(|| {
                 InitramfsModules::List(DEFAULT_INITRAMFS_MODULES.iter().map(|m| m.to_string()).collect())
             }),
+            hardening: kernel_hardening,
         },
         image: ImageSpec { hostname, size: layer.size },
         ssh: SshSpec {

@@ -37,8 +37,9 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     let mut done = Vec::new();
 
     let fstab = format!(
-        "# rampart layout: root found by partition UUID, never by device name; grown to the disk on boot\nPARTUUID={}\t/\text4\tdefaults,errors=remount-ro,x-systemd.growfs\t0\t1\n",
-        ids.root_partuuid
+        "# rampart layout: root found by partition UUID, never by device name; grown to the disk on boot\nPARTUUID={}\t/\text4\tdefaults,errors=remount-ro,x-systemd.growfs\t0\t1\n{}",
+        ids.root_partuuid,
+        crate::stages::kernel::fstab_lines(&ctx.profile)
     );
     ctx.install_file("etc/fstab", fstab.as_bytes(), 0o644)?;
     ctx.install_file("etc/repart.d/50-root.conf", b"# grow the root partition to fill the disk (systemd-repart)\n[Partition]\nType=root\n", 0o644)?;

@@ -5,6 +5,7 @@ pub mod configure;
 pub mod disk;
 pub mod firewall;
 pub mod firstboot;
+pub mod kernel;
 pub mod overlays;
 pub mod packages;
 pub mod passwords;

@@ -27,6 +27,9 @@ pub fn implied_units(profile: &Profile) -> Vec<(String, &'static str)> {
     if profile.firewall.enable {
         units.push(("nftables.service".to_string(), "[firewall]"));
     }
+    if profile.kernel.hardening.apparmor {
+        units.push(("apparmor.service".to_string(), "[kernel] apparmor"));
+    }
     units
 }
 

@@ -57,6 +57,8 @@ struct RawCheck {
     ssh_user: Option<String>,
     running_services_match_profile: Option<bool>,
     listening_sockets_match_profile: Option<bool>,
+    /// Every sysctl rampart and the profile set reads back with its value.
+    sysctls_match_profile: Option<bool>,
     first_login_forced_password_change: Option<bool>,
     /// Run the command as root, through sudo with the admin's password.
     as_root: Option<bool>,
@@ -120,6 +122,9 @@ pub enum Action {
     ListeningSocketsMatchProfile,
     /// The first login had to change the account's expired password.
     FirstLoginForcedPasswordChange,
+    /// Every sysctl the firewall, the kernel control and the profile set
+    /// reads back (`sysctl -n`) with the value they set.
+    SysctlsMatchProfile,
 }
 
 impl Action {
@@ -292,22 +297,28 @@ fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec]) 
     if raw.listening_sockets_match_profile == Some(true) {
         actions.push(Action::ListeningSocketsMatchProfile);
     }
+    if raw.sysctls_match_profile == Some(true) {
+        actions.push(Action::SysctlsMatchProfile);
+    }
     if raw.first_login_forced_password_change == Some(true) {
         actions.push(Action::FirstLoginForcedPasswordChange);
     }
     let action = match actions.len() {
         1 => actions.remove(0),
-        0 => return Err(source.error(&raw.name, format!("check {name}: no action; give one of succeed, fail, wait-until-succeeds, wait-for-unit, wait-for-port, differ, ssh-refuses-wrong-key, ssh-refuses, outside-succeed, outside-fail, open-tcp-ports, open-udp-ports, running-services-match-profile, listening-sockets-match-profile, first-login-forced-password-change"))),
+        0 => return Err(source.error(&raw.name, format!("check {name}: no action; give one of succeed, fail, wait-until-succeeds, wait-for-unit, wait-for-port, differ, ssh-refuses-wrong-key, ssh-refuses, outside-succeed, outside-fail, open-tcp-ports, open-udp-ports, running-services-match-profile, listening-sockets-match-profile, sysctls-match-profile, first-login-forced-password-change"))),
         _ => return Err(source.error(&raw.name, format!("check {name}: give exactly one action"))),
     };
     let uses_expect = matches!(action, Action::Succeed { .. } | Action::WaitUntilSucceeds { .. } | Action::OutsideSucceed { .. } | Action::SshRefuses { .. });
     if expect != Expect::Anything && !uses_expect {
         return Err(source.error(&raw.name, format!("check {name}: expect applies only to succeed, wait-until-succeeds, outside-succeed and ssh-refuses")));
     }
-    let runs_a_command = matches!(action, Action::Succeed { .. } | Action::Fail { .. } | Action::WaitUntilSucceeds { .. } | Action::Differ { .. });
+    let runs_a_command = matches!(
+        action,
+        Action::Succeed { .. } | Action::Fail { .. } | Action::WaitUntilSucceeds { .. } | Action::Differ { .. } | Action::SysctlsMatchProfile
+    );
     let as_root = raw.as_root.unwrap_or(false);
     if as_root && !runs_a_command {
-        return Err(source.error(&raw.name, format!("check {name}: as-root applies only to succeed, fail, wait-until-succeeds and differ")));
+        return Err(source.error(&raw.name, format!("check {name}: as-root applies only to succeed, fail, wait-until-succeeds, differ and sysctls-match-profile")));
     }
     if raw.scan_from.is_some() && !matches!(action, Action::OpenTcpPorts { .. } | Action::OpenUdpPorts { .. }) {
         return Err(source.error(&raw.name, format!("check {name}: scan-from goes with open-tcp-ports or open-udp-ports")));
@@ -358,7 +369,7 @@ mod tests {
     fn unknown_check_kind_is_refused() {
         check_error(
             "profile = \"baseline\"\n[[check]]\nname = \"x\"\nsucceeds = \"true\"\n",
-            "$DIR/vm-tests/t.toml:4:1: unknown field `succeeds`, expected one of `name`, `machine`, `timeout`, `succeed`, `fail`, `wait-until-succeeds`, `wait-for-unit`, `wait-for-port`, `differ`, `ssh-refuses-wrong-key`, `outside-succeed`, `outside-fail`, `open-tcp-ports`, `open-udp-ports`, `scan-from`, `ssh-refuses`, `ssh-user`, `running-services-match-profile`, `listening-sockets-match-profile`, `first-login-forced-password-change`, `as-root`, `expect`, `expect-contains`",
+            "$DIR/vm-tests/t.toml:4:1: unknown field `succeeds`, expected one of `name`, `machine`, `timeout`, `succeed`, `fail`, `wait-until-succeeds`, `wait-for-unit`, `wait-for-port`, `differ`, `ssh-refuses-wrong-key`, `outside-succeed`, `outside-fail`, `open-tcp-ports`, `open-udp-ports`, `scan-from`, `ssh-refuses`, `ssh-user`, `running-services-match-profile`, `listening-sockets-match-profile`, `sysctls-match-profile`, `first-login-forced-password-change`, `as-root`, `expect`, `expect-contains`",
         );
     }
 
