@@ -88,3 +88,18 @@ fn build_refuses_to_replace_a_directory_that_is_not_its_output_before_any_work()
     assert!(stderr.contains("refusing to replace") && stderr.contains("not a rampart output directory"), "{stderr}");
     assert_eq!(std::fs::read_to_string(out.path().join("precious.txt")).unwrap(), "keep me");
 }
+
+#[test]
+fn unknown_sysctl_key_is_refused_with_the_closest_known_one() {
+    check("unknown-sysctl");
+}
+
+#[test]
+fn sysctl_value_out_of_the_kernels_range_is_refused() {
+    check("sysctl-out-of-range");
+}
+
+#[test]
+fn text_for_a_numeric_sysctl_is_refused() {
+    check("sysctl-not-integers");
+}

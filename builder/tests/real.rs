@@ -127,7 +127,7 @@ fn offline_build_of_baseline_in_a_network_namespace_makes_every_artifact() {
     assert!(!baseline.lines().any(|l| l.starts_with("/var/lib/apt/lists/") && !l.ends_with("\t-")), "apt lists are emptied");
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("baseline.report.json")).unwrap()).unwrap();
     let stages: Vec<&str> = report["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
-    assert_eq!(stages, ["packages", "configure", "passwords", "users", "firstboot", "ssh", "firewall", "overlays", "services", "seal", "disk"]);
+    assert_eq!(stages, ["packages", "configure", "kernel", "passwords", "users", "firstboot", "ssh", "firewall", "overlays", "services", "seal", "disk"]);
     // The admin's initial password: in a 0600 file next to the artifacts,
     // outside SHA256SUMS, and nowhere in the image, the report or the log.
     use std::os::unix::fs::PermissionsExt;

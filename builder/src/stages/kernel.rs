@@ -22,7 +22,7 @@ pub const PROFILE_FILE: &str = "etc/sysctl.d/90-rampart-profile.conf";
 const BLACKLIST_FILE: &str = "etc/modprobe.d/rampart-blacklist.conf";
 /// procps's vendor file sets fs.protected_* weaker than rampart and sorts
 /// after every numbered file; rampart's file sets all four, so it is masked.
-const PROTECT_LINKS: &str = "protect-links.conf";
+const PROTECT_LINKS: &str = "99-protect-links.conf";
 
 /// The fstab lines of the temporary directories (CIS 1.1.2): /tmp a tmpfs,
 /// /var/tmp bound onto itself (it keeps its contents across boots), /dev/shm
@@ -252,10 +252,10 @@ mod tests {
 
     #[test]
     fn the_last_file_systemd_reads_sets_the_value() {
-        let cat = "# /usr/lib/sysctl.d/50-default.conf\nkernel.sysrq = 0x01b6\nnet.ipv4.conf.*.rp_filter = 2\n-net.ipv4.conf.all.accept_source_route = 0\n\n# /etc/sysctl.d/50-rampart-kernel.conf\n# why\nkernel.sysrq = 0\nfs/protected_fifos=2\n\n# /usr/lib/sysctl.d/protect-links.conf\nfs.protected_fifos = 1\n";
+        let cat = "# /usr/lib/sysctl.d/50-default.conf\nkernel.sysrq = 0x01b6\nnet.ipv4.conf.*.rp_filter = 2\n-net.ipv4.conf.all.accept_source_route = 0\n\n# /etc/sysctl.d/50-rampart-kernel.conf\n# why\nkernel.sysrq = 0\nfs/protected_fifos=2\n\n# /usr/lib/sysctl.d/99-protect-links.conf\nfs.protected_fifos = 1\n";
         let effective = effective_sysctls(cat);
         assert_eq!(effective["kernel.sysrq"], ("0".to_string(), "/etc/sysctl.d/50-rampart-kernel.conf".to_string()));
-        assert_eq!(effective["fs.protected_fifos"], ("1".to_string(), "/usr/lib/sysctl.d/protect-links.conf".to_string()));
+        assert_eq!(effective["fs.protected_fifos"], ("1".to_string(), "/usr/lib/sysctl.d/99-protect-links.conf".to_string()));
         assert_eq!(effective["net.ipv4.conf.all.accept_source_route"].0, "0");
         assert!(!effective.contains_key("net.ipv4.conf.*.rp_filter"));
     }
