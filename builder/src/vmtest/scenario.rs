@@ -398,6 +398,14 @@ mod tests {
     }
 
     #[test]
+    fn sysctls_match_profile_may_run_as_root_but_takes_no_expect() {
+        check_error(
+            "profile = \"baseline\"\n[[check]]\nname = \"s\"\nas-root = true\nsysctls-match-profile = true\nexpect = \"1\"\n",
+            "$DIR/vm-tests/t.toml:3:8: check s: expect applies only to succeed, wait-until-succeeds, outside-succeed and ssh-refuses",
+        );
+    }
+
+    #[test]
     fn checks_target_named_machines() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("profiles")).unwrap();
