@@ -43,15 +43,17 @@ pub const DEFAULT_SYSCTLS: &[(&str, &str, &str)] = &[
 ];
 
 /// rampart's kernel command-line options, each one that Debian's 6.1 cloud
-/// kernel knows and that boots under QEMU, with why (KSPP).
+/// kernel knows and that boots under QEMU, with why (KSPP). Left out for
+/// boot time: `init_on_free=1` (zeroing every freed page) and `pti=on`
+/// (page-table isolation on CPUs that do not need it; the kernel turns it on
+/// by itself where the CPU is vulnerable); a profile can add them to
+/// `kernel.cmdline`.
 pub const DEFAULT_CMDLINE: &[(&str, &str)] = &[
     ("init_on_alloc=1", "memory zeroed when allocated"),
-    ("init_on_free=1", "memory zeroed when freed"),
     ("slab_nomerge", "no merging of slab caches (heap overflows stay in their cache)"),
     ("page_alloc.shuffle=1", "page allocator free lists randomised"),
     ("randomize_kstack_offset=on", "kernel stack offset randomised on each system call"),
     ("vsyscall=none", "no legacy vsyscall page at a fixed address"),
-    ("pti=on", "kernel page-table isolation, whatever the CPU says"),
     ("debugfs=off", "no debugfs"),
     ("lockdown=integrity", "kernel lockdown: no unsigned modules, no writing kernel memory from user space"),
 ];
