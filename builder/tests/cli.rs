@@ -103,3 +103,18 @@ fn integrity_rule_that_is_not_a_selection_line_is_refused() {
 fn unknown_elf_audit_property_is_refused_with_the_known_ones() {
     check("elf-audit-unknown-property");
 }
+
+#[test]
+fn unknown_sysctl_key_is_refused_with_the_closest_known_one() {
+    check("unknown-sysctl");
+}
+
+#[test]
+fn sysctl_value_out_of_the_kernels_range_is_refused() {
+    check("sysctl-out-of-range");
+}
+
+#[test]
+fn text_for_a_numeric_sysctl_is_refused() {
+    check("sysctl-not-integers");
+}

@@ -117,6 +117,7 @@ pub fn build(profile: Profile, mirror: Mirror, options: &BuildOptions) -> Result
     };
     stages::packages::run(&mut ctx)?;
     stages::configure::run(&mut ctx)?;
+    stages::kernel::run(&mut ctx)?;
     stages::passwords::run(&mut ctx)?;
     stages::users::run(&mut ctx)?;
     stages::firstboot::run(&mut ctx)?;

@@ -6,6 +6,7 @@
 pub mod controls;
 pub mod monitoring;
 pub mod elf_audit;
+pub mod kernel;
 pub mod raw;
 pub mod types;
 
@@ -43,6 +44,8 @@ pub struct KernelSpec {
     pub package: PackageName,
     pub cmdline: String,
     pub initramfs_modules: InitramfsModules,
+    /// Sysctls, command-line options, module blacklist, AppArmor, mount options.
+    pub hardening: kernel::KernelHardening,
 }
 
 /// What the initramfs carries: initramfs-tools' MODULES=most, or exactly a
@@ -170,6 +173,7 @@ struct Layer {
     kernel_package: Option<PackageName>,
     kernel_cmdline: Option<String>,
     initramfs_modules: Option<InitramfsModules>,
+    kernel_hardening: kernel::KernelLayer,
     hostname: Option<Hostname>,
     size: Option<ImageSize>,
     ssh_port: Option<Port>,
@@ -283,6 +287,7 @@ fn validate_layer(source: &Source, raw: raw::RawProfile) -> Result<Layer, Profil
         if let Some(modules) = &kernel.initramfs_modules {
             layer.initramfs_modules = Some(source.check(modules, "kernel.initramfs-modules", types::parse_initramfs_modules)?);
         }
+        layer.kernel_hardening = kernel::validate(source, &kernel)?;
     }
     if let Some(image) = raw.image {
         if let Some(hostname) = &image.hostname {
@@ -395,6 +400,7 @@ fn merge(base: &mut Layer, child: Layer) {
     take(&mut base.kernel_package, child.kernel_package);
     take(&mut base.kernel_cmdline, child.kernel_cmdline);
     take(&mut base.initramfs_modules, child.initramfs_modules);
+    kernel::merge(&mut base.kernel_hardening, child.kernel_hardening);
     take(&mut base.hostname, child.hostname);
     take(&mut base.size, child.size);
     take(&mut base.ssh_port, child.ssh_port);
@@ -449,6 +455,10 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
     if integrity.enable {
         needed.push(("integrity", "aide"));
     }
+    let kernel_hardening = kernel::finish(layer.kernel_hardening);
+    if kernel_hardening.apparmor {
+        needed.push(("kernel.apparmor", "apparmor"));
+    }
     for (control, package) in needed {
         let package = PackageName::parse(package).expect("valid");
         if exclude.contains(&package) {
@@ -501,6 +511,7 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
             initramfs_modules: layer.initramfs_modules.unwrap_or_else(|| {
                 InitramfsModules::List(DEFAULT_INITRAMFS_MODULES.iter().map(|m| m.to_string()).collect())
             }),
+            hardening: kernel_hardening,
         },
         image: ImageSpec { hostname, size: layer.size },
         ssh: SshSpec {

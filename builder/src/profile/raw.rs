@@ -59,6 +59,112 @@ pub struct RawKernel {
     pub cmdline: Option<Spanned<String>>,
     /// Kernel modules the initramfs carries; "most" for initramfs-tools' default.
     pub initramfs_modules: Option<Spanned<toml::Value>>,
+    /// rampart's kernel hardening defaults (sysctls, command line, module blacklist, ctrl-alt-del off).
+    pub hardening: Option<bool>,
+    /// sysctl key = value, over rampart's defaults; dotted keys may be written bare.
+    #[serde(default)]
+    pub sysctl: BTreeMap<String, RawSysctlEntry>,
+    /// Modules that may never load, on top of rampart's list.
+    #[serde(default)]
+    pub module_blacklist: Vec<Spanned<String>>,
+    pub apparmor: Option<bool>,
+    /// /tmp (tmpfs), /var/tmp and /dev/shm mounted nodev,nosuid,noexec.
+    pub secure_mounts: Option<bool>,
+}
+
+/// A value in `[kernel.sysctl]` and where it was written. A bare dotted key
+/// (`kernel.kptr_restrict = 2`) is a nested table in TOML, one that toml
+/// gives no span, so entries take a span when there is one (values) and do
+/// without it (implicit tables).
+#[derive(Debug)]
+pub struct RawSysctlEntry {
+    pub value: RawSysctlValue,
+    pub span: Option<std::ops::Range<usize>>,
+}
+
+#[derive(Debug)]
+pub enum RawSysctlValue {
+    Integer(i64),
+    Text(String),
+    Table(BTreeMap<String, RawSysctlEntry>),
+    /// Any other TOML type, by name (refused by validation).
+    Other(&'static str),
+}
+
+// serde_spanned's protocol: a spanned value is asked for as this struct.
+const SPANNED_NAME: &str = "$__serde_spanned_private_Spanned";
+const SPANNED_START: &str = "$__serde_spanned_private_start";
+const SPANNED_END: &str = "$__serde_spanned_private_end";
+const SPANNED_VALUE: &str = "$__serde_spanned_private_value";
+
+struct SysctlVisitor {
+    /// Whether a map may be serde_spanned's (start, end, value).
+    spanned: bool,
+}
+
+impl<'de> serde::de::Visitor<'de> for SysctlVisitor {
+    type Value = RawSysctlEntry;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an integer or a string")
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(RawSysctlEntry { value: RawSysctlValue::Integer(v), span: None })
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        let v = i64::try_from(v).map_err(|_| E::custom("integer too large"))?;
+        Ok(RawSysctlEntry { value: RawSysctlValue::Integer(v), span: None })
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(RawSysctlEntry { value: RawSysctlValue::Text(v.to_string()), span: None })
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(RawSysctlEntry { value: RawSysctlValue::Other("a boolean"), span: None })
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(RawSysctlEntry { value: RawSysctlValue::Other("a float"), span: None })
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(RawSysctlEntry { value: RawSysctlValue::Other("an array"), span: None })
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut table = BTreeMap::new();
+        let mut first = true;
+        while let Some(key) = map.next_key::<String>()? {
+            if first && self.spanned && key == SPANNED_START {
+                let start: usize = map.next_value()?;
+                let _ = map.next_key::<String>()?;
+                let end: usize = map.next_value()?;
+                let _ = map.next_key::<String>()?;
+                let inner = map.next_value_seed(SysctlSeed { spanned: false })?;
+                return Ok(RawSysctlEntry { value: inner.value, span: Some(start..end) });
+            }
+            first = false;
+            if key.starts_with("$__toml_private") {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                return Ok(RawSysctlEntry { value: RawSysctlValue::Other("a date or time"), span: None });
+            }
+            table.insert(key, map.next_value::<RawSysctlEntry>()?);
+        }
+        Ok(RawSysctlEntry { value: RawSysctlValue::Table(table), span: None })
+    }
+}
+
+struct SysctlSeed {
+    spanned: bool,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for SysctlSeed {
+    type Value = RawSysctlEntry;
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(SysctlVisitor { spanned: self.spanned })
+    }
+}
+
+impl<'de> Deserialize<'de> for RawSysctlEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_struct(SPANNED_NAME, &[SPANNED_START, SPANNED_END, SPANNED_VALUE], SysctlVisitor { spanned: true })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

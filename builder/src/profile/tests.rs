@@ -151,8 +151,8 @@ fn extends_merges_base_then_child() {
     assert_eq!(profile.name.as_str(), "web", "the asked-for file names the profile");
     assert_eq!(profile.description, "the base");
     let include: Vec<&str> = profile.packages.include.iter().map(|p| p.as_str()).collect();
-    // The password, firewall, logging and integrity controls bring their packages.
-    assert_eq!(include, vec!["aide", "cracklib-runtime", "libpam-pwquality", "nftables", "nginx", "openssh-server", "rsyslog"]);
+    // The password, firewall, logging, integrity and kernel controls bring their packages.
+    assert_eq!(include, vec!["aide", "apparmor", "cracklib-runtime", "libpam-pwquality", "nftables", "nginx", "openssh-server", "rsyslog"]);
     assert_eq!(profile.image.hostname.as_str(), "web1");
     assert_eq!(profile.image.size.map(|s| s.bytes()), Some(4 << 30));
     let users: Vec<(&str, usize)> = profile.users.iter().map(|u| (u.name.as_str(), u.groups.len())).collect();
@@ -345,5 +345,47 @@ fn toolchain_is_hardened_unless_a_profile_says_otherwise() {
     check_error(
         &[("web.toml", "name = \"web\"\n[toolchain]\nfortify = 3\n")],
         "$DIR/profiles/web.toml:3:1: unknown field `fortify`, expected `hardened`",
+    );
+}
+
+#[test]
+fn unknown_sysctl_key_names_the_place_and_the_closest_key() {
+    check_error(
+        &[("web.toml", "name = \"web\"\n\n[kernel.sysctl]\nkernel.kptr_restirct = 2\n")],
+        "$DIR/profiles/web.toml:4:24: kernel.sysctl: unknown key \"kernel.kptr_restirct\": Debian 12's kernel (6.1) has no such sysctl (did you mean kernel.kptr_restrict?)",
+    );
+}
+
+#[test]
+fn out_of_range_sysctl_value_says_what_is_allowed() {
+    check_error(
+        &[("web.toml", "name = \"web\"\n[kernel]\nsysctl = { \"kernel.yama.ptrace_scope\" = 4 }\n")],
+        "$DIR/profiles/web.toml:3:41: kernel.sysctl: kernel.yama.ptrace_scope = 4 is out of range: the kernel takes one integer from 0 to 3",
+    );
+}
+
+#[test]
+fn sysctls_merge_by_key_and_blacklists_add_up() {
+    let profile = check_ok(&[
+        ("web.toml", "name = \"web\"\nextends = \"base.toml\"\n[kernel]\nmodule-blacklist = [\"firewire-core\"]\n[kernel.sysctl]\nkernel.sysrq = 176\n\"net.ipv4.conf.eth0.rp_filter\" = \"2\"\n"),
+        ("base.toml", "name = \"base\"\n[kernel]\napparmor = false\nmodule-blacklist = [\"bluetooth\"]\n[kernel.sysctl]\nkernel.sysrq = 1\nvm.swappiness = 10\n"),
+    ]);
+    let hardening = &profile.kernel.hardening;
+    let set: Vec<(&str, &str)> = hardening.sysctl.iter().map(|(k, v)| (k.as_str(), v.value.as_str())).collect();
+    assert_eq!(set, [("kernel.sysrq", "176"), ("net.ipv4.conf.eth0.rp_filter", "2"), ("vm.swappiness", "10")]);
+    assert!(hardening.sysctl["kernel.sysrq"].at.ends_with("web.toml:6:16"));
+    assert!(!hardening.apparmor);
+    assert!(!profile.packages.include.contains(&PackageName::parse("apparmor").unwrap()));
+    let modules = hardening.blacklisted_modules();
+    assert_eq!(&modules[modules.len() - 2..], ["bluetooth", "firewire-core"]);
+}
+
+#[test]
+fn apparmor_brings_its_package_unless_excluded() {
+    let profile = check_ok(&[("web.toml", "name = \"web\"\n")]);
+    assert!(profile.packages.include.contains(&PackageName::parse("apparmor").unwrap()));
+    check_error(
+        &[("web.toml", "name = \"web\"\n[packages]\nexclude = [\"apparmor\"]\n")],
+        "$DIR/profiles/web.toml: packages.exclude: the kernel.apparmor control needs apparmor",
     );
 }

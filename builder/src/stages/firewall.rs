@@ -14,7 +14,7 @@ use crate::traced::{line_named_after, TracedText};
 /// The seed's risky ports: NetBIOS, SMB, RPC portmapper, LPR.
 pub const RISKY_PORTS: &str = "111, 137-139, 445, 515";
 
-const SYSCTLS: &str = "# rampart: [firewall] anti-spoofing and SYN-flood protection (CIS Debian 12 3.3)
+pub const SYSCTLS: &str = "# rampart: [firewall] anti-spoofing and SYN-flood protection (CIS Debian 12 3.3)
 net.ipv4.conf.all.rp_filter = 1
 net.ipv4.conf.default.rp_filter = 1
 net.ipv4.tcp_syncookies = 1

@@ -40,8 +40,10 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
         "# rampart layout: root found by partition UUID, never by device name; grown to the disk on boot\n\
          PARTUUID={}\t/\text4\tdefaults,errors=remount-ro,x-systemd.growfs\t0\t1\n\
          # the configuration partition (logging, integrity): read-only\n\
-         PARTUUID={}\t{CONFIG_MOUNT}\text4\tro,nodev,nosuid,noexec\t0\t0\n",
-        ids.root_partuuid, ids.config_partuuid
+         PARTUUID={}\t{CONFIG_MOUNT}\text4\tro,nodev,nosuid,noexec\t0\t0\n{}",
+        ids.root_partuuid,
+        ids.config_partuuid,
+        crate::stages::kernel::fstab_lines(&ctx.profile)
     );
     ctx.install_file("etc/fstab", fstab.as_bytes(), 0o644)?;
     ctx.install_file("etc/repart.d/50-root.conf", b"# grow the root partition to fill the disk (systemd-repart)\n[Partition]\nType=root\n", 0o644)?;

@@ -8,6 +8,7 @@ pub mod elf_audit;
 pub mod firewall;
 pub mod firstboot;
 pub mod integrity;
+pub mod kernel;
 pub mod logging;
 pub mod overlays;
 pub mod packages;

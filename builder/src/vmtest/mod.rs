@@ -321,6 +321,15 @@ fn parse_listening(text: &str) -> std::collections::BTreeSet<(String, u16)> {
         .collect()
 }
 
+/// `key = value` lines, values with their white space collapsed (the kernel
+/// separates several numbers with tabs).
+fn parse_sysctl_readings(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|line| line.split_once(" = "))
+        .map(|(key, value)| (key.trim().to_string(), value.split_whitespace().collect::<Vec<_>>().join(" ")))
+        .collect()
+}
+
 fn matches_expectation(output: &str, expect: &Expect) -> bool {
     match expect {
         Expect::Anything => true,
@@ -528,6 +537,25 @@ fn run_check(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Result<Opt
             }
             Ok(None)
         }
+        Action::SysctlsMatchProfile => {
+            let expected = crate::stages::kernel::expected_sysctls(env.profile);
+            let keys: Vec<String> = expected.keys().map(|k| shell_words::quote(k).into_owned()).collect();
+            let command = format!(
+                "for key in {}; do printf '%s = %s\\n' \"$key\" \"$(sysctl -n \"$key\" 2>&1 | tr '\\t\\n' '  ')\"; done",
+                keys.join(" ")
+            );
+            let output = ssh(machine, &command, check.timeout)?;
+            let found = parse_sysctl_readings(&output.stdout_text());
+            let differing: Vec<String> = expected
+                .iter()
+                .filter(|(key, value)| found.get(*key) != Some(value))
+                .map(|(key, value)| format!("{key}: set {value}, reads {}", found.get(key).map(String::as_str).unwrap_or("nothing")))
+                .collect();
+            if !differing.is_empty() {
+                return Err(failed(format!("{} of {} sysctls differ from the profile: {}", differing.len(), expected.len(), differing.join("; ")), show(&command, &output)));
+            }
+            Ok(None)
+        }
         Action::FirstLoginForcedPasswordChange => {
             if env.session.forced_password_change {
                 Ok(None)
@@ -607,6 +635,14 @@ fn run_check(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Result<Opt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sysctl_readings_collapse_white_space() {
+        let found = parse_sysctl_readings("kernel.sysrq = 0\nnet.ipv4.tcp_rmem = 4096 131072  6291456 \nfs.x = sysctl: permission denied on key \"fs.x\" \n");
+        assert_eq!(found["kernel.sysrq"], "0");
+        assert_eq!(found["net.ipv4.tcp_rmem"], "4096 131072 6291456");
+        assert_eq!(found["fs.x"], "sysctl: permission denied on key \"fs.x\"");
+    }
 
     #[test]
     fn listening_sockets_are_read_from_ss_without_dhcp_clients() {

@@ -57,6 +57,8 @@ struct RawCheck {
     ssh_user: Option<String>,
     running_services_match_profile: Option<bool>,
     listening_sockets_match_profile: Option<bool>,
+    /// Every sysctl rampart and the profile set reads back with its value.
+    sysctls_match_profile: Option<bool>,
     first_login_forced_password_change: Option<bool>,
     /// A line logged in the guest reaches the profile's remote log host.
     remote_log_receives: Option<bool>,
@@ -134,6 +136,9 @@ pub enum Action {
     RemoteLogSurvivesOutage,
     /// Every running service of the profile writes lines of its own to syslog.
     ProfileServicesLog,
+    /// Every sysctl the firewall, the kernel control and the profile set
+    /// reads back (`sysctl -n`) with the value they set.
+    SysctlsMatchProfile,
 }
 
 impl Action {
@@ -319,6 +324,9 @@ fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec]) 
     if raw.listening_sockets_match_profile == Some(true) {
         actions.push(Action::ListeningSocketsMatchProfile);
     }
+    if raw.sysctls_match_profile == Some(true) {
+        actions.push(Action::SysctlsMatchProfile);
+    }
     if raw.first_login_forced_password_change == Some(true) {
         actions.push(Action::FirstLoginForcedPasswordChange);
     }
@@ -333,17 +341,20 @@ fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec]) 
     }
     let action = match actions.len() {
         1 => actions.remove(0),
-        0 => return Err(source.error(&raw.name, format!("check {name}: no action; give one of succeed, fail, wait-until-succeeds, wait-for-unit, wait-for-port, differ, ssh-refuses-wrong-key, ssh-refuses, outside-succeed, outside-fail, open-tcp-ports, open-udp-ports, running-services-match-profile, listening-sockets-match-profile, first-login-forced-password-change, remote-log-receives, remote-log-survives-outage, profile-services-log"))),
+        0 => return Err(source.error(&raw.name, format!("check {name}: no action; give one of succeed, fail, wait-until-succeeds, wait-for-unit, wait-for-port, differ, ssh-refuses-wrong-key, ssh-refuses, outside-succeed, outside-fail, open-tcp-ports, open-udp-ports, running-services-match-profile, listening-sockets-match-profile, sysctls-match-profile, first-login-forced-password-change, remote-log-receives, remote-log-survives-outage, profile-services-log"))),
         _ => return Err(source.error(&raw.name, format!("check {name}: give exactly one action"))),
     };
     let uses_expect = matches!(action, Action::Succeed { .. } | Action::WaitUntilSucceeds { .. } | Action::OutsideSucceed { .. } | Action::SshRefuses { .. });
     if expect != Expect::Anything && !uses_expect {
         return Err(source.error(&raw.name, format!("check {name}: expect applies only to succeed, wait-until-succeeds, outside-succeed and ssh-refuses")));
     }
-    let runs_a_command = matches!(action, Action::Succeed { .. } | Action::Fail { .. } | Action::WaitUntilSucceeds { .. } | Action::Differ { .. });
+    let runs_a_command = matches!(
+        action,
+        Action::Succeed { .. } | Action::Fail { .. } | Action::WaitUntilSucceeds { .. } | Action::Differ { .. } | Action::SysctlsMatchProfile
+    );
     let as_root = raw.as_root.unwrap_or(false);
     if as_root && !runs_a_command {
-        return Err(source.error(&raw.name, format!("check {name}: as-root applies only to succeed, fail, wait-until-succeeds and differ")));
+        return Err(source.error(&raw.name, format!("check {name}: as-root applies only to succeed, fail, wait-until-succeeds, differ and sysctls-match-profile")));
     }
     if raw.scan_from.is_some() && !matches!(action, Action::OpenTcpPorts { .. } | Action::OpenUdpPorts { .. }) {
         return Err(source.error(&raw.name, format!("check {name}: scan-from goes with open-tcp-ports or open-udp-ports")));
@@ -394,7 +405,7 @@ mod tests {
     fn unknown_check_kind_is_refused() {
         check_error(
             "profile = \"baseline\"\n[[check]]\nname = \"x\"\nsucceeds = \"true\"\n",
-            "$DIR/vm-tests/t.toml:4:1: unknown field `succeeds`, expected one of `name`, `machine`, `timeout`, `succeed`, `fail`, `wait-until-succeeds`, `wait-for-unit`, `wait-for-port`, `differ`, `ssh-refuses-wrong-key`, `outside-succeed`, `outside-fail`, `open-tcp-ports`, `open-udp-ports`, `scan-from`, `ssh-refuses`, `ssh-user`, `running-services-match-profile`, `listening-sockets-match-profile`, `first-login-forced-password-change`, `remote-log-receives`, `remote-log-survives-outage`, `profile-services-log`, `as-root`, `expect`, `expect-contains`",
+            "$DIR/vm-tests/t.toml:4:1: unknown field `succeeds`, expected one of `name`, `machine`, `timeout`, `succeed`, `fail`, `wait-until-succeeds`, `wait-for-unit`, `wait-for-port`, `differ`, `ssh-refuses-wrong-key`, `outside-succeed`, `outside-fail`, `open-tcp-ports`, `open-udp-ports`, `scan-from`, `ssh-refuses`, `ssh-user`, `running-services-match-profile`, `listening-sockets-match-profile`, `sysctls-match-profile`, `first-login-forced-password-change`, `remote-log-receives`, `remote-log-survives-outage`, `profile-services-log`, `as-root`, `expect`, `expect-contains`",
         );
     }
 
@@ -419,6 +430,14 @@ mod tests {
         check_error(
             "profile = \"baseline\"\n[[check]]\nname = \"ids\"\ndiffer = \"cat /etc/machine-id\"\n",
             "$DIR/vm-tests/t.toml:3:8: check ids: differ needs at least two machines",
+        );
+    }
+
+    #[test]
+    fn sysctls_match_profile_may_run_as_root_but_takes_no_expect() {
+        check_error(
+            "profile = \"baseline\"\n[[check]]\nname = \"s\"\nas-root = true\nsysctls-match-profile = true\nexpect = \"1\"\n",
+            "$DIR/vm-tests/t.toml:3:8: check s: expect applies only to succeed, wait-until-succeeds, outside-succeed and ssh-refuses",
         );
     }
 
