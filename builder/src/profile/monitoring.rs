@@ -108,8 +108,8 @@ pub fn parse_excluded_path(s: &str) -> Result<String, String> {
     if !s.starts_with('/') || s.len() < 2 {
         return Err(format!("{s:?} is not an absolute path (e.g. \"/srv/cache\")"));
     }
-    if s.chars().any(|c| c.is_whitespace() || c.is_control()) || s.split('/').any(|part| part == "..") {
-        return Err(format!("{s:?}: a path without white space or \"..\""));
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) || s[1..].trim_end_matches('/').split('/').any(|part| matches!(part, "" | "." | "..")) {
+        return Err(format!("{s:?}: a path below / without white space, \"//\", \".\" or \"..\" (e.g. \"/srv/cache\")"));
     }
     Ok(s.trim_end_matches('/').to_string())
 }
@@ -238,6 +238,9 @@ mod tests {
         assert!(parse_excluded_path("srv").is_err());
         assert!(parse_excluded_path("/srv/../etc").is_err());
         assert!(parse_excluded_path("/srv/a b").is_err());
+        assert!(parse_excluded_path("//").is_err(), "would exclude everything");
+        assert!(parse_excluded_path("/srv//x").is_err());
+        assert!(parse_excluded_path("/./srv").is_err());
         assert_eq!(parse_rule(" /srv/app Content ").as_deref(), Ok("/srv/app Content"));
         assert!(parse_rule("!/srv/tmp").is_ok());
         assert!(parse_rule("=/srv$ Perms").is_ok());

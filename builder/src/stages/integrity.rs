@@ -39,14 +39,13 @@ const RUN_TIME_PATHS: &[(&str, &str)] = &[
     ("/lost+found", "made with each file system"),
     ("/var/log", "logs, kept and forwarded by [logging]"),
     ("/var/cache", "caches"),
-    ("/var/spool", "queues"),
+    ("/var/spool/rsyslog", "the log forwarding queue"),
     ("/var/lib/systemd", "systemd's state: timers, random seed, credentials"),
     ("/var/lib/private", "state of services with dynamic users"),
     ("/var/lib/apt/lists", "package lists"),
     ("/var/lib/sudo", "sudo's time stamps"),
     ("/home", "the users' own files"),
     ("/etc/ssh/ssh_host_", "host keys, made on first boot"),
-    ("/etc/ssh/authorized_keys.d/", "SSH keys provisioned at first boot (systemd credential); the directory itself is checked"),
     ("/etc/passwd-", "shadow-utils' backup of the previous version"),
     ("/etc/group-", "shadow-utils' backup of the previous version"),
     ("/etc/shadow-", "shadow-utils' backup of the previous version"),
@@ -64,6 +63,10 @@ const RUN_TIME_CONTENTS: &[(&str, &str)] = &[
     ("/etc/shadow", "passwords change (the first login must change it)"),
     ("/etc/security/opasswd", "the password history (pam_pwhistory)"),
 ];
+
+fn provisioned_keys(user: &str) -> String {
+    format!("{}/{user}", crate::stages::firstboot::PROVISIONED_KEYS_DIR)
+}
 
 /// AIDE selection lines are regular expressions: a path is quoted.
 fn regex_quoted(path: &str) -> String {
@@ -93,6 +96,8 @@ pub fn render(profile: &Profile) -> TracedText {
     t.line("/ f,l Content", None);
     t.line("# a directory's size and times change with what is in it", None);
     t.line("/ d Attributes", None);
+    t.line("# device nodes, fifos and sockets have no content to compare", None);
+    t.line("/ b,c,p,s Attributes", None);
     for (path, why) in RUN_TIME_CONTENTS {
         t.line(&format!("{}$ f Attributes", regex_quoted(path)), Some(format!("rampart: {why}")));
     }
@@ -107,6 +112,12 @@ pub fn render(profile: &Profile) -> TracedText {
             "(/|$)"
         };
         t.line(&format!("!{}{suffix}", regex_quoted(path)), None);
+    }
+    // Each admin's key file comes from the deployment's credential at first
+    // boot; a key file of any other name is reported.
+    for user in &profile.users {
+        t.line(&format!("# {}'s SSH keys, provisioned at first boot", user.name), None);
+        t.line(&format!("!{}$", regex_quoted(&provisioned_keys(user.name.as_str()))), None);
     }
     for path in &integrity.exclude {
         t.line(&format!("!{}(/|$)", regex_quoted(&path.value)), Some(format!("{}: integrity.exclude", path.at)));
@@ -192,6 +203,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
             "compared": "type, mode, owners, links, size, mtime, sha512, ACLs, xattrs, capabilities",
             "left-out": RUN_TIME_PATHS.iter().map(|(p, why)| json!({"path": p, "why": why})).collect::<Vec<_>>(),
             "contents-not-compared": RUN_TIME_CONTENTS.iter().map(|(p, why)| json!({"path": p, "why": why})).collect::<Vec<_>>(),
+            "provisioned-at-first-boot": ctx.profile.users.iter().map(|u| provisioned_keys(u.name.as_str())).collect::<Vec<_>>(),
             "profile-exclude": integrity.exclude.iter().map(|p| p.value.clone()).collect::<Vec<_>>(),
             "profile-rules": integrity.rules.iter().map(|r| r.value.clone()).collect::<Vec<_>>(),
             "check": format!("{CHECK_TIMER} ({})", integrity.schedule.value),

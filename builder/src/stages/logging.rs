@@ -28,9 +28,11 @@ pub fn render(profile: &Profile) -> String {
 # configuration partition ({CONFIG_MOUNT}); changing it takes a visible remount.
 global(workDirectory=\"/var/spool/rsyslog\")
 
-# Every message journald receives (services, kernel, audit) comes over the
-# syslog socket; rsyslog reads nothing else.
+# What journald receives from services comes over the syslog socket; the
+# kernel's messages (firewall drops, AppArmor denials) are read from the
+# kernel log, which journald does not forward.
 module(load=\"imuxsock\")
+module(load=\"imklog\")
 
 module(load=\"builtin:omfile\" fileOwner=\"root\" fileGroup=\"adm\" fileCreateMode=\"0640\" dirCreateMode=\"0750\")
 

@@ -112,8 +112,16 @@ pub fn plan_tree(tree: &Path, context: &tera::Context) -> Result<BTreeMap<String
 pub fn validate(profile: &Profile) -> Result<()> {
     let context = template_context(profile);
     let mut provided = std::collections::BTreeSet::new();
+    let mount = crate::layout::CONFIG_MOUNT;
     for tree in &profile.overlays {
         for path in plan_tree(&tree.dir, &context)?.into_keys() {
+            // What the logging and integrity controls checked must ship as checked.
+            if path.starts_with(&format!("{mount}/")) || path == "/etc/rsyslog.conf" {
+                bail!(
+                    "overlay {} provides {path}: {mount} is the read-only configuration partition, written by the logging and integrity controls only (use [logging] and [integrity])",
+                    tree.name
+                );
+            }
             provided.insert(path);
         }
     }

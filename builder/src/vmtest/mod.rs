@@ -582,10 +582,21 @@ fn run_check(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Result<Opt
                 }
             }
             if outage {
-                // Long enough for rsyslog to notice the host is gone and queue.
+                // Long enough for rsyslog to notice the host is gone and queue;
+                // then a restart of rsyslog, which must keep the queue on disk.
                 std::thread::sleep(Duration::from_secs(5));
-                if let Some(line) = lines.iter().find(|l| collector.received().contains(l.as_str())) {
-                    return Err(failed(format!("{line} arrived while the log host was down: the outage was not real"), String::new()));
+                let Some(password) = &env.session.sudo_password else {
+                    return Err(failed("restarting rsyslog needs the admin's password, and the secrets file has none", String::new()));
+                };
+                let queue = crate::stages::logging::QUEUE_NAME;
+                let command = "systemctl restart rsyslog.service && ls /var/spool/rsyslog";
+                let output = match machine.ssh_as_root(&command, password, remaining()) {
+                    Ok(Some(output)) => output,
+                    Ok(None) => return Err(failed(format!("`{command}` timed out"), String::new())),
+                    Err(error) => return Err(failed(format!("`{command}` could not run"), format!("{error:#}"))),
+                };
+                if !output.status.success() || !output.stdout_text().contains(&format!("{queue}.")) {
+                    return Err(failed("the forwarding queue was not kept on disk over a restart of rsyslog", show(&command, &output)));
                 }
                 collector.start().map_err(|e| failed("could not start the log collector again", format!("{e:#}")))?;
             }
@@ -616,7 +627,8 @@ fn run_check(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Result<Opt
             let script = format!(
                 "for u in {}; do [ \"$(systemctl is-active $u)\" = active ] || continue; \
                  pid=$(systemctl show -p MainPID --value $u); [ \"$pid\" -gt 0 ] || continue; comm=$(cat /proc/$pid/comm); \
-                 if grep -qE \" $comm[^ ]*[:[]\" /var/log/syslog /var/log/auth.log; then echo \"$u logs as $comm\"; else echo \"SILENT $u ($comm)\"; fi; done",
+                 tag=$comm; [ ${{#comm}} -eq 15 ] && tag=\"$comm[^ :[]*\"; \
+                 if grep -qE \" $tag(\\[[0-9]+\\])?: \" /var/log/syslog /var/log/auth.log; then echo \"$u logs as $comm\"; else echo \"SILENT $u ($comm)\"; fi; done",
                 units.join(" ")
             );
             let output = ssh(machine, &script, check.timeout)?;
