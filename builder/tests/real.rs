@@ -135,7 +135,8 @@ fn offline_build_of_baseline_in_a_network_namespace_makes_every_artifact() {
     // configuration partition, not in the root file system.
     let integrity = report["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "integrity").unwrap();
     assert!(integrity["settings"]["database-entries"].as_u64().unwrap() > 3000, "{integrity}");
-    assert!(!baseline.contains("/etc/rampart/"), "the configuration partition's files are not in the root");
+    assert!(!baseline.lines().any(|l| l.starts_with("/etc/rampart/")), "the configuration partition's files are not in the root");
+    assert!(baseline.lines().any(|l| l.starts_with("/etc/rampart\td\t")), "its mount point is");
     let partition = report["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "config-partition").unwrap();
     let files = partition["settings"]["files"].to_string();
     assert!(files.contains("/etc/rampart/aide/aide.db.gz") && files.contains("/etc/rampart/rsyslog/rsyslog.conf"), "{files}");

@@ -184,6 +184,14 @@ fn remove_stale_namespaces() {
         let Some(rest) = name.strip_prefix("rampart-") else { continue };
         let Some(pid) = rest.split('-').next() else { continue };
         if !Path::new("/proc").join(pid).exists() {
+            // A killed run's second host (dnsmasq drops capabilities, which
+            // clears its parent-death signal) goes with its namespace.
+            if let Ok(pids) = Cmd::new("ip").args(["netns", "pids", name]).run() {
+                for pid in pids.stdout_text().split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+                    // SAFETY: kill(2) with a pid read from the namespace's process list.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
             let _ = Cmd::new("ip").args(["netns", "del", name]).run();
         }
     }
