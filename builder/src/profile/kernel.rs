@@ -335,15 +335,9 @@ pub fn validate(source: &SourceText, kernel: &RawKernel) -> Result<KernelLayer, 
 
 /// The child's values win; sysctls merge by key, blacklisted modules add up.
 pub fn merge(base: &mut KernelLayer, child: KernelLayer) {
-    if child.defaults.is_some() {
-        base.defaults = child.defaults;
-    }
-    if child.apparmor.is_some() {
-        base.apparmor = child.apparmor;
-    }
-    if child.secure_mounts.is_some() {
-        base.secure_mounts = child.secure_mounts;
-    }
+    super::take(&mut base.defaults, child.defaults);
+    super::take(&mut base.apparmor, child.apparmor);
+    super::take(&mut base.secure_mounts, child.secure_mounts);
     base.sysctl.extend(child.sysctl);
     for module in child.module_blacklist {
         if !base.module_blacklist.contains(&module) {

@@ -379,11 +379,6 @@ fn validate_layer(source: &Source, raw: raw::RawProfile) -> Result<Layer, Profil
 /// users are merged by name, the child's definition winning; overlay trees are
 /// appended in order; modes and variables are merged by key.
 fn merge(base: &mut Layer, child: Layer) {
-    fn take<T>(slot: &mut Option<T>, value: Option<T>) {
-        if value.is_some() {
-            *slot = value;
-        }
-    }
     take(&mut base.name, child.name);
     take(&mut base.description, child.description);
     take(&mut base.mirror_url, child.mirror_url);
@@ -538,6 +533,13 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
         variables: layer.variables,
         name,
     })
+}
+
+/// A child layer's value, when it gives one, replaces the base's.
+fn take<T>(slot: &mut Option<T>, value: Option<T>) {
+    if value.is_some() {
+        *slot = value;
+    }
 }
 
 #[cfg(test)]

@@ -178,21 +178,11 @@ pub fn validate(
 
 /// The child's values win field by field; exclusions and rules add up.
 pub fn merge(base: &mut MonitoringLayer, child: MonitoringLayer) {
-    if child.logging_enable.is_some() {
-        base.logging_enable = child.logging_enable;
-    }
-    if child.remote.is_some() {
-        base.remote = child.remote;
-    }
-    if child.queue_max_mib.is_some() {
-        base.queue_max_mib = child.queue_max_mib;
-    }
-    if child.integrity_enable.is_some() {
-        base.integrity_enable = child.integrity_enable;
-    }
-    if child.schedule.is_some() {
-        base.schedule = child.schedule;
-    }
+    super::take(&mut base.logging_enable, child.logging_enable);
+    super::take(&mut base.remote, child.remote);
+    super::take(&mut base.queue_max_mib, child.queue_max_mib);
+    super::take(&mut base.integrity_enable, child.integrity_enable);
+    super::take(&mut base.schedule, child.schedule);
     base.exclude.extend(child.exclude);
     base.rules.extend(child.rules);
 }
