@@ -68,6 +68,10 @@ pub enum Command {
         /// [default: <out>/<name>.secrets, reused from the previous build]
         #[arg(long)]
         secrets: Option<PathBuf>,
+        /// Also make <name>.installer.raw: boots, writes the image to the profile's installer.target
+        /// (or the only empty disk), grows it and powers off
+        #[arg(long)]
+        installer: bool,
     },
     /// Check a disk image (raw or qcow2) against the baseline of its build, without booting
     /// it: lists added, removed and changed files; exit 0 only if none
@@ -150,11 +154,11 @@ pub fn run(cli: Cli) -> Result<i32> {
                 summary.n_damaged
             ));
         }
-        Command::Build { profile, offline, out, cache, mirror, secrets } => {
+        Command::Build { profile, offline, out, cache, mirror, secrets, installer } => {
             let profile = load(&profile)?;
             let mirror = resolve_mirror(&profile, mirror.as_deref())?;
             let out = out.unwrap_or_else(|| default_out(&profile));
-            build::build(profile, mirror, &BuildOptions { offline, out, cache, secrets })?;
+            build::build(profile, mirror, &BuildOptions { offline, out, cache, secrets, installer })?;
         }
         Command::Test { profile, scenario, out, accel, offline, cache, mirror } => {
             let profile = load(&profile)?;

@@ -447,6 +447,15 @@ fn baseline_scenario_passes_in_qemu() {
     let junit = std::fs::read_to_string(ws.path("out/baseline/baseline.junit.xml")).unwrap();
     assert!(junit.contains("failures=\"0\""));
     assert!(junit.contains("machine_ids_differ_between_machines"));
+    // The second machine was installed by the offline installer, which the
+    // test built because the scenario asks for it, and a too small disk
+    // was refused.
+    assert!(junit.contains("offline_installer_installs"));
+    assert!(junit.contains("offline_installer_refuses_a_disk_too_small_and_writes_nothing"));
+    let sums = std::fs::read_to_string(ws.path("out/baseline/SHA256SUMS")).unwrap();
+    assert!(sums.contains("  baseline.installer.raw\n"), "the installer is in SHA256SUMS:\n{sums}");
+    let installer_log = std::fs::read_to_string(ws.path("out/baseline/baseline-second-installer.serial.log")).unwrap();
+    assert!(installer_log.contains("rampart-install: done: baseline installed on /dev/vdb"), "{installer_log}");
     assert!(ws.path("out/baseline/baseline-first.serial.log").exists());
     let stray = Command::new("pgrep").args(["-f", "rampart-test-"]).output().unwrap();
     assert!(!stray.status.success(), "a QEMU outlived the test");

@@ -22,6 +22,8 @@ pub struct BuildOptions {
     pub cache: PathBuf,
     /// Where the accounts' initial passwords are kept; `None`: `<out>/<name>.secrets`.
     pub secrets: Option<PathBuf>,
+    /// Also make `<name>.installer.raw`, the offline installer.
+    pub installer: bool,
 }
 
 /// The lock to build from: read it, or (online) make or refresh it.
@@ -132,13 +134,13 @@ pub fn build(profile: Profile, mirror: Mirror, options: &BuildOptions) -> Result
     stages::elf_audit::run(&mut ctx)?;
     stages::integrity::seed_database(&mut ctx)?;
     stages::config_partition::run(&mut ctx)?;
-    write_artifacts(&mut ctx, &inputs)?;
+    write_artifacts(&mut ctx, &inputs, options.installer)?;
     ctx.publish(&options.out)?;
     ui::step(&format!("artifacts in {}", options.out.display()));
     Ok(())
 }
 
-fn write_artifacts(ctx: &mut BuildContext, inputs: &str) -> Result<()> {
+fn write_artifacts(ctx: &mut BuildContext, inputs: &str, installer: bool) -> Result<()> {
     let timer = ui::Timed::start("writing artifacts");
     let name = ctx.profile.name.to_string();
     let records = baseline::compute(&ctx.root())?;
@@ -153,6 +155,9 @@ fn write_artifacts(ctx: &mut BuildContext, inputs: &str) -> Result<()> {
     let disk_result = stages::disk::run(ctx);
     archive_thread.join().map_err(|_| anyhow::anyhow!("the archive writer panicked"))??;
     disk_result?;
+    if installer {
+        stages::installer::run(ctx)?;
+    }
 
     let report = serde_json::json!({
         "format": "rampart-report-v1",

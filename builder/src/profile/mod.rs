@@ -74,6 +74,15 @@ pub struct ToolchainSpec {
     pub hardened: bool,
 }
 
+/// `[installer]`: where the offline installer (`build --installer`) writes the image.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstallerSpec {
+    /// A /dev path of the target disk; `None`: the only empty disk.
+    pub target: Option<String>,
+    /// The named target may hold data, which the installer replaces.
+    pub overwrite: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SshSpec {
     pub port: Port,
@@ -141,6 +150,7 @@ pub struct Profile {
     pub integrity: IntegritySpec,
     pub elf_audit: ElfAuditSpec,
     pub toolchain: ToolchainSpec,
+    pub installer: InstallerSpec,
     pub users: Vec<User>,
     pub overlays: Vec<OverlayTree>,
     pub overlay_modes: BTreeMap<String, FileMode>,
@@ -182,6 +192,8 @@ struct Layer {
     monitoring: monitoring::MonitoringLayer,
     elf_audit: elf_audit::ElfAuditLayer,
     toolchain_hardened: Option<bool>,
+    installer_target: Option<Option<String>>,
+    installer_overwrite: Option<bool>,
     users: Vec<User>,
     overlays: Vec<OverlayTree>,
     overlay_modes: BTreeMap<String, FileMode>,
@@ -301,6 +313,13 @@ fn validate_layer(source: &Source, raw: raw::RawProfile) -> Result<Layer, Profil
     layer.monitoring = monitoring::validate(source, raw.logging, raw.integrity)?;
     layer.elf_audit = elf_audit::validate(source, raw.elf_audit)?;
     layer.toolchain_hardened = raw.toolchain.and_then(|t| t.hardened);
+    if let Some(installer) = raw.installer {
+        if let Some(target) = &installer.target {
+            layer.installer_target =
+                Some(if target.get_ref().is_empty() { None } else { Some(source.check(target, "installer.target", |s| types::parse_device_path(s))?) });
+        }
+        layer.installer_overwrite = installer.overwrite;
+    }
     if let Some(ssh) = raw.ssh {
         if let Some(port) = &ssh.port {
             layer.ssh_port = Some(source.check(port, "ssh.port", |p| Port::from_i64(*p))?);
@@ -404,6 +423,8 @@ fn merge(base: &mut Layer, child: Layer) {
     monitoring::merge(&mut base.monitoring, child.monitoring);
     elf_audit::merge(&mut base.elf_audit, child.elf_audit);
     take(&mut base.toolchain_hardened, child.toolchain_hardened);
+    take(&mut base.installer_target, child.installer_target);
+    take(&mut base.installer_overwrite, child.installer_overwrite);
     for user in child.users {
         base.users.retain(|u| u.name != user.name);
         base.users.push(user);
@@ -527,6 +548,7 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
         integrity,
         elf_audit: elf_audit::finish(layer.elf_audit),
         toolchain: ToolchainSpec { hardened: layer.toolchain_hardened.unwrap_or(true) },
+        installer: InstallerSpec { target: layer.installer_target.flatten(), overwrite: layer.installer_overwrite.unwrap_or(false) },
         users,
         overlays: layer.overlays,
         overlay_modes: layer.overlay_modes,

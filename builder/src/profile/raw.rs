@@ -24,6 +24,7 @@ pub struct RawProfile {
     pub integrity: Option<RawIntegrity>,
     pub elf_audit: Option<RawElfAudit>,
     pub toolchain: Option<RawToolchain>,
+    pub installer: Option<RawInstaller>,
     #[serde(default)]
     pub users: Vec<RawUser>,
     pub overlays: Option<RawOverlays>,
@@ -287,6 +288,15 @@ pub struct RawElfFloor {
 pub struct RawToolchain {
     /// Hardened defaults for the image's C compiler and for dpkg package builds.
     pub hardened: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawInstaller {
+    /// The disk the offline installer writes the image to, e.g. "/dev/disk/by-path/pci-0000:00:1f.2-ata-1".
+    pub target: Option<Spanned<String>>,
+    /// Let the installer replace what the named target holds.
+    pub overwrite: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -389,3 +389,28 @@ fn apparmor_brings_its_package_unless_excluded() {
         "$DIR/profiles/web.toml: packages.exclude: the kernel.apparmor control needs apparmor",
     );
 }
+
+#[test]
+fn installer_target_is_a_device_path_and_merges_field_by_field() {
+    let profile = check_ok(&[("web.toml", "name = \"web\"\n")]);
+    assert_eq!(profile.installer, InstallerSpec { target: None, overwrite: false }, "by default: the only empty disk, never overwrite");
+    let profile = check_ok(&[
+        ("web.toml", "name = \"web\"\nextends = \"base.toml\"\n[installer]\noverwrite = true\n"),
+        ("base.toml", "name = \"base\"\n[installer]\ntarget = \"/dev/disk/by-id/ata-SAMSUNG_MZ7LH480_S45N:0\"\n"),
+    ]);
+    assert_eq!(profile.installer.target.as_deref(), Some("/dev/disk/by-id/ata-SAMSUNG_MZ7LH480_S45N:0"));
+    assert!(profile.installer.overwrite);
+    let cleared = check_ok(&[
+        ("web.toml", "name = \"web\"\nextends = \"base.toml\"\n[installer]\ntarget = \"\"\n"),
+        ("base.toml", "name = \"base\"\n[installer]\ntarget = \"/dev/sda\"\n"),
+    ]);
+    assert_eq!(cleared.installer.target, None, "an empty target in the child goes back to the only empty disk");
+    check_error(
+        &[("web.toml", "name = \"web\"\n[installer]\ntarget = \"/dev/../etc/passwd\"\n")],
+        "$DIR/profiles/web.toml:3:10: installer.target: \"/dev/../etc/passwd\" is not a device path (e.g. \"/dev/sda\" or \"/dev/disk/by-id/ata-SAMSUNG_MZ7LH480_S45N\"); letters, digits and /-_.:+@ only",
+    );
+    check_error(
+        &[("web.toml", "name = \"web\"\n[installer]\ntarget = \"sda'; rm -rf /\"\n")],
+        "$DIR/profiles/web.toml:3:10: installer.target: \"sda'; rm -rf /\" is not a device path (e.g. \"/dev/sda\" or \"/dev/disk/by-id/ata-SAMSUNG_MZ7LH480_S45N\"); letters, digits and /-_.:+@ only",
+    );
+}

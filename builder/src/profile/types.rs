@@ -165,7 +165,17 @@ impl ImageSize {
         ImageSize(bytes)
     }
 
+    /// An image size: at least 512M, at most 2048G.
     pub fn parse(s: &str) -> Result<Self, String> {
+        let size = Self::parse_any(s)?;
+        if size.0 < (512 << 20) {
+            return Err(format!("{s:?} is too small; an image needs at least 512M"));
+        }
+        Ok(size)
+    }
+
+    /// Any disk size up to 2048G (a test's deliberately small disk, say).
+    pub fn parse_any(s: &str) -> Result<Self, String> {
         let bad = || format!("{s:?} is not a size (a whole number with K, M or G, e.g. \"2G\")");
         let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
         let number: u64 = digits.parse().map_err(|_| bad())?;
@@ -176,8 +186,8 @@ impl ImageSize {
             _ => return Err(bad()),
         };
         let bytes = number.checked_mul(factor).ok_or_else(bad)?;
-        if bytes < (512 << 20) {
-            return Err(format!("{s:?} is too small; an image needs at least 512M"));
+        if bytes == 0 {
+            return Err(bad());
         }
         if bytes > (2 << 40) {
             return Err(format!("{s:?} is too large (at most 2048G)"));
@@ -221,6 +231,16 @@ pub fn parse_snapshot(s: &str) -> Result<String, String> {
     } else {
         Err(format!("{s:?} is not a snapshot date (YYYYMMDDTHHMMSSZ, e.g. 20250520T000000Z)"))
     }
+}
+
+/// A block device path under /dev, e.g. "/dev/sda" or "/dev/disk/by-id/...".
+pub fn parse_device_path(s: &str) -> Result<String, String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "/-_.:+@".contains(c);
+    let parts_ok = s.strip_prefix("/dev/").is_some_and(|rest| !rest.is_empty() && rest.split('/').all(|p| !matches!(p, "" | "." | "..")));
+    if !parts_ok || !s.chars().all(allowed) {
+        return Err(format!("{s:?} is not a device path (e.g. \"/dev/sda\" or \"/dev/disk/by-id/ata-SAMSUNG_MZ7LH480_S45N\"); letters, digits and /-_.:+@ only"));
+    }
+    Ok(s.to_string())
 }
 
 pub fn parse_cmdline(s: &str) -> Result<String, String> {

@@ -19,10 +19,10 @@ use crate::process::Cmd;
 use crate::tree::{walk, Kind};
 use crate::ui;
 
-const MIB: u64 = 1 << 20;
+pub(crate) const MIB: u64 = 1 << 20;
 const SYSTEMD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
-const TYPE_ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
-const TYPE_LINUX_DATA: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
+pub(crate) const TYPE_ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+pub(crate) const TYPE_LINUX_DATA: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
 /// The discoverable-partitions type of an x86-64 root: systemd-repart finds it.
 const TYPE_ROOT_X86_64: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
 
@@ -78,10 +78,16 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     make_ext4(ctx, &config_image, &config_fs, &epoch)?;
     let esp_image = work.join("esp.vfat");
     let cmdline = format!("root=PARTUUID={} rw {}", ids.root_partuuid, ctx.kernel_cmdline());
-    make_esp(&work, &esp_image, &kernel, &initrd, &cmdline, &ids, &epoch)?;
+    let esp = Esp { title: "Debian GNU/Linux 12 (rampart)", kernel: &kernel, initrd: &initrd, cmdline: &cmdline, label: ESP_LABEL, volume_id: &ids.esp_volume_id };
+    make_esp(&work.join("esp"), &esp_image, &esp, &epoch)?;
 
     let raw = ctx.artifact("raw");
-    write_partition_table(&raw, &work, disk_bytes, root_start_mib, root_size_mib, &ids)?;
+    let partitions = [
+        GptPartition { start_mib: FIRST_LBA_MIB, size_mib: ESP_SIZE_MIB, type_guid: TYPE_ESP, uuid: &ids.esp_partuuid, name: "esp" },
+        GptPartition { start_mib: FIRST_LBA_MIB + ESP_SIZE_MIB, size_mib: CONFIG_SIZE_MIB, type_guid: TYPE_LINUX_DATA, uuid: &ids.config_partuuid, name: "rampart-config" },
+        GptPartition { start_mib: root_start_mib, size_mib: root_size_mib, type_guid: TYPE_ROOT_X86_64, uuid: &ids.root_partuuid, name: "root" },
+    ];
+    write_partition_table(&raw, &work, disk_bytes, &ids.disk_guid, &partitions)?;
     copy_sparse(&esp_image, &raw, FIRST_LBA_MIB * MIB)?;
     copy_sparse(&config_image, &raw, (FIRST_LBA_MIB + ESP_SIZE_MIB) * MIB)?;
     copy_sparse(&root_image, &raw, root_start_mib * MIB)?;
@@ -118,7 +124,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
 }
 
 /// The newest kernel in /boot and its initrd.
-fn find_kernel(root: &Path) -> Result<(PathBuf, PathBuf)> {
+pub(crate) fn find_kernel(root: &Path) -> Result<(PathBuf, PathBuf)> {
     let boot = root.join("boot");
     let mut kernels: Vec<String> = std::fs::read_dir(&boot)
         .with_context(|| format!("while looking for a kernel in {}", boot.display()))?
@@ -155,7 +161,7 @@ fn version_key(version: &str) -> Vec<(u64, String)> {
 /// MiB the root file system needs (content + 30 % + 64 MiB of metadata and
 /// journal, in 4 MiB steps), and the number of entries. Counted from file
 /// sizes, not `du`, so the answer does not depend on the build host's fs.
-fn root_needs(root: &Path) -> Result<(u64, u64)> {
+pub(crate) fn root_needs(root: &Path) -> Result<(u64, u64)> {
     let mut kib: u64 = 0;
     let mut entries: u64 = 0;
     for entry in walk(root)? {
@@ -170,18 +176,18 @@ fn root_needs(root: &Path) -> Result<(u64, u64)> {
 }
 
 /// One ext4 file system made from a tree, with fixed identifiers and times.
-struct Ext4<'a> {
-    what: &'a str,
-    tree: PathBuf,
-    size_mib: u64,
-    inodes: u64,
-    label: &'a str,
-    uuid: &'a str,
-    hash_seed: &'a str,
-    journal: bool,
+pub(crate) struct Ext4<'a> {
+    pub what: &'a str,
+    pub tree: PathBuf,
+    pub size_mib: u64,
+    pub inodes: u64,
+    pub label: &'a str,
+    pub uuid: &'a str,
+    pub hash_seed: &'a str,
+    pub journal: bool,
 }
 
-fn make_ext4(ctx: &BuildContext, image: &Path, fs: &Ext4, epoch: &str) -> Result<()> {
+pub(crate) fn make_ext4(ctx: &BuildContext, image: &Path, fs: &Ext4, epoch: &str) -> Result<()> {
     File::create(image)?.set_len(fs.size_mib * MIB)?;
     Cmd::new("mkfs.ext4")
         .args(["-q", "-F", "-T", "default", "-b", "4096"])
@@ -225,17 +231,28 @@ fn make_ext4(ctx: &BuildContext, image: &Path, fs: &Ext4, epoch: &str) -> Result
     Ok(())
 }
 
-fn make_esp(work: &Path, image: &Path, kernel: &Path, initrd: &Path, cmdline: &str, ids: &Identifiers, epoch: &str) -> Result<()> {
-    let staging = work.join("esp");
-    std::fs::create_dir_all(&staging)?;
+/// What one EFI system partition boots: systemd-boot with a single entry.
+pub(crate) struct Esp<'a> {
+    pub title: &'a str,
+    pub kernel: &'a Path,
+    pub initrd: &'a Path,
+    pub cmdline: &'a str,
+    pub label: &'a str,
+    /// FAT volume id, 8 hex digits.
+    pub volume_id: &'a str,
+}
+
+/// Makes the ESP image from files gathered in `staging`.
+pub(crate) fn make_esp(staging: &Path, image: &Path, esp: &Esp, epoch: &str) -> Result<()> {
+    std::fs::create_dir_all(staging)?;
     let loader = "default rampart.conf\ntimeout 0\neditor no\nauto-entries no\nauto-firmware no\n";
-    let entry = format!("title Debian GNU/Linux 12 (rampart)\nlinux /EFI/rampart/vmlinuz\ninitrd /EFI/rampart/initrd.img\noptions {cmdline}\n");
+    let entry = format!("title {}\nlinux /EFI/rampart/vmlinuz\ninitrd /EFI/rampart/initrd.img\noptions {}\n", esp.title, esp.cmdline);
     std::fs::write(staging.join("loader.conf"), loader)?;
     std::fs::write(staging.join("rampart.conf"), entry)?;
     std::fs::copy(SYSTEMD_BOOT, staging.join("BOOTX64.EFI"))
         .with_context(|| format!("{SYSTEMD_BOOT} is missing; {}", crate::process::INSTALL_HINT))?;
-    std::fs::copy(kernel, staging.join("vmlinuz"))?;
-    std::fs::copy(initrd, staging.join("initrd.img"))?;
+    std::fs::copy(esp.kernel, staging.join("vmlinuz"))?;
+    std::fs::copy(esp.initrd, staging.join("initrd.img"))?;
     let seconds: i64 = epoch.parse()?;
     for name in ["loader.conf", "rampart.conf", "BOOTX64.EFI", "vmlinuz", "initrd.img"] {
         crate::stages::seal::set_times(&staging.join(name), seconds)?;
@@ -244,7 +261,7 @@ fn make_esp(work: &Path, image: &Path, kernel: &Path, initrd: &Path, cmdline: &s
     File::create(image)?.set_len(ESP_SIZE_MIB * MIB)?;
     // --invariant must come before -i, or the volume id is ignored.
     Cmd::new("mkfs.vfat")
-        .args(["--invariant", "-F", "32", "-S", "512", "-s", "1", "-n", ESP_LABEL, "-i", &ids.esp_volume_id])
+        .args(["--invariant", "-F", "32", "-S", "512", "-s", "1", "-n", esp.label, "-i", esp.volume_id])
         .arg(image)
         .run()
         .context("while making the EFI system partition")?;
@@ -272,28 +289,33 @@ fn make_esp(work: &Path, image: &Path, kernel: &Path, initrd: &Path, cmdline: &s
     Ok(())
 }
 
-fn write_partition_table(raw: &Path, work: &Path, disk_bytes: u64, root_start_mib: u64, root_size_mib: u64, ids: &Identifiers) -> Result<()> {
+/// One GPT partition, placed in whole MiB.
+pub(crate) struct GptPartition<'a> {
+    pub start_mib: u64,
+    pub size_mib: u64,
+    pub type_guid: &'a str,
+    pub uuid: &'a str,
+    pub name: &'a str,
+}
+
+/// Creates `raw` at its full (sparse) size with this GPT.
+pub(crate) fn write_partition_table(raw: &Path, work: &Path, disk_bytes: u64, disk_guid: &str, partitions: &[GptPartition]) -> Result<()> {
     let file = File::create(raw).with_context(|| format!("while creating {}", raw.display()))?;
     file.set_len(disk_bytes)?;
     drop(file);
     const SECTORS_PER_MIB: u64 = 2048;
-    let script = format!(
-        "label: gpt\nlabel-id: {disk}\nunit: sectors\nfirst-lba: 2048\n\
-         start={esp_start}, size={esp_size}, type={TYPE_ESP}, uuid={esp}, name=\"esp\"\n\
-         start={cfg_start}, size={cfg_size}, type={TYPE_LINUX_DATA}, uuid={cfg}, name=\"rampart-config\"\n\
-         start={root_start}, size={root_size}, type={TYPE_ROOT_X86_64}, uuid={root}, name=\"root\"\n",
-        disk = ids.disk_guid,
-        esp_start = FIRST_LBA_MIB * SECTORS_PER_MIB,
-        esp_size = ESP_SIZE_MIB * SECTORS_PER_MIB,
-        esp = ids.esp_partuuid,
-        cfg_start = (FIRST_LBA_MIB + ESP_SIZE_MIB) * SECTORS_PER_MIB,
-        cfg_size = CONFIG_SIZE_MIB * SECTORS_PER_MIB,
-        cfg = ids.config_partuuid,
-        root_start = root_start_mib * SECTORS_PER_MIB,
-        root_size = root_size_mib * SECTORS_PER_MIB,
-        root = ids.root_partuuid,
-    );
-    let script_path = work.join("partitions.sfdisk");
+    let mut script = format!("label: gpt\nlabel-id: {disk_guid}\nunit: sectors\nfirst-lba: 2048\n");
+    for p in partitions {
+        script.push_str(&format!(
+            "start={}, size={}, type={}, uuid={}, name=\"{}\"\n",
+            p.start_mib * SECTORS_PER_MIB,
+            p.size_mib * SECTORS_PER_MIB,
+            p.type_guid,
+            p.uuid,
+            p.name
+        ));
+    }
+    let script_path = work.join(format!("{}.sfdisk", raw.file_name().unwrap_or_default().to_string_lossy()));
     std::fs::write(&script_path, &script)?;
     Cmd::new("sh")
         .arg("-c")
@@ -306,8 +328,6 @@ fn write_partition_table(raw: &Path, work: &Path, disk_bytes: u64, root_start_mi
     Ok(())
 }
 
-/// Copies `source` into `target` at `offset`, seeking over all-zero blocks
-/// so the target stays sparse.
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,7 +340,9 @@ mod tests {
     }
 }
 
-fn copy_sparse(source: &Path, target: &Path, offset: u64) -> Result<()> {
+/// Copies `source` into `target` at `offset`, seeking over all-zero blocks
+/// so the target stays sparse.
+pub(crate) fn copy_sparse(source: &Path, target: &Path, offset: u64) -> Result<()> {
     let mut input = File::open(source)?;
     let mut output = OpenOptions::new().write(true).open(target)?;
     let mut buffer = vec![0u8; MIB as usize];

@@ -7,6 +7,7 @@ pub mod disk;
 pub mod elf_audit;
 pub mod firewall;
 pub mod firstboot;
+pub mod installer;
 pub mod integrity;
 pub mod kernel;
 pub mod logging;

@@ -94,7 +94,8 @@ pub fn run(profile: Profile, mirror: Mirror, options: &TestOptions) -> Result<()
     let Some(admin) = profile.users.first().map(|u| u.name.to_string()) else {
         bail!("{}: the profile has no [[users]] admin account, so the test harness has no way in", profile.path.display());
     };
-    ensure_built(&profile, mirror, options)?;
+    let installer = scenarios.iter().any(Scenario::needs_installer);
+    ensure_built(&profile, mirror, options, installer)?;
     let name = profile.name.to_string();
     let image = options.out.join(format!("{name}.qcow2"));
     let raw = options.out.join(format!("{name}.raw"));
@@ -134,11 +135,13 @@ fn lab_log_host(profile: &Profile) -> Option<std::net::SocketAddr> {
     format!("{}:{}", remote.value.host, remote.value.port).parse().ok()
 }
 
-/// Builds unless the artifacts in `out` were made from exactly these inputs.
-fn ensure_built(profile: &Profile, mirror: Mirror, options: &TestOptions) -> Result<()> {
+/// Builds unless the artifacts in `out` were made from exactly these inputs
+/// (and include the offline installer if a scenario boots it).
+fn ensure_built(profile: &Profile, mirror: Mirror, options: &TestOptions, installer: bool) -> Result<()> {
     let report_path = options.out.join(format!("{}.report.json", profile.name));
     let image = options.out.join(format!("{}.qcow2", profile.name));
-    if profile.lock_path().exists() && image.exists() && report_path.exists() {
+    let has_installer = !installer || options.out.join(format!("{}.installer.raw", profile.name)).exists();
+    if profile.lock_path().exists() && image.exists() && report_path.exists() && has_installer {
         let wanted = build::inputs_digest(profile, &mirror)?;
         let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report_path)?)?;
         if report["inputs-sha256"].as_str() == Some(wanted.as_str()) {
@@ -149,7 +152,7 @@ fn ensure_built(profile: &Profile, mirror: Mirror, options: &TestOptions) -> Res
     build::build(
         profile.clone(),
         mirror,
-        &BuildOptions { offline: options.offline, out: options.out.clone(), cache: options.cache.clone(), secrets: None },
+        &BuildOptions { offline: options.offline, out: options.out.clone(), cache: options.cache.clone(), secrets: None, installer },
     )
 }
 
@@ -195,7 +198,32 @@ fn run_scenario(
     if let (Some(lab), Some(address)) = (lab.as_mut(), lab_log_host(profile)) {
         lab.start_collector(address)?;
     }
+    let installer = out.join(format!("{}.installer.raw", profile.name));
     for (index, spec) in scenario.machines.iter().enumerate() {
+        let mut prepared_disk = None;
+        if spec.installer {
+            let disk = work.join(format!("{}.installed.qcow2", spec.name));
+            let started = Instant::now();
+            let outcome = qemu::blank_disk(&disk, spec.disk_size.bytes())
+                .and_then(|_| qemu::run_installer(&installer, &disk, accel, work, &spec.name, INSTALL_TIMEOUT));
+            let _ = std::fs::copy(work.join(format!("serial-{}-installer.log", spec.name)), out.join(format!("{}-{}-installer.serial.log", scenario.name, spec.name)));
+            let failure = match &outcome {
+                Ok(run) if run.installed => None,
+                Ok(run) => Some(("the installer did not install".to_string(), run.messages.join("\n"))),
+                Err(error) => Some(("the installer did not finish".to_string(), format!("{error:#}"))),
+            };
+            let seconds = started.elapsed().as_secs_f64();
+            if let Ok(run) = &outcome {
+                ui::step(&format!("{}: installed by the offline installer in {seconds:.1} s: {}", spec.name, run.messages.last().map(String::as_str).unwrap_or("")));
+            }
+            let installed = failure.is_none();
+            cases.push(CaseResult { name: "offline_installer_installs".into(), machine: spec.name.clone(), seconds, failure });
+            if !installed {
+                not_run(&mut cases, scenario, index, &spec.name, "the offline installer did not install the machine");
+                continue;
+            }
+            prepared_disk = Some(disk);
+        }
         let config = MachineConfig {
             name: &spec.name,
             image,
@@ -207,6 +235,7 @@ fn run_scenario(
             key: &key,
             extra_args: if lab.is_some() { lab::Lab::nic_args(index) } else { Vec::new() },
             netns: lab.as_ref().map(|l| l.lab_ns.clone()),
+            prepared_disk,
         };
         let mut machine = Machine::boot(&config, work)?;
         if let Some(lab) = &lab {
@@ -228,6 +257,9 @@ fn run_scenario(
                     outside: outside.as_ref().map(|(l, a)| (*l, a.as_str())),
                     profile,
                     session: &session,
+                    installer: &installer,
+                    accel,
+                    work,
                 };
                 for (check_index, check) in scenario.checks.iter().enumerate() {
                     let applies = matches!(check.target, Target::All) || check.target == Target::One(index);
@@ -254,14 +286,7 @@ fn run_scenario(
                 let message = format!("{error:#}");
                 let first = message.lines().next().unwrap_or("").to_string();
                 cases.push(CaseResult { name: "boots_to_ssh".into(), machine: spec.name.clone(), seconds: boot_timeout.as_secs_f64(), failure: Some((first, message)) });
-                for check in scenario.checks.iter().filter(|c| matches!(c.target, Target::All) || c.target == Target::One(index)) {
-                    cases.push(CaseResult {
-                        name: check.name.clone(),
-                        machine: spec.name.clone(),
-                        seconds: 0.0,
-                        failure: Some(("not run: the machine did not boot".into(), String::new())),
-                    });
-                }
+                not_run(&mut cases, scenario, index, &spec.name, "the machine did not boot");
             }
         }
         machine.shut_down();
@@ -286,6 +311,16 @@ fn run_scenario(
         cases.push(CaseResult { name: check.name.clone(), machine: "all".into(), seconds: 0.0, failure });
     }
     Ok(cases)
+}
+
+/// How long the offline installer may take to boot, write, check and grow.
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Records every check of machine `index` as failed, not run, for `why`.
+fn not_run(cases: &mut Vec<CaseResult>, scenario: &Scenario, index: usize, machine: &str, why: &str) {
+    for check in scenario.checks.iter().filter(|c| matches!(c.target, Target::All) || c.target == Target::One(index)) {
+        cases.push(CaseResult { name: check.name.clone(), machine: machine.to_string(), seconds: 0.0, failure: Some((format!("not run: {why}"), String::new())) });
+    }
 }
 
 /// Why a check failed: a one-line message and the details.
@@ -344,6 +379,10 @@ struct CheckEnv<'a> {
     outside: Option<(&'a lab::Lab, &'a str)>,
     profile: &'a Profile,
     session: &'a Session,
+    /// The offline installer medium, `<name>.installer.raw`.
+    installer: &'a Path,
+    accel: Accel,
+    work: &'a Path,
 }
 
 /// Runs one check; `Ok(Some(output))` carries output that other machines'
@@ -553,6 +592,25 @@ fn run_check(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Result<Opt
                 .collect();
             if !differing.is_empty() {
                 return Err(failed(format!("{} of {} sysctls differ from the profile: {}", differing.len(), expected.len(), differing.join("; ")), show(&command, &output)));
+            }
+            Ok(None)
+        }
+        Action::InstallerRefuses { disk_size, expect } => {
+            let disk = env.work.join(format!("{}-{}.refused.qcow2", machine.name, check.name));
+            let run = qemu::blank_disk(&disk, disk_size.bytes())
+                .and_then(|_| qemu::run_installer(env.installer, &disk, env.accel, env.work, &format!("{}-{}", machine.name, check.name), check.timeout))
+                .map_err(|e| failed("the installer did not answer", format!("{e:#}")))?;
+            let console = run.messages.join("\n");
+            let refusal = run.messages.iter().find(|l| l.starts_with(crate::stages::installer::FAILED_MARKER));
+            let Some(refusal) = refusal else {
+                return Err(failed(format!("the installer did not refuse a disk of {} MiB", disk_size.bytes() >> 20), console));
+            };
+            if !matches_expectation(refusal, expect) {
+                return Err(failed(format!("the installer refused with another reason than expected: {expect:?}"), console));
+            }
+            let untouched = qemu::disk_is_untouched(&disk).map_err(|e| failed("could not read the refused disk", format!("{e:#}")))?;
+            if !untouched {
+                return Err(failed("the installer refused, yet wrote to the disk", console));
             }
             Ok(None)
         }

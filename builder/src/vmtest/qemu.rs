@@ -137,6 +137,9 @@ pub struct MachineConfig<'a> {
     pub extra_args: Vec<String>,
     /// Run QEMU (and so its loopback port forward) in this network namespace.
     pub netns: Option<String>,
+    /// Boot this disk (made ready before, e.g. by the installer) instead of
+    /// a copy-on-write scratch disk over `image`.
+    pub prepared_disk: Option<PathBuf>,
 }
 
 /// A running VM. QEMU is killed when this drops (and if rampart dies).
@@ -164,16 +167,21 @@ impl Machine {
     /// Boots a copy-on-write scratch disk, larger than the image, backed by
     /// the image itself: the artifact's bytes are what boots.
     pub fn boot(config: &MachineConfig, dir: &Path) -> Result<Machine> {
-        let scratch = dir.join(format!("{}.scratch.qcow2", config.name));
-        Cmd::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-            .arg(std::fs::canonicalize(config.image)?)
-            .arg(&scratch)
-            .arg(config.disk_bytes.to_string())
-            .run()
-            .context("while making the scratch disk")?;
-        let vars = dir.join(format!("{}.OVMF_VARS.fd", config.name));
-        std::fs::copy(OVMF_VARS, &vars).with_context(|| format!("while copying {OVMF_VARS}"))?;
+        let scratch = match &config.prepared_disk {
+            Some(disk) => disk.clone(),
+            None => {
+                let scratch = dir.join(format!("{}.scratch.qcow2", config.name));
+                Cmd::new("qemu-img")
+                    .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+                    .arg(std::fs::canonicalize(config.image)?)
+                    .arg(&scratch)
+                    .arg(config.disk_bytes.to_string())
+                    .run()
+                    .context("while making the scratch disk")?;
+                scratch
+            }
+        };
+        let vars = fresh_vars(dir, config.name)?;
         let ssh_port = free_loopback_port()?;
         let serial_log = dir.join(format!("serial-{}.log", config.name));
         let qemu_log = dir.join(format!("qemu-{}.log", config.name));
@@ -336,21 +344,103 @@ impl Machine {
 
     /// The last `n` lines of the serial console, for failure reports.
     pub fn serial_tail(&self, n: usize) -> String {
-        let bytes = std::fs::read(&self.serial_log).unwrap_or_default();
-        let text = String::from_utf8_lossy(&bytes);
-        let cleaned: String = text.chars().filter(|c| *c == '\n' || !c.is_control()).collect();
-        let lines: Vec<&str> = cleaned.lines().filter(|l| !l.trim().is_empty()).collect();
-        format!(
-            "--- last {} lines of the serial console of {} ({}) ---\n{}",
-            n.min(lines.len()),
-            self.name,
-            self.serial_log.display(),
-            lines[lines.len().saturating_sub(n)..].join("\n")
-        )
+        console_tail(&self.serial_log, &self.name, n)
     }
 
     pub fn shut_down(mut self) {
         self.process.kill();
+    }
+}
+
+/// The last `n` lines of a serial console log, control characters dropped.
+fn console_tail(log: &Path, machine: &str, n: usize) -> String {
+    let bytes = std::fs::read(log).unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
+    let cleaned: String = text.chars().filter(|c| *c == '\n' || !c.is_control()).collect();
+    let lines: Vec<&str> = cleaned.lines().filter(|l| !l.trim().is_empty()).collect();
+    format!(
+        "--- last {} lines of the serial console of {} ({}) ---\n{}",
+        n.min(lines.len()),
+        machine,
+        log.display(),
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    )
+}
+
+/// A machine's own copy of the UEFI variable store.
+fn fresh_vars(dir: &Path, name: &str) -> Result<PathBuf> {
+    let vars = dir.join(format!("{name}.OVMF_VARS.fd"));
+    std::fs::copy(OVMF_VARS, &vars).with_context(|| format!("while copying {OVMF_VARS}"))?;
+    Ok(vars)
+}
+
+/// Makes an empty qcow2 disk of `bytes`.
+pub fn blank_disk(path: &Path, bytes: u64) -> Result<()> {
+    Cmd::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(path).arg(bytes.to_string()).run().context("while making an empty disk")?;
+    Ok(())
+}
+
+/// Whether a qcow2 disk holds no data at all (nothing was ever written).
+pub fn disk_is_untouched(path: &Path) -> Result<bool> {
+    let output = Cmd::new("qemu-img").args(["map", "--output=json"]).arg(path).run().context("while reading the disk's allocation map")?;
+    let map: serde_json::Value = serde_json::from_slice(&output.stdout).context("qemu-img map printed no JSON")?;
+    Ok(map.as_array().is_some_and(|extents| extents.iter().all(|e| e["data"] == serde_json::Value::Bool(false))))
+}
+
+/// How a run of the offline installer ended.
+pub struct InstallRun {
+    /// The installer printed its done line and powered off.
+    pub installed: bool,
+    /// The installer's own console lines.
+    pub messages: Vec<String>,
+    pub serial_log: PathBuf,
+}
+
+/// Boots the offline installer medium (read-only, first in the boot order)
+/// with `target` as the only other disk and no network, and waits until it
+/// powers off after its done line, or halts after its failure line.
+pub fn run_installer(installer: &Path, target: &Path, accel: Accel, dir: &Path, name: &str, timeout: Duration) -> Result<InstallRun> {
+    use crate::stages::installer::{DONE_MARKER, FAILED_MARKER};
+    let vars = fresh_vars(dir, &format!("{name}-installer"))?;
+    let serial_log = dir.join(format!("serial-{name}-installer.log"));
+    let qemu_log = dir.join(format!("qemu-{name}-installer.log"));
+    let mut process = Cmd::new(QEMU)
+        .args(["-machine", "q35", "-accel", accel.name(), "-smp", "2", "-m", "1024", "-nodefaults", "-display", "none", "-no-reboot", "-nic", "none"])
+        .arg("-drive")
+        .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
+        .arg("-drive")
+        .arg(format!("if=pflash,format=raw,file={}", vars.display()))
+        .arg("-drive")
+        .arg(format!("file={},if=none,id=installer,format=raw,readonly=on", installer.display()))
+        .args(["-device", "virtio-blk-pci,drive=installer,bootindex=0"])
+        .arg("-drive")
+        .arg(format!("file={},if=none,id=target,format=qcow2", target.display()))
+        .args(["-device", "virtio-blk-pci,drive=target"])
+        .args(["-device", "virtio-rng-pci"])
+        .arg("-serial")
+        .arg(format!("file:{}", serial_log.display()))
+        .spawn_background(&qemu_log)?;
+    let started = Instant::now();
+    // Whole lines only: a line still being written is not read yet.
+    let messages = |log: &Path| -> Vec<String> {
+        let text = String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).into_owned();
+        let complete = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+        complete.lines().filter_map(|l| l.find("rampart-install: ").map(|at| l[at..].trim_end().to_string())).collect()
+    };
+    loop {
+        let exited = process.try_wait()?.is_some();
+        let seen = messages(&serial_log);
+        let done = seen.iter().any(|l| l.starts_with(DONE_MARKER));
+        let failed = seen.iter().any(|l| l.starts_with(FAILED_MARKER));
+        if exited || failed {
+            process.kill();
+            return Ok(InstallRun { installed: done && exited && !failed, messages: seen, serial_log });
+        }
+        if started.elapsed() > timeout {
+            process.kill();
+            bail!("the installer did not finish within {} s\n{}", timeout.as_secs(), console_tail(&serial_log, &format!("{name}'s installer"), 30));
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 

@@ -31,6 +31,8 @@ struct RawMachine {
     name: Spanned<String>,
     disk_size: Option<Spanned<String>>,
     memory_mib: Option<Spanned<u64>>,
+    /// The machine's disk starts empty; the offline installer writes the image onto it.
+    installer: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -66,6 +68,9 @@ struct RawCheck {
     remote_log_survives_outage: Option<bool>,
     /// Every running service of the profile has lines of its own in syslog.
     profile_services_log: Option<bool>,
+    /// The offline installer, given an empty disk of this size, refuses it
+    /// (too small) with the message in expect-contains and writes nothing.
+    installer_refuses_disk_of: Option<Spanned<String>>,
     /// Run the command as root, through sudo with the admin's password.
     as_root: Option<bool>,
     expect: Option<String>,
@@ -77,6 +82,8 @@ pub struct MachineSpec {
     pub name: String,
     pub disk_size: ImageSize,
     pub memory_mib: u64,
+    /// Installed by the offline installer onto an empty disk, then booted.
+    pub installer: bool,
 }
 
 /// Which machines a check runs on.
@@ -139,6 +146,10 @@ pub enum Action {
     /// Every sysctl the firewall, the kernel control and the profile set
     /// reads back (`sysctl -n`) with the value they set.
     SysctlsMatchProfile,
+    /// The offline installer, booted with only an empty disk of this size
+    /// beside it, refuses to install (the message matches) and the disk
+    /// stays empty.
+    InstallerRefuses { disk_size: ImageSize, expect: Expect },
 }
 
 impl Action {
@@ -152,6 +163,11 @@ impl Action {
                 | Action::RemoteLogReceives
                 | Action::RemoteLogSurvivesOutage
         )
+    }
+
+    /// The check boots the offline installer (`build --installer`).
+    pub fn needs_installer(&self) -> bool {
+        matches!(self, Action::InstallerRefuses { .. })
     }
 
     /// The check needs the profile's remote log host on the second host.
@@ -181,6 +197,13 @@ pub struct Scenario {
     pub isolated_network: bool,
     pub machines: Vec<MachineSpec>,
     pub checks: Vec<Check>,
+}
+
+impl Scenario {
+    /// Some machine or check boots the offline installer.
+    pub fn needs_installer(&self) -> bool {
+        self.machines.iter().any(|m| m.installer) || self.checks.iter().any(|c| c.action.needs_installer())
+    }
 }
 
 /// Reads and validates a scenario. Profiles are looked up as
@@ -219,10 +242,10 @@ pub fn load(path: &Path) -> Result<Scenario, LocatedError> {
             })?,
             None => 1024,
         };
-        machines.push(MachineSpec { name, disk_size, memory_mib });
+        machines.push(MachineSpec { name, disk_size, memory_mib, installer: machine.installer.unwrap_or(false) });
     }
     if machines.is_empty() {
-        machines.push(MachineSpec { name: "machine".into(), disk_size: ImageSize::from_bytes(4 << 30), memory_mib: 1024 });
+        machines.push(MachineSpec { name: "machine".into(), disk_size: ImageSize::from_bytes(4 << 30), memory_mib: 1024, installer: false });
     }
     let isolated_network = raw.isolated_network.unwrap_or(false);
     let mut checks = Vec::new();
@@ -327,6 +350,10 @@ fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec]) 
     if raw.sysctls_match_profile == Some(true) {
         actions.push(Action::SysctlsMatchProfile);
     }
+    if let Some(size) = &raw.installer_refuses_disk_of {
+        let disk_size = source.check(size, "check.installer-refuses-disk-of", |s| ImageSize::parse_any(s))?;
+        actions.push(Action::InstallerRefuses { disk_size, expect: expect.clone() });
+    }
     if raw.first_login_forced_password_change == Some(true) {
         actions.push(Action::FirstLoginForcedPasswordChange);
     }
@@ -341,12 +368,15 @@ fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec]) 
     }
     let action = match actions.len() {
         1 => actions.remove(0),
-        0 => return Err(source.error(&raw.name, format!("check {name}: no action; give one of succeed, fail, wait-until-succeeds, wait-for-unit, wait-for-port, differ, ssh-refuses-wrong-key, ssh-refuses, outside-succeed, outside-fail, open-tcp-ports, open-udp-ports, running-services-match-profile, listening-sockets-match-profile, sysctls-match-profile, first-login-forced-password-change, remote-log-receives, remote-log-survives-outage, profile-services-log"))),
+        0 => return Err(source.error(&raw.name, format!("check {name}: no action; give one of succeed, fail, wait-until-succeeds, wait-for-unit, wait-for-port, differ, ssh-refuses-wrong-key, ssh-refuses, outside-succeed, outside-fail, open-tcp-ports, open-udp-ports, running-services-match-profile, listening-sockets-match-profile, sysctls-match-profile, first-login-forced-password-change, remote-log-receives, remote-log-survives-outage, profile-services-log, installer-refuses-disk-of"))),
         _ => return Err(source.error(&raw.name, format!("check {name}: give exactly one action"))),
     };
-    let uses_expect = matches!(action, Action::Succeed { .. } | Action::WaitUntilSucceeds { .. } | Action::OutsideSucceed { .. } | Action::SshRefuses { .. });
+    let uses_expect = matches!(
+        action,
+        Action::Succeed { .. } | Action::WaitUntilSucceeds { .. } | Action::OutsideSucceed { .. } | Action::SshRefuses { .. } | Action::InstallerRefuses { .. }
+    );
     if expect != Expect::Anything && !uses_expect {
-        return Err(source.error(&raw.name, format!("check {name}: expect applies only to succeed, wait-until-succeeds, outside-succeed and ssh-refuses")));
+        return Err(source.error(&raw.name, format!("check {name}: expect applies only to succeed, wait-until-succeeds, outside-succeed, ssh-refuses and installer-refuses-disk-of")));
     }
     let runs_a_command = matches!(
         action,
@@ -437,7 +467,7 @@ mod tests {
     fn sysctls_match_profile_may_run_as_root_but_takes_no_expect() {
         check_error(
             "profile = \"baseline\"\n[[check]]\nname = \"s\"\nas-root = true\nsysctls-match-profile = true\nexpect = \"1\"\n",
-            "$DIR/vm-tests/t.toml:3:8: check s: expect applies only to succeed, wait-until-succeeds, outside-succeed and ssh-refuses",
+            "$DIR/vm-tests/t.toml:3:8: check s: expect applies only to succeed, wait-until-succeeds, outside-succeed, ssh-refuses and installer-refuses-disk-of",
         );
     }
 
@@ -458,5 +488,24 @@ mod tests {
         assert_eq!(scenario.checks[0].action, Action::Succeed { command: "hostname".into(), expect: Expect::Equals("baseline".into()) });
         assert_eq!(scenario.checks[1].target, Target::All);
         assert_eq!(scenario.machines[1].disk_size.bytes(), 8 << 30);
+    }
+
+    #[test]
+    fn installer_machines_and_refusal_checks_ask_for_the_installer() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("profiles")).unwrap();
+        std::fs::create_dir_all(dir.path().join("vm-tests")).unwrap();
+        std::fs::write(dir.path().join("profiles/baseline.toml"), "name = \"baseline\"\n").unwrap();
+        let path = dir.path().join("vm-tests/t.toml");
+        let plain = "profile = \"baseline\"\n[[machine]]\nname = \"a\"\n[[check]]\nname = \"h\"\nsucceed = \"hostname\"\n";
+        std::fs::write(&path, plain).unwrap();
+        assert!(!load(&path).unwrap().needs_installer());
+        std::fs::write(&path, plain.replace("name = \"a\"\n", "name = \"a\"\ninstaller = true\n")).unwrap();
+        let scenario = load(&path).unwrap();
+        assert!(scenario.machines[0].installer && scenario.needs_installer());
+        std::fs::write(&path, format!("{plain}[[check]]\nname = \"small\"\ninstaller-refuses-disk-of = \"256M\"\nexpect-contains = \"too small\"\n")).unwrap();
+        let scenario = load(&path).unwrap();
+        assert!(scenario.needs_installer());
+        assert_eq!(scenario.checks[1].action, Action::InstallerRefuses { disk_size: ImageSize::parse_any("256M").unwrap(), expect: Expect::Contains("too small".into()) });
     }
 }
