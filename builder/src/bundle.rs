@@ -115,7 +115,8 @@ impl BundledMirror {
 
 impl BundleManifest {
     pub fn render(&self) -> String {
-        format!("{:#}\n", serde_json::to_value(self).expect("a manifest is plain data"))
+        // Fields in declaration order: what the bundle is for comes first.
+        format!("{}\n", serde_json::to_string_pretty(self).expect("a manifest is plain data"))
     }
 
     /// Parses and checks a manifest: its format, and that every member path

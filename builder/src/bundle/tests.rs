@@ -100,14 +100,14 @@ fn manifest_round_trips_and_the_bundle_unpacks() {
     assert_eq!(parsed.render(), text);
     let bytes = tar_bytes(&manifest, &planned);
     assert_eq!(bytes, tar_bytes(&manifest, &planned), "the same members give the same bytes");
-    let (_dir, result) = unpack_bytes(&bytes);
+    let (dir, result) = unpack_bytes(&bytes);
     let unpacked = result.unwrap();
     assert_eq!(unpacked.manifest, manifest);
     assert_eq!(std::fs::read(unpacked.profile_path()).unwrap(), b"name = \"p\"\n");
     assert_eq!(std::fs::read(unpacked.path("inputs/overlays/p/etc/motd")).unwrap(), b"hello\n");
     let mode = std::fs::metadata(unpacked.path("inputs/overlays/p/etc")).unwrap().mode() & 0o7777;
     assert_eq!(mode, 0o755);
-    assert_eq!(read_manifest(&_dir.path().join("b.tar")).unwrap(), manifest);
+    assert_eq!(read_manifest(&dir.path().join("b.tar")).unwrap(), manifest);
 }
 
 #[test]
