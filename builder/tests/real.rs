@@ -111,7 +111,7 @@ fn offline_build_of_baseline_in_a_network_namespace_makes_every_artifact() {
         .unwrap();
     assert!(output.status.success(), "offline build failed:\n{}", stderr(&output));
     let out = ws.path("out/baseline");
-    for artifact in ["raw", "qcow2", "rootfs.tar.gz", "manifest.json", "baseline", "report.json"] {
+    for artifact in ["raw", "qcow2", "rootfs.tar.gz", "etc.tar.gz", "manifest.json", "baseline", "report.json"] {
         assert!(out.join(format!("baseline.{artifact}")).exists(), "missing baseline.{artifact}");
     }
     let check = Command::new("sha256sum").args(["--check", "--quiet", "SHA256SUMS"]).current_dir(&out).output().unwrap();
