@@ -126,6 +126,7 @@ impl BundleManifest {
         if manifest.format != FORMAT {
             bail!("the manifest's format is {:?}; this rampart reads {FORMAT:?}", manifest.format);
         }
+        crate::profile::types::ProfileName::parse(&manifest.profile_name).map_err(|e| anyhow::anyhow!("the manifest's profile-name: {e}"))?;
         let mut seen = BTreeSet::new();
         for member in &manifest.members {
             check_member_path(&member.path)?;

@@ -287,6 +287,9 @@ fn run_build_from_bundle(bundle_path: &Path, given: Option<&Path>, out: Option<P
         bundle::check_same_profile(&manifest, profile.name.as_str(), &members, given)
             .with_context(|| format!("bundle {} refused for {}", bundle_path.display(), given.display()))?;
     }
+    // Checked before the cache is touched: the bundle's name decides the default.
+    let out = out.unwrap_or_else(|| PathBuf::from("out").join(&manifest.profile_name));
+    build::context::check_replaceable(&out)?;
     let cache = Cache::open(cache)?;
     let timer = ui::Timed::start(&format!("verifying and unpacking bundle {} ({} members)", bundle_path.display(), manifest.members.len() + 1));
     let unpacked = bundle::unpack(bundle_path, &cache.root().join("tmp"))?;
@@ -295,12 +298,14 @@ fn run_build_from_bundle(bundle_path: &Path, given: Option<&Path>, out: Option<P
         anyhow::bail!("{}: it changed while it was read", refused());
     }
     let profile = load(&unpacked.profile_path())?;
+    if profile.name.as_str() != manifest.profile_name {
+        anyhow::bail!("{}: its manifest names profile {:?}, its profile file {:?}", refused(), manifest.profile_name, profile.name.as_str());
+    }
     unpacked.check_self_contained(&profile).with_context(refused)?;
     let lock = Lock::read(&profile.lock_path())?;
     bundle::import_debs(&unpacked, &lock, &cache).with_context(refused)?;
     timer.done();
     let mirror = unpacked.manifest.mirror.to_mirror();
-    let out = out.unwrap_or_else(|| default_out(&profile));
     build::build(profile, mirror, &BuildOptions { offline: true, out, cache: cache.root().to_path_buf(), secrets })
 }
 
