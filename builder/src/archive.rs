@@ -1,6 +1,7 @@
-//! `<name>.rootfs.tar.gz`: the image tree as a reproducible archive. Entries
-//! in path order, numeric owners only, times already clamped by the seal
-//! stage, hard links kept as links, gzip header without name or time.
+//! `<name>.rootfs.tar.gz` and `<name>.etc.tar.gz`: image trees as
+//! reproducible archives. Entries in path order, numeric owners only, times
+//! already clamped by the seal stage, hard links kept as links, gzip header
+//! without name or time. Never changes the trees it reads.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -12,18 +13,45 @@ use anyhow::{Context, Result};
 use flate2::{Compression, GzBuilder};
 use tar::{EntryType, Header};
 
-use crate::tree::{walk, Kind};
+use crate::layout::CONFIG_MOUNT;
+use crate::tree::{walk, Entry, Kind};
 
 pub fn write_rootfs_archive(root: &Path, output: &Path) -> Result<()> {
+    let entries = walk(root)?.into_iter().map(|entry| (entry.image_path.clone(), entry)).collect();
+    write_archive(entries, output)
+}
+
+/// The image's `/etc` as the booted image sees it: the root's `/etc`, with
+/// the read-only configuration partition's tree in place of its empty mount
+/// point. The build-time snapshot of `/etc` (seed step 10).
+pub fn write_etc_archive(root: &Path, config_tree: &Path, output: &Path) -> Result<()> {
+    let mount_below = format!("{CONFIG_MOUNT}/");
+    let mut entries: Vec<(String, Entry)> = Vec::new();
+    for entry in walk(&root.join("etc"))? {
+        let image_path = if entry.image_path == "/" { "/etc".to_string() } else { format!("/etc{}", entry.image_path) };
+        if image_path != CONFIG_MOUNT && !image_path.starts_with(&mount_below) {
+            entries.push((image_path, entry));
+        }
+    }
+    for entry in walk(config_tree)? {
+        let image_path = if entry.image_path == "/" { CONFIG_MOUNT.to_string() } else { format!("{CONFIG_MOUNT}{}", entry.image_path) };
+        entries.push((image_path, entry));
+    }
+    entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    write_archive(entries, output)
+}
+
+/// Writes `(image path, entry)` pairs, already in order, as `./path` members.
+fn write_archive(entries: Vec<(String, Entry)>, output: &Path) -> Result<()> {
     let file = File::create(output).with_context(|| format!("while creating {}", output.display()))?;
     let gzip = GzBuilder::new().mtime(0).operating_system(3).write(BufWriter::with_capacity(1 << 20, file), Compression::new(6));
     let mut builder = tar::Builder::new(gzip);
     builder.mode(tar::HeaderMode::Complete);
     builder.follow_symlinks(false);
     let mut first_of_inode: HashMap<(u64, u64), String> = HashMap::new();
-    for entry in walk(root)? {
+    for (image_path, entry) in entries {
         let meta = &entry.meta;
-        let name = if entry.image_path == "/" { "./".to_string() } else { format!(".{}", entry.image_path) };
+        let name = if image_path == "/" { "./".to_string() } else { format!(".{image_path}") };
         let mut header = Header::new_gnu();
         header.set_mode(entry.mode());
         header.set_uid(meta.uid() as u64);
@@ -114,5 +142,33 @@ mod tests {
         assert_eq!(kinds[2], ("bin/a".to_string(), EntryType::Regular));
         assert_eq!(kinds[3], ("bin/b".to_string(), EntryType::Link));
         assert_eq!(kinds[4], ("bin/c".to_string(), EntryType::Symlink));
+    }
+
+    fn member_names(archive: &Path) -> Vec<String> {
+        let bytes = std::fs::read(archive).unwrap();
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
+        archive.entries().unwrap().map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned()).collect()
+    }
+
+    #[test]
+    fn etc_archive_holds_the_configuration_partition_at_its_mount_point() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("etc/rampart")).unwrap();
+        std::fs::create_dir_all(root.path().join("usr/bin")).unwrap();
+        std::fs::write(root.path().join("etc/hostname"), "baseline\n").unwrap();
+        std::fs::write(root.path().join("etc/rampart-not-the-mount"), "x").unwrap();
+        let config = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(config.path().join("rsyslog")).unwrap();
+        std::fs::write(config.path().join("rsyslog/rsyslog.conf"), "# conf\n").unwrap();
+        crate::stages::seal::clamp_times(root.path(), 1000).unwrap();
+        crate::stages::seal::clamp_times(config.path(), 1000).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        write_etc_archive(root.path(), config.path(), &out.path().join("1.tar.gz")).unwrap();
+        write_etc_archive(root.path(), config.path(), &out.path().join("2.tar.gz")).unwrap();
+        assert_eq!(std::fs::read(out.path().join("1.tar.gz")).unwrap(), std::fs::read(out.path().join("2.tar.gz")).unwrap());
+        assert_eq!(
+            member_names(&out.path().join("1.tar.gz")),
+            ["etc", "etc/hostname", "etc/rampart", "etc/rampart-not-the-mount", "etc/rampart/rsyslog", "etc/rampart/rsyslog/rsyslog.conf"]
+        );
     }
 }

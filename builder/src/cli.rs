@@ -13,7 +13,7 @@ use crate::mirror::{self, Mirror};
 use crate::profile::{self, Profile};
 use crate::vmtest::qemu::AccelChoice;
 use crate::vmtest::{self, TestOptions};
-use crate::{fetch, ui};
+use crate::{bundle, fetch, ui};
 
 #[derive(Debug, Parser)]
 #[command(name = "rampart", version, about = "Build hardened, bootable Debian 12 images offline and prove them in QEMU")]
@@ -53,10 +53,16 @@ pub enum Command {
     },
     /// Build the image and its artifacts (locks and fetches first unless --offline)
     Build {
-        profile: PathBuf,
+        /// The profile file; with --bundle optional, and if given it must be the bundle's
+        #[arg(required_unless_present = "bundle")]
+        profile: Option<PathBuf>,
         /// Use the cache alone; the package stage runs with the network cut
         #[arg(long)]
         offline: bool,
+        /// Build offline from a bundle made by `rampart bundle`: verified whole before anything
+        /// is built, its .debs put into the cache, its profile, lock and mirror used
+        #[arg(long, conflicts_with = "mirror")]
+        bundle: Option<PathBuf>,
         /// Output directory [default: out/<profile-name>]
         #[arg(long)]
         out: Option<PathBuf>,
@@ -72,6 +78,18 @@ pub enum Command {
         /// (or the only empty disk), grows it and powers off
         #[arg(long)]
         installer: bool,
+    },
+    /// Write one archive with everything an air-gapped host needs to build the profile:
+    /// the profile and what it extends, its overlays, its lock, every locked .deb, the archive keyring
+    Bundle {
+        profile: PathBuf,
+        /// The bundle file to write (a tar archive)
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+        #[arg(long, default_value = DEFAULT_CACHE)]
+        cache: PathBuf,
+        #[arg(long)]
+        mirror: Option<String>,
     },
     /// Check a disk image (raw or qcow2) against the baseline of its build, without booting
     /// it: lists added, removed and changed files; exit 0 only if none
@@ -154,11 +172,22 @@ pub fn run(cli: Cli) -> Result<i32> {
                 summary.n_damaged
             ));
         }
-        Command::Build { profile, offline, out, cache, mirror, secrets, installer } => {
-            let profile = load(&profile)?;
+        Command::Build { profile, offline, bundle: Some(bundle), out, cache, secrets, mirror: _, installer } => {
+            if offline {
+                ui::step("--bundle builds offline in any case");
+            }
+            run_build_from_bundle(&bundle, profile.as_deref(), out, &cache, secrets, installer)?;
+        }
+        Command::Build { profile, offline, bundle: None, out, cache, mirror, secrets, installer } => {
+            let profile = load(&profile.expect("clap requires a profile without --bundle"))?;
             let mirror = resolve_mirror(&profile, mirror.as_deref())?;
             let out = out.unwrap_or_else(|| default_out(&profile));
             build::build(profile, mirror, &BuildOptions { offline, out, cache, secrets, installer })?;
+        }
+        Command::Bundle { profile, output, cache, mirror } => {
+            let profile = load(&profile)?;
+            let mirror = resolve_mirror(&profile, mirror.as_deref())?;
+            run_bundle(&profile, &mirror, &output, &cache)?;
         }
         Command::Test { profile, scenario, out, accel, offline, cache, mirror } => {
             let profile = load(&profile)?;
@@ -228,6 +257,60 @@ fn run_outdated(profile: &Profile, mirror: &Mirror) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+fn run_bundle(profile: &Profile, mirror: &Mirror, output: &Path, cache: &Path) -> Result<()> {
+    crate::stages::overlays::validate(profile)?;
+    let cache = Cache::open(cache)?;
+    let log = private_log("bundle")?;
+    // As an online build does: lock if needed, fetch what the cache lacks.
+    let lock = build::ensure_lock(profile, mirror, false, &log)?;
+    fetch::fetch(&lock, mirror, &cache, &log)?;
+    let timer = ui::Timed::start(&format!("bundling {} with {} packages", profile.path.display(), lock.packages.len()));
+    let manifest = bundle::write(profile, mirror, &lock, &cache, output)?;
+    timer.done();
+    let bytes = std::fs::metadata(output)?.len();
+    ui::step(&format!(
+        "wrote {} ({} members, {:.1} MB, sha256 {}); carry that digest to the air-gapped host by a channel you trust",
+        output.display(),
+        manifest.members.len() + 1,
+        bytes as f64 / 1e6,
+        crate::fsutil::sha256_file(output)?
+    ));
+    Ok(())
+}
+
+/// `build --bundle`: verify the whole bundle, check the given profile is
+/// its, put its .debs into the cache, then the normal offline build.
+fn run_build_from_bundle(bundle_path: &Path, given: Option<&Path>, out: Option<PathBuf>, cache: &Path, secrets: Option<PathBuf>, installer: bool) -> Result<()> {
+    let manifest = bundle::read_manifest(bundle_path)?;
+    if let Some(given) = given {
+        let profile = load(given)?;
+        let (_, inputs) = bundle::profile_inputs(&profile)?;
+        let members: Vec<bundle::Member> = inputs.into_iter().map(|p| p.member).collect();
+        bundle::check_same_profile(&manifest, profile.name.as_str(), &members, given)
+            .with_context(|| format!("bundle {} refused for {}", bundle_path.display(), given.display()))?;
+    }
+    // Checked before the cache is touched: the bundle's name decides the default.
+    let out = out.unwrap_or_else(|| PathBuf::from("out").join(&manifest.profile_name));
+    build::context::check_replaceable(&out)?;
+    let cache = Cache::open(cache)?;
+    let timer = ui::Timed::start(&format!("verifying and unpacking bundle {} ({} members)", bundle_path.display(), manifest.members.len() + 1));
+    let unpacked = bundle::unpack(bundle_path, &cache.root().join("tmp"))?;
+    let refused = || format!("bundle {} refused", bundle_path.display());
+    if unpacked.manifest != manifest {
+        anyhow::bail!("{}: it changed while it was read", refused());
+    }
+    let profile = load(&unpacked.profile_path())?;
+    if profile.name.as_str() != manifest.profile_name {
+        anyhow::bail!("{}: its manifest names profile {:?}, its profile file {:?}", refused(), manifest.profile_name, profile.name.as_str());
+    }
+    unpacked.check_self_contained(&profile).with_context(refused)?;
+    let lock = Lock::read(&profile.lock_path())?;
+    bundle::import_debs(&unpacked, &lock, &cache).with_context(refused)?;
+    timer.done();
+    let mirror = unpacked.manifest.mirror.to_mirror();
+    build::build(profile, mirror, &BuildOptions { offline: true, out, cache: cache.root().to_path_buf(), secrets, installer })
 }
 
 fn run_lock(profile: &Profile, mirror: &Mirror, update: bool) -> Result<()> {

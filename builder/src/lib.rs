@@ -5,6 +5,7 @@ pub mod apt;
 pub mod archive;
 pub mod baseline;
 pub mod build;
+pub mod bundle;
 pub mod cache;
 pub mod cli;
 pub mod fetch;

@@ -118,3 +118,23 @@ fn sysctl_value_out_of_the_kernels_range_is_refused() {
 fn text_for_a_numeric_sysctl_is_refused() {
     check("sysctl-not-integers");
 }
+
+#[test]
+fn file_that_is_not_a_bundle_is_refused_before_anything_is_built() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let scratch = tempfile::tempdir().unwrap();
+    let cache = scratch.path().join("cache");
+    let out = scratch.path().join("out");
+    let output = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(["build", "--bundle", "tests/cases/bad-port.toml", "--cache"])
+        .arg(&cache)
+        .arg("--out")
+        .arg(&out)
+        .current_dir(dir)
+        .output()
+        .expect("rampart runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.starts_with("rampart: error: bundle tests/cases/bad-port.toml refused: "), "{stderr}");
+    assert!(!out.exists() && !cache.exists(), "nothing is made for a file that is not a bundle");
+}

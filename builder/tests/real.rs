@@ -111,7 +111,7 @@ fn offline_build_of_baseline_in_a_network_namespace_makes_every_artifact() {
         .unwrap();
     assert!(output.status.success(), "offline build failed:\n{}", stderr(&output));
     let out = ws.path("out/baseline");
-    for artifact in ["raw", "qcow2", "rootfs.tar.gz", "manifest.json", "baseline", "report.json"] {
+    for artifact in ["raw", "qcow2", "rootfs.tar.gz", "etc.tar.gz", "manifest.json", "baseline", "report.json"] {
         assert!(out.join(format!("baseline.{artifact}")).exists(), "missing baseline.{artifact}");
     }
     let check = Command::new("sha256sum").args(["--check", "--quiet", "SHA256SUMS"]).current_dir(&out).output().unwrap();
@@ -193,23 +193,76 @@ fn offline_build_of_baseline_in_a_network_namespace_makes_every_artifact() {
 
 #[test]
 #[ignore = "needs root, the network and a Debian mirror: run by scripts/test"]
-fn two_cold_builds_of_one_lock_are_byte_identical() {
+fn two_cold_builds_of_one_lock_are_byte_identical_the_second_from_a_bundle_with_the_network_cut() {
     let ws = Workspace::new();
     ws.lock_and_fetch();
-    // Each build gets its own cache without a package stage: both run mmdebstrap.
-    let first_cache = private_cache(false);
-    let second_cache = private_cache(false);
     // The accounts' initial passwords are an input like the lock: both builds
     // read them from one secrets file (the first build makes it).
     let secrets = ws.path("shared.secrets");
     let secrets = secrets.to_str().unwrap();
-    ws.rampart_ok(&["build", "profiles/baseline.toml", "--offline", "--out", "out/one", "--cache", first_cache.path().to_str().unwrap(), "--secrets", secrets]);
-    ws.rampart_ok(&["build", "profiles/baseline.toml", "--offline", "--out", "out/two", "--cache", second_cache.path().to_str().unwrap(), "--secrets", secrets]);
+    // The first: a connected build with its own cache without a package stage.
+    let first_cache = private_cache(false);
+    ws.rampart_ok(&["build", "profiles/baseline.toml", "--out", "out/one", "--cache", first_cache.path().to_str().unwrap(), "--secrets", secrets]);
+
+    // Bundling is deterministic.
+    let started = Instant::now();
+    ws.rampart_ok(&["bundle", "profiles/baseline.toml", "-o", "baseline.bundle"]);
+    ws.rampart_ok(&["bundle", "profiles/baseline.toml", "-o", "again.bundle"]);
+    eprintln!("two bundles in {:.1} s", started.elapsed().as_secs_f64());
+    let bundle = std::fs::read(ws.path("baseline.bundle")).unwrap();
+    assert!(bundle == std::fs::read(ws.path("again.bundle")).unwrap(), "bundling twice gave different bytes");
+
+    // A damaged .deb member is refused before anything is built, naming it.
+    let mut archive = tar::Archive::new(&bundle[..]);
+    let (member, offset) = archive
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap())
+        .find(|e| e.path_bytes().starts_with(b"debs/openssh-server_"))
+        .map(|e| (String::from_utf8_lossy(&e.path_bytes()).into_owned(), e.raw_file_position() + 100))
+        .unwrap();
+    let mut damaged = bundle.clone();
+    damaged[offset as usize] ^= 0x20;
+    std::fs::write(ws.path("damaged.bundle"), &damaged).unwrap();
+    let empty_cache = tempfile::Builder::new().prefix("rampart-cache-").tempdir_in("/var/tmp").unwrap();
+    let empty = empty_cache.path().to_str().unwrap();
+    let output = ws.rampart(&["build", "--bundle", "damaged.bundle", "--out", "out/damaged", "--cache", empty]);
+    let message = stderr(&output);
+    assert!(!output.status.success(), "a damaged bundle was built");
+    assert!(message.contains(&format!("member {member} is damaged")), "the error names the member: {message}");
+    assert!(!ws.path("out/damaged").exists() && !ws.path("out/damaged.build.log").exists(), "a refused bundle left output");
+    assert_eq!(std::fs::read_dir(empty_cache.path().join("debs")).unwrap().count(), 0, "a refused bundle filled the cache");
+
+    // A profile given with the bundle must be the bundle's version of it.
+    let profile = ws.path("profiles/baseline.toml");
+    let original = std::fs::read_to_string(&profile).unwrap();
+    std::fs::write(&profile, format!("{original}# edited after bundling\n")).unwrap();
+    let output = ws.rampart(&["build", "--bundle", "baseline.bundle", "profiles/baseline.toml", "--out", "out/edited", "--cache", empty]);
+    let message = stderr(&output);
+    assert!(!output.status.success() && message.contains("a bundle built for another profile version"), "{message}");
+    assert!(message.contains("inputs/profiles/baseline.toml differs"), "the error names the file: {message}");
+    std::fs::write(&profile, original).unwrap();
+
+    // The second: from the bundle alone, into an empty cache, with the whole
+    // build's network cut.
+    let output = Command::new("unshare")
+        .args(["--net", "--"])
+        .arg(env!("CARGO_BIN_EXE_rampart"))
+        .args(["build", "--bundle", "baseline.bundle", "profiles/baseline.toml", "--out", "out/two", "--cache", empty, "--secrets", secrets])
+        .current_dir(ws.path(""))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "build from the bundle failed:\n{}", stderr(&output));
     let one = read_sums(&ws.path("out/one"));
     let two = read_sums(&ws.path("out/two"));
     assert_eq!(one, two, "the two builds differ");
-    for artifact in ["baseline.raw", "baseline.qcow2", "baseline.rootfs.tar.gz", "baseline.baseline", "baseline.manifest.json", "baseline.report.json"] {
+    for artifact in ["baseline.raw", "baseline.qcow2", "baseline.rootfs.tar.gz", "baseline.etc.tar.gz", "baseline.baseline", "baseline.manifest.json", "baseline.report.json"] {
         assert!(one.contains(artifact), "SHA256SUMS lacks {artifact}");
+    }
+    let etc = Command::new("tar").args(["-tzf", "out/two/baseline.etc.tar.gz"]).current_dir(ws.path("")).output().unwrap();
+    let etc = String::from_utf8_lossy(&etc.stdout);
+    for path in ["etc/hostname", "etc/ssh/sshd_config", "etc/rampart/rsyslog/rsyslog.conf", "etc/rampart/aide/aide.db.gz"] {
+        assert!(etc.lines().any(|l| l == path), "the /etc snapshot lacks {path}");
     }
 }
 

@@ -149,9 +149,14 @@ fn write_artifacts(ctx: &mut BuildContext, inputs: &str, installer: bool) -> Res
     write_atomic(&ctx.artifact("manifest.json"), format!("{:#}\n", manifest).as_bytes())?;
 
     let root = ctx.root();
+    let config_tree = ctx.config_tree();
     let archive_path = ctx.artifact("rootfs.tar.gz");
-    // The archive and the disk are independent; make them side by side.
-    let archive_thread = std::thread::spawn(move || archive::write_rootfs_archive(&root, &archive_path));
+    let etc_archive_path = ctx.artifact("etc.tar.gz");
+    // The archives and the disk are independent; make them side by side.
+    let archive_thread = std::thread::spawn(move || {
+        archive::write_rootfs_archive(&root, &archive_path)?;
+        archive::write_etc_archive(&root, &config_tree, &etc_archive_path)
+    });
     let disk_result = stages::disk::run(ctx);
     archive_thread.join().map_err(|_| anyhow::anyhow!("the archive writer panicked"))??;
     disk_result?;
