@@ -202,7 +202,8 @@ fn two_cold_builds_of_one_lock_are_byte_identical_the_second_from_a_bundle_with_
     let secrets = secrets.to_str().unwrap();
     // The first: a connected build with its own cache without a package stage.
     let first_cache = private_cache(false);
-    ws.rampart_ok(&["build", "profiles/baseline.toml", "--out", "out/one", "--cache", first_cache.path().to_str().unwrap(), "--secrets", secrets]);
+    // Both also make the offline installer, which must be bit-identical too.
+    ws.rampart_ok(&["build", "profiles/baseline.toml", "--installer", "--out", "out/one", "--cache", first_cache.path().to_str().unwrap(), "--secrets", secrets]);
 
     // Bundling is deterministic.
     let started = Instant::now();
@@ -248,7 +249,7 @@ fn two_cold_builds_of_one_lock_are_byte_identical_the_second_from_a_bundle_with_
     let output = Command::new("unshare")
         .args(["--net", "--"])
         .arg(env!("CARGO_BIN_EXE_rampart"))
-        .args(["build", "--bundle", "baseline.bundle", "profiles/baseline.toml", "--out", "out/two", "--cache", empty, "--secrets", secrets])
+        .args(["build", "--bundle", "baseline.bundle", "profiles/baseline.toml", "--installer", "--out", "out/two", "--cache", empty, "--secrets", secrets])
         .current_dir(ws.path(""))
         .output()
         .unwrap();
@@ -256,7 +257,7 @@ fn two_cold_builds_of_one_lock_are_byte_identical_the_second_from_a_bundle_with_
     let one = read_sums(&ws.path("out/one"));
     let two = read_sums(&ws.path("out/two"));
     assert_eq!(one, two, "the two builds differ");
-    for artifact in ["baseline.raw", "baseline.qcow2", "baseline.rootfs.tar.gz", "baseline.etc.tar.gz", "baseline.baseline", "baseline.manifest.json", "baseline.report.json"] {
+    for artifact in ["baseline.raw", "baseline.qcow2", "baseline.installer.raw", "baseline.rootfs.tar.gz", "baseline.etc.tar.gz", "baseline.baseline", "baseline.manifest.json", "baseline.report.json"] {
         assert!(one.contains(artifact), "SHA256SUMS lacks {artifact}");
     }
     let etc = Command::new("tar").args(["-tzf", "out/two/baseline.etc.tar.gz"]).current_dir(ws.path("")).output().unwrap();
