@@ -42,20 +42,9 @@ pub struct BundleManifest {
     /// A digest of the input members (profiles, lock, overlays): the profile's version.
     pub profile_inputs_sha256: String,
     /// The mirror the lock was resolved against; the image's apt sources name it.
-    pub mirror: BundledMirror,
+    pub mirror: Mirror,
     /// Every member but this manifest, in archive order.
     pub members: Vec<Member>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct BundledMirror {
-    pub url: String,
-    pub security_url: Option<String>,
-    pub suite: String,
-    pub security_suite: Option<String>,
-    pub components: Vec<String>,
-    pub snapshot: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,32 +73,6 @@ impl Member {
             .ok()
             .filter(|m| *m <= 0o7777)
             .with_context(|| format!("member {}: mode {:?} is not octal permission bits", self.path, self.mode))
-    }
-}
-
-impl From<&Mirror> for BundledMirror {
-    fn from(mirror: &Mirror) -> BundledMirror {
-        BundledMirror {
-            url: mirror.url.clone(),
-            security_url: mirror.security_url.clone(),
-            suite: mirror.suite.clone(),
-            security_suite: mirror.security_suite.clone(),
-            components: mirror.components.clone(),
-            snapshot: mirror.snapshot.clone(),
-        }
-    }
-}
-
-impl BundledMirror {
-    pub fn to_mirror(&self) -> Mirror {
-        Mirror {
-            url: self.url.clone(),
-            security_url: self.security_url.clone(),
-            suite: self.suite.clone(),
-            security_suite: self.security_suite.clone(),
-            components: self.components.clone(),
-            snapshot: self.snapshot.clone(),
-        }
     }
 }
 
@@ -288,7 +251,7 @@ pub fn write(profile: &Profile, mirror: &Mirror, lock: &Lock, cache: &Cache, out
         profile_name: profile.name.to_string(),
         profile: top,
         profile_inputs_sha256: inputs_digest(&members),
-        mirror: BundledMirror::from(mirror),
+        mirror: mirror.clone(),
         members,
     };
 

@@ -309,7 +309,7 @@ fn run_build_from_bundle(bundle_path: &Path, given: Option<&Path>, out: Option<P
     let lock = Lock::read(&profile.lock_path())?;
     bundle::import_debs(&unpacked, &lock, &cache).with_context(refused)?;
     timer.done();
-    let mirror = unpacked.manifest.mirror.to_mirror();
+    let mirror = unpacked.manifest.mirror.clone();
     build::build(profile, mirror, &BuildOptions { offline: true, out, cache: cache.root().to_path_buf(), secrets, installer })
 }
 

@@ -16,8 +16,9 @@ pub struct AptSource {
     pub components: Vec<String>,
 }
 
-/// The mirror a run uses, fully resolved.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The mirror a run uses, fully resolved (a bundle's manifest records it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Mirror {
     pub url: String,
     pub security_url: Option<String>,

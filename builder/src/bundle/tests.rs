@@ -36,7 +36,7 @@ fn manifest_for(planned: &[Planned]) -> BundleManifest {
         profile_name: "p".into(),
         profile: "inputs/profiles/p.toml".into(),
         profile_inputs_sha256: inputs_digest(&members),
-        mirror: BundledMirror {
+        mirror: Mirror {
             url: "http://mirror.example/debian".into(),
             security_url: Some("http://mirror.example/debian-security".into()),
             suite: "bookworm".into(),
