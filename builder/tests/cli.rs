@@ -118,3 +118,13 @@ fn sysctl_value_out_of_the_kernels_range_is_refused() {
 fn text_for_a_numeric_sysctl_is_refused() {
     check("sysctl-not-integers");
 }
+
+#[test]
+fn backups_take_a_device_or_a_directory_not_both() {
+    check("backups-device-and-directory");
+}
+
+#[test]
+fn backups_without_a_target_are_refused() {
+    check("backups-without-target");
+}

@@ -201,8 +201,11 @@ run() {{
     borg_run check --verify-data "::$name"
     say "archive $name written and verified (borg check --verify-data)"
     borg_run prune --list --keep-daily "$KEEP_DAILY" --keep-weekly "$KEEP_WEEKLY" --keep-monthly "$KEEP_MONTHLY"
+    # prune lists what it keeps: counted from its log, not by another borg run.
+    local kept
+    kept=$(grep -c '^Keeping archive' "$borg_log" || true)
     borg_run compact
-    say "done: $(borg list --short | wc -l) archives kept (daily $KEEP_DAILY, weekly $KEEP_WEEKLY, monthly $KEEP_MONTHLY); $(df -h --output=avail "$TARGET" | tail -n 1 | tr -d ' ') free on the target"
+    say "done: $kept archives kept (daily $KEEP_DAILY, weekly $KEEP_WEEKLY, monthly $KEEP_MONTHLY); $(df -h --output=avail "$TARGET" | tail -n 1 | tr -d ' ') free on the target"
 }}
 
 restore() {{

@@ -515,11 +515,11 @@ mod tests {
         let machine = |disks: &str| format!("profile = \"baseline\"\n[[machine]]\nname = \"a\"\nextra-disks = [{disks}]\n[[check]]\nname = \"one\"\nsucceed = \"true\"\n");
         check_error(
             &machine("{ size = \"2G\", serial = \"a disk\" }"),
-            "$DIR/vm-tests/t.toml:4:41: machine.extra-disks.serial: \"a disk\" is not a disk serial (1 to 20 letters, digits, '-' or '_', e.g. \"rampart-backup\")",
+            "$DIR/vm-tests/t.toml:4:40: machine.extra-disks.serial: \"a disk\" is not a disk serial (1 to 20 letters, digits, '-' or '_', e.g. \"rampart-backup\")",
         );
         check_error(
             &machine("{ size = \"2G\", serial = \"x\" }, { size = \"1G\", serial = \"x\" }"),
-            "$DIR/vm-tests/t.toml:4:72: machine.extra-disks.serial: x is given twice",
+            "$DIR/vm-tests/t.toml:4:71: machine.extra-disks.serial: x is given twice",
         );
         check_error(
             &machine("{ size = \"2G\" }"),
