@@ -96,11 +96,16 @@ pub fn script() -> String {
 #   rampart-backup borg ARGS...             borg itself, with the target mounted
 #                                           and BORG_REPO set (archives are ::NAME)
 #
-# RAMPART_BACKUP_DEVICE overrides backups.device (e.g. a replacement disk).
+# RAMPART_BACKUP_DEVICE (a replacement disk) or RAMPART_BACKUP_DIRECTORY (a
+# mounted file system) overrides the profile's target.
 set -euo pipefail
 CONFIG={config}
 . "$CONFIG"
 DEVICE=${{RAMPART_BACKUP_DEVICE:-$BACKUP_DEVICE}}
+if [ -n "${{RAMPART_BACKUP_DIRECTORY:-}}" ]; then
+    DEVICE=
+    BACKUP_DIRECTORY=$RAMPART_BACKUP_DIRECTORY
+fi
 MOUNT_POINT={mount_point}
 export BORG_BASE_DIR={base_dir}
 # The repository is not encrypted (it lives on a disk beside the machine; see
