@@ -138,3 +138,13 @@ fn file_that_is_not_a_bundle_is_refused_before_anything_is_built() {
     assert!(stderr.starts_with("rampart: error: bundle tests/cases/bad-port.toml refused: "), "{stderr}");
     assert!(!out.exists() && !cache.exists(), "nothing is made for a file that is not a bundle");
 }
+
+#[test]
+fn backups_take_a_device_or_a_directory_not_both() {
+    check("backups-device-and-directory");
+}
+
+#[test]
+fn backups_without_a_target_are_refused() {
+    check("backups-without-target");
+}

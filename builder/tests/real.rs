@@ -526,6 +526,17 @@ fn lab_bastion_scenario_proves_source_ranges_from_two_addresses() {
     let junit = std::fs::read_to_string(ws.path("out/lab-bastion/lab-bastion.junit.xml")).unwrap();
     assert!(junit.contains("failures=\"0\""));
     assert!(junit.contains("from_outside_the_ranges_no_tcp_port_answers"));
+    // [backups] on the machine's second disk: restore, rotation, full and missing target.
+    for case in [
+        "backup_damage_restore_compare_gives_back_the_same_files",
+        "rotation_keeps_three_daily_two_weekly_two_monthly_archives",
+        "a_full_backup_disk_fails_the_unit_and_keeps_earlier_archives",
+        "a_missing_backup_disk_fails_the_unit_with_a_clear_message",
+        "the_system_disk_and_an_unmounted_directory_are_refused_as_targets",
+        "aide_check_stays_clean_after_backups_and_restores",
+    ] {
+        assert!(junit.contains(case), "{case} did not run");
+    }
 }
 
 #[test]

@@ -127,6 +127,7 @@ pub fn build(profile: Profile, mirror: Mirror, options: &BuildOptions) -> Result
     stages::firewall::run(&mut ctx)?;
     stages::logging::run(&mut ctx)?;
     stages::integrity::run(&mut ctx)?;
+    stages::backups::run(&mut ctx)?;
     stages::toolchain::run(&mut ctx)?;
     stages::overlays::run(&mut ctx)?;
     stages::services::run(&mut ctx)?;

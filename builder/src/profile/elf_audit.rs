@@ -74,6 +74,10 @@ pub struct ElfAuditSpec {
     /// the report, not counted against the floors. Each pattern must match
     /// an executable in the image.
     pub allow_weak: Vec<Sited<String>>,
+    /// Executables a control brings that are weak by Debian's build, with
+    /// the reason (e.g. [backups]' python3.11): listed in the report, not
+    /// counted against the floors.
+    pub control_allowed_weak: Vec<(String, String)>,
 }
 
 /// One file's `[elf-audit]`, validated, not yet merged.
@@ -172,7 +176,7 @@ pub fn finish(layer: ElfAuditLayer) -> ElfAuditSpec {
         .collect();
     let mut allow_weak = layer.allow_weak;
     allow_weak.sort_by(|a, b| a.value.cmp(&b.value));
-    ElfAuditSpec { enable: layer.enable.unwrap_or(true), floors, allow_weak }
+    ElfAuditSpec { enable: layer.enable.unwrap_or(true), floors, allow_weak, control_allowed_weak: Vec::new() }
 }
 
 impl ElfAuditSpec {

@@ -3,6 +3,7 @@
 //! file:line:col), then merges base to child. Reads the profile files and
 //! nothing else; never runs a process, never touches the network.
 
+pub mod backups;
 pub mod controls;
 pub mod monitoring;
 pub mod elf_audit;
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 
 pub use controls::{FirewallAllow, FirewallSpec, PasswordPolicy, Protocol, ServicesSpec, Sited};
+pub use backups::{BackupTarget, BackupsSpec};
 pub use monitoring::{IntegritySpec, LogHost, LoggingSpec};
 pub use elf_audit::{ElfAuditSpec, HardeningProperty};
 pub use types::{Cidr, Hostname, ImageSize, PackageName, Port, ProfileName, UserName};
@@ -148,6 +150,7 @@ pub struct Profile {
     pub firewall: FirewallSpec,
     pub logging: LoggingSpec,
     pub integrity: IntegritySpec,
+    pub backups: BackupsSpec,
     pub elf_audit: ElfAuditSpec,
     pub toolchain: ToolchainSpec,
     pub installer: InstallerSpec,
@@ -190,6 +193,7 @@ struct Layer {
     ssh_allow_from: Option<Vec<Cidr>>,
     controls: controls::ControlsLayer,
     monitoring: monitoring::MonitoringLayer,
+    backups: backups::BackupsLayer,
     elf_audit: elf_audit::ElfAuditLayer,
     toolchain_hardened: Option<bool>,
     installer_target: Option<Option<String>>,
@@ -311,6 +315,7 @@ fn validate_layer(source: &Source, raw: raw::RawProfile) -> Result<Layer, Profil
     }
     layer.controls = controls::validate(source, raw.ssh.as_ref(), raw.services, raw.passwords, raw.firewall)?;
     layer.monitoring = monitoring::validate(source, raw.logging, raw.integrity)?;
+    layer.backups = backups::validate(source, raw.backups)?;
     layer.elf_audit = elf_audit::validate(source, raw.elf_audit)?;
     layer.toolchain_hardened = raw.toolchain.and_then(|t| t.hardened);
     if let Some(installer) = raw.installer {
@@ -421,6 +426,7 @@ fn merge(base: &mut Layer, child: Layer) {
     take(&mut base.ssh_allow_from, child.ssh_allow_from);
     controls::merge(&mut base.controls, child.controls);
     monitoring::merge(&mut base.monitoring, child.monitoring);
+    backups::merge(&mut base.backups, child.backups);
     elf_audit::merge(&mut base.elf_audit, child.elf_audit);
     take(&mut base.toolchain_hardened, child.toolchain_hardened);
     take(&mut base.installer_target, child.installer_target);
@@ -458,6 +464,11 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
     }
     let controls = controls::finish(layer.controls).map_err(at_file)?;
     let (logging, integrity) = monitoring::finish(layer.monitoring);
+    let backups = backups::finish(layer.backups)?;
+    let mut elf_audit = elf_audit::finish(layer.elf_audit);
+    if backups.enable {
+        elf_audit.control_allowed_weak.extend(backups::ALLOWED_WEAK.iter().map(|(p, why)| (p.to_string(), why.to_string())));
+    }
     let mut include: BTreeSet<PackageName> = layer.include.into_iter().collect();
     let exclude: BTreeSet<PackageName> = layer.exclude.into_iter().collect();
     // Each control brings the Debian packages that do its work in the image.
@@ -470,6 +481,9 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
     }
     if integrity.enable {
         needed.push(("integrity", "aide"));
+    }
+    if backups.enable {
+        needed.push(("backups", "borgbackup"));
     }
     let kernel_hardening = kernel::finish(layer.kernel_hardening);
     if kernel_hardening.apparmor {
@@ -546,7 +560,8 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
         firewall: controls.firewall,
         logging,
         integrity,
-        elf_audit: elf_audit::finish(layer.elf_audit),
+        elf_audit,
+        backups,
         toolchain: ToolchainSpec { hardened: layer.toolchain_hardened.unwrap_or(true) },
         installer: InstallerSpec { target: layer.installer_target.flatten(), overwrite: layer.installer_overwrite.unwrap_or(false) },
         users,

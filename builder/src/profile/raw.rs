@@ -22,6 +22,7 @@ pub struct RawProfile {
     pub firewall: Option<RawFirewall>,
     pub logging: Option<RawLogging>,
     pub integrity: Option<RawIntegrity>,
+    pub backups: Option<RawBackups>,
     pub elf_audit: Option<RawElfAudit>,
     pub toolchain: Option<RawToolchain>,
     pub installer: Option<RawInstaller>,
@@ -235,6 +236,22 @@ pub struct RawIntegrity {
     #[serde(default)]
     pub rules: Vec<Spanned<String>>,
     pub schedule: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawBackups {
+    pub enable: Option<Spanned<bool>>,
+    /// What is backed up; replaces rampart's list.
+    pub paths: Option<Vec<Spanned<String>>>,
+    /// A whole block device that holds the archives (e.g. /dev/disk/by-id/...).
+    pub device: Option<Spanned<String>>,
+    /// Or: the mount point of a separate, already mounted file system.
+    pub directory: Option<Spanned<String>>,
+    pub schedule: Option<Spanned<String>>,
+    pub keep_daily: Option<Spanned<i64>>,
+    pub keep_weekly: Option<Spanned<i64>>,
+    pub keep_monthly: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -414,3 +414,100 @@ fn installer_target_is_a_device_path_and_merges_field_by_field() {
         "$DIR/profiles/web.toml:3:10: installer.target: \"sda'; rm -rf /\" is not a device path (e.g. \"/dev/sda\" or \"/dev/disk/by-id/ata-SAMSUNG_MZ7LH480_S45N\"); letters, digits and /-_.:+@ only",
     );
 }
+
+#[test]
+fn backups_are_off_by_default_with_rampart_s_paths_and_counts() {
+    let profile = check_ok(&[("web.toml", "name = \"web\"\n")]);
+    let backups = &profile.backups;
+    assert!(!backups.enable);
+    assert_eq!(backups.paths, vec!["/etc", "/home", "/root", "/var/lib", "/var/log"]);
+    assert_eq!(backups.target, None);
+    assert_eq!(backups.schedule.value, "daily");
+    assert_eq!((backups.keep_daily, backups.keep_weekly, backups.keep_monthly), (7, 4, 6));
+    assert!(!profile.packages.include.contains(&PackageName::parse("borgbackup").unwrap()));
+    assert!(profile.elf_audit.control_allowed_weak.is_empty());
+}
+
+#[test]
+fn backups_bring_borg_and_name_python_as_allowed_weak() {
+    let profile = check_ok(&[("web.toml", "name = \"web\"\n[backups]\nenable = true\ndevice = \"/dev/vdb\"\n")]);
+    assert!(profile.packages.include.contains(&PackageName::parse("borgbackup").unwrap()));
+    let allowed: Vec<&str> = profile.elf_audit.control_allowed_weak.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(allowed, vec!["/usr/bin/python3.11"]);
+    assert_eq!(profile.backups.target.as_ref().map(|t| (t.value.clone(), t.at.ends_with("web.toml:4:10"))), Some((BackupTarget::Device("/dev/vdb".into()), true)));
+    check_error(
+        &[("web.toml", "name = \"web\"\n[packages]\nexclude = [\"borgbackup\"]\n[backups]\nenable = true\ndevice = \"/dev/vdb\"\n")],
+        "$DIR/profiles/web.toml: packages.exclude: the backups control needs borgbackup",
+    );
+}
+
+#[test]
+fn backups_merge_field_by_field_and_a_child_s_target_replaces_the_base_s() {
+    let profile = check_ok(&[
+        ("web.toml", "name = \"web\"\nextends = \"base.toml\"\n[backups]\ndevice = \"/dev/vdb\"\nkeep-weekly = 2\npaths = [\"/srv\"]\n"),
+        ("base.toml", "name = \"base\"\n[backups]\nenable = true\ndirectory = \"/srv/backup\"\nschedule = \"*-*-* 03:00\"\nkeep-daily = 3\n"),
+    ]);
+    let backups = &profile.backups;
+    assert!(backups.enable);
+    assert_eq!(backups.target.as_ref().map(|t| t.value.clone()), Some(BackupTarget::Device("/dev/vdb".into())));
+    assert_eq!(backups.paths, vec!["/srv"]);
+    assert_eq!(backups.schedule.value, "*-*-* 03:00");
+    assert_eq!((backups.keep_daily, backups.keep_weekly, backups.keep_monthly), (3, 2, 6));
+    // A child may turn a base's backups off without naming a target.
+    let off = check_ok(&[
+        ("web.toml", "name = \"web\"\nextends = \"base.toml\"\n[backups]\nenable = false\n"),
+        ("base.toml", "name = \"base\"\n[backups]\nenable = true\ndevice = \"/dev/vdb\"\n"),
+    ]);
+    assert!(!off.backups.enable);
+}
+
+#[test]
+fn bad_backups_settings_are_refused_where_written() {
+    let check = |section: &str, expected: &str| {
+        check_error(&[("web.toml", &format!("name = \"web\"\n[backups]\n{section}"))], expected);
+    };
+    check(
+        "enable = true\n",
+        "$DIR/profiles/web.toml:3:10: backups.enable: backups need a separate target: set backups.device (a whole disk) or backups.directory (a mounted file system)",
+    );
+    check(
+        "enable = true\ndevice = \"/dev/vdb\"\ndirectory = \"/srv/backup\"\n",
+        "$DIR/profiles/web.toml:5:13: backups.directory: give device or directory, not both",
+    );
+    check(
+        "device = \"vdb\"\n",
+        "$DIR/profiles/web.toml:3:10: backups.device: \"vdb\" is not an absolute path below / of letters, digits and ._-+@: (no \"..\", \"//\", spaces or wildcards; e.g. \"/dev/disk/by-id/virtio-backup\")",
+    );
+    check(
+        "device = \"/srv/disk.img\"\n",
+        "$DIR/profiles/web.toml:3:10: backups.device: \"/srv/disk.img\" is not a block device path under /dev (e.g. \"/dev/disk/by-id/virtio-backup\")",
+    );
+    check(
+        "directory = \"/var\"\n",
+        "$DIR/profiles/web.toml:3:13: backups.directory: \"/var\" is a system directory, not the mount point of a separate file system (e.g. \"/srv/backup\")",
+    );
+    check(
+        "enable = true\ndirectory = \"/var/lib/backup\"\n",
+        "$DIR/profiles/web.toml:4:13: backups.directory: /var/lib/backup is inside /var/lib, which is backed up; the target must be a separate file system outside backups.paths",
+    );
+    check(
+        "paths = [\"/etc\", \"/srv/../root\"]\n",
+        "$DIR/profiles/web.toml:3:18: backups.paths: \"/srv/../root\" is not an absolute path below / of letters, digits and ._-+@: (no \"..\", \"//\", spaces or wildcards; e.g. \"/srv/data\")",
+    );
+    check(
+        "paths = [\"/var\", \"/var/log\"]\n",
+        "$DIR/profiles/web.toml:3:18: backups.paths: /var/log overlaps /var (given at $DIR/profiles/web.toml:3:10)",
+    );
+    check("paths = []\n", "$DIR/profiles/web.toml: backups.paths: name at least one path (or leave the field out for rampart's list)");
+    check("keep-daily = -1\n", "$DIR/profiles/web.toml:3:14: backups.keep-daily: -1 is out of range (0 to 1000)");
+    check("keep-monthly = 1001\n", "$DIR/profiles/web.toml:3:16: backups.keep-monthly: 1001 is out of range (0 to 1000)");
+    check(
+        "enable = true\ndevice = \"/dev/vdb\"\nkeep-daily = 0\nkeep-weekly = 0\nkeep-monthly = 0\n",
+        "$DIR/profiles/web.toml:3:10: backups: keep-daily, keep-weekly and keep-monthly are all 0, so every archive would be pruned",
+    );
+    check("schedule = \"\"\n", "$DIR/profiles/web.toml:3:12: backups.schedule: \"\" is not a systemd calendar expression (e.g. \"daily\" or \"*-*-* 03:30\")");
+    check(
+        "enable = true\ndevice = \"/dev/vdb\"\nretention = 3\n",
+        "$DIR/profiles/web.toml:5:1: unknown field `retention`, expected one of `enable`, `paths`, `device`, `directory`, `schedule`, `keep-daily`, `keep-weekly`, `keep-monthly`",
+    );
+}

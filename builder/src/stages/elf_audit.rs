@@ -386,6 +386,7 @@ pub const BUILT_IN_ALLOWED_WEAK: &[(&str, &str)] = &[
 fn is_allowed_weak(path: &str, spec: &ElfAuditSpec) -> bool {
     BUILT_IN_ALLOWED_WEAK.iter().any(|(pattern, _)| pattern_matches(pattern, path))
         || spec.allow_weak.iter().any(|allowed| pattern_matches(&allowed.value, path))
+        || spec.control_allowed_weak.iter().any(|(pattern, _)| pattern_matches(pattern, path))
 }
 
 /// The executables that count against the floors: all but the allowed ones.
@@ -470,6 +471,9 @@ pub fn report(audit: &Audit, spec: &ElfAuditSpec) -> serde_json::Value {
     };
     let mut allow_weak: serde_json::Map<String, serde_json::Value> =
         BUILT_IN_ALLOWED_WEAK.iter().map(|(pattern, why)| (pattern.to_string(), json!(format!("rampart: {why}")))).collect();
+    for (pattern, why) in &spec.control_allowed_weak {
+        allow_weak.insert(pattern.clone(), json!(format!("rampart: {why}")));
+    }
     for allowed in &spec.allow_weak {
         allow_weak.insert(allowed.value.clone(), json!("profile: elf-audit.allow-weak"));
     }

@@ -113,6 +113,10 @@ pub fn render(profile: &Profile) -> TracedText {
         };
         t.line(&format!("!{}{suffix}", regex_quoted(path)), None);
     }
+    for (path, why) in crate::stages::backups::integrity_exclusions(profile) {
+        t.line(&format!("# {why}"), None);
+        t.line(&format!("!{}(/|$)", regex_quoted(&path)), None);
+    }
     // Each admin's key file comes from the deployment's credential at first
     // boot; a key file of any other name is reported.
     for user in &profile.users {
@@ -203,6 +207,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
             "compared": "type, mode, owners, links, size, mtime, sha512, ACLs, xattrs, capabilities",
             "left-out": RUN_TIME_PATHS.iter().map(|(p, why)| json!({"path": p, "why": why})).collect::<Vec<_>>(),
             "contents-not-compared": RUN_TIME_CONTENTS.iter().map(|(p, why)| json!({"path": p, "why": why})).collect::<Vec<_>>(),
+            "left-out-for-backups": crate::stages::backups::integrity_exclusions(&ctx.profile).iter().map(|(p, why)| json!({"path": p, "why": why})).collect::<Vec<_>>(),
             "provisioned-at-first-boot": ctx.profile.users.iter().map(|u| provisioned_keys(u.name.as_str())).collect::<Vec<_>>(),
             "profile-exclude": integrity.exclude.iter().map(|p| p.value.clone()).collect::<Vec<_>>(),
             "profile-rules": integrity.rules.iter().map(|r| r.value.clone()).collect::<Vec<_>>(),

@@ -1,6 +1,7 @@
 //! One module per stage and per hardening control. Stages read the validated
 //! profile from the context and never parse TOML.
 
+pub mod backups;
 pub mod config_partition;
 pub mod configure;
 pub mod disk;

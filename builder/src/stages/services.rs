@@ -34,6 +34,10 @@ pub fn implied_units(profile: &Profile) -> Vec<(String, &'static str)> {
         units.push((crate::stages::integrity::CHECK_TIMER.to_string(), "[integrity]"));
         units.push((crate::stages::integrity::CHECK_SERVICE.to_string(), "[integrity], started by its timer"));
     }
+    if profile.backups.enable {
+        units.push((crate::stages::backups::TIMER.to_string(), "[backups]"));
+        units.push((crate::stages::backups::SERVICE.to_string(), "[backups], started by its timer"));
+    }
     if profile.kernel.hardening.apparmor {
         units.push(("apparmor.service".to_string(), "[kernel] apparmor"));
     }

@@ -229,6 +229,7 @@ fn run_scenario(
             image,
             disk_bytes: spec.disk_size.bytes(),
             memory_mib: spec.memory_mib,
+            extra_disks: &spec.extra_disks,
             accel,
             user: admin,
             guest_ssh_port,

@@ -133,6 +133,8 @@ pub struct MachineConfig<'a> {
     /// The port sshd listens on in the guest (the profile's ssh.port).
     pub guest_ssh_port: u16,
     pub key: &'a TestKey,
+    /// Blank disks besides the system disk (e.g. a backup target).
+    pub extra_disks: &'a [crate::vmtest::scenario::ExtraDisk],
     /// Extra QEMU arguments (e.g. a NIC on an isolated test network).
     pub extra_args: Vec<String>,
     /// Run QEMU (and so its loopback port forward) in this network namespace.
@@ -205,6 +207,21 @@ impl Machine {
             .arg(format!("type=11,value={credential}"))
             .arg("-serial")
             .arg(format!("file:{}", serial_log.display()));
+        for disk in config.extra_disks {
+            let file = dir.join(format!("{}.{}.qcow2", config.name, disk.serial));
+            Cmd::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2"])
+                .arg(&file)
+                .arg(disk.size.bytes().to_string())
+                .run()
+                .with_context(|| format!("while making the blank disk {}", disk.serial))?;
+            // The serial is a property of the device (QEMU no longer takes it on -drive).
+            command = command
+                .arg("-drive")
+                .arg(format!("file={},if=none,id=disk-{},format=qcow2", file.display(), disk.serial))
+                .arg("-device")
+                .arg(format!("virtio-blk-pci,drive=disk-{},serial={}", disk.serial, disk.serial));
+        }
         for extra in &config.extra_args {
             command = command.arg(extra);
         }

@@ -33,6 +33,17 @@ struct RawMachine {
     memory_mib: Option<Spanned<u64>>,
     /// The machine's disk starts empty; the offline installer writes the image onto it.
     installer: Option<bool>,
+    /// Blank disks attached besides the system disk.
+    #[serde(default)]
+    extra_disks: Vec<RawExtraDisk>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawExtraDisk {
+    size: Spanned<String>,
+    /// The guest sees the disk as /dev/disk/by-id/virtio-SERIAL.
+    serial: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,6 +95,23 @@ pub struct MachineSpec {
     pub memory_mib: u64,
     /// Installed by the offline installer onto an empty disk, then booted.
     pub installer: bool,
+    pub extra_disks: Vec<ExtraDisk>,
+}
+
+/// A blank virtio disk: the guest finds it at /dev/disk/by-id/virtio-SERIAL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraDisk {
+    pub size: ImageSize,
+    pub serial: String,
+}
+
+/// A virtio-blk serial: at most 20 bytes (the longest the device reports),
+/// letters, digits, '-' and '_'.
+pub fn parse_disk_serial(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 20 || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(format!("{s:?} is not a disk serial (1 to 20 letters, digits, '-' or '_', e.g. \"rampart-backup\")"));
+    }
+    Ok(s.to_string())
 }
 
 /// Which machines a check runs on.
@@ -242,10 +270,19 @@ pub fn load(path: &Path) -> Result<Scenario, LocatedError> {
             })?,
             None => 1024,
         };
-        machines.push(MachineSpec { name, disk_size, memory_mib, installer: machine.installer.unwrap_or(false) });
+        let mut extra_disks: Vec<ExtraDisk> = Vec::new();
+        for disk in &machine.extra_disks {
+            let serial = source.check(&disk.serial, "machine.extra-disks.serial", |s| parse_disk_serial(s))?;
+            if extra_disks.iter().any(|d| d.serial == serial) {
+                return Err(source.error(&disk.serial, format!("machine.extra-disks.serial: {serial} is given twice")));
+            }
+            let size = source.check(&disk.size, "machine.extra-disks.size", |s| ImageSize::parse(s))?;
+            extra_disks.push(ExtraDisk { size, serial });
+        }
+        machines.push(MachineSpec { name, disk_size, memory_mib, installer: machine.installer.unwrap_or(false), extra_disks });
     }
     if machines.is_empty() {
-        machines.push(MachineSpec { name: "machine".into(), disk_size: ImageSize::from_bytes(4 << 30), memory_mib: 1024, installer: false });
+        machines.push(MachineSpec { name: "machine".into(), disk_size: ImageSize::from_bytes(4 << 30), memory_mib: 1024, installer: false, extra_disks: Vec::new() });
     }
     let isolated_network = raw.isolated_network.unwrap_or(false);
     let mut checks = Vec::new();
@@ -488,6 +525,36 @@ mod tests {
         assert_eq!(scenario.checks[0].action, Action::Succeed { command: "hostname".into(), expect: Expect::Equals("baseline".into()) });
         assert_eq!(scenario.checks[1].target, Target::All);
         assert_eq!(scenario.machines[1].disk_size.bytes(), 8 << 30);
+        assert!(scenario.machines.iter().all(|m| m.extra_disks.is_empty()), "no extra disks unless asked for");
+    }
+
+    #[test]
+    fn machines_may_have_blank_extra_disks_named_by_serial() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("profiles")).unwrap();
+        std::fs::create_dir_all(dir.path().join("vm-tests")).unwrap();
+        std::fs::write(dir.path().join("profiles/baseline.toml"), "name = \"baseline\"\n").unwrap();
+        let path = dir.path().join("vm-tests/t.toml");
+        std::fs::write(
+            &path,
+            "profile = \"baseline\"\n[[machine]]\nname = \"a\"\nextra-disks = [{ size = \"2G\", serial = \"rampart-backup\" }]\n[[check]]\nname = \"one\"\nsucceed = \"true\"\n",
+        )
+        .unwrap();
+        let scenario = load(&path).unwrap();
+        assert_eq!(scenario.machines[0].extra_disks, vec![ExtraDisk { size: ImageSize::from_bytes(2 << 30), serial: "rampart-backup".into() }]);
+        let machine = |disks: &str| format!("profile = \"baseline\"\n[[machine]]\nname = \"a\"\nextra-disks = [{disks}]\n[[check]]\nname = \"one\"\nsucceed = \"true\"\n");
+        check_error(
+            &machine("{ size = \"2G\", serial = \"a disk\" }"),
+            "$DIR/vm-tests/t.toml:4:40: machine.extra-disks.serial: \"a disk\" is not a disk serial (1 to 20 letters, digits, '-' or '_', e.g. \"rampart-backup\")",
+        );
+        check_error(
+            &machine("{ size = \"2G\", serial = \"x\" }, { size = \"1G\", serial = \"x\" }"),
+            "$DIR/vm-tests/t.toml:4:71: machine.extra-disks.serial: x is given twice",
+        );
+        check_error(
+            &machine("{ size = \"2G\" }"),
+            "$DIR/vm-tests/t.toml:4:16: missing field `serial`",
+        );
     }
 
     #[test]
