@@ -129,7 +129,7 @@ fn offline_build_of_baseline_in_a_network_namespace_makes_every_artifact() {
     let stages: Vec<&str> = report["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
     assert_eq!(
         stages,
-        ["packages", "configure", "kernel", "passwords", "users", "firstboot", "ssh", "firewall", "logging", "integrity", "toolchain", "overlays", "services", "seal", "elf-audit", "config-partition", "disk"]
+        ["packages", "configure", "kernel", "passwords", "users", "firstboot", "ssh", "firewall", "logging", "integrity", "backups", "toolchain", "overlays", "services", "seal", "elf-audit", "config-partition", "disk"]
     );
     // The integrity baseline was made at build time, and lives on the
     // configuration partition, not in the root file system.
