@@ -8,7 +8,7 @@
 //! them with the image's own tools; it never formats or mounts anything at
 //! build time: a blank target disk is given its file system on first use.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde_json::json;
 
 use crate::build::context::BuildContext;
@@ -278,22 +278,6 @@ PrivateTmp=yes
     )
 }
 
-fn timer_unit(schedule: &str) -> String {
-    format!(
-        "[Unit]
-Description=rampart: scheduled backup
-
-[Timer]
-OnCalendar={schedule}
-Persistent=true
-RandomizedDelaySec=15min
-
-[Install]
-WantedBy=timers.target
-"
-    )
-}
-
 fn target_settings(spec: &BackupsSpec) -> serde_json::Value {
     match spec.target.as_ref().map(|t| &t.value) {
         Some(BackupTarget::Device(device)) => json!({
@@ -317,17 +301,8 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     ctx.install_file(&SCRIPT[1..], script().as_bytes(), 0o755)?;
     ctx.in_root("bash").args(["-n", SCRIPT]).run().context("while checking rampart-backup's syntax with the image's bash")?;
     let version = ctx.in_root("borg").arg("--version").run().context("while asking the image's borg for its version")?;
-    let calendar = ctx.in_root("systemd-analyze").args(["calendar", &spec.schedule.value]).run_unchecked()?;
-    if !calendar.status.success() {
-        bail!(
-            "{}: backups.schedule: {:?} is not a calendar expression systemd accepts:\n{}",
-            spec.schedule.at,
-            spec.schedule.value,
-            String::from_utf8_lossy(&calendar.stderr).trim()
-        );
-    }
     ctx.install_file(&format!("etc/systemd/system/{SERVICE}"), service_unit().as_bytes(), 0o644)?;
-    ctx.install_file(&format!("etc/systemd/system/{TIMER}"), timer_unit(&spec.schedule.value).as_bytes(), 0o644)?;
+    super::install_timer(ctx, TIMER, "rampart: scheduled backup", &spec.schedule, "backups.schedule")?;
     ctx.record(
         "backups",
         true,

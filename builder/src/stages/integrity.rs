@@ -151,22 +151,6 @@ IOSchedulingClass=idle
     )
 }
 
-fn timer_unit(schedule: &str) -> String {
-    format!(
-        "[Unit]
-Description=rampart: scheduled AIDE integrity check
-
-[Timer]
-OnCalendar={schedule}
-Persistent=true
-RandomizedDelaySec=15min
-
-[Install]
-WantedBy=timers.target
-"
-    )
-}
-
 /// Before the services stage: the configuration (checked by the image's
 /// aide) and the units. The database comes last, in `seed_database`.
 pub fn run(ctx: &mut BuildContext) -> Result<()> {
@@ -186,17 +170,8 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
             None => bail!("aide refuses the integrity configuration made from [integrity] of {}:\n{error}", ctx.profile.path.display()),
         }
     }
-    let calendar = ctx.in_root("systemd-analyze").args(["calendar", &integrity.schedule.value]).run_unchecked()?;
-    if !calendar.status.success() {
-        bail!(
-            "{}: integrity.schedule: {:?} is not a calendar expression systemd accepts:\n{}",
-            integrity.schedule.at,
-            integrity.schedule.value,
-            String::from_utf8_lossy(&calendar.stderr).trim()
-        );
-    }
     ctx.install_file(&format!("etc/systemd/system/{CHECK_SERVICE}"), check_unit().as_bytes(), 0o644)?;
-    ctx.install_file(&format!("etc/systemd/system/{CHECK_TIMER}"), timer_unit(&integrity.schedule.value).as_bytes(), 0o644)?;
+    super::install_timer(ctx, CHECK_TIMER, "rampart: scheduled AIDE integrity check", &integrity.schedule, "integrity.schedule")?;
     ctx.record(
         "integrity",
         true,

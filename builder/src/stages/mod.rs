@@ -20,3 +20,28 @@ pub mod services;
 pub mod ssh;
 pub mod toolchain;
 pub mod users;
+
+use anyhow::{bail, Result};
+
+use crate::build::context::BuildContext;
+use crate::profile::Sited;
+
+/// Installs the timer `unit` (in /etc/systemd/system) that starts its
+/// service on the profile's `schedule`, once the image's `systemd-analyze
+/// calendar` accepts the expression; a refusal names the profile `field`.
+pub fn install_timer(ctx: &BuildContext, unit: &str, description: &str, schedule: &Sited<String>, field: &str) -> Result<()> {
+    let calendar = ctx.in_root("systemd-analyze").args(["calendar", &schedule.value]).run_unchecked()?;
+    if !calendar.status.success() {
+        bail!(
+            "{}: {field}: {:?} is not a calendar expression systemd accepts:\n{}",
+            schedule.at,
+            schedule.value,
+            String::from_utf8_lossy(&calendar.stderr).trim()
+        );
+    }
+    let text = format!(
+        "[Unit]\nDescription={description}\n\n[Timer]\nOnCalendar={}\nPersistent=true\nRandomizedDelaySec=15min\n\n[Install]\nWantedBy=timers.target\n",
+        schedule.value
+    );
+    ctx.install_file(&format!("etc/systemd/system/{unit}"), text.as_bytes(), 0o644)
+}
