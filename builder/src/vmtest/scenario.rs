@@ -449,12 +449,18 @@ fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec]) 
 mod tests {
     use super::*;
 
-    fn check_error(scenario: &str, expected: &str) {
+    /// A scratch tree with profiles/baseline.toml, and where its scenario goes.
+    fn workspace() -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("profiles")).unwrap();
         std::fs::create_dir_all(dir.path().join("vm-tests")).unwrap();
         std::fs::write(dir.path().join("profiles/baseline.toml"), "name = \"baseline\"\n").unwrap();
         let path = dir.path().join("vm-tests/t.toml");
+        (dir, path)
+    }
+
+    fn check_error(scenario: &str, expected: &str) {
+        let (dir, path) = workspace();
         std::fs::write(&path, scenario).unwrap();
         let error = load(&path).unwrap_err().to_string().replace(&dir.path().display().to_string(), "$DIR");
         assert_eq!(error, expected);
@@ -510,11 +516,7 @@ mod tests {
 
     #[test]
     fn checks_target_named_machines() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("profiles")).unwrap();
-        std::fs::create_dir_all(dir.path().join("vm-tests")).unwrap();
-        std::fs::write(dir.path().join("profiles/baseline.toml"), "name = \"baseline\"\n").unwrap();
-        let path = dir.path().join("vm-tests/t.toml");
+        let (_dir, path) = workspace();
         std::fs::write(
             &path,
             "profile = \"baseline\"\n[[machine]]\nname = \"a\"\n[[machine]]\nname = \"b\"\ndisk-size = \"8G\"\n[[check]]\nname = \"one\"\nmachine = \"b\"\nsucceed = \"hostname\"\nexpect = \"baseline\\n\"\n[[check]]\nname = \"ids\"\ndiffer = \"cat /etc/machine-id\"\n",
@@ -530,11 +532,7 @@ mod tests {
 
     #[test]
     fn machines_may_have_blank_extra_disks_named_by_serial() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("profiles")).unwrap();
-        std::fs::create_dir_all(dir.path().join("vm-tests")).unwrap();
-        std::fs::write(dir.path().join("profiles/baseline.toml"), "name = \"baseline\"\n").unwrap();
-        let path = dir.path().join("vm-tests/t.toml");
+        let (_dir, path) = workspace();
         std::fs::write(
             &path,
             "profile = \"baseline\"\n[[machine]]\nname = \"a\"\nextra-disks = [{ size = \"2G\", serial = \"rampart-backup\" }]\n[[check]]\nname = \"one\"\nsucceed = \"true\"\n",
@@ -559,11 +557,7 @@ mod tests {
 
     #[test]
     fn installer_machines_and_refusal_checks_ask_for_the_installer() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("profiles")).unwrap();
-        std::fs::create_dir_all(dir.path().join("vm-tests")).unwrap();
-        std::fs::write(dir.path().join("profiles/baseline.toml"), "name = \"baseline\"\n").unwrap();
-        let path = dir.path().join("vm-tests/t.toml");
+        let (_dir, path) = workspace();
         let plain = "profile = \"baseline\"\n[[machine]]\nname = \"a\"\n[[check]]\nname = \"h\"\nsucceed = \"hostname\"\n";
         std::fs::write(&path, plain).unwrap();
         assert!(!load(&path).unwrap().needs_installer());
