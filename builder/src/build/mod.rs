@@ -131,6 +131,7 @@ pub fn build(profile: Profile, mirror: Mirror, options: &BuildOptions) -> Result
     stages::toolchain::run(&mut ctx)?;
     stages::overlays::run(&mut ctx)?;
     stages::services::run(&mut ctx)?;
+    stages::kernel::compile_apparmor_policy(&mut ctx)?;
     stages::seal::run(&mut ctx)?;
     stages::elf_audit::run(&mut ctx)?;
     stages::integrity::seed_database(&mut ctx)?;

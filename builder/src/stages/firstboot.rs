@@ -39,8 +39,8 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     let fstab = format!(
         "# rampart layout: root found by partition UUID, never by device name; grown to the disk on boot\n\
          PARTUUID={}\t/\text4\tdefaults,errors=remount-ro,x-systemd.growfs\t0\t1\n\
-         # the configuration partition (logging, integrity): read-only\n\
-         PARTUUID={}\t{CONFIG_MOUNT}\text4\tro,nodev,nosuid,noexec\t0\t0\n{}",
+         # the configuration partition (logging, integrity): read-only, mounted by the initramfs with the root\n\
+         PARTUUID={}\t{CONFIG_MOUNT}\text4\tro,nodev,nosuid,noexec,x-initrd.mount\t0\t0\n{}",
         ids.root_partuuid,
         ids.config_partuuid,
         crate::stages::kernel::fstab_lines(&ctx.profile)

@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use crate::build::context::BuildContext;
+use crate::process::Cmd;
 use crate::profile::kernel::{SysctlOrigin, DEFAULT_CMDLINE};
 use crate::profile::Profile;
 
@@ -209,22 +210,104 @@ fn check_effective_sysctls(ctx: &BuildContext, sysctls: &[(String, String, Sysct
     Ok(())
 }
 
-/// Asks the image's modprobe what loading each module would do.
-fn check_blacklist(ctx: &BuildContext, modules: &[String]) -> Result<()> {
+/// The version of the image's kernel, as its /lib/modules names it.
+fn modules_version(ctx: &BuildContext) -> Result<String> {
     let versions: Vec<String> = std::fs::read_dir(ctx.root().join("lib/modules"))
         .context("while looking for the image's kernel modules")?
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
         .collect();
-    let Some(version) = versions.first() else { bail!("the image has no /lib/modules/<version>; is the kernel package installed?") };
+    match versions.first() {
+        Some(version) => Ok(version.clone()),
+        None => bail!("the image has no /lib/modules/<version>; is the kernel package installed?"),
+    }
+}
+
+/// What the image's modprobe would do to load `module`.
+fn modprobe_dry_run(ctx: &BuildContext, version: &str, module: &str) -> Result<crate::process::Output> {
+    ctx.in_root("modprobe")
+        .args(["--dry-run", "--verbose", "--set-version", version, module])
+        .run()
+        .with_context(|| format!("while asking the image's modprobe about {module}"))
+}
+
+/// Asks the image's modprobe what loading each module would do.
+fn check_blacklist(ctx: &BuildContext, modules: &[String]) -> Result<()> {
+    let version = modules_version(ctx)?;
     for module in modules {
-        let output = ctx
-            .in_root("modprobe")
-            .args(["--dry-run", "--verbose", "--set-version", version, module])
-            .run()
-            .with_context(|| format!("while asking the image's modprobe about {module}"))?;
+        let output = modprobe_dry_run(ctx, &version, module)?;
         if !output.stdout_text().contains("install /bin/false") {
             bail!("kernel.module-blacklist: the image's modprobe would still load {module}:\n{}", output.stdout_text().trim());
         }
+    }
+    Ok(())
+}
+
+/// Checks that the image's kernel has each module of a modules-load.d file
+/// and that nothing blacklists it, so systemd-modules-load cannot fail on it.
+pub fn check_modules_load(ctx: &BuildContext, modules: &[&str]) -> Result<()> {
+    let version = modules_version(ctx)?;
+    for module in modules {
+        let output = modprobe_dry_run(ctx, &version, module)?;
+        if output.stdout_text().contains("install /bin/false") {
+            bail!("the image's modprobe refuses {module} (blacklisted), which systemd-modules-load is to load");
+        }
+    }
+    Ok(())
+}
+
+/// The kernel's AppArmor feature set (libapparmor's flattened form, as a
+/// booted image keeps it in /var/cache/apparmor/<hash>.0/.features), by the
+/// kernel series it was read from. The policy cache is only valid for the
+/// kernel whose features hash to the cache's directory name.
+const APPARMOR_KERNEL_FEATURES: &[(&str, &str)] = &[("6.1.", include_str!("../../data/apparmor/kernel-features-6.1"))];
+const APPARMOR_CACHE: &str = "/var/cache/apparmor";
+
+/// Compiles the image's AppArmor profiles for its kernel at build time, so
+/// apparmor.service loads them from the cache at boot instead of compiling
+/// them first (seconds on the critical path of every first boot, far more
+/// under emulation). Runs after the overlays, which may add profiles. A
+/// kernel whose feature set rampart does not know keeps compiling at boot.
+pub fn compile_apparmor_policy(ctx: &mut BuildContext) -> Result<()> {
+    if !ctx.profile.kernel.hardening.apparmor {
+        return Ok(());
+    }
+    let version = modules_version(ctx)?;
+    let outcome = match APPARMOR_KERNEL_FEATURES.iter().find(|(series, _)| version.starts_with(series)) {
+        None => json!({ "compiled": "at first boot", "why": format!("no AppArmor feature set known for kernel {version}") }),
+        Some((series, features)) => {
+            let features_file = ctx.root().join("tmp/rampart-apparmor-features");
+            std::fs::write(&features_file, features)?;
+            // The parser needs /proc (it sizes its job pool from it and
+            // silently writes nothing without it): a private one.
+            let mut proc_option = std::ffi::OsString::from("--mount-proc=");
+            proc_option.push(ctx.root().join("proc"));
+            let result = Cmd::new("unshare")
+                .args(["--fork", "--pid"])
+                .arg(proc_option)
+                .arg("chroot")
+                .arg(ctx.root())
+                .args(["/sbin/apparmor_parser", "--kernel-features", "/tmp/rampart-apparmor-features", "--write-cache", "--skip-kernel-load", "--quiet", "--cache-loc", APPARMOR_CACHE])
+                .args(["--", "/etc/apparmor.d"])
+                .run();
+            let cache_dir = ctx
+                .in_root("/sbin/apparmor_parser")
+                .args(["--kernel-features", "/tmp/rampart-apparmor-features", "--print-cache-dir", "--cache-loc", APPARMOR_CACHE])
+                .run();
+            std::fs::remove_file(&features_file)?;
+            result.context("while compiling the image's AppArmor profiles for its kernel")?;
+            let cache_dir = cache_dir.context("while asking the image's apparmor_parser for its cache directory")?.stdout_text().trim().to_string();
+            let profiles = apparmor_profiles(ctx)?;
+            for profile in &profiles {
+                let name = profile["file"].as_str().unwrap_or_default().rsplit('/').next().unwrap_or_default().to_string();
+                if !ctx.root().join(&cache_dir[1..]).join(&name).exists() {
+                    bail!("apparmor_parser wrote no cache for /etc/apparmor.d/{name} in {cache_dir}; the profile would be compiled at every first boot");
+                }
+            }
+            json!({ "compiled": "at build time", "cache": cache_dir, "kernel-features": format!("kernel {series}x (rampart's data/apparmor)"), "n-profiles": profiles.len() })
+        }
+    };
+    if let Some(record) = ctx.records.iter_mut().rev().find(|r| r.stage == "kernel") {
+        record.settings["apparmor"]["policy-cache"] = outcome;
     }
     Ok(())
 }

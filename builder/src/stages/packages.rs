@@ -95,24 +95,29 @@ fn stage_key(lock_text: &str, dpkg_options: &[&str], mmdebstrap_version: &str, s
     hex::encode(hasher.finalize())
 }
 
+/// The initramfs script that mounts the fstab entries marked x-initrd.mount.
+const INITRD_MOUNTS_SCRIPT: &str = include_str!("../../data/initramfs/rampart-initrd-mounts");
+
 /// Files laid into /etc/initramfs-tools before the kernel package builds
-/// the initramfs (mmdebstrap's essential hook): MODULES=list and a hook that
-/// adds the profile's modules, which udev in the initramfs loads on demand.
+/// the initramfs (mmdebstrap's essential hook): a script that mounts the
+/// fstab entries marked x-initrd.mount (the configuration partition) with
+/// the root, and with `kernel.initramfs-modules` a list, MODULES=list and a
+/// hook that adds the profile's modules, which udev in the initramfs loads
+/// on demand.
 fn initramfs_files(modules: &InitramfsModules) -> Vec<(&'static str, String, u32)> {
-    match modules {
-        InitramfsModules::Most => Vec::new(),
-        InitramfsModules::List(names) => vec![
-            ("conf.d/rampart.conf", "# rampart: only the modules named in hooks/rampart-modules\nMODULES=list\n".to_string(), 0o644),
-            (
-                "hooks/rampart-modules",
-                format!(
-                    "#!/bin/sh\n# rampart: the storage drivers this image boots from (kernel.initramfs-modules)\ncase \"$1\" in prereqs) exit 0 ;; esac\n. /usr/share/initramfs-tools/hook-functions\nfor module in {}; do manual_add_modules \"$module\"; done\n",
-                    names.join(" ")
-                ),
-                0o755,
+    let mut files = vec![("scripts/local-bottom/rampart-initrd-mounts", INITRD_MOUNTS_SCRIPT.to_string(), 0o755)];
+    if let InitramfsModules::List(names) = modules {
+        files.push(("conf.d/rampart.conf", "# rampart: only the modules named in hooks/rampart-modules\nMODULES=list\n".to_string(), 0o644));
+        files.push((
+            "hooks/rampart-modules",
+            format!(
+                "#!/bin/sh\n# rampart: the storage drivers this image boots from (kernel.initramfs-modules)\ncase \"$1\" in prereqs) exit 0 ;; esac\n. /usr/share/initramfs-tools/hook-functions\nfor module in {}; do manual_add_modules \"$module\"; done\n",
+                names.join(" ")
             ),
-        ],
+            0o755,
+        ));
     }
+    files
 }
 
 /// Runs mmdebstrap against a local repository and stores its tarball in the
@@ -177,14 +182,8 @@ fn bootstrap(ctx: &BuildContext, dpkg_options: &[&str], initramfs: &[(&str, Stri
         // merged /usr from the start, so usr-is-merged satisfies init-system-helpers
         // without pulling usrmerge and perl into the image.
         .arg("--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr")
-        .args(if initramfs.is_empty() {
-            Vec::new()
-        } else {
-            vec![
-                "--essential-hook=mkdir -p \"$1/etc/initramfs-tools\"".to_string(),
-                format!("--essential-hook=sync-in {} /etc/initramfs-tools", initramfs_dir.display()),
-            ]
-        })
+        .arg("--essential-hook=mkdir -p \"$1/etc/initramfs-tools\"")
+        .arg(format!("--essential-hook=sync-in {} /etc/initramfs-tools", initramfs_dir.display()))
         .arg(format!("--architectures={ARCH}"))
         .arg(format!("--include={}", names.join(",")))
         .arg("--aptopt=Acquire::Languages \"none\"");

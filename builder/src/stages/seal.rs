@@ -34,6 +34,9 @@ const REMOVED: &[&str] = &[
 /// Directories whose contents are emptied (the directories stay).
 const EMPTIED: &[&str] = &["var/lib/apt/lists", "var/cache/apt", "var/log", "tmp", "var/tmp", "run"];
 
+/// systemd's "up to date with /usr" stamps (ConditionNeedsUpdate=).
+const UPDATE_STAMPS: &[&str] = &["etc/.updated", "var/.updated"];
+
 pub fn run(ctx: &mut BuildContext) -> Result<()> {
     let root = ctx.root();
     // An empty machine-id marks the first boot: systemd generates one then.
@@ -68,6 +71,18 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
             empty_directory(&dir, relative == &"var/log" || relative == &"var/cache/apt" || relative == &"var/lib/apt/lists")?;
         }
     }
+    // /etc and /var are up to date with /usr (dpkg ran every trigger): the
+    // stamps systemd-update-done would write on first boot, so the boot skips
+    // the units that wait for ConditionNeedsUpdate (sysusers, ldconfig, hwdb,
+    // the journal catalog). Clamped below to /usr's time; an upgrade that
+    // changes /usr makes them run again, as systemd intends.
+    let stamp = format!(
+        "# rampart: written at build time, as systemd-update-done would; see systemd.unit(5), ConditionNeedsUpdate=\nTIMESTAMP_NSEC={}\n",
+        ctx.source_date_epoch * 1_000_000_000
+    );
+    for stamp_path in UPDATE_STAMPS {
+        ctx.install_file(stamp_path, stamp.as_bytes(), 0o644)?;
+    }
     let clamped = clamp_times(&root, ctx.source_date_epoch)?;
     removed.sort();
     ctx.record(
@@ -78,6 +93,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
             "removed": removed,
             "emptied": EMPTIED.iter().map(|d| format!("/{d}")).collect::<Vec<_>>(),
             "timestamps-clamped-to": ctx.source_date_epoch,
+            "update-stamps": UPDATE_STAMPS.iter().map(|p| format!("/{p}")).collect::<Vec<_>>(),
             "n-timestamps-clamped": clamped,
         }),
     );

@@ -109,6 +109,60 @@ fn also_units(ctx: &BuildContext, unit: &str) -> Vec<String> {
     also
 }
 
+/// systemd's generators that could start or mount something the allow-list
+/// does not name, or that only read inputs a rampart image does not have.
+/// Masked (a /dev/null link in /etc/systemd/system-generators), which also
+/// spares every boot their start-up. The fstab generator stays. Each entry:
+/// the generator, the image file that would make it needed (None: never),
+/// and why it goes.
+const MASKED_GENERATORS: &[(&str, Option<&str>, &str)] = &[
+    ("systemd-getty-generator", None, "gettys come from services.gettys only"),
+    ("systemd-sysv-generator", None, "init scripts would start services off the allow-list"),
+    ("systemd-rc-local-generator", Some("etc/rc.local"), "rc.local would run commands off the allow-list"),
+    ("systemd-run-generator", None, "no unit from systemd.run= on the kernel command line"),
+    ("systemd-debug-generator", None, "no debug shell or extra units from the kernel command line"),
+    ("systemd-system-update-generator", None, "no offline-update boots"),
+    ("systemd-hibernate-resume-generator", None, "no hibernation (kernel lockdown forbids it)"),
+    ("systemd-gpt-auto-generator", None, "mounts come from fstab only; no discovered partition is mounted unasked"),
+    ("systemd-cryptsetup-generator", Some("etc/crypttab"), "no encrypted volumes"),
+    ("systemd-integritysetup-generator", Some("etc/integritytab"), "no integrity volumes"),
+    ("systemd-veritysetup-generator", Some("etc/veritytab"), "no verity volumes"),
+];
+
+/// Static units that load kernel modules (or mount their file systems) at
+/// every boot for features a server image does not use. Masked: the
+/// modules still load on demand, through their device nodes, when a
+/// program asks for them.
+const MASKED_KERNEL_FEATURE_UNITS: &[(&str, &str)] = &[
+    ("modprobe@dm_mod.service", "device-mapper"),
+    ("modprobe@loop.service", "loop devices"),
+    ("modprobe@drm.service", "graphics (logind's seats)"),
+    ("modprobe@fuse.service", "FUSE"),
+    ("sys-fs-fuse-connections.mount", "FUSE control file system"),
+    ("modprobe@configfs.service", "configfs"),
+    ("sys-kernel-config.mount", "configfs file system"),
+];
+
+/// Masks the generators of MASKED_GENERATORS the image has; refuses an
+/// image whose overlays rely on one (an rc.local).
+fn mask_generators(ctx: &BuildContext) -> Result<Vec<serde_json::Value>> {
+    let mut masked = Vec::new();
+    for (generator, input, why) in MASKED_GENERATORS {
+        if !ctx.root().join("usr/lib/systemd/system-generators").join(generator).exists() {
+            continue;
+        }
+        if let Some(input) = input.filter(|i| std::fs::symlink_metadata(ctx.root().join(i)).is_ok()) {
+            if *generator == "systemd-rc-local-generator" {
+                bail!("services of {}: the image has /{input}, which would run commands off the allow-list; make it a unit and name it in services.enable", ctx.profile.path.display());
+            }
+            continue;
+        }
+        ctx.install_symlink(&format!("etc/systemd/system-generators/{generator}"), "/dev/null")?;
+        masked.push(json!({ "generator": generator, "why": why }));
+    }
+    Ok(masked)
+}
+
 pub fn run(ctx: &mut BuildContext) -> Result<()> {
     let spec = ctx.profile.services.clone();
     for unit in &spec.enable {
@@ -179,6 +233,15 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     // made by the getty generator for the kernel console.
     ctx.install_file("etc/systemd/logind.conf.d/50-rampart.conf", b"[Login]\nNAutoVTs=0\nReserveVT=0\n", 0o644)?;
     ctx.kernel_cmdline_extra.push("systemd.getty_auto=0".into());
+    let generators = mask_generators(ctx)?;
+    let mut kernel_features = Vec::new();
+    for (unit, feature) in MASKED_KERNEL_FEATURE_UNITS {
+        let template = unit.split_once('@').map(|(prefix, _)| format!("{prefix}@.service")).unwrap_or_else(|| unit.to_string());
+        if ctx.root().join("usr/lib/systemd/system").join(&template).exists() {
+            ctx.install_symlink(&format!("etc/systemd/system/{unit}"), "/dev/null")?;
+            kernel_features.push(json!({ "unit": unit, "feature": feature }));
+        }
+    }
 
     ctx.record(
         "services",
@@ -189,6 +252,8 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
             "gettys": spec.gettys.iter().map(|t| ServicesSpec::getty_unit(t)).collect::<Vec<_>>(),
             "policy": "systemd preset: enable the allow-list, disable *; disabled units masked",
             "masked": masked,
+            "generators-masked": generators,
+            "boot-time-module-loads-masked": kernel_features,
         }),
     );
     Ok(())
