@@ -18,6 +18,7 @@ pub mod mirror;
 pub mod process;
 pub mod profile;
 pub mod secrets;
+pub mod spdx;
 pub mod stages;
 pub mod traced;
 pub mod tree;

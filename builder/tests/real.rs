@@ -111,7 +111,7 @@ fn offline_build_of_baseline_in_a_network_namespace_makes_every_artifact() {
         .unwrap();
     assert!(output.status.success(), "offline build failed:\n{}", stderr(&output));
     let out = ws.path("out/baseline");
-    for artifact in ["raw", "qcow2", "rootfs.tar.gz", "etc.tar.gz", "manifest.json", "baseline", "report.json"] {
+    for artifact in ["raw", "qcow2", "rootfs.tar.gz", "etc.tar.gz", "manifest.json", "spdx.json", "baseline", "report.json"] {
         assert!(out.join(format!("baseline.{artifact}")).exists(), "missing baseline.{artifact}");
     }
     let check = Command::new("sha256sum").args(["--check", "--quiet", "SHA256SUMS"]).current_dir(&out).output().unwrap();
@@ -120,6 +120,10 @@ fn offline_build_of_baseline_in_a_network_namespace_makes_every_artifact() {
     let packages = manifest["packages"].as_array().unwrap();
     assert!(packages.iter().any(|p| p["name"] == "openssh-server" && p["sha256"].as_str().unwrap().len() == 64));
     assert!(packages.iter().any(|p| p["name"] == "linux-image-cloud-amd64"));
+    let spdx: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("baseline.spdx.json")).unwrap()).unwrap();
+    assert_eq!(spdx["spdxVersion"], "SPDX-2.3");
+    assert_eq!(spdx["packages"].as_array().unwrap().len(), packages.len() + 1, "one SPDX package per .deb and one for the image");
+    assert!(spdx["packages"].as_array().unwrap().iter().any(|p| p["SPDXID"] == "SPDXRef-Package-deb-openssh-server-amd64"));
     let baseline = std::fs::read_to_string(out.join("baseline.baseline")).unwrap();
     assert!(baseline.starts_with("# rampart-baseline v1 image=baseline"));
     assert!(baseline.lines().any(|l| l.starts_with("/etc/machine-id\tf\t0444\t0\t0\t0\t")), "machine-id is empty");
@@ -177,7 +181,7 @@ fn offline_build_of_baseline_in_a_network_namespace_makes_every_artifact() {
     let password = secrets.lines().find_map(|l| l.strip_prefix("admin:")).expect("a password for admin").to_string();
     assert!(password.len() >= 20);
     assert!(!read_sums(&out).contains("secrets"));
-    for file in ["baseline.raw", "baseline.report.json", "baseline.manifest.json", "baseline.baseline"] {
+    for file in ["baseline.raw", "baseline.report.json", "baseline.manifest.json", "baseline.spdx.json", "baseline.baseline"] {
         let bytes = std::fs::read(out.join(file)).unwrap();
         assert!(!bytes.windows(password.len()).any(|w| w == password.as_bytes()), "the password is in {file}");
     }
@@ -257,7 +261,7 @@ fn two_cold_builds_of_one_lock_are_byte_identical_the_second_from_a_bundle_with_
     let one = read_sums(&ws.path("out/one"));
     let two = read_sums(&ws.path("out/two"));
     assert_eq!(one, two, "the two builds differ");
-    for artifact in ["baseline.raw", "baseline.qcow2", "baseline.installer.raw", "baseline.rootfs.tar.gz", "baseline.etc.tar.gz", "baseline.baseline", "baseline.manifest.json", "baseline.report.json"] {
+    for artifact in ["baseline.raw", "baseline.qcow2", "baseline.installer.raw", "baseline.rootfs.tar.gz", "baseline.etc.tar.gz", "baseline.baseline", "baseline.manifest.json", "baseline.spdx.json", "baseline.report.json"] {
         assert!(one.contains(artifact), "SHA256SUMS lacks {artifact}");
     }
     let etc = Command::new("tar").args(["-tzf", "out/two/baseline.etc.tar.gz"]).current_dir(ws.path("")).output().unwrap();

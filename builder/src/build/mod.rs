@@ -7,13 +7,14 @@ pub mod context;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
+use sha2::{Digest, Sha256};
 
 use crate::cache::Cache;
 use crate::fsutil::{sha256_file, write_atomic};
 use crate::lock::Lock;
 use crate::mirror::Mirror;
 use crate::profile::Profile;
-use crate::{archive, baseline, fetch, lock, manifest, stages, ui};
+use crate::{archive, baseline, fetch, lock, manifest, spdx, stages, ui};
 use context::BuildContext;
 
 pub struct BuildOptions {
@@ -53,29 +54,38 @@ pub fn ensure_lock(profile: &Profile, mirror: &Mirror, offline: bool, log: &Path
 }
 
 /// A digest of everything a build reads besides the package cache: rampart
-/// itself (its executable), the profile files, the lock, the mirror the image's apt sources
-/// name and the overlay trees. `rampart test`
-/// rebuilds only when it changes.
+/// itself (its executable), the mirror the image's apt sources name and
+/// everything `content_digest` covers. `rampart test` rebuilds only when it
+/// changes.
 pub fn inputs_digest(profile: &Profile, mirror: &Mirror) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    let mut hasher = Sha256::new();
-    let mut add = |label: &str, bytes: &[u8]| {
-        hasher.update((label.len() as u64).to_le_bytes());
-        hasher.update(label.as_bytes());
-        hasher.update((bytes.len() as u64).to_le_bytes());
-        hasher.update(bytes);
-    };
-    add("rampart", env!("CARGO_PKG_VERSION").as_bytes());
+    let mut digest = LabelledDigest::new();
     // The program itself: a rampart that builds differently is another input.
     let program = std::env::current_exe().and_then(std::fs::read).context("while reading rampart's own executable")?;
-    add("rampart executable", &program);
-    for file in &profile.files {
-        add("profile", &std::fs::read(file)?);
-    }
-    add("lock", &std::fs::read(profile.lock_path())?);
+    digest.add("rampart executable", &program);
     for source in mirror.sources() {
-        add("apt source", format!("{} {} {}", source.url, source.suite, source.components.join(" ")).as_bytes());
+        digest.add("apt source", format!("{} {} {}", source.url, source.suite, source.components.join(" ")).as_bytes());
     }
+    add_content_inputs(&mut digest, profile)?;
+    Ok(digest.finish())
+}
+
+/// A digest of what decides an image's content, read from the files alone:
+/// rampart's version, the profile files, the lock and the overlay trees. It
+/// may go into an artifact (it names the SPDX document) because, unlike
+/// `inputs_digest`, it depends on neither the host's mirror nor the executable.
+pub fn content_digest(profile: &Profile) -> Result<String> {
+    let mut digest = LabelledDigest::new();
+    add_content_inputs(&mut digest, profile)?;
+    Ok(digest.finish())
+}
+
+fn add_content_inputs(digest: &mut LabelledDigest, profile: &Profile) -> Result<()> {
+    digest.add("rampart", env!("CARGO_PKG_VERSION").as_bytes());
+    for file in &profile.files {
+        digest.add("profile", &std::fs::read(file).with_context(|| format!("while reading {}", file.display()))?);
+    }
+    let lock = profile.lock_path();
+    digest.add("lock", &std::fs::read(&lock).with_context(|| format!("while reading {}", lock.display()))?);
     for tree in &profile.overlays {
         for entry in crate::tree::walk(&tree.dir)? {
             use std::os::unix::fs::MetadataExt;
@@ -84,10 +94,31 @@ pub fn inputs_digest(profile: &Profile, mirror: &Mirror) -> Result<String> {
                 crate::tree::Kind::Symlink => std::fs::read_link(&entry.host_path)?.into_os_string().into_encoded_bytes(),
                 _ => Vec::new(),
             };
-            add(&format!("overlay {} {} {:o}", tree.name, entry.image_path, entry.meta.mode()), &content);
+            digest.add(&format!("overlay {} {} {:o}", tree.name, entry.image_path, entry.meta.mode()), &content);
         }
     }
-    Ok(hex::encode(hasher.finalize()))
+    Ok(())
+}
+
+/// sha256 over labelled, length-prefixed parts: no two sequences of parts
+/// hash the same bytes.
+struct LabelledDigest(Sha256);
+
+impl LabelledDigest {
+    fn new() -> Self {
+        Self(Sha256::new())
+    }
+
+    fn add(&mut self, label: &str, bytes: &[u8]) {
+        self.0.update((label.len() as u64).to_le_bytes());
+        self.0.update(label.as_bytes());
+        self.0.update((bytes.len() as u64).to_le_bytes());
+        self.0.update(bytes);
+    }
+
+    fn finish(self) -> String {
+        hex::encode(self.0.finalize())
+    }
 }
 
 pub fn build(profile: Profile, mirror: Mirror, options: &BuildOptions) -> Result<()> {
@@ -112,6 +143,7 @@ pub fn build(profile: Profile, mirror: Mirror, options: &BuildOptions) -> Result
     }
 
     let inputs = inputs_digest(&profile, &mirror)?;
+    let content = content_digest(&profile)?;
     let mut ctx = BuildContext::new(profile, lock, mirror, cache, &options.out, log)?;
     ctx.secrets_file = match &options.secrets {
         Some(path) => context::SecretsFile::Given(path.clone()),
@@ -136,19 +168,29 @@ pub fn build(profile: Profile, mirror: Mirror, options: &BuildOptions) -> Result
     stages::elf_audit::run(&mut ctx)?;
     stages::integrity::seed_database(&mut ctx)?;
     stages::config_partition::run(&mut ctx)?;
-    write_artifacts(&mut ctx, &inputs, options.installer)?;
+    write_artifacts(&mut ctx, &Digests { inputs, content }, options.installer)?;
     ctx.publish(&options.out)?;
     ui::step(&format!("artifacts in {}", options.out.display()));
     Ok(())
 }
 
-fn write_artifacts(ctx: &mut BuildContext, inputs: &str, installer: bool) -> Result<()> {
+/// The build's digests of its inputs, taken before any stage ran.
+struct Digests {
+    /// `inputs_digest`: host-dependent, for `rampart test`'s rebuild decision.
+    inputs: String,
+    /// `content_digest`: from the files alone, names the SPDX document.
+    content: String,
+}
+
+fn write_artifacts(ctx: &mut BuildContext, digests: &Digests, installer: bool) -> Result<()> {
     let timer = ui::Timed::start("writing artifacts");
     let name = ctx.profile.name.to_string();
     let records = baseline::compute(&ctx.root())?;
     write_atomic(&ctx.artifact("baseline"), baseline::render(&name, &records).as_bytes())?;
     let manifest = manifest::render(&ctx.profile, &ctx.lock);
     write_atomic(&ctx.artifact("manifest.json"), format!("{:#}\n", manifest).as_bytes())?;
+    let sbom = spdx::SbomInputs { image_name: &name, content_sha256: &digests.content };
+    write_atomic(&ctx.artifact("spdx.json"), spdx::render(&sbom, &ctx.lock).as_bytes())?;
 
     let root = ctx.root();
     let config_tree = ctx.config_tree();
@@ -171,7 +213,7 @@ fn write_artifacts(ctx: &mut BuildContext, inputs: &str, installer: bool) -> Res
         "image": name,
         "profile": ctx.profile.path.file_name().map(|n| n.to_string_lossy().into_owned()),
         "source-date-epoch": ctx.source_date_epoch,
-        "inputs-sha256": inputs,
+        "inputs-sha256": digests.inputs,
         "stages": ctx.records,
     });
     write_atomic(&ctx.artifact("report.json"), format!("{:#}\n", report).as_bytes())?;
