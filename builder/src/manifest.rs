@@ -19,7 +19,7 @@ pub fn render(profile: &Profile, lock: &Lock) -> Value {
                 "filename": p.filename,
                 "size": p.size,
                 "sha256": p.sha256,
-                "purl": format!("pkg:deb/debian/{}@{}?arch={}", p.name, p.version.replace(':', "%3A"), p.arch),
+                "purl": crate::spdx::purl(&p.name, &p.version, &p.arch),
             })
         })
         .collect();

@@ -130,7 +130,7 @@ fn sanitise_id(text: &str) -> String {
 
 /// `pkg:deb/debian/NAME@VERSION?arch=ARCH&distro=debian-12`, name and version
 /// percent-encoded (an epoch's `:` and a `+` are, `~` is unreserved).
-fn purl(name: &str, version: &str, arch: &str) -> String {
+pub fn purl(name: &str, version: &str, arch: &str) -> String {
     format!("pkg:deb/debian/{}@{}?arch={}&distro=debian-12", percent_encode(name), percent_encode(version), percent_encode(arch))
 }
 
