@@ -44,21 +44,21 @@ impl Cache {
         self.root.join("rootfs").join(format!("{key}.tar"))
     }
 
-    /// Whether the package stage `key` is cached and intact (its tarball
-    /// matches the digest stored beside it). A damaged entry is removed.
-    pub fn verified_rootfs(&self, key: &str) -> Result<bool> {
+    /// The digest stored beside the package stage `key`'s tarball, if both
+    /// are there. Whether the tarball matches it, its reader checks.
+    pub fn rootfs_digest(&self, key: &str) -> Option<String> {
         let tarball = self.rootfs_path(key);
-        let digest_path = tarball.with_extension("tar.sha256");
-        let (Ok(expected), true) = (std::fs::read_to_string(&digest_path), tarball.exists()) else {
-            return Ok(false);
-        };
-        if sha256_file(&tarball)? == expected.trim() {
-            return Ok(true);
-        }
+        let expected = std::fs::read_to_string(tarball.with_extension("tar.sha256")).ok()?;
+        tarball.exists().then(|| expected.trim().to_string())
+    }
+
+    /// Removes a package-stage entry whose tarball did not match its digest.
+    pub fn discard_damaged_rootfs(&self, key: &str) -> Result<()> {
+        let tarball = self.rootfs_path(key);
         crate::ui::warn(&format!("cached package stage {} is damaged; building it again", tarball.display()));
         std::fs::remove_file(&tarball)?;
-        std::fs::remove_file(&digest_path)?;
-        Ok(false)
+        std::fs::remove_file(tarball.with_extension("tar.sha256"))?;
+        Ok(())
     }
 
     /// Stores a finished package-stage tarball: synced, digest first, then

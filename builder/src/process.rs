@@ -166,6 +166,7 @@ impl Cmd {
 
     /// Runs a short command, capturing its output, whatever its exit status.
     pub fn run_unchecked(&self) -> Result<Output> {
+        let _timing = Timing::start(self);
         let mut command = self.command();
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = command.spawn().map_err(|e| self.not_found(e))?;
@@ -260,6 +261,7 @@ impl Cmd {
             .append(true)
             .open(log)
             .with_context(|| format!("while opening log {}", log.display()))?;
+        let _timing = Timing::start(self);
         let start = file.seek(SeekFrom::End(0))?;
         let mut command = self.command();
         command.stdout(file.try_clone()?).stderr(file.try_clone()?);
@@ -293,6 +295,28 @@ impl Cmd {
         let mut child = command.spawn().map_err(|e| self.not_found(e))?;
         let _writer = self.feed_stdin(&mut child);
         Ok(Background { child: Some(child), display: self.display() })
+    }
+}
+
+/// With RAMPART_TIMING set in rampart's environment, each command's wall
+/// time goes to stderr when it ends: where a build's seconds go.
+struct Timing {
+    command: Option<(String, std::time::Instant)>,
+}
+
+impl Timing {
+    fn start(command: &Cmd) -> Timing {
+        let wanted = std::env::var_os("RAMPART_TIMING").is_some_and(|v| !v.is_empty());
+        Timing { command: wanted.then(|| (command.display(), std::time::Instant::now())) }
+    }
+}
+
+impl Drop for Timing {
+    fn drop(&mut self) {
+        if let Some((display, started)) = &self.command {
+            let shown: String = display.chars().take(160).collect();
+            eprintln!("rampart: timing: {:7.2} s  {shown}", started.elapsed().as_secs_f64());
+        }
     }
 }
 

@@ -492,6 +492,12 @@ fn build_killed_during_mmdebstrap_leaves_nothing_and_the_next_build_succeeds() {
     assert!(ws.path("out/k/baseline.qcow2").exists());
     let leftovers: Vec<String> = std::fs::read_dir(cache.path().join("tmp")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert!(leftovers.is_empty(), "scratch left in the cache: {leftovers:?}");
+    // The build tree and mmdebstrap's temporary root may live in memory:
+    // neither the killed build's nor the finished one's is left there.
+    let in_memory: Vec<String> = std::fs::read_dir("/dev/shm")
+        .map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(".rampart-")).collect())
+        .unwrap_or_default();
+    assert!(in_memory.is_empty(), "scratch left in /dev/shm: {in_memory:?}");
 }
 
 #[test]

@@ -28,6 +28,9 @@ pub struct BuildContext {
     /// The clock of the build: every timestamp in the artifacts is at most this.
     pub source_date_epoch: i64,
     staging: crate::fsutil::OwnedTempDir,
+    /// The image root and the intermediate files: in memory when there is
+    /// room (`fsutil::memory_scratch_parent`), else beside the staging directory.
+    tree: crate::fsutil::OwnedTempDir,
     log: PathBuf,
     pub records: Vec<StageRecord>,
     /// Kernel command-line words that controls add to the profile's.
@@ -60,7 +63,9 @@ impl BuildContext {
         std::fs::create_dir_all(parent).with_context(|| format!("while creating {}", parent.display()))?;
         let staging = crate::fsutil::owned_tempdir(parent, &format!(".rampart-staging-{}-", profile.name))?;
         std::fs::create_dir_all(staging.path().join("artifacts"))?;
-        std::fs::create_dir_all(staging.path().join("work"))?;
+        let tree_parent = crate::fsutil::memory_scratch_parent().unwrap_or_else(|| parent.to_path_buf());
+        let tree = crate::fsutil::owned_tempdir(&tree_parent, &format!(".rampart-tree-{}-", profile.name))?;
+        std::fs::create_dir_all(tree.path().join("work"))?;
         let source_date_epoch = lock.source_date_epoch;
         let secrets_file = SecretsFile::InOut(out.join(format!("{}.secrets", profile.name)));
         Ok(BuildContext {
@@ -70,6 +75,7 @@ impl BuildContext {
             cache,
             source_date_epoch,
             staging,
+            tree,
             log,
             records: Vec::new(),
             kernel_cmdline_extra: Vec::new(),
@@ -80,7 +86,7 @@ impl BuildContext {
 
     /// The image's root file system tree.
     pub fn root(&self) -> PathBuf {
-        self.staging.path().join("root")
+        self.tree.path().join("root")
     }
 
     /// Where finished artifacts are collected before they are published.
@@ -90,13 +96,13 @@ impl BuildContext {
 
     /// Scratch space for intermediate files (file system images, ...).
     pub fn work(&self) -> PathBuf {
-        self.staging.path().join("work")
+        self.tree.path().join("work")
     }
 
     /// The tree of the read-only configuration partition (mounted at
     /// `layout::CONFIG_MOUNT`), split off the root before the disk is made.
     pub fn config_tree(&self) -> PathBuf {
-        self.staging.path().join("config-partition")
+        self.tree.path().join("config-partition")
     }
 
     pub fn log(&self) -> &Path {

@@ -110,7 +110,12 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     place("etc/systemd/system/rampart-install.target", TARGET_UNIT.as_bytes(), 0o644)?;
     place("etc/systemd/system/rampart-install.service", SERVICE_UNIT.as_bytes(), 0o644)?;
     let payload = resolve_in_root(&tree, Path::new(image_path.trim_start_matches('/')))?;
-    std::fs::hard_link(&raw, &payload).context("while placing the image in the installer")?;
+    // A hard link when the build tree shares the artifacts' file system;
+    // else a sparse copy (the tree may be in memory).
+    if std::fs::hard_link(&raw, &payload).is_err() {
+        std::fs::File::create(&payload)?.set_len(image_bytes)?;
+        disk::copy_sparse(&raw, &payload, 0).context("while placing the image in the installer")?;
+    }
     crate::stages::seal::set_times(&payload, epoch)?;
     // Directories whose entries changed get the build's time again.
     for dir in ["etc", "etc/repart.d", "etc/systemd/system", "usr/lib", DIR, &format!("{DIR}/repart.d")] {

@@ -40,19 +40,14 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     let initramfs_key: String = initramfs.iter().map(|(path, text, mode)| format!("{path} {mode:o}\n{text}")).collect();
     let key = stage_key(&ctx.lock.render("")?, &dpkg_options, &mmdebstrap_version, &ctx.profile.mirror.suite, &initramfs_key);
     let cached = ctx.cache.rootfs_path(&key);
-    let reused = ctx.cache.verified_rootfs(&key)?;
     let root = ctx.root();
     std::fs::create_dir_all(&root)?;
+    let reused = match ctx.cache.rootfs_digest(&key) {
+        Some(expected) => unpack_verified(ctx, &key, &cached, &expected)?,
+        None => false,
+    };
     if reused {
-        ui::step(&format!("package stage: reusing cached root tree {}", short(&key)));
-        Cmd::new("tar")
-            .args(UNPACK)
-            .arg("--file")
-            .arg(&cached)
-            .arg("--directory")
-            .arg(&root)
-            .run()
-            .context("while unpacking the package stage's root tree")?;
+        ui::step(&format!("package stage: reusing cached root tree {} (verified as it unpacked)", short(&key)));
     } else {
         let timer = ui::Timed::start(&format!("package stage: mmdebstrap of {} packages, network cut", ctx.lock.packages.len()));
         bootstrap(ctx, &dpkg_options, &initramfs, &cached)?;
@@ -120,6 +115,27 @@ fn initramfs_files(modules: &InitramfsModules) -> Vec<(&'static str, String, u32
     files
 }
 
+/// Unpacks the cached package stage into the root while its digest is
+/// checked on another thread. A tarball that does not match is removed from
+/// the cache and what it unpacked is cleared: false, build it again.
+fn unpack_verified(ctx: &BuildContext, key: &str, cached: &Path, expected: &str) -> Result<bool> {
+    let root = ctx.root();
+    let hashing = {
+        let cached = cached.to_path_buf();
+        std::thread::spawn(move || crate::fsutil::sha256_file(&cached))
+    };
+    let unpacked = Cmd::new("tar").args(UNPACK).arg("--file").arg(cached).arg("--directory").arg(&root).run();
+    let digest = hashing.join().map_err(|_| anyhow::anyhow!("the digest thread panicked"))??;
+    if digest != expected {
+        ctx.cache.discard_damaged_rootfs(key)?;
+        std::fs::remove_dir_all(&root).with_context(|| format!("while clearing {}", root.display()))?;
+        std::fs::create_dir_all(&root)?;
+        return Ok(false);
+    }
+    unpacked.context("while unpacking the package stage's root tree")?;
+    Ok(true)
+}
+
 /// Runs mmdebstrap against a local repository and stores its tarball in the
 /// cache under `cached`, by rename only when complete.
 fn bootstrap(ctx: &BuildContext, dpkg_options: &[&str], initramfs: &[(&str, String, u32)], cached: &Path) -> Result<()> {
@@ -132,6 +148,7 @@ fn bootstrap(ctx: &BuildContext, dpkg_options: &[&str], initramfs: &[(&str, Stri
         std::fs::write(&path, text)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode))?;
     }
+    let temporary_root = crate::fsutil::memory_scratch_parent().map(|parent| crate::fsutil::owned_tempdir(&parent, ".rampart-mmdebstrap-")).transpose()?;
     let repo = scratch.path().join("repo");
     let suite = &ctx.profile.mirror.suite;
     let pool = repo.join("pool");
@@ -197,9 +214,10 @@ fn bootstrap(ctx: &BuildContext, dpkg_options: &[&str], initramfs: &[(&str, Stri
         .env("RAMPART_TARBALL", &tarball)
         .env("RAMPART_ROOT", ctx.root())
         .env("SOURCE_DATE_EPOCH", ctx.source_date_epoch.to_string())
-        // mmdebstrap's own temporary root lives in our scratch directory, so an
-        // interrupted run's leftovers are cleaned up with it.
-        .env("TMPDIR", scratch.path())
+        // mmdebstrap's own temporary root lives in a directory of ours (in
+        // memory when there is room), so an interrupted run's leftovers are
+        // cleaned up with it.
+        .env("TMPDIR", temporary_root.as_ref().map_or(scratch.path(), |dir| dir.path()))
         .without_network()
         .run_logged(ctx.log())
         .context("while installing the locked packages with mmdebstrap (network cut)")?;
