@@ -299,7 +299,7 @@ pub fn compile_apparmor_policy(ctx: &mut BuildContext) -> Result<()> {
             let profiles = apparmor_profiles(ctx)?;
             for profile in &profiles {
                 let name = profile["file"].as_str().unwrap_or_default().rsplit('/').next().unwrap_or_default().to_string();
-                if !ctx.root().join(&cache_dir[1..]).join(&name).exists() {
+                if !ctx.root().join(cache_dir.trim_start_matches('/')).join(&name).exists() {
                     bail!("apparmor_parser wrote no cache for /etc/apparmor.d/{name} in {cache_dir}; the profile would be compiled at every first boot");
                 }
             }
