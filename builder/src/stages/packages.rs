@@ -183,9 +183,11 @@ fn bootstrap(ctx: &BuildContext, dpkg_options: &[&str], initramfs: &[(&str, Stri
     let names: Vec<&str> = ctx.lock.packages.iter().map(|p| p.name.as_str()).collect();
     let tarball = scratch.path().join("rootfs.tar");
     // mmdebstrap writes the tarball to a pipe that stores it for the cache
-    // and unpacks it into the image root at the same time.
+    // and unpacks it into the image root at the same time. tar stops reading
+    // at the archive's end marker, before the padding after it: tee -p keeps
+    // writing the whole stream to the file instead of dying of SIGPIPE.
     let pipeline = format!(
-        "set -o pipefail; \"$@\" | tee \"$RAMPART_TARBALL\" | tar {} --directory \"$RAMPART_ROOT\"",
+        "set -o pipefail; \"$@\" | tee -p \"$RAMPART_TARBALL\" | tar {} --directory \"$RAMPART_ROOT\"",
         UNPACK.iter().map(|a| shell_words::quote(a).into_owned()).collect::<Vec<_>>().join(" ")
     );
     let mut command = Cmd::new("bash")
