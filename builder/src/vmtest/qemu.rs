@@ -307,18 +307,39 @@ impl Machine {
     /// Waits until sshd lets the provisioned key in; returns the time from
     /// QEMU's start and whether the account must change its password first
     /// (sshd then refuses commands without a terminal).
+    ///
+    /// QEMU's user-mode network accepts a probe's connection at once and
+    /// then retransmits its SYN to a guest that has no address yet, with a
+    /// growing back-off: one probe started too early waits for seconds after
+    /// sshd is up. So a new probe starts every second (a few in flight, each
+    /// with its own banner timeout) and the first to get in counts.
     pub fn wait_for_ssh(&mut self, timeout: Duration) -> Result<(Duration, bool)> {
+        const PROBE_EVERY: Duration = Duration::from_secs(1);
+        const PROBES_IN_FLIGHT: usize = 3;
+        const PROBE_LIMIT: Duration = Duration::from_secs(30);
         let deadline = self.started + timeout;
+        let mut probes: Vec<(Background, PathBuf, Instant)> = Vec::new();
+        let mut n_started = 0;
+        let mut last_started: Option<Instant> = None;
         loop {
             self.ensure_running()?;
-            if let Some(output) = self.ssh("true", Duration::from_secs(15))? {
-                if output.status.success() {
-                    return Ok((self.started.elapsed(), false));
-                }
-                if String::from_utf8_lossy(&output.stderr).contains("Password change required") {
-                    return Ok((self.started.elapsed(), true));
+            let mut still_running = Vec::new();
+            for (mut probe, log, started) in probes.drain(..) {
+                match probe.try_wait()? {
+                    Some(status) => {
+                        let said = std::fs::read_to_string(&log).unwrap_or_default();
+                        if status.success() {
+                            return Ok((self.started.elapsed(), false));
+                        }
+                        if said.contains("Password change required") {
+                            return Ok((self.started.elapsed(), true));
+                        }
+                    }
+                    None if started.elapsed() > PROBE_LIMIT => probe.kill(),
+                    None => still_running.push((probe, log, started)),
                 }
             }
+            probes = still_running;
             if Instant::now() >= deadline {
                 bail!(
                     "{} did not accept SSH logins within {} s\n{}",
@@ -327,7 +348,15 @@ impl Machine {
                     self.serial_tail(30)
                 );
             }
-            std::thread::sleep(Duration::from_millis(500));
+            let due = last_started.map_or(true, |at| at.elapsed() >= PROBE_EVERY);
+            if due && probes.len() < PROBES_IN_FLIGHT {
+                let log = self.serial_log.with_file_name(format!("ssh-probe-{}-{n_started}.log", self.name));
+                let probe = self.ssh_command_with(&self.key, &["-o".into(), "ConnectTimeout=5".into()], &self.user, "true").spawn_background(&log)?;
+                probes.push((probe, log, Instant::now()));
+                n_started += 1;
+                last_started = Some(Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
