@@ -4,6 +4,11 @@ fn main() {
     let cli = rampart::cli::Cli::parse();
     match rampart::cli::run(cli) {
         Ok(code) => std::process::exit(code),
+        // What failed after a signal failed because of it: say so, not why.
+        Err(_) if rampart::process::interrupted() => {
+            eprintln!("rampart: interrupted by a signal; the virtual machines were stopped and the test network and work directory removed");
+            std::process::exit(130);
+        }
         Err(error) => {
             eprintln!("rampart: error: {error:#}");
             std::process::exit(1);

@@ -1,7 +1,8 @@
 //! The one door through which rampart runs other programs.
 //! Owns: pinned environment, stdin from /dev/null, error messages that show the
-//! command shell-quoted with its exit status and stderr tail. Nothing else in
-//! the crate may spawn a process.
+//! command shell-quoted with its exit status and stderr tail, and what a
+//! signal does to the waits (`stop_on_signals`). Nothing else in the crate may
+//! spawn a process.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -9,11 +10,64 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 
 use anyhow::{anyhow, bail, Context, Result};
 
 /// Where to point users when a host tool is missing.
 pub const INSTALL_HINT: &str = "run scripts/install-host-tools as root";
+
+/// Set by SIGINT, SIGTERM or SIGHUP once `stop_on_signals` has run.
+static INTERRUPTED: LazyLock<Arc<AtomicBool>> = LazyLock::new(|| Arc::new(AtomicBool::new(false)));
+
+/// From now on SIGINT, SIGTERM and SIGHUP do not end rampart outright: they
+/// make every wait of this module (timed commands, dialogues, `pause`) end
+/// early and `check_interrupted` fail, so the caller's destructors shut down
+/// what it started (virtual machines, test networks, work directories). A
+/// second signal ends rampart at once (exit status 130); its children still
+/// die with it (PR_SET_PDEATHSIG).
+pub fn stop_on_signals() -> Result<()> {
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    let mut result = Ok(());
+    REGISTERED.call_once(|| {
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            // The exit is registered first, so the first signal only raises the flag.
+            let registered = signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&INTERRUPTED))
+                .and_then(|_| signal_hook::flag::register(signal, Arc::clone(&INTERRUPTED)));
+            if let Err(error) = registered {
+                result = Err(anyhow!(error).context("while installing the signal handlers"));
+                return;
+            }
+        }
+    });
+    result
+}
+
+/// Whether a signal asked rampart to stop (after `stop_on_signals`).
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Fails once a signal asked rampart to stop.
+pub fn check_interrupted() -> Result<()> {
+    if interrupted() {
+        bail!("interrupted by a signal");
+    }
+    Ok(())
+}
+
+/// Sleeps for `duration`, or less if a signal asks rampart to stop.
+pub fn pause(duration: std::time::Duration) {
+    let deadline = std::time::Instant::now() + duration;
+    while !interrupted() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(std::time::Duration::from_millis(50)));
+    }
+}
 
 /// A command to run, with a pinned environment.
 #[derive(Debug, Clone)]
@@ -240,7 +294,7 @@ impl Cmd {
             if let Some(status) = child.try_wait()? {
                 break Some(status);
             }
-            if std::time::Instant::now() >= deadline {
+            if std::time::Instant::now() >= deadline || interrupted() {
                 // SAFETY: kill(2) on the process group this child leads.
                 unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
                 let _ = child.wait();
@@ -248,6 +302,7 @@ impl Cmd {
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         };
+        check_interrupted().with_context(|| format!("while running `{}`", self.display()))?;
         let stdout = out_thread.join().unwrap_or_default();
         let stderr = err_thread.join().unwrap_or_default();
         Ok(status.map(|status| Output { stdout, stderr, status }))
@@ -344,9 +399,13 @@ impl Dialogue {
                 return Some((index, from + at + length));
             }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.received.recv_timeout(left) {
+            if left.is_zero() || interrupted() {
+                return None;
+            }
+            match self.received.recv_timeout(left.min(std::time::Duration::from_millis(100))) {
                 Ok(bytes) => self.transcript.extend(bytes),
-                Err(_) => return None,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return None,
             }
         }
     }
@@ -379,7 +438,7 @@ impl Dialogue {
                 }
                 return Ok(Some(status));
             }
-            if std::time::Instant::now() >= deadline {
+            if std::time::Instant::now() >= deadline || interrupted() {
                 return Ok(None);
             }
             std::thread::sleep(std::time::Duration::from_millis(20));

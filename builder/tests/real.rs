@@ -6,7 +6,7 @@
 //! (/var/cache/rampart), which they fill if it is empty.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const SHARED_CACHE: &str = "/var/cache/rampart";
@@ -597,4 +597,61 @@ fn image_that_does_not_boot_fails_within_its_timeout_with_the_console_shown() {
     assert!(junit.contains("serial console"), "the console tail is shown: {junit}");
     let stray = Command::new("pgrep").args(["-f", "rampart-test-"]).output().unwrap();
     assert!(!stray.status.success(), "a QEMU outlived the test");
+}
+
+#[test]
+#[ignore = "needs root and QEMU: run by scripts/test"]
+fn interrupted_test_run_stops_qemu_and_removes_its_network_and_work_directory() {
+    let ws = Workspace::new();
+    ws.lock_and_fetch();
+    ws.rampart_ok(&["build", "profiles/baseline.toml", "--out", "out/baseline"]);
+    std::fs::write(
+        ws.path("vm-tests/interrupted.toml"),
+        "profile = \"baseline\"\nisolated-network = true\n[[check]]\nname = \"never_runs\"\nsucceed = \"true\"\n",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(["test", "profiles/baseline.toml", "--scenario", "interrupted", "--out", "out/baseline", "--accel", "tcg"])
+        .current_dir(ws.path(""))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let namespaces = || String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).into_owned();
+    let own_namespace = format!("rampart-{pid}-");
+    // Interrupted while the machine boots: its QEMU runs in the test network.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let qemu = loop {
+        let found = Command::new("pgrep").args(["-a", "-f", "qemu-system-x86_64 .*rampart-test-"]).output().unwrap();
+        if found.status.success() && namespaces().contains(&own_namespace) {
+            break String::from_utf8_lossy(&found.stdout).into_owned();
+        }
+        assert!(Instant::now() < deadline, "no QEMU started");
+        assert!(child.try_wait().unwrap().is_none(), "rampart ended before its machine booted");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // The run's work directory, from a path on QEMU's command line.
+    let work = qemu
+        .split([' ', '=', ','])
+        .find_map(|word| {
+            let path = &word[word.find('/')?..];
+            let end = path.find("rampart-test-")? + path[path.find("rampart-test-")?..].find('/')?;
+            Some(path[..end].to_string())
+        })
+        .unwrap();
+    assert!(Path::new(&work).is_dir(), "{work}");
+    // SAFETY: kill(2) on the child we started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGINT) }, 0);
+    let signalled = Instant::now();
+    let output = child.wait_with_output().unwrap();
+    let stderr = stderr(&output);
+    assert!(signalled.elapsed() < Duration::from_secs(15), "rampart took {:?} to stop", signalled.elapsed());
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted by a signal"), "{stderr}");
+    let stray = Command::new("pgrep").args(["-f", "qemu-system-x86_64 .*rampart-test-"]).output().unwrap();
+    assert!(!stray.status.success(), "a QEMU outlived the interrupted run");
+    assert!(!namespaces().contains(&own_namespace), "the test network is left: {}", namespaces());
+    assert!(!Path::new(&work).exists(), "the work directory {work} is left");
+    assert!(!ws.path("out/baseline/interrupted.junit.xml").exists(), "an interrupted run is no verdict");
 }

@@ -111,7 +111,8 @@ impl Lab {
             if Instant::now() >= deadline {
                 bail!("QEMU did not create the lab interface {tap}");
             }
-            std::thread::sleep(Duration::from_millis(100));
+            crate::process::check_interrupted()?;
+            crate::process::pause(Duration::from_millis(100));
         }
     }
 

@@ -96,6 +96,9 @@ pub fn run(profile: Profile, mirror: Mirror, options: &TestOptions) -> Result<()
     };
     let installer = scenarios.iter().any(Scenario::needs_installer);
     ensure_built(&profile, mirror, options, installer)?;
+    // From here on a signal shuts the machines down and removes the test
+    // network and the work directory before rampart exits.
+    crate::process::stop_on_signals()?;
     let name = profile.name.to_string();
     let image = options.out.join(format!("{name}.qcow2"));
     let raw = options.out.join(format!("{name}.raw"));
@@ -200,6 +203,7 @@ fn run_scenario(
     }
     let installer = out.join(format!("{}.installer.raw", profile.name));
     for (index, spec) in scenario.machines.iter().enumerate() {
+        crate::process::check_interrupted()?;
         let mut prepared_disk = None;
         if spec.installer {
             let disk = work.join(format!("{}.installed.qcow2", spec.name));
@@ -267,6 +271,7 @@ fn run_scenario(
                     if !applies {
                         continue;
                     }
+                    crate::process::check_interrupted()?;
                     let started = Instant::now();
                     let outcome = run_check(&mut machine, check, &env);
                     let seconds = started.elapsed().as_secs_f64();
@@ -292,7 +297,10 @@ fn run_scenario(
         }
         machine.shut_down();
         let _ = std::fs::copy(work.join(format!("serial-{}.log", spec.name)), &serial_copy);
+        // An interrupted machine is no verdict: nothing is reported for it.
+        crate::process::check_interrupted()?;
     }
+    crate::process::check_interrupted()?;
     for (check_index, outputs) in captured {
         let check = &scenario.checks[check_index];
         if !matches!(check.action, Action::Differ { .. }) {
@@ -433,7 +441,7 @@ fn run_check(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Result<Opt
             if Instant::now() >= deadline {
                 return Err(failed(format!("`{command}` did not succeed within {} s", check.timeout.as_secs()), show(command, &output)));
             }
-            std::thread::sleep(Duration::from_secs(1));
+            crate::process::pause(Duration::from_secs(1));
         },
         Action::WaitForUnit { unit } => loop {
             let command = format!("systemctl is-active {}", shell_words::quote(unit));
@@ -448,7 +456,7 @@ fn run_check(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Result<Opt
                 let details = status.map(|s| show(&status_command, &s)).unwrap_or_default();
                 return Err(failed(format!("unit {unit} is {state}"), details));
             }
-            std::thread::sleep(Duration::from_secs(1));
+            crate::process::pause(Duration::from_secs(1));
         },
         Action::WaitForPort { port } => loop {
             let command = format!("ss -Htln 'sport = :{port}'");
@@ -459,7 +467,7 @@ fn run_check(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Result<Opt
             if Instant::now() >= deadline {
                 return Err(failed(format!("nothing listens on TCP port {port} after {} s", check.timeout.as_secs()), show(&command, &output)));
             }
-            std::thread::sleep(Duration::from_secs(1));
+            crate::process::pause(Duration::from_secs(1));
         },
         Action::Differ { command } => {
             let output = ssh(machine, command, check.timeout)?;
@@ -643,7 +651,7 @@ fn run_check(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Result<Opt
             if outage {
                 // Long enough for rsyslog to notice the host is gone and queue;
                 // then a restart of rsyslog, which must keep the queue on disk.
-                std::thread::sleep(Duration::from_secs(5));
+                crate::process::pause(Duration::from_secs(5));
                 let Some(password) = &env.session.sudo_password else {
                     return Err(failed("restarting rsyslog needs the admin's password, and the secrets file has none", String::new()));
                 };
@@ -672,7 +680,7 @@ fn run_check(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Result<Opt
                         format!("the log host received (tail):\n{tail}"),
                     ));
                 }
-                std::thread::sleep(Duration::from_millis(500));
+                crate::process::pause(Duration::from_millis(500));
             }
         }
         Action::ProfileServicesLog => {

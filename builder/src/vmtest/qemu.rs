@@ -323,6 +323,7 @@ impl Machine {
         let mut last_started: Option<Instant> = None;
         loop {
             self.ensure_running()?;
+            crate::process::check_interrupted()?;
             let mut still_running = Vec::new();
             for (mut probe, log, started) in probes.drain(..) {
                 match probe.try_wait()? {
@@ -356,7 +357,7 @@ impl Machine {
                 n_started += 1;
                 last_started = Some(Instant::now());
             }
-            std::thread::sleep(Duration::from_millis(100));
+            crate::process::pause(Duration::from_millis(100));
         }
     }
 
@@ -485,6 +486,7 @@ pub fn run_installer(installer: &Path, target: &Path, accel: Accel, dir: &Path, 
         complete.lines().filter_map(|l| l.find("rampart-install: ").map(|at| l[at..].trim_end().to_string())).collect()
     };
     loop {
+        crate::process::check_interrupted()?;
         let exited = process.try_wait()?.is_some();
         let seen = messages(&serial_log);
         let done = seen.iter().any(|l| l.starts_with(DONE_MARKER));
@@ -497,7 +499,7 @@ pub fn run_installer(installer: &Path, target: &Path, accel: Accel, dir: &Path, 
             process.kill();
             bail!("the installer did not finish within {} s\n{}", timeout.as_secs(), console_tail(&serial_log, &format!("{name}'s installer"), 30));
         }
-        std::thread::sleep(Duration::from_millis(500));
+        crate::process::pause(Duration::from_millis(500));
     }
 }
 
