@@ -6,7 +6,12 @@ fn main() {
         Ok(code) => std::process::exit(code),
         // What failed after a signal failed because of it: say so, not why.
         Err(_) if rampart::process::interrupted() => {
-            eprintln!("rampart: interrupted by a signal; the virtual machines were stopped and the test network and work directory removed");
+            // After a hang-up the terminal may be gone: a failed write must not panic.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "rampart: interrupted by a signal; the virtual machines were stopped and the test network and work directory removed"
+            );
             std::process::exit(130);
         }
         Err(error) => {

@@ -109,8 +109,15 @@ pub fn run(profile: Profile, mirror: Mirror, options: &TestOptions) -> Result<()
     let mut n_cases = 0;
     for scenario in &scenarios {
         ui::step(&format!("scenario {} ({}): {}", scenario.name, accel.name(), scenario.description));
-        let cases = run_scenario(scenario, &profile, &image, &admin, accel, work.path(), &options.out)?;
         let junit_path = options.out.join(format!("{}.junit.xml", scenario.name));
+        // An earlier run's verdict must not stand for a run that is interrupted.
+        match std::fs::remove_file(&junit_path) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                return Err(error).with_context(|| format!("while removing the earlier report {}", junit_path.display()))
+            }
+            _ => {}
+        }
+        let cases = run_scenario(scenario, &profile, &image, &admin, accel, work.path(), &options.out)?;
         write_atomic(&junit_path, junit::render(&scenario.name, &cases).as_bytes())?;
         for case in &cases {
             match &case.failure {
