@@ -61,6 +61,17 @@ impl Workspace {
         self.rampart_ok(&["lock", "profiles/baseline.toml"]);
         self.rampart_ok(&["fetch", "profiles/baseline.toml"]);
     }
+
+    /// A built baseline in out/baseline and a scenario `vm-tests/<name>.toml`
+    /// for it: `extra` (top-level keys) and one check that never matters.
+    fn built_baseline_with_scenario(name: &str, extra: &str) -> Workspace {
+        let ws = Workspace::new();
+        ws.lock_and_fetch();
+        ws.rampart_ok(&["build", "profiles/baseline.toml", "--out", "out/baseline"]);
+        let scenario = format!("profile = \"baseline\"\n{extra}[[check]]\nname = \"never_runs\"\nsucceed = \"true\"\n");
+        std::fs::write(ws.path(&format!("vm-tests/{name}.toml")), scenario).unwrap();
+        ws
+    }
 }
 
 fn tail(text: &str, n: usize) -> String {
@@ -573,9 +584,7 @@ fn build_host_scenario_proves_the_hardened_toolchain_defaults_in_qemu() {
 #[test]
 #[ignore = "needs root and QEMU: run by scripts/test"]
 fn image_that_does_not_boot_fails_within_its_timeout_with_the_console_shown() {
-    let ws = Workspace::new();
-    ws.lock_and_fetch();
-    ws.rampart_ok(&["build", "profiles/baseline.toml", "--out", "out/baseline"]);
+    let ws = Workspace::built_baseline_with_scenario("noboot", "boot-timeout = 45\n");
     // Wipe the boot loader: the firmware finds nothing to boot.
     let raw = ws.path("out/baseline/baseline.raw");
     let status = Command::new("dd").args(["if=/dev/zero", "bs=1M", "seek=1", "count=128", "conv=notrunc", "status=none"]).arg(format!("of={}", raw.display())).status().unwrap();
@@ -583,11 +592,6 @@ fn image_that_does_not_boot_fails_within_its_timeout_with_the_console_shown() {
     let qcow2 = ws.path("out/baseline/baseline.qcow2");
     let status = Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(&qcow2).status().unwrap();
     assert!(status.success());
-    std::fs::write(
-        ws.path("vm-tests/noboot.toml"),
-        "profile = \"baseline\"\nboot-timeout = 45\n[[check]]\nname = \"never_runs\"\nsucceed = \"true\"\n",
-    )
-    .unwrap();
     let started = Instant::now();
     let output = ws.rampart(&["test", "profiles/baseline.toml", "--scenario", "noboot", "--out", "out/baseline", "--accel", "tcg"]);
     assert!(!output.status.success());
@@ -602,14 +606,7 @@ fn image_that_does_not_boot_fails_within_its_timeout_with_the_console_shown() {
 #[test]
 #[ignore = "needs root and QEMU: run by scripts/test"]
 fn interrupted_test_run_stops_qemu_and_removes_its_network_and_work_directory() {
-    let ws = Workspace::new();
-    ws.lock_and_fetch();
-    ws.rampart_ok(&["build", "profiles/baseline.toml", "--out", "out/baseline"]);
-    std::fs::write(
-        ws.path("vm-tests/interrupted.toml"),
-        "profile = \"baseline\"\nisolated-network = true\n[[check]]\nname = \"never_runs\"\nsucceed = \"true\"\n",
-    )
-    .unwrap();
+    let ws = Workspace::built_baseline_with_scenario("interrupted", "isolated-network = true\n");
     let mut child = Command::new(env!("CARGO_BIN_EXE_rampart"))
         .args(["test", "profiles/baseline.toml", "--scenario", "interrupted", "--out", "out/baseline", "--accel", "tcg"])
         .current_dir(ws.path(""))
