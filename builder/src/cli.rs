@@ -37,17 +37,21 @@ pub enum Command {
     },
     /// Download every locked .deb into the cache, verifying signature and digests
     Fetch {
+        /// The profile file (profiles/NAME.toml)
         profile: PathBuf,
-        /// Content-addressed package cache
+        /// Content-addressed package cache, shared by every profile and run
         #[arg(long, default_value = DEFAULT_CACHE)]
         cache: PathBuf,
+        /// Debian mirror URL, overriding the profile and the host's apt sources
         #[arg(long)]
         mirror: Option<String>,
     },
     /// Compare the lock with the mirror: packages with newer versions, security updates first
     /// (the signal to rebuild the golden image); the lock is left alone
     Outdated {
+        /// The profile file (profiles/NAME.toml)
         profile: PathBuf,
+        /// Debian mirror URL, overriding the profile and the host's apt sources
         #[arg(long)]
         mirror: Option<String>,
     },
@@ -66,8 +70,10 @@ pub enum Command {
         /// Output directory [default: out/<profile-name>]
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Content-addressed package cache, shared by every profile and run
         #[arg(long, default_value = DEFAULT_CACHE)]
         cache: PathBuf,
+        /// Debian mirror URL, overriding the profile and the host's apt sources
         #[arg(long)]
         mirror: Option<String>,
         /// The accounts' initial passwords (0600): reused if the file exists, else made and written there
@@ -82,18 +88,22 @@ pub enum Command {
     /// Write one archive with everything an air-gapped host needs to build the profile:
     /// the profile and what it extends, its overlays, its lock, every locked .deb, the archive keyring
     Bundle {
+        /// The profile file (profiles/NAME.toml)
         profile: PathBuf,
         /// The bundle file to write (a tar archive)
         #[arg(short = 'o', long = "output")]
         output: PathBuf,
+        /// Content-addressed package cache, shared by every profile and run
         #[arg(long, default_value = DEFAULT_CACHE)]
         cache: PathBuf,
+        /// Debian mirror URL, overriding the profile and the host's apt sources
         #[arg(long)]
         mirror: Option<String>,
     },
     /// Check a disk image (raw or qcow2) against the baseline of its build, without booting
     /// it: lists added, removed and changed files; exit 0 only if none
     Verify {
+        /// The disk image to check (<name>.raw or <name>.qcow2)
         image: PathBuf,
         /// The <name>.baseline written by the build
         #[arg(long)]
@@ -101,6 +111,7 @@ pub enum Command {
     },
     /// Build if needed, boot the image in QEMU and run the profile's vm-tests scenarios
     Test {
+        /// The profile file (profiles/NAME.toml)
         profile: PathBuf,
         /// Run only this scenario (vm-tests/NAME.toml) [default: every scenario of the profile]
         #[arg(long)]
@@ -114,8 +125,10 @@ pub enum Command {
         /// Build from the cache alone if a build is needed
         #[arg(long)]
         offline: bool,
+        /// Content-addressed package cache, shared by every profile and run
         #[arg(long, default_value = DEFAULT_CACHE)]
         cache: PathBuf,
+        /// Debian mirror URL, overriding the profile and the host's apt sources
         #[arg(long)]
         mirror: Option<String>,
     },
@@ -336,4 +349,21 @@ fn run_lock(profile: &Profile, mirror: &Mirror, update: bool) -> Result<()> {
     fresh.write(&path, profile.name.as_str())?;
     ui::step(&format!("wrote {} ({} packages)", path.display(), fresh.packages.len()));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_argument_of_every_command_has_help() {
+        let cli = super::Cli::command();
+        let undocumented: Vec<String> = cli
+            .get_subcommands()
+            .flat_map(|command| {
+                command.get_arguments().filter(|arg| arg.get_help().is_none()).map(move |arg| format!("{} {}", command.get_name(), arg.get_id()))
+            })
+            .collect();
+        assert!(undocumented.is_empty(), "arguments without help text: {undocumented:?}");
+    }
 }
