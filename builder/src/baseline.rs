@@ -167,7 +167,7 @@ mod tests {
     #[test]
     fn baseline_round_trips_odd_names() {
         let record = Record { path: "/a\tb\\c".into(), kind: "f".into(), mode: 0o640, uid: 0, gid: 4, size: 3, content: "00".into() };
-        let text = render("img", &[record.clone()]);
+        let text = render("img", std::slice::from_ref(&record));
         let (name, parsed) = parse(&text, Path::new("x.baseline")).unwrap();
         assert_eq!(name, "img");
         assert_eq!(parsed["/a\tb\\c"], record);

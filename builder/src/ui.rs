@@ -31,7 +31,7 @@ impl Progress {
         if done == self.shown {
             return;
         }
-        let quarter = |n: usize| if self.total == 0 { 0 } else { n * 4 / self.total };
+        let quarter = |n: usize| (n * 4).checked_div(self.total).unwrap_or(0);
         if self.terminal {
             eprint!("\rrampart: {} {done}/{}\x1b[K", self.what, self.total);
         } else if quarter(done) > quarter(self.shown) {

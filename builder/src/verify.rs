@@ -188,9 +188,12 @@ fn debugfs_each(device: &str, command: &str, paths: &[String], work: &Path) -> R
     Ok(results)
 }
 
+/// An entry's mode (type bits included), uid and gid, as its inode has them.
+type InodeAttributes = (u32, u32, u32);
+
 /// Mode, uid and gid of every entry below `directories`, as the file system
 /// records them (debugfs `ls -p`: /inode/mode/uid/gid/name/size/).
-fn inode_attributes(device: &str, directories: &[String], work: &Path) -> Result<Vec<(String, (u32, u32, u32))>> {
+fn inode_attributes(device: &str, directories: &[String], work: &Path) -> Result<Vec<(String, InodeAttributes)>> {
     let mut attributes = Vec::new();
     for (dir, lines) in debugfs_each(device, "ls -p", directories, work)? {
         for line in lines {

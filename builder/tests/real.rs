@@ -305,7 +305,11 @@ fn access_settings_the_image_refuses_fail_the_build_naming_the_field() {
         ("bad-aide", "[integrity]\nrules = [\"/srv/app Content\", \"/opt/app NoSuchGroup\"]\n", "bad-aide.toml:5:30: integrity.rules: aide refuses the rule made from it"),
         ("bad-schedule", "[integrity]\nschedule = \"every full moon\"\n", "bad-schedule.toml:5:12: integrity.schedule: \"every full moon\" is not a calendar expression systemd accepts"),
         ("elf-floor", "[elf-audit.floor]\nstack-protector = 100\n", "elf-floor.toml:5:19: elf-audit.floor.stack-protector: "),
+        ("rc-local", "[overlays]\ntrees = [\"baseline\", \"rc-local\"]\n", "rc-local.toml: the image has /etc/rc.local, which would run commands off the allow-list"),
     ];
+    // An overlay with an rc.local, which systemd would run at boot outside the allow-list.
+    std::fs::create_dir_all(ws.path("overlays/rc-local/etc")).unwrap();
+    std::fs::write(ws.path("overlays/rc-local/etc/rc.local"), "#!/bin/sh\ntouch /run/started-off-the-list\n").unwrap();
     for (name, section, expected) in cases {
         let profile = format!("name = \"{name}\"\nextends = \"baseline.toml\"\n\n{section}");
         std::fs::write(ws.path(&format!("profiles/{name}.toml")), profile).unwrap();

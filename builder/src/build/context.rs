@@ -151,6 +151,21 @@ impl BuildContext {
             .env("SOURCE_DATE_EPOCH", self.source_date_epoch.to_string())
     }
 
+    /// As `in_root`, for a program that needs /proc: it runs in its own PID
+    /// and mount namespaces with a private /proc at the root's, gone when
+    /// it ends.
+    pub fn in_root_with_proc(&self, program: &str) -> crate::process::Cmd {
+        let mut proc_option = std::ffi::OsString::from("--mount-proc=");
+        proc_option.push(self.root().join("proc"));
+        crate::process::Cmd::new("unshare")
+            .args(["--fork", "--pid"])
+            .arg(proc_option)
+            .arg("chroot")
+            .arg(self.root())
+            .arg(program)
+            .env("SOURCE_DATE_EPOCH", self.source_date_epoch.to_string())
+    }
+
     pub fn record(&mut self, stage: &str, applied: bool, settings: serde_json::Value) {
         self.records.push(StageRecord { stage: stage.to_string(), applied, settings });
     }

@@ -132,7 +132,7 @@ pub(crate) fn find_kernel(root: &Path) -> Result<(PathBuf, PathBuf)> {
         .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix("vmlinuz-")).map(str::to_string))
         .collect();
     // Version order, so 6.1.0-10 comes after 6.1.0-9.
-    kernels.sort_by(|a, b| version_key(a).cmp(&version_key(b)));
+    kernels.sort_by_key(|a| version_key(a));
     let Some(version) = kernels.pop() else {
         bail!("the image has no kernel in /boot; set kernel.package in the profile");
     };
@@ -328,18 +328,6 @@ pub(crate) fn write_partition_table(raw: &Path, work: &Path, disk_bytes: u64, di
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kernel_versions_sort_numerically() {
-        let mut versions = vec!["6.1.0-10-cloud-amd64", "6.1.0-9-cloud-amd64", "6.1.0-56-cloud-amd64"];
-        versions.sort_by(|a, b| version_key(a).cmp(&version_key(b)));
-        assert_eq!(versions, ["6.1.0-9-cloud-amd64", "6.1.0-10-cloud-amd64", "6.1.0-56-cloud-amd64"]);
-    }
-}
-
 /// Copies `source` into `target` at `offset`, seeking over all-zero blocks
 /// so the target stays sparse.
 pub(crate) fn copy_sparse(source: &Path, target: &Path, offset: u64) -> Result<()> {
@@ -370,4 +358,16 @@ pub(crate) fn copy_sparse(source: &Path, target: &Path, offset: u64) -> Result<(
     }
     output.sync_all()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_versions_sort_numerically() {
+        let mut versions = vec!["6.1.0-10-cloud-amd64", "6.1.0-9-cloud-amd64", "6.1.0-56-cloud-amd64"];
+        versions.sort_by_key(|a| version_key(a));
+        assert_eq!(versions, ["6.1.0-9-cloud-amd64", "6.1.0-10-cloud-amd64", "6.1.0-56-cloud-amd64"]);
+    }
 }

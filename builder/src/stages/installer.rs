@@ -75,7 +75,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     let ids = identifiers(&name);
     let golden = Identifiers::for_profile(&name);
     let epoch_text = ctx.source_date_epoch.to_string();
-    let epoch = ctx.source_date_epoch as i64;
+    let epoch = ctx.source_date_epoch;
     let work = ctx.work();
     let raw = ctx.artifact("raw");
     let image_bytes = std::fs::metadata(&raw).with_context(|| format!("while reading {}", raw.display()))?.len();

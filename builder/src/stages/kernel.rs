@@ -12,7 +12,6 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use crate::build::context::BuildContext;
-use crate::process::Cmd;
 use crate::profile::kernel::{SysctlOrigin, DEFAULT_CMDLINE};
 use crate::profile::Profile;
 
@@ -278,15 +277,10 @@ pub fn compile_apparmor_policy(ctx: &mut BuildContext) -> Result<()> {
             let features_file = ctx.root().join("tmp/rampart-apparmor-features");
             std::fs::write(&features_file, features)?;
             // The parser needs /proc (it sizes its job pool from it and
-            // silently writes nothing without it): a private one.
-            let mut proc_option = std::ffi::OsString::from("--mount-proc=");
-            proc_option.push(ctx.root().join("proc"));
-            let result = Cmd::new("unshare")
-                .args(["--fork", "--pid"])
-                .arg(proc_option)
-                .arg("chroot")
-                .arg(ctx.root())
-                .args(["/sbin/apparmor_parser", "--kernel-features", "/tmp/rampart-apparmor-features", "--write-cache", "--skip-kernel-load", "--quiet", "--cache-loc", APPARMOR_CACHE])
+            // silently writes nothing without it).
+            let result = ctx
+                .in_root_with_proc("/sbin/apparmor_parser")
+                .args(["--kernel-features", "/tmp/rampart-apparmor-features", "--write-cache", "--skip-kernel-load", "--quiet", "--cache-loc", APPARMOR_CACHE])
                 .args(["--", "/etc/apparmor.d"])
                 .run();
             let cache_dir = ctx

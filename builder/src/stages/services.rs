@@ -112,22 +112,37 @@ fn also_units(ctx: &BuildContext, unit: &str) -> Vec<String> {
 /// systemd's generators that could start or mount something the allow-list
 /// does not name, or that only read inputs a rampart image does not have.
 /// Masked (a /dev/null link in /etc/systemd/system-generators), which also
-/// spares every boot their start-up. The fstab generator stays. Each entry:
-/// the generator, the image file that would make it needed (None: never),
-/// and why it goes.
-const MASKED_GENERATORS: &[(&str, Option<&str>, &str)] = &[
-    ("systemd-getty-generator", None, "gettys come from services.gettys only"),
-    ("systemd-sysv-generator", None, "init scripts would start services off the allow-list"),
-    ("systemd-rc-local-generator", Some("etc/rc.local"), "rc.local would run commands off the allow-list"),
-    ("systemd-run-generator", None, "no unit from systemd.run= on the kernel command line"),
-    ("systemd-debug-generator", None, "no debug shell or extra units from the kernel command line"),
-    ("systemd-system-update-generator", None, "no offline-update boots"),
-    ("systemd-hibernate-resume-generator", None, "no hibernation (kernel lockdown forbids it)"),
-    ("systemd-gpt-auto-generator", None, "mounts come from fstab only; no discovered partition is mounted unasked"),
-    ("systemd-cryptsetup-generator", Some("etc/crypttab"), "no encrypted volumes"),
-    ("systemd-integritysetup-generator", Some("etc/integritytab"), "no integrity volumes"),
-    ("systemd-veritysetup-generator", Some("etc/veritytab"), "no verity volumes"),
+/// spares every boot their start-up. The fstab generator stays.
+const MASKED_GENERATORS: &[MaskedGenerator] = &[
+    MaskedGenerator { name: "systemd-getty-generator", input: GeneratorInput::Never, why: "gettys come from services.gettys only" },
+    MaskedGenerator { name: "systemd-sysv-generator", input: GeneratorInput::Never, why: "init scripts would start services off the allow-list" },
+    MaskedGenerator { name: "systemd-rc-local-generator", input: GeneratorInput::RefusedIf("etc/rc.local"), why: "rc.local would run commands off the allow-list" },
+    MaskedGenerator { name: "systemd-run-generator", input: GeneratorInput::Never, why: "no unit from systemd.run= on the kernel command line" },
+    MaskedGenerator { name: "systemd-debug-generator", input: GeneratorInput::Never, why: "no debug shell or extra units from the kernel command line" },
+    MaskedGenerator { name: "systemd-system-update-generator", input: GeneratorInput::Never, why: "no offline-update boots" },
+    MaskedGenerator { name: "systemd-hibernate-resume-generator", input: GeneratorInput::Never, why: "no hibernation (kernel lockdown forbids it)" },
+    MaskedGenerator { name: "systemd-gpt-auto-generator", input: GeneratorInput::Never, why: "mounts come from fstab only; no discovered partition is mounted unasked" },
+    MaskedGenerator { name: "systemd-cryptsetup-generator", input: GeneratorInput::KeptIf("etc/crypttab"), why: "no encrypted volumes" },
+    MaskedGenerator { name: "systemd-integritysetup-generator", input: GeneratorInput::KeptIf("etc/integritytab"), why: "no integrity volumes" },
+    MaskedGenerator { name: "systemd-veritysetup-generator", input: GeneratorInput::KeptIf("etc/veritytab"), why: "no verity volumes" },
 ];
+
+struct MaskedGenerator {
+    name: &'static str,
+    input: GeneratorInput,
+    /// why it goes, for the report
+    why: &'static str,
+}
+
+/// What a file in the image that the generator reads means for its mask.
+enum GeneratorInput {
+    /// nothing a rampart image has: always masked
+    Never,
+    /// kept when the image has the file: a profile that sets such volumes up needs it
+    KeptIf(&'static str),
+    /// the build refuses an image that has the file
+    RefusedIf(&'static str),
+}
 
 /// Static units that load kernel modules (or mount their file systems) at
 /// every boot for features a server image does not use. Masked: the
@@ -146,19 +161,24 @@ const MASKED_KERNEL_FEATURE_UNITS: &[(&str, &str)] = &[
 /// Masks the generators of MASKED_GENERATORS the image has; refuses an
 /// image whose overlays rely on one (an rc.local).
 fn mask_generators(ctx: &BuildContext) -> Result<Vec<serde_json::Value>> {
+    let in_image = |path: &str| std::fs::symlink_metadata(ctx.root().join(path)).is_ok();
     let mut masked = Vec::new();
-    for (generator, input, why) in MASKED_GENERATORS {
-        if !ctx.root().join("usr/lib/systemd/system-generators").join(generator).exists() {
+    for generator in MASKED_GENERATORS {
+        if !ctx.root().join("usr/lib/systemd/system-generators").join(generator.name).exists() {
             continue;
         }
-        if let Some(input) = input.filter(|i| std::fs::symlink_metadata(ctx.root().join(i)).is_ok()) {
-            if *generator == "systemd-rc-local-generator" {
-                bail!("services of {}: the image has /{input}, which would run commands off the allow-list; make it a unit and name it in services.enable", ctx.profile.path.display());
-            }
-            continue;
+        match generator.input {
+            GeneratorInput::Never => {}
+            GeneratorInput::KeptIf(input) if in_image(input) => continue,
+            GeneratorInput::KeptIf(_) => {}
+            GeneratorInput::RefusedIf(input) if in_image(input) => bail!(
+                "services of {}: the image has /{input}, which would run commands off the allow-list; make it a unit and name it in services.enable",
+                ctx.profile.path.display()
+            ),
+            GeneratorInput::RefusedIf(_) => {}
         }
-        ctx.install_symlink(&format!("etc/systemd/system-generators/{generator}"), "/dev/null")?;
-        masked.push(json!({ "generator": generator, "why": why }));
+        ctx.install_symlink(&format!("etc/systemd/system-generators/{}", generator.name), "/dev/null")?;
+        masked.push(json!({ "generator": generator.name, "why": generator.why }));
     }
     Ok(masked)
 }

@@ -661,13 +661,13 @@ fn run_check(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Result<Opt
                 };
                 let queue = crate::stages::logging::QUEUE_NAME;
                 let command = "systemctl restart rsyslog.service && ls /var/spool/rsyslog";
-                let output = match machine.ssh_as_root(&command, password, remaining()) {
+                let output = match machine.ssh_as_root(command, password, remaining()) {
                     Ok(Some(output)) => output,
                     Ok(None) => return Err(failed(format!("`{command}` timed out"), String::new())),
                     Err(error) => return Err(failed(format!("`{command}` could not run"), format!("{error:#}"))),
                 };
                 if !output.status.success() || !output.stdout_text().contains(&format!("{queue}.")) {
-                    return Err(failed("the forwarding queue was not kept on disk over a restart of rsyslog", show(&command, &output)));
+                    return Err(failed("the forwarding queue was not kept on disk over a restart of rsyslog", show(command, &output)));
                 }
                 collector.start().map_err(|e| failed("could not start the log collector again", format!("{e:#}")))?;
             }

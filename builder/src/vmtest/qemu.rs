@@ -349,7 +349,7 @@ impl Machine {
                     self.serial_tail(30)
                 );
             }
-            let due = last_started.map_or(true, |at| at.elapsed() >= PROBE_EVERY);
+            let due = last_started.is_none_or(|at| at.elapsed() >= PROBE_EVERY);
             if due && probes.len() < PROBES_IN_FLIGHT {
                 let log = self.serial_log.with_file_name(format!("ssh-probe-{}-{n_started}.log", self.name));
                 let probe = self.ssh_command_with(&self.key, &["-o".into(), "ConnectTimeout=5".into()], &self.user, "true").spawn_background(&log)?;
