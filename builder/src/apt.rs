@@ -69,8 +69,10 @@ impl AptRoot {
         );
         std::fs::write(root.join("apt.conf"), config)?;
         let apt = AptRoot { dir, sources };
+        // An index that cannot be fetched fails here, with apt's reason,
+        // rather than later as a missing file.
         apt.apt_get()
-            .args(["update", "-q"])
+            .args(["update", "-q", "--error-on=any"])
             .run_logged(log)
             .context("while downloading the package indices from the mirror")?;
         Ok(apt)

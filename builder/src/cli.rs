@@ -174,9 +174,10 @@ pub fn run(cli: Cli) -> Result<i32> {
             let profile = load(&profile)?;
             let mirror = resolve_mirror(&profile, mirror.as_deref())?;
             let cache = Cache::open(&cache)?;
-            let log = private_log("fetch")?;
-            let lock = build::ensure_lock(&profile, &mirror, false, &log)?;
-            let summary = fetch::fetch(&lock, &mirror, &cache, &log)?;
+            let summary = with_private_log("fetch", |log| {
+                let lock = build::ensure_lock(&profile, &mirror, false, log)?;
+                fetch::fetch(&lock, &mirror, &cache, log)
+            })?;
             ui::step(&format!(
                 "{} packages verified in {} ({} downloaded, {} damaged entries replaced)",
                 summary.n_packages,
@@ -221,11 +222,17 @@ fn resolve_mirror(profile: &Profile, cli_mirror: Option<&str>) -> Result<Mirror>
     mirror::resolve(&profile.mirror, cli_mirror, &host).with_context(|| format!("while choosing the mirror for {}", profile.path.display()))
 }
 
-/// A log file with an unpredictable name, kept for the user to read.
-fn private_log(command: &str) -> Result<PathBuf> {
+/// Runs `work` with a log file of an unpredictable name for the tools it
+/// runs: removed when the work succeeds, kept for the user to read when it
+/// fails (a failed tool's error names it).
+fn with_private_log<T>(command: &str, work: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
     let file = tempfile::Builder::new().prefix(&format!("rampart-{command}-")).suffix(".log").tempfile()?;
-    let (_, path) = file.keep()?;
-    Ok(path)
+    let result = work(file.path());
+    if result.is_err() && file.as_file().metadata().is_ok_and(|m| m.len() > 0) {
+        let (_, path) = file.keep()?;
+        ui::step(&format!("the log of `rampart {command}` is kept in {}", path.display()));
+    }
+    result
 }
 
 pub fn default_out(profile: &Profile) -> PathBuf {
@@ -238,8 +245,7 @@ fn run_outdated(profile: &Profile, mirror: &Mirror) -> Result<()> {
         anyhow::bail!("{} has no lock ({}); run `rampart lock {}` first", profile.path.display(), path.display(), profile.path.display());
     }
     let locked = Lock::read(&path)?;
-    let log = private_log("outdated")?;
-    let fresh = lock::resolve(profile, mirror, &log)?;
+    let fresh = with_private_log("outdated", |log| lock::resolve(profile, mirror, log))?;
     let updates = lock::outdated(&locked, &fresh);
     let n_security = updates.iter().filter(|u| u.security).count();
     for (heading, security) in [("security updates", true), ("other updates", false)] {
@@ -275,10 +281,12 @@ fn run_outdated(profile: &Profile, mirror: &Mirror) -> Result<()> {
 fn run_bundle(profile: &Profile, mirror: &Mirror, output: &Path, cache: &Path) -> Result<()> {
     crate::stages::overlays::validate(profile)?;
     let cache = Cache::open(cache)?;
-    let log = private_log("bundle")?;
     // As an online build does: lock if needed, fetch what the cache lacks.
-    let lock = build::ensure_lock(profile, mirror, false, &log)?;
-    fetch::fetch(&lock, mirror, &cache, &log)?;
+    let lock = with_private_log("bundle", |log| {
+        let lock = build::ensure_lock(profile, mirror, false, log)?;
+        fetch::fetch(&lock, mirror, &cache, log)?;
+        Ok(lock)
+    })?;
     let timer = ui::Timed::start(&format!("bundling {} with {} packages", profile.path.display(), lock.packages.len()));
     let manifest = bundle::write(profile, mirror, &lock, &cache, output)?;
     timer.done();
@@ -335,8 +343,7 @@ fn run_lock(profile: &Profile, mirror: &Mirror, update: bool) -> Result<()> {
             return Ok(());
         }
     }
-    let log = private_log("lock")?;
-    let fresh = lock::resolve(profile, mirror, &log)?;
+    let fresh = with_private_log("lock", |log| lock::resolve(profile, mirror, log))?;
     if let Some(old) = &old {
         let changes = lock::describe_changes(old, &fresh);
         if changes.is_empty() {

@@ -362,9 +362,17 @@ fn verify_passes_the_built_image_and_names_what_was_tampered_with() {
 #[ignore = "needs root, the network and a Debian mirror: run by scripts/test"]
 fn outdated_lists_locked_versions_the_mirror_has_replaced() {
     let ws = Workspace::new();
+    let private_logs = || -> Vec<String> {
+        let names = std::fs::read_dir(std::env::temp_dir()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned());
+        let mut logs: Vec<String> = names.filter(|n| n.starts_with("rampart-lock-") || n.starts_with("rampart-outdated-")).collect();
+        logs.sort();
+        logs
+    };
+    let logs_before = private_logs();
     ws.rampart_ok(&["lock", "profiles/baseline.toml"]);
     let output = ws.rampart_ok(&["outdated", "profiles/baseline.toml"]);
     assert!(stderr(&output).contains("is up to date with the mirror"), "a fresh lock is current:\n{}", stderr(&output));
+    assert_eq!(private_logs(), logs_before, "a command that succeeds leaves no log behind");
     // Pretend two packages were locked long ago.
     let path = ws.path("profiles/baseline.lock");
     let lock = std::fs::read_to_string(&path).unwrap();
@@ -679,4 +687,23 @@ fn interrupted_test_run_stops_qemu_and_removes_its_network_and_work_directory() 
     assert!(!left.contains(&lab) && !left.contains(&outside), "the test network is left: {left}");
     assert!(!Path::new(&work).exists(), "the work directory {work} is left");
     assert!(!ws.path("out/baseline/interrupted.junit.xml").exists(), "an interrupted run is no verdict");
+}
+
+#[test]
+#[ignore = "needs root, the network and a Debian mirror: run by scripts/test"]
+fn unreachable_mirror_fails_the_lock_with_apts_reason_and_keeps_the_log() {
+    let ws = Workspace::new();
+    // Port 9 on loopback: nothing listens there, so the connection is refused.
+    let output = ws.rampart(&["lock", "profiles/baseline.toml", "--mirror", "http://127.0.0.1:9/debian"]);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(message.contains("while downloading the package indices from the mirror"), "{message}");
+    assert!(message.contains("Could not connect to 127.0.0.1:9"), "apt's reason is shown:\n{message}");
+    let kept = message
+        .lines()
+        .find_map(|l| l.strip_prefix("rampart: the log of `rampart lock` is kept in "))
+        .unwrap_or_else(|| panic!("the log is named:\n{message}"));
+    assert!(std::fs::read_to_string(kept).unwrap().contains("Could not connect"), "the kept log holds apt's output");
+    std::fs::remove_file(kept).unwrap();
+    assert!(!ws.path("profiles/baseline.lock").exists(), "no lock is written");
 }
