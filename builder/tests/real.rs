@@ -611,6 +611,10 @@ fn image_that_does_not_boot_fails_within_its_timeout_with_the_console_shown() {
     let junit = std::fs::read_to_string(ws.path("out/baseline/noboot.junit.xml")).unwrap();
     assert!(junit.contains("did not accept SSH logins within 45 s"), "{junit}");
     assert!(junit.contains("serial console"), "the console tail is shown: {junit}");
+    // The console log the failure names is kept next to the artifacts.
+    let named = junit.split(" ---").find_map(|part| part.rsplit_once(" (")).map(|(_, path)| path.trim_end_matches(')')).unwrap();
+    assert_eq!(ws.path("").join(named), ws.path("out/baseline/noboot-machine.serial.log"), "{junit}");
+    assert!(std::fs::read_to_string(ws.path(named)).unwrap().contains("BdsDxe"), "the kept log is the firmware's console");
     let stray = Command::new("pgrep").args(["-f", "rampart-test-"]).output().unwrap();
     assert!(!stray.status.success(), "a QEMU outlived the test");
 }

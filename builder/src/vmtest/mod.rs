@@ -245,6 +245,7 @@ fn run_scenario(
             extra_args: if lab.is_some() { lab::Lab::nic_args(index) } else { Vec::new() },
             netns: lab.as_ref().map(|l| l.lab_ns.clone()),
             prepared_disk,
+            serial_log: out.join(format!("{}-{}.serial.log", scenario.name, spec.name)),
         };
         let mut machine = Machine::boot(&config, work)?;
         if let Some(lab) = &lab {
@@ -257,7 +258,6 @@ fn run_scenario(
                 .with_context(|| format!("{}: the first login failed\n{}", spec.name, machine.serial_tail(20)))?;
             Ok((elapsed, session))
         });
-        let serial_copy = out.join(format!("{}-{}.serial.log", scenario.name, spec.name));
         match booted {
             Ok((elapsed, session)) => {
                 cases.push(CaseResult { name: "boots_to_ssh".into(), machine: spec.name.clone(), seconds: elapsed.as_secs_f64(), failure: None });
@@ -300,7 +300,6 @@ fn run_scenario(
             }
         }
         machine.shut_down();
-        let _ = std::fs::copy(work.join(format!("serial-{}.log", spec.name)), &serial_copy);
     }
     // An interrupted machine is no verdict: nothing is reported for it (the
     // next machine's turn checks too).

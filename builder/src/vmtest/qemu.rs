@@ -153,12 +153,17 @@ pub struct MachineConfig<'a> {
     /// Boot this disk (made ready before, e.g. by the installer) instead of
     /// a copy-on-write scratch disk over `image`.
     pub prepared_disk: Option<PathBuf>,
+    /// Where QEMU writes the serial console: next to the artifacts, so the
+    /// path a failure names is still there after the run.
+    pub serial_log: PathBuf,
 }
 
 /// A running VM. QEMU is killed when this drops (and if rampart dies).
 pub struct Machine {
     pub name: String,
     pub serial_log: PathBuf,
+    /// The run's private work directory (the probes' logs go there).
+    work: PathBuf,
     process: Background,
     qemu_log: PathBuf,
     ssh_port: u16,
@@ -196,7 +201,7 @@ impl Machine {
         };
         let vars = fresh_vars(dir, config.name)?;
         let ssh_port = free_loopback_port()?;
-        let serial_log = dir.join(format!("serial-{}.log", config.name));
+        let serial_log = config.serial_log.clone();
         let qemu_log = dir.join(format!("qemu-{}.log", config.name));
         // Commas in an SMBIOS value must be doubled for QEMU's option parser.
         let credential = format!("io.systemd.credential:ssh.authorized_keys.{}={}", config.user, config.key.public_line).replace(',', ",,");
@@ -240,6 +245,7 @@ impl Machine {
         Ok(Machine {
             name: config.name.to_string(),
             serial_log,
+            work: dir.to_path_buf(),
             process,
             qemu_log,
             ssh_port,
@@ -351,7 +357,7 @@ impl Machine {
             }
             let due = last_started.is_none_or(|at| at.elapsed() >= PROBE_EVERY);
             if due && probes.len() < PROBES_IN_FLIGHT {
-                let log = self.serial_log.with_file_name(format!("ssh-probe-{}-{n_started}.log", self.name));
+                let log = self.work.join(format!("ssh-probe-{}-{n_started}.log", self.name));
                 let probe = self.ssh_command_with(&self.key, &["-o".into(), "ConnectTimeout=5".into()], &self.user, "true").spawn_background(&log)?;
                 probes.push((probe, log, Instant::now()));
                 n_started += 1;
