@@ -541,6 +541,9 @@ fn baseline_scenario_passes_in_qemu() {
     assert!(junit.contains("offline_installer_refuses_a_disk_too_small_and_writes_nothing"));
     let sums = std::fs::read_to_string(ws.path("out/baseline/SHA256SUMS")).unwrap();
     assert!(sums.contains("  baseline.installer.raw\n"), "the installer is in SHA256SUMS:\n{sums}");
+    // The report names the bytes it tested: the qcow2 that SHA256SUMS lists.
+    let qcow2_sum = sums.lines().find_map(|l| l.strip_suffix("  baseline.qcow2")).unwrap();
+    assert!(junit.contains(&format!("<property name=\"image-sha256\" value=\"{qcow2_sum}\"/>")), "{junit}");
     let installer_log = std::fs::read_to_string(ws.path("out/baseline/baseline-second-installer.serial.log")).unwrap();
     assert!(installer_log.contains("rampart-install: done: baseline installed on /dev/vdb"), "{installer_log}");
     assert!(ws.path("out/baseline/baseline-first.serial.log").exists());

@@ -11,7 +11,9 @@ pub struct CaseResult {
     pub failure: Option<(String, String)>,
 }
 
-pub fn render(suite: &str, cases: &[CaseResult]) -> String {
+/// `properties` say what was tested and how (the image's digest, the
+/// accelerator), so a CI system's record ties the verdict to the bytes.
+pub fn render(suite: &str, properties: &[(&str, String)], cases: &[CaseResult]) -> String {
     let failures = cases.iter().filter(|c| c.failure.is_some()).count();
     let total: f64 = cases.iter().map(|c| c.seconds).sum();
     let mut xml = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
@@ -22,6 +24,13 @@ pub fn render(suite: &str, cases: &[CaseResult]) -> String {
         escape(suite),
         cases.len()
     );
+    if !properties.is_empty() {
+        xml.push_str("    <properties>\n");
+        for (name, value) in properties {
+            let _ = writeln!(xml, "      <property name=\"{}\" value=\"{}\"/>", escape(name), escape(value));
+        }
+        xml.push_str("    </properties>\n");
+    }
     for case in cases {
         let _ = write!(
             xml,
@@ -69,8 +78,9 @@ mod tests {
             CaseResult { name: "ok".into(), machine: "m".into(), seconds: 1.0, failure: None },
             CaseResult { name: "bad".into(), machine: "m".into(), seconds: 0.5, failure: Some(("exit <1>".into(), "a & b\u{1b}[0m".into())) },
         ];
-        let xml = render("baseline", &cases);
+        let xml = render("baseline", &[("image-sha256", "ab\"cd".into())], &cases);
         assert!(xml.contains("tests=\"2\" failures=\"1\""));
+        assert!(xml.contains("<properties>\n      <property name=\"image-sha256\" value=\"ab&quot;cd\"/>\n    </properties>"));
         assert!(xml.contains("<testcase classname=\"baseline.m\" name=\"ok\" time=\"1.000\"/>"));
         assert!(xml.contains("<failure message=\"exit &lt;1&gt;\">a &amp; b\u{fffd}[0m</failure>"));
     }

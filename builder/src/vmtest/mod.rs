@@ -104,6 +104,13 @@ pub fn run(profile: Profile, mirror: Mirror, options: &TestOptions) -> Result<()
     let raw = options.out.join(format!("{name}.raw"));
     let work = crate::fsutil::owned_tempdir(&std::env::temp_dir(), "rampart-test-")?;
     let accel = qemu::choose_accel(options.accel, &raw, work.path())?;
+    let properties = [
+        ("profile", profile.path.display().to_string()),
+        ("image", image.display().to_string()),
+        ("image-sha256", crate::fsutil::sha256_file(&image)?),
+        ("accel", accel.name().to_string()),
+        ("rampart", env!("CARGO_PKG_VERSION").to_string()),
+    ];
 
     let mut n_failed = 0;
     let mut n_cases = 0;
@@ -115,7 +122,7 @@ pub fn run(profile: Profile, mirror: Mirror, options: &TestOptions) -> Result<()
             std::fs::remove_file(&junit_path).with_context(|| format!("while removing the earlier report {}", junit_path.display()))?;
         }
         let cases = run_scenario(scenario, &profile, &image, &admin, accel, work.path(), &options.out)?;
-        write_atomic(&junit_path, junit::render(&scenario.name, &cases).as_bytes())?;
+        write_atomic(&junit_path, junit::render(&scenario.name, &properties, &cases).as_bytes())?;
         for case in &cases {
             match &case.failure {
                 None => println!("PASS  {:<10} {} ({:.1} s)", case.machine, case.name, case.seconds),
