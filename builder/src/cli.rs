@@ -229,8 +229,11 @@ fn with_private_log<T>(command: &str, work: impl FnOnce(&Path) -> Result<T>) -> 
     let file = tempfile::Builder::new().prefix(&format!("rampart-{command}-")).suffix(".log").tempfile()?;
     let result = work(file.path());
     if result.is_err() && file.as_file().metadata().is_ok_and(|m| m.len() > 0) {
-        let (_, path) = file.keep()?;
-        ui::step(&format!("the log of `rampart {command}` is kept in {}", path.display()));
+        // The command's own error is the one to report, whatever happens here.
+        match file.keep() {
+            Ok((_, path)) => ui::step(&format!("the log of `rampart {command}` is kept in {}", path.display())),
+            Err(error) => ui::step(&format!("the log of `rampart {command}` could not be kept: {error}")),
+        }
     }
     result
 }
@@ -364,13 +367,15 @@ mod tests {
 
     #[test]
     fn every_argument_of_every_command_has_help() {
-        let cli = super::Cli::command();
-        let undocumented: Vec<String> = cli
-            .get_subcommands()
-            .flat_map(|command| {
-                command.get_arguments().filter(|arg| arg.get_help().is_none()).map(move |arg| format!("{} {}", command.get_name(), arg.get_id()))
-            })
-            .collect();
-        assert!(undocumented.is_empty(), "arguments without help text: {undocumented:?}");
+        fn undocumented(command: &clap::Command, path: &str, found: &mut Vec<String>) {
+            let path = format!("{path} {}", command.get_name()).trim().to_string();
+            found.extend(command.get_arguments().filter(|arg| arg.get_help().is_none()).map(|arg| format!("{path} {}", arg.get_id())));
+            for sub in command.get_subcommands() {
+                undocumented(sub, &path, found);
+            }
+        }
+        let mut found = Vec::new();
+        undocumented(&super::Cli::command(), "", &mut found);
+        assert!(found.is_empty(), "arguments without help text: {found:?}");
     }
 }

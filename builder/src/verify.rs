@@ -91,7 +91,7 @@ pub fn verify(image: &Path, baseline_file: &Path) -> Result<Differences> {
     let mut found: BTreeMap<String, Record> = baseline::compute(&dump)?.into_iter().map(|r| (r.path.clone(), r)).collect();
     let directories: Vec<String> = found.values().filter(|r| r.kind == "d").map(|r| r.path.clone()).collect();
     let mut devices = Vec::new();
-    for (path, (mode, uid, gid)) in inode_attributes(&device, &directories, work.path())? {
+    for (path, InodeAttributes { mode, uid, gid }) in inode_attributes(&device, &directories, work.path())? {
         if let Some(record) = found.get_mut(&path) {
             record.mode = mode & 0o7777;
             record.uid = uid;
@@ -189,7 +189,11 @@ fn debugfs_each(device: &str, command: &str, paths: &[String], work: &Path) -> R
 }
 
 /// An entry's mode (type bits included), uid and gid, as its inode has them.
-type InodeAttributes = (u32, u32, u32);
+struct InodeAttributes {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+}
 
 /// Mode, uid and gid of every entry below `directories`, as the file system
 /// records them (debugfs `ls -p`: /inode/mode/uid/gid/name/size/).
@@ -210,7 +214,7 @@ fn inode_attributes(device: &str, directories: &[String], work: &Path) -> Result
                 _ => format!("{dir}/{entry}"),
             };
             let (Ok(mode), Ok(uid), Ok(gid)) = (u32::from_str_radix(fields[1], 8), fields[2].parse(), fields[3].parse()) else { continue };
-            attributes.push((path, (mode, uid, gid)));
+            attributes.push((path, InodeAttributes { mode, uid, gid }));
         }
     }
     Ok(attributes)

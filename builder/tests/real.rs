@@ -38,8 +38,17 @@ impl Workspace {
     }
 
     fn rampart(&self, args: &[&str]) -> Output {
+        self.rampart_with_env(args, &[])
+    }
+
+    fn rampart_with_env(&self, args: &[&str], env: &[(&str, &Path)]) -> Output {
         let started = Instant::now();
-        let output = Command::new(env!("CARGO_BIN_EXE_rampart")).args(args).current_dir(self.dir.path()).output().unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_rampart"));
+        command.args(args).current_dir(self.dir.path());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let output = command.output().unwrap();
         eprintln!(
             "$ rampart {} -> {:?} in {:.1} s\n{}",
             args.join(" "),
@@ -51,9 +60,27 @@ impl Workspace {
     }
 
     fn rampart_ok(&self, args: &[&str]) -> Output {
-        let output = self.rampart(args);
+        self.rampart_ok_with_env(args, &[])
+    }
+
+    fn rampart_ok_with_env(&self, args: &[&str], env: &[(&str, &Path)]) -> Output {
+        let output = self.rampart_with_env(args, env);
         assert!(output.status.success(), "rampart {} failed:\n{}", args.join(" "), String::from_utf8_lossy(&output.stderr));
         output
+    }
+
+    /// An empty directory of the workspace's own, to be rampart's TMPDIR.
+    fn private_tmpdir(&self) -> PathBuf {
+        let dir = self.path("tmp");
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Files rampart left in `dir`.
+    fn left_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
     }
 
     /// Locks and fetches the baseline into the shared cache.
@@ -362,17 +389,11 @@ fn verify_passes_the_built_image_and_names_what_was_tampered_with() {
 #[ignore = "needs root, the network and a Debian mirror: run by scripts/test"]
 fn outdated_lists_locked_versions_the_mirror_has_replaced() {
     let ws = Workspace::new();
-    let private_logs = || -> Vec<String> {
-        let names = std::fs::read_dir(std::env::temp_dir()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned());
-        let mut logs: Vec<String> = names.filter(|n| n.starts_with("rampart-lock-") || n.starts_with("rampart-outdated-")).collect();
-        logs.sort();
-        logs
-    };
-    let logs_before = private_logs();
-    ws.rampart_ok(&["lock", "profiles/baseline.toml"]);
-    let output = ws.rampart_ok(&["outdated", "profiles/baseline.toml"]);
+    let tmp = ws.private_tmpdir();
+    ws.rampart_ok_with_env(&["lock", "profiles/baseline.toml"], &[("TMPDIR", &tmp)]);
+    let output = ws.rampart_ok_with_env(&["outdated", "profiles/baseline.toml"], &[("TMPDIR", &tmp)]);
     assert!(stderr(&output).contains("is up to date with the mirror"), "a fresh lock is current:\n{}", stderr(&output));
-    assert_eq!(private_logs(), logs_before, "a command that succeeds leaves no log behind");
+    assert_eq!(Workspace::left_in(&tmp), Vec::<String>::new(), "commands that succeed leave no log or scratch behind");
     // Pretend two packages were locked long ago.
     let path = ws.path("profiles/baseline.lock");
     let lock = std::fs::read_to_string(&path).unwrap();
@@ -615,9 +636,9 @@ fn image_that_does_not_boot_fails_within_its_timeout_with_the_console_shown() {
     assert!(junit.contains("did not accept SSH logins within 45 s"), "{junit}");
     assert!(junit.contains("serial console"), "the console tail is shown: {junit}");
     // The console log the failure names is kept next to the artifacts.
-    let named = junit.split(" ---").find_map(|part| part.rsplit_once(" (")).map(|(_, path)| path.trim_end_matches(')')).unwrap();
-    assert_eq!(ws.path("").join(named), ws.path("out/baseline/noboot-machine.serial.log"), "{junit}");
-    assert!(std::fs::read_to_string(ws.path(named)).unwrap().contains("BdsDxe"), "the kept log is the firmware's console");
+    assert!(junit.contains("(out/baseline/noboot-machine.serial.log) ---"), "{junit}");
+    let console = String::from_utf8_lossy(&std::fs::read(ws.path("out/baseline/noboot-machine.serial.log")).unwrap()).into_owned();
+    assert!(console.contains("BdsDxe"), "the kept log is the firmware's console: {console}");
     let stray = Command::new("pgrep").args(["-f", "rampart-test-"]).output().unwrap();
     assert!(!stray.status.success(), "a QEMU outlived the test");
 }
@@ -700,8 +721,9 @@ fn interrupted_test_run_stops_qemu_and_removes_its_network_and_work_directory() 
 #[ignore = "needs root, the network and a Debian mirror: run by scripts/test"]
 fn unreachable_mirror_fails_the_lock_with_apts_reason_and_keeps_the_log() {
     let ws = Workspace::new();
+    let tmp = ws.private_tmpdir();
     // Port 9 on loopback: nothing listens there, so the connection is refused.
-    let output = ws.rampart(&["lock", "profiles/baseline.toml", "--mirror", "http://127.0.0.1:9/debian"]);
+    let output = ws.rampart_with_env(&["lock", "profiles/baseline.toml", "--mirror", "http://127.0.0.1:9/debian"], &[("TMPDIR", &tmp)]);
     assert!(!output.status.success());
     let message = stderr(&output);
     assert!(message.contains("while downloading the package indices from the mirror"), "{message}");
@@ -710,7 +732,9 @@ fn unreachable_mirror_fails_the_lock_with_apts_reason_and_keeps_the_log() {
         .lines()
         .find_map(|l| l.strip_prefix("rampart: the log of `rampart lock` is kept in "))
         .unwrap_or_else(|| panic!("the log is named:\n{message}"));
+    assert!(Path::new(kept).starts_with(&tmp), "{kept}");
     assert!(std::fs::read_to_string(kept).unwrap().contains("Could not connect"), "the kept log holds apt's output");
-    std::fs::remove_file(kept).unwrap();
+    let log_name = Path::new(kept).file_name().unwrap().to_string_lossy().into_owned();
+    assert_eq!(Workspace::left_in(&tmp), vec![log_name], "only the log is kept");
     assert!(!ws.path("profiles/baseline.lock").exists(), "no lock is written");
 }

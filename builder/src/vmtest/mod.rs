@@ -94,8 +94,8 @@ pub fn run(profile: Profile, mirror: Mirror, options: &TestOptions) -> Result<()
     let Some(admin) = profile.users.first().map(|u| u.name.to_string()) else {
         bail!("{}: the profile has no [[users]] admin account, so the test harness has no way in", profile.path.display());
     };
-    let installer = scenarios.iter().any(Scenario::needs_installer);
-    ensure_built(&profile, mirror, options, installer)?;
+    let needs_installer = scenarios.iter().any(Scenario::needs_installer);
+    ensure_built(&profile, mirror, options, needs_installer)?;
     // From here on a signal shuts the machines down and removes the test
     // network and the work directory before rampart exits.
     crate::process::stop_on_signals()?;
@@ -104,13 +104,17 @@ pub fn run(profile: Profile, mirror: Mirror, options: &TestOptions) -> Result<()
     let raw = options.out.join(format!("{name}.raw"));
     let work = crate::fsutil::owned_tempdir(&std::env::temp_dir(), "rampart-test-")?;
     let accel = qemu::choose_accel(options.accel, &raw, work.path())?;
+    let absolute = |path: &Path| std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string();
     let properties = [
-        ("profile", profile.path.display().to_string()),
-        ("image", image.display().to_string()),
+        ("profile", absolute(&profile.path)),
+        ("image", absolute(&image)),
         ("image-sha256", crate::fsutil::sha256_file(&image)?),
         ("accel", accel.name().to_string()),
         ("rampart", env!("CARGO_PKG_VERSION").to_string()),
     ];
+    let installer = options.out.join(format!("{name}.installer.raw"));
+    let installer_sha256 = if needs_installer { Some(crate::fsutil::sha256_file(&installer)?) } else { None };
+    crate::process::check_interrupted()?;
 
     let mut n_failed = 0;
     let mut n_cases = 0;
@@ -122,7 +126,13 @@ pub fn run(profile: Profile, mirror: Mirror, options: &TestOptions) -> Result<()
             std::fs::remove_file(&junit_path).with_context(|| format!("while removing the earlier report {}", junit_path.display()))?;
         }
         let cases = run_scenario(scenario, &profile, &image, &admin, accel, work.path(), &options.out)?;
-        write_atomic(&junit_path, junit::render(&scenario.name, &properties, &cases).as_bytes())?;
+        let mut scenario_properties = properties.to_vec();
+        if let (true, Some(digest)) = (scenario.needs_installer(), &installer_sha256) {
+            // Its machines boot a disk the installer wrote, not the qcow2.
+            scenario_properties.push(("installer", absolute(&installer)));
+            scenario_properties.push(("installer-sha256", digest.clone()));
+        }
+        write_atomic(&junit_path, junit::render(&scenario.name, &scenario_properties, &cases).as_bytes())?;
         for case in &cases {
             match &case.failure {
                 None => println!("PASS  {:<10} {} ({:.1} s)", case.machine, case.name, case.seconds),
@@ -213,6 +223,8 @@ fn run_scenario(
         lab.start_collector(address)?;
     }
     let installer = out.join(format!("{}.installer.raw", profile.name));
+    // Consoles are written beside the artifacts, where they stay.
+    let kept_log = |what: &str| out.join(format!("{}-{what}.serial.log", scenario.name));
     for (index, spec) in scenario.machines.iter().enumerate() {
         crate::process::check_interrupted()?;
         let mut prepared_disk = None;
@@ -220,8 +232,7 @@ fn run_scenario(
             let disk = work.join(format!("{}.installed.qcow2", spec.name));
             let started = Instant::now();
             let outcome = qemu::blank_disk(&disk, spec.disk_size.bytes())
-                .and_then(|_| qemu::run_installer(&installer, &disk, accel, work, &spec.name, INSTALL_TIMEOUT));
-            let _ = std::fs::copy(work.join(format!("serial-{}-installer.log", spec.name)), out.join(format!("{}-{}-installer.serial.log", scenario.name, spec.name)));
+                .and_then(|_| qemu::run_installer(&installer, &disk, accel, work, &spec.name, &kept_log(&format!("{}-installer", spec.name)), INSTALL_TIMEOUT));
             let failure = match &outcome {
                 Ok(run) if run.installed => None,
                 Ok(run) => Some(("the installer did not install".to_string(), run.messages.join("\n"))),
@@ -252,7 +263,7 @@ fn run_scenario(
             extra_args: if lab.is_some() { lab::Lab::nic_args(index) } else { Vec::new() },
             netns: lab.as_ref().map(|l| l.lab_ns.clone()),
             prepared_disk,
-            serial_log: out.join(format!("{}-{}.serial.log", scenario.name, spec.name)),
+            serial_log: kept_log(&spec.name),
         };
         let mut machine = Machine::boot(&config, work)?;
         if let Some(lab) = &lab {
@@ -276,6 +287,7 @@ fn run_scenario(
                     installer: &installer,
                     accel,
                     work,
+                    kept_log: &kept_log,
                 };
                 for (check_index, check) in scenario.checks.iter().enumerate() {
                     let applies = matches!(check.target, Target::All) || check.target == Target::One(index);
@@ -402,6 +414,8 @@ struct CheckEnv<'a> {
     installer: &'a Path,
     accel: Accel,
     work: &'a Path,
+    /// Where a console of `what` (a machine, an installer run) is kept.
+    kept_log: &'a dyn Fn(&str) -> PathBuf,
 }
 
 /// Runs one check; `Ok(Some(output))` carries output that other machines'
@@ -617,7 +631,10 @@ fn run_check(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Result<Opt
         Action::InstallerRefuses { disk_size, expect } => {
             let disk = env.work.join(format!("{}-{}.refused.qcow2", machine.name, check.name));
             let run = qemu::blank_disk(&disk, disk_size.bytes())
-                .and_then(|_| qemu::run_installer(env.installer, &disk, env.accel, env.work, &format!("{}-{}", machine.name, check.name), check.timeout))
+                .and_then(|_| {
+                    let name = format!("{}-{}", machine.name, check.name);
+                    qemu::run_installer(env.installer, &disk, env.accel, env.work, &name, &(env.kept_log)(&format!("{name}-installer")), check.timeout)
+                })
                 .map_err(|e| failed("the installer did not answer", format!("{e:#}")))?;
             let console = run.messages.join("\n");
             let refusal = run.messages.iter().find(|l| l.starts_with(crate::stages::installer::FAILED_MARKER));

@@ -462,11 +462,12 @@ pub struct InstallRun {
 
 /// Boots the offline installer medium (read-only, first in the boot order)
 /// with `target` as the only other disk and no network, and waits until it
-/// powers off after its done line, or halts after its failure line.
-pub fn run_installer(installer: &Path, target: &Path, accel: Accel, dir: &Path, name: &str, timeout: Duration) -> Result<InstallRun> {
+/// powers off after its done line, or halts after its failure line. Its
+/// console goes to `serial_log` (kept beside the artifacts).
+pub fn run_installer(installer: &Path, target: &Path, accel: Accel, dir: &Path, name: &str, serial_log: &Path, timeout: Duration) -> Result<InstallRun> {
     use crate::stages::installer::{DONE_MARKER, FAILED_MARKER};
     let vars = fresh_vars(dir, &format!("{name}-installer"))?;
-    let serial_log = dir.join(format!("serial-{name}-installer.log"));
+    let serial_log = serial_log.to_path_buf();
     let qemu_log = dir.join(format!("qemu-{name}-installer.log"));
     let mut process = Cmd::new(QEMU)
         .args(["-machine", "q35", "-accel", accel.name(), "-cpu", accel.cpu(), "-smp", "2", "-m", "1024", "-nodefaults", "-display", "none", "-no-reboot", "-nic", "none"])
