@@ -95,25 +95,23 @@ pub fn run(profile: Profile, mirror: Mirror, options: &TestOptions) -> Result<()
         bail!("{}: the profile has no [[users]] admin account, so the test harness has no way in", profile.path.display());
     };
     let needs_installer = scenarios.iter().any(Scenario::needs_installer);
-    ensure_built(&profile, mirror, options, needs_installer)?;
+    let name = profile.name.to_string();
+    let artifacts = Artifacts::in_dir(&options.out, &name);
+    ensure_built(&profile, mirror, options, &artifacts, needs_installer)?;
     // From here on a signal shuts the machines down and removes the test
     // network and the work directory before rampart exits.
     crate::process::stop_on_signals()?;
-    let name = profile.name.to_string();
-    let image = options.out.join(format!("{name}.qcow2"));
-    let raw = options.out.join(format!("{name}.raw"));
     let work = crate::fsutil::owned_tempdir(&std::env::temp_dir(), "rampart-test-")?;
-    let accel = qemu::choose_accel(options.accel, &raw, work.path())?;
+    let accel = qemu::choose_accel(options.accel, &artifacts.raw, work.path())?;
     let absolute = |path: &Path| std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string();
     let properties = [
         ("profile", absolute(&profile.path)),
-        ("image", absolute(&image)),
-        ("image-sha256", crate::fsutil::sha256_file(&image)?),
+        ("image", absolute(&artifacts.image)),
+        ("image-sha256", crate::fsutil::sha256_file(&artifacts.image)?),
         ("accel", accel.name().to_string()),
         ("rampart", env!("CARGO_PKG_VERSION").to_string()),
     ];
-    let installer = options.out.join(format!("{name}.installer.raw"));
-    let installer_sha256 = if needs_installer { Some(crate::fsutil::sha256_file(&installer)?) } else { None };
+    let installer_sha256 = if needs_installer { Some(crate::fsutil::sha256_file(&artifacts.installer)?) } else { None };
     crate::process::check_interrupted()?;
 
     let mut n_failed = 0;
@@ -125,11 +123,11 @@ pub fn run(profile: Profile, mirror: Mirror, options: &TestOptions) -> Result<()
         if junit_path.exists() {
             std::fs::remove_file(&junit_path).with_context(|| format!("while removing the earlier report {}", junit_path.display()))?;
         }
-        let cases = run_scenario(scenario, &profile, &image, &admin, accel, work.path(), &options.out)?;
+        let cases = run_scenario(scenario, &profile, &artifacts, &admin, accel, work.path(), &options.out)?;
         let mut scenario_properties = properties.to_vec();
         if let (true, Some(digest)) = (scenario.needs_installer(), &installer_sha256) {
             // Its machines boot a disk the installer wrote, not the qcow2.
-            scenario_properties.push(("installer", absolute(&installer)));
+            scenario_properties.push(("installer", absolute(&artifacts.installer)));
             scenario_properties.push(("installer-sha256", digest.clone()));
         }
         write_atomic(&junit_path, junit::render(&scenario.name, &scenario_properties, &cases).as_bytes())?;
@@ -159,13 +157,38 @@ fn lab_log_host(profile: &Profile) -> Option<std::net::SocketAddr> {
     format!("{}:{}", remote.value.host, remote.value.port).parse().ok()
 }
 
+/// The build's artifacts the harness boots, in `--out`.
+struct Artifacts {
+    /// `<name>.qcow2`, the backing file of every scratch disk
+    image: PathBuf,
+    /// `<name>.raw`, whose kernel the KVM probe boots
+    raw: PathBuf,
+    /// `<name>.installer.raw`, the offline installer medium
+    installer: PathBuf,
+}
+
+impl Artifacts {
+    fn in_dir(out: &Path, name: &str) -> Artifacts {
+        Artifacts {
+            image: out.join(format!("{name}.qcow2")),
+            raw: out.join(format!("{name}.raw")),
+            installer: out.join(format!("{name}.installer.raw")),
+        }
+    }
+}
+
+/// Where the serial console of `what` (a machine, an installer run) is
+/// written: beside the artifacts, where it stays.
+fn kept_console(out: &Path, scenario: &Scenario, what: &str) -> PathBuf {
+    out.join(format!("{}-{what}.serial.log", scenario.name))
+}
+
 /// Builds unless the artifacts in `out` were made from exactly these inputs
 /// (and include the offline installer if a scenario boots it).
-fn ensure_built(profile: &Profile, mirror: Mirror, options: &TestOptions, installer: bool) -> Result<()> {
+fn ensure_built(profile: &Profile, mirror: Mirror, options: &TestOptions, artifacts: &Artifacts, installer: bool) -> Result<()> {
     let report_path = options.out.join(format!("{}.report.json", profile.name));
-    let image = options.out.join(format!("{}.qcow2", profile.name));
-    let has_installer = !installer || options.out.join(format!("{}.installer.raw", profile.name)).exists();
-    if profile.lock_path().exists() && image.exists() && report_path.exists() && has_installer {
+    let has_installer = !installer || artifacts.installer.exists();
+    if profile.lock_path().exists() && artifacts.image.exists() && report_path.exists() && has_installer {
         let wanted = build::inputs_digest(profile, &mirror)?;
         let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report_path)?)?;
         if report["inputs-sha256"].as_str() == Some(wanted.as_str()) {
@@ -206,7 +229,7 @@ fn first_login(machine: &Machine, profile: &Profile, admin: &str, out: &Path, ch
 fn run_scenario(
     scenario: &Scenario,
     profile: &Profile,
-    image: &Path,
+    artifacts: &Artifacts,
     admin: &str,
     accel: Accel,
     work: &Path,
@@ -222,9 +245,6 @@ fn run_scenario(
     if let (Some(lab), Some(address)) = (lab.as_mut(), lab_log_host(profile)) {
         lab.start_collector(address)?;
     }
-    let installer = out.join(format!("{}.installer.raw", profile.name));
-    // Consoles are written beside the artifacts, where they stay.
-    let kept_log = |what: &str| out.join(format!("{}-{what}.serial.log", scenario.name));
     for (index, spec) in scenario.machines.iter().enumerate() {
         crate::process::check_interrupted()?;
         let mut prepared_disk = None;
@@ -232,7 +252,7 @@ fn run_scenario(
             let disk = work.join(format!("{}.installed.qcow2", spec.name));
             let started = Instant::now();
             let outcome = qemu::blank_disk(&disk, spec.disk_size.bytes())
-                .and_then(|_| qemu::run_installer(&installer, &disk, accel, work, &spec.name, &kept_log(&format!("{}-installer", spec.name)), INSTALL_TIMEOUT));
+                .and_then(|_| qemu::run_installer(&artifacts.installer, &disk, accel, work, &spec.name, &kept_console(out, scenario, &format!("{}-installer", spec.name)), INSTALL_TIMEOUT));
             let failure = match &outcome {
                 Ok(run) if run.installed => None,
                 Ok(run) => Some(("the installer did not install".to_string(), run.messages.join("\n"))),
@@ -252,7 +272,7 @@ fn run_scenario(
         }
         let config = MachineConfig {
             name: &spec.name,
-            image,
+            image: &artifacts.image,
             disk_bytes: spec.disk_size.bytes(),
             memory_mib: spec.memory_mib,
             extra_disks: &spec.extra_disks,
@@ -263,7 +283,7 @@ fn run_scenario(
             extra_args: if lab.is_some() { lab::Lab::nic_args(index) } else { Vec::new() },
             netns: lab.as_ref().map(|l| l.lab_ns.clone()),
             prepared_disk,
-            serial_log: kept_log(&spec.name),
+            serial_log: kept_console(out, scenario, &spec.name),
         };
         let mut machine = Machine::boot(&config, work)?;
         if let Some(lab) = &lab {
@@ -284,10 +304,11 @@ fn run_scenario(
                     outside: outside.as_ref().map(|(l, a)| (*l, a.as_str())),
                     profile,
                     session: &session,
-                    installer: &installer,
+                    installer: &artifacts.installer,
                     accel,
                     work,
-                    kept_log: &kept_log,
+                    out,
+                    scenario,
                 };
                 for (check_index, check) in scenario.checks.iter().enumerate() {
                     let applies = matches!(check.target, Target::All) || check.target == Target::One(index);
@@ -414,8 +435,8 @@ struct CheckEnv<'a> {
     installer: &'a Path,
     accel: Accel,
     work: &'a Path,
-    /// Where a console of `what` (a machine, an installer run) is kept.
-    kept_log: &'a dyn Fn(&str) -> PathBuf,
+    out: &'a Path,
+    scenario: &'a Scenario,
 }
 
 /// Runs one check; `Ok(Some(output))` carries output that other machines'
@@ -633,7 +654,7 @@ fn run_check(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Result<Opt
             let run = qemu::blank_disk(&disk, disk_size.bytes())
                 .and_then(|_| {
                     let name = format!("{}-{}", machine.name, check.name);
-                    qemu::run_installer(env.installer, &disk, env.accel, env.work, &name, &(env.kept_log)(&format!("{name}-installer")), check.timeout)
+                    qemu::run_installer(env.installer, &disk, env.accel, env.work, &name, &kept_console(env.out, env.scenario, &format!("{name}-installer")), check.timeout)
                 })
                 .map_err(|e| failed("the installer did not answer", format!("{e:#}")))?;
             let console = run.messages.join("\n");

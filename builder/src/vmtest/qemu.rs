@@ -457,7 +457,6 @@ pub struct InstallRun {
     pub installed: bool,
     /// The installer's own console lines.
     pub messages: Vec<String>,
-    pub serial_log: PathBuf,
 }
 
 /// Boots the offline installer medium (read-only, first in the boot order)
@@ -467,7 +466,6 @@ pub struct InstallRun {
 pub fn run_installer(installer: &Path, target: &Path, accel: Accel, dir: &Path, name: &str, serial_log: &Path, timeout: Duration) -> Result<InstallRun> {
     use crate::stages::installer::{DONE_MARKER, FAILED_MARKER};
     let vars = fresh_vars(dir, &format!("{name}-installer"))?;
-    let serial_log = serial_log.to_path_buf();
     let qemu_log = dir.join(format!("qemu-{name}-installer.log"));
     let mut process = Cmd::new(QEMU)
         .args(["-machine", "q35", "-accel", accel.name(), "-cpu", accel.cpu(), "-smp", "2", "-m", "1024", "-nodefaults", "-display", "none", "-no-reboot", "-nic", "none"])
@@ -495,16 +493,16 @@ pub fn run_installer(installer: &Path, target: &Path, accel: Accel, dir: &Path, 
     loop {
         crate::process::check_interrupted()?;
         let exited = process.try_wait()?.is_some();
-        let seen = messages(&serial_log);
+        let seen = messages(serial_log);
         let done = seen.iter().any(|l| l.starts_with(DONE_MARKER));
         let failed = seen.iter().any(|l| l.starts_with(FAILED_MARKER));
         if exited || failed {
             process.kill();
-            return Ok(InstallRun { installed: done && exited && !failed, messages: seen, serial_log });
+            return Ok(InstallRun { installed: done && exited && !failed, messages: seen });
         }
         if started.elapsed() > timeout {
             process.kill();
-            bail!("the installer did not finish within {} s\n{}", timeout.as_secs(), console_tail(&serial_log, &format!("{name}'s installer"), 30));
+            bail!("the installer did not finish within {} s\n{}", timeout.as_secs(), console_tail(serial_log, &format!("{name}'s installer"), 30));
         }
         crate::process::pause(Duration::from_millis(500));
     }
