@@ -135,6 +135,9 @@ pub enum Command {
 }
 
 pub fn run(cli: Cli) -> Result<i32> {
+    // A signal stops what rampart started (each command's whole process
+    // group) and lets the work directories go with their owners.
+    crate::process::stop_on_signals()?;
     match cli.command {
         Command::Lock { profile, update, mirror } => {
             let profile = load(&profile)?;

@@ -10,7 +10,7 @@ fn main() {
             use std::io::Write;
             let _ = writeln!(
                 std::io::stderr(),
-                "rampart: interrupted by a signal; the virtual machines were stopped and the test network and work directory removed"
+                "rampart: interrupted by a signal; what it had started was stopped (virtual machines and test networks too) and its work directories removed"
             );
             std::process::exit(130);
         }

@@ -31,6 +31,10 @@ pub fn stop_on_signals() -> Result<()> {
     static REGISTERED: std::sync::Once = std::sync::Once::new();
     let mut result = Ok(());
     REGISTERED.call_once(|| {
+        // Orphans of a command stay rampart's, so a stopped command's whole
+        // tree can be found and killed (`kill_tree`).
+        // SAFETY: prctl(2) with integer arguments only.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
         for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
             // The exit is registered first, so the first signal only raises the flag.
             let registered = signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&INTERRUPTED))
@@ -219,17 +223,47 @@ impl Cmd {
     }
 
     /// Runs a short command, capturing its output, whatever its exit status.
+    /// A signal that asks rampart to stop kills it and all it started.
     pub fn run_unchecked(&self) -> Result<Output> {
         let _timing = Timing::start(self);
+        let output = self.run_captured(None, Stop::Tree)?;
+        Ok(output.expect("no deadline: the command ran to its end"))
+    }
+
+    /// Runs the command with both pipes read on their own threads (a chatty
+    /// child cannot block), until it ends, the deadline passes (`None`: it
+    /// is killed with what it started) or a signal asks rampart to stop (it
+    /// is killed likewise, and this fails).
+    fn run_captured(&self, deadline: Option<std::time::Instant>, stop: Stop) -> Result<Option<Output>> {
         let mut command = self.command();
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        if stop == Stop::Group {
+            command.process_group(0);
+        }
         let mut child = command.spawn().map_err(|e| self.not_found(e))?;
         let writer = self.feed_stdin(&mut child);
-        let output = child.wait_with_output()?;
+        let mut stdout = child.stdout.take().expect("piped stdout");
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let out_thread = std::thread::spawn(move || {
+            let mut buffer = Vec::new();
+            let _ = stdout.read_to_end(&mut buffer);
+            buffer
+        });
+        let err_thread = std::thread::spawn(move || {
+            let mut buffer = Vec::new();
+            let _ = stderr.read_to_end(&mut buffer);
+            buffer
+        });
+        let status = wait_stoppable(&mut child, deadline, stop)?;
+        if status.is_none() {
+            check_interrupted().with_context(|| format!("while running `{}`", self.display()))?;
+        }
         if let Some(writer) = writer {
             let _ = writer.join();
         }
-        Ok(Output { stdout: output.stdout, stderr: output.stderr, status: output.status })
+        let stdout = out_thread.join().unwrap_or_default();
+        let stderr = err_thread.join().unwrap_or_default();
+        Ok(status.map(|status| Output { stdout, stderr, status }))
     }
 
     /// Writes the stdin bytes on their own thread (a child that does not read
@@ -267,45 +301,12 @@ impl Cmd {
     }
 
     /// Runs a short command with a time limit, capturing its output. Returns
-    /// `None` if it did not finish in time (it is killed then).
+    /// `None` if it did not finish in time (it is killed then, with what it
+    /// started: a grandchild holding the pipes open would otherwise hang us).
     pub fn run_with_timeout(&self, timeout: std::time::Duration) -> Result<Option<Output>> {
-        let mut command = self.command();
-        command.stdout(Stdio::piped()).stderr(Stdio::piped());
-        // Its own process group, so a timeout kills what it started too
-        // (a grandchild holding the pipes open would otherwise hang us).
-        command.process_group(0);
-        let mut child = command.spawn().map_err(|e| self.not_found(e))?;
-        let _writer = self.feed_stdin(&mut child);
-        // Read both pipes on their own threads so a chatty child cannot block.
-        let mut stdout = child.stdout.take().expect("piped stdout");
-        let mut stderr = child.stderr.take().expect("piped stderr");
-        let out_thread = std::thread::spawn(move || {
-            let mut buffer = Vec::new();
-            let _ = stdout.read_to_end(&mut buffer);
-            buffer
-        });
-        let err_thread = std::thread::spawn(move || {
-            let mut buffer = Vec::new();
-            let _ = stderr.read_to_end(&mut buffer);
-            buffer
-        });
-        let deadline = std::time::Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = child.try_wait()? {
-                break Some(status);
-            }
-            if std::time::Instant::now() >= deadline || interrupted() {
-                // SAFETY: kill(2) on the process group this child leads.
-                unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
-                let _ = child.wait();
-                break None;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        };
+        let output = self.run_captured(Some(std::time::Instant::now() + timeout), Stop::Group)?;
         check_interrupted().with_context(|| format!("while running `{}`", self.display()))?;
-        let stdout = out_thread.join().unwrap_or_default();
-        let stderr = err_thread.join().unwrap_or_default();
-        Ok(status.map(|status| Output { stdout, stderr, status }))
+        Ok(output)
     }
 
     /// Runs a long command with stdout and stderr appended to `log`.
@@ -322,7 +323,9 @@ impl Cmd {
         command.stdout(file.try_clone()?).stderr(file.try_clone()?);
         let mut child = command.spawn().map_err(|e| self.not_found(e))?;
         let writer = self.feed_stdin(&mut child);
-        let status = child.wait()?;
+        let Some(status) = wait_stoppable(&mut child, None, Stop::Tree)? else {
+            bail!("interrupted by a signal while running `{}`", self.display());
+        };
         if let Some(writer) = writer {
             let _ = writer.join();
         }
@@ -351,6 +354,114 @@ impl Cmd {
         let _writer = self.feed_stdin(&mut child);
         Ok(Background { child: Some(child), display: self.display() })
     }
+}
+
+/// How a command is stopped early, with everything it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// It leads a process group of its own: the group is killed (timed
+    /// commands, whose grandchildren may hold the pipes open).
+    Group,
+    /// It stays in rampart's process group, so whoever kills that group
+    /// (a terminal's Ctrl-C, a CI timeout) reaches all it started; rampart
+    /// kills its tree of descendants itself.
+    Tree,
+}
+
+/// Waits for a child. At the deadline, or when a signal asks rampart to stop
+/// while it runs, kills it and all it started and returns `None`. A command
+/// started after the signal (a destructor's clean-up) runs to its end. A
+/// short command is polled often at first, so it costs no more than a
+/// blocking wait.
+fn wait_stoppable(child: &mut Child, deadline: Option<std::time::Instant>, stop: Stop) -> Result<Option<ExitStatus>> {
+    let stoppable = stop == Stop::Group || !interrupted();
+    let mut poll = std::time::Duration::from_micros(200);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) || (stoppable && interrupted()) {
+            match stop {
+                Stop::Group => kill_group(child),
+                Stop::Tree => kill_tree(child),
+            }
+            return Ok(None);
+        }
+        std::thread::sleep(poll);
+        poll = (poll * 2).min(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Kills the process group `child` leads and reaps the child; returns once
+/// no process of the group is left (or after 10 s, when one is stuck in
+/// the kernel).
+fn kill_group(child: &mut Child) {
+    let group = child.id() as i32;
+    // SAFETY: kill(2) on the process group this child leads.
+    unsafe { libc::kill(-group, libc::SIGKILL) };
+    let _ = child.wait();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // Members that outlive the leader keep the group; signal 0 tells.
+    // SAFETY: as above.
+    while unsafe { libc::kill(-group, 0) } == 0 && std::time::Instant::now() < deadline {
+        // SAFETY: as above.
+        unsafe { libc::kill(-group, libc::SIGKILL) };
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Kills `child` and every process below it: each is stopped first, so none
+/// can fork past the list, then all are killed at once. Orphans of the tree
+/// stay rampart's (it is their subreaper, see `stop_on_signals`) and are
+/// reaped here.
+fn kill_tree(child: &mut Child) {
+    let root = child.id();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(root as i32, libc::SIGSTOP) };
+    let mut tree = vec![root];
+    loop {
+        let below: Vec<u32> = descendants(&tree).into_iter().filter(|p| !tree.contains(p)).collect();
+        if below.is_empty() {
+            break;
+        }
+        for pid in &below {
+            // SAFETY: kill(2) on a process below our own child.
+            unsafe { libc::kill(*pid as i32, libc::SIGSTOP) };
+        }
+        tree.extend(below);
+    }
+    for pid in &tree {
+        // SAFETY: as above.
+        unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+    }
+    let _ = child.wait();
+    for pid in &tree[1..] {
+        // SAFETY: waitpid(2) on a process that became ours (subreaper); fails harmlessly otherwise.
+        unsafe { libc::waitpid(*pid as i32, std::ptr::null_mut(), 0) };
+    }
+}
+
+/// The processes whose parent is one of `parents`, and theirs, and so on.
+fn descendants(parents: &[u32]) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let links: Vec<(u32, u32)> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+            let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut found: Vec<u32> = parents.to_vec();
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(links.iter().filter(|(pid, ppid)| *ppid == parent && !found.contains(pid)).map(|(pid, _)| *pid).collect::<Vec<_>>());
+        i += 1;
+    }
+    found.retain(|p| !parents.contains(p));
+    found
 }
 
 /// With RAMPART_TIMING set in rampart's environment, each command's wall

@@ -499,31 +499,86 @@ fn unknown_package_fails_the_lock_naming_it() {
 
 #[test]
 #[ignore = "needs root, the network and a Debian mirror: run by scripts/test"]
-fn build_killed_during_mmdebstrap_leaves_nothing_and_the_next_build_succeeds() {
+fn build_stopped_or_killed_during_mmdebstrap_leaves_nothing_and_the_next_build_succeeds() {
     use std::os::unix::process::CommandExt;
     let ws = Workspace::new();
     ws.lock_and_fetch();
     let cache = private_cache(false);
     let cache_arg = cache.path().to_str().unwrap().to_string();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rampart"))
-        .args(["build", "profiles/baseline.toml", "--offline", "--out", "out/k", "--cache", &cache_arg])
-        .current_dir(ws.path(""))
-        .stderr(std::process::Stdio::null())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    // Wait until mmdebstrap is at work, then kill the whole process group,
-    // as a Ctrl-C or a CI timeout would.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let found = Command::new("pgrep").args(["-g", &child.id().to_string(), "-f", "mmdebstrap"]).output().unwrap();
-        if found.status.success() {
-            std::thread::sleep(Duration::from_secs(8));
-            break;
+    let start = || {
+        Command::new(env!("CARGO_BIN_EXE_rampart"))
+            .args(["build", "profiles/baseline.toml", "--offline", "--out", "out/k", "--cache", &cache_arg])
+            .current_dir(ws.path(""))
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    };
+    // Every process below `pid` (rampart runs each command in a process
+    // group of its own, so the tree is walked by parent).
+    let descendants = |pid: u32| -> Vec<u32> {
+        let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter_map(|p| {
+                let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+                let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+                Some((p, ppid))
+            })
+            .collect();
+        let mut found = vec![pid];
+        let mut i = 0;
+        while i < found.len() {
+            let parent = found[i];
+            found.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+            i += 1;
         }
-        assert!(Instant::now() < deadline, "mmdebstrap never started");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        found.remove(0);
+        found
+    };
+    let command_line = |pid: u32| std::fs::read(format!("/proc/{pid}/cmdline")).map(|c| String::from_utf8_lossy(&c).replace('\0', " ")).unwrap_or_default();
+    // Waits until mmdebstrap is at work (and has been for a while).
+    let wait_for_mmdebstrap = |child: &mut std::process::Child| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if descendants(child.id()).iter().any(|p| command_line(*p).contains("mmdebstrap")) {
+                std::thread::sleep(Duration::from_secs(8));
+                return;
+            }
+            assert!(Instant::now() < deadline, "mmdebstrap never started");
+            assert!(child.try_wait().unwrap().is_none(), "the build ended before mmdebstrap started");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    // SIGTERM to rampart alone, as a service manager sends it: rampart stops
+    // mmdebstrap and all it started (tee, tar, apt, dpkg), removes its work
+    // directories and exits 130; nothing it started is left.
+    let mut child = start();
+    wait_for_mmdebstrap(&mut child);
+    let started = descendants(child.id());
+    assert!(started.len() > 3, "the package stage runs a process tree: {started:?}");
+    // SAFETY: kill(2) on the child we started.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let signalled = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(signalled.elapsed() < Duration::from_secs(30), "rampart did not stop within 30 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut said).unwrap();
+    assert_eq!(status.code(), Some(130), "{said}");
+    let left: Vec<String> = started.iter().filter(|p| Path::new(&format!("/proc/{p}")).exists()).map(|p| format!("{p}: {}", command_line(*p))).collect();
+    assert!(left.is_empty(), "processes the build started outlived it: {left:?}");
+    assert!(!ws.path("out/k").exists(), "no artifacts after a stopped build");
+    let leftovers: Vec<String> = std::fs::read_dir(cache.path().join("tmp")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(leftovers.is_empty(), "a stopped build removes its scratch: {leftovers:?}");
+    // SIGKILL to the whole process group, as a CI timeout would: nothing
+    // can clean up, and the next build does.
+    let mut child = start();
+    wait_for_mmdebstrap(&mut child);
     // SAFETY: kill(2) on a process group we created.
     unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
     child.wait().unwrap();

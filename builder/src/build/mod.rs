@@ -149,25 +149,33 @@ pub fn build(profile: Profile, mirror: Mirror, options: &BuildOptions) -> Result
         Some(path) => context::SecretsFile::Given(path.clone()),
         None => context::SecretsFile::InOut(options.out.join(format!("{}.secrets", ctx.profile.name))),
     };
-    stages::packages::run(&mut ctx)?;
-    stages::configure::run(&mut ctx)?;
-    stages::kernel::run(&mut ctx)?;
-    stages::passwords::run(&mut ctx)?;
-    stages::users::run(&mut ctx)?;
-    stages::firstboot::run(&mut ctx)?;
-    stages::ssh::run(&mut ctx)?;
-    stages::firewall::run(&mut ctx)?;
-    stages::logging::run(&mut ctx)?;
-    stages::integrity::run(&mut ctx)?;
-    stages::backups::run(&mut ctx)?;
-    stages::toolchain::run(&mut ctx)?;
-    stages::overlays::run(&mut ctx)?;
-    stages::services::run(&mut ctx)?;
-    stages::kernel::compile_apparmor_policy(&mut ctx)?;
-    stages::seal::run(&mut ctx)?;
-    stages::elf_audit::run(&mut ctx)?;
-    stages::integrity::seed_database(&mut ctx)?;
-    stages::config_partition::run(&mut ctx)?;
+    type Stage = fn(&mut BuildContext) -> Result<()>;
+    let pipeline: &[Stage] = &[
+        stages::packages::run,
+        stages::configure::run,
+        stages::kernel::run,
+        stages::passwords::run,
+        stages::users::run,
+        stages::firstboot::run,
+        stages::ssh::run,
+        stages::firewall::run,
+        stages::logging::run,
+        stages::integrity::run,
+        stages::backups::run,
+        stages::toolchain::run,
+        stages::overlays::run,
+        stages::services::run,
+        stages::kernel::compile_apparmor_policy,
+        stages::seal::run,
+        stages::elf_audit::run,
+        stages::integrity::seed_database,
+        stages::config_partition::run,
+    ];
+    for stage in pipeline {
+        // A signal between stages stops the build as one inside a command does.
+        crate::process::check_interrupted()?;
+        stage(&mut ctx)?;
+    }
     write_artifacts(&mut ctx, &Digests { inputs, content }, options.installer)?;
     ctx.publish(&options.out)?;
     ui::step(&format!("artifacts in {}", options.out.display()));

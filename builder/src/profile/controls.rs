@@ -270,6 +270,7 @@ pub struct ControlsLayer {
     firewall_allow: Vec<FirewallAllow>,
     input_rules: Vec<Sited<String>>,
     ssh_forwarding: Option<bool>,
+    ssh_user_keys: Option<bool>,
     ssh_max_auth_tries: Option<u32>,
     ssh_login_grace_time: Option<u32>,
     ssh_banner: Option<String>,
@@ -405,6 +406,7 @@ pub fn validate(
     }
     if let Some(ssh) = ssh {
         layer.ssh_forwarding = ssh.forwarding;
+        layer.ssh_user_keys = ssh.user_keys;
         layer.ssh_max_auth_tries = in_range(source, &ssh.max_auth_tries, "ssh.max-auth-tries", 1, 10)?;
         layer.ssh_login_grace_time = in_range(source, &ssh.login_grace_time, "ssh.login-grace-time", 5, 600)?;
         if let Some(banner) = &ssh.banner {
@@ -454,6 +456,7 @@ pub fn merge(base: &mut ControlsLayer, child: ControlsLayer) {
     take!(icmp_echo_per_second);
     take!(log_drops);
     take!(ssh_forwarding);
+    take!(ssh_user_keys);
     take!(ssh_max_auth_tries);
     take!(ssh_login_grace_time);
     take!(ssh_banner);
@@ -471,6 +474,7 @@ pub struct Controls {
     pub passwords: PasswordPolicy,
     pub firewall: FirewallSpec,
     pub ssh_forwarding: bool,
+    pub ssh_user_keys: bool,
     pub ssh_max_auth_tries: u32,
     pub ssh_login_grace_time: u32,
     pub ssh_banner: String,
@@ -516,6 +520,7 @@ pub fn finish(layer: ControlsLayer) -> Result<Controls, String> {
             input_rules: layer.input_rules,
         },
         ssh_forwarding: layer.ssh_forwarding.unwrap_or(false),
+        ssh_user_keys: layer.ssh_user_keys.unwrap_or(false),
         ssh_max_auth_tries: layer.ssh_max_auth_tries.unwrap_or(3),
         ssh_login_grace_time: layer.ssh_login_grace_time.unwrap_or(30),
         ssh_banner: layer.ssh_banner.unwrap_or_else(|| DEFAULT_BANNER.to_string()),

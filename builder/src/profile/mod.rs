@@ -91,6 +91,9 @@ pub struct SshSpec {
     pub allow_from: Vec<Cidr>,
     /// TCP, agent, stream-local and X11 forwarding (a jump host needs TCP).
     pub forwarding: bool,
+    /// Keys in the users' own ~/.ssh/authorized_keys count too; by default
+    /// only the root-owned files in /etc/ssh/authorized_keys.d do.
+    pub user_keys: bool,
     pub max_auth_tries: u32,
     pub login_grace_time: u32,
     pub banner: String,
@@ -478,6 +481,7 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
     }
     if logging.enable {
         needed.push(("logging", "rsyslog"));
+        needed.push(("logging", "logrotate"));
     }
     if integrity.enable {
         needed.push(("integrity", "aide"));
@@ -550,6 +554,7 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
                 .ssh_allow_from
                 .unwrap_or_else(controls::anywhere),
             forwarding: controls.ssh_forwarding,
+            user_keys: controls.ssh_user_keys,
             max_auth_tries: controls.ssh_max_auth_tries,
             login_grace_time: controls.ssh_login_grace_time,
             banner: controls.ssh_banner,

@@ -73,6 +73,12 @@ pub struct LoggingSpec {
     pub remote: Option<Sited<LogHost>>,
     /// The most the forwarding queue may hold on disk while the host is down.
     pub queue_max_mib: u32,
+    /// journald's SystemMaxUse.
+    pub journal_max_mib: u32,
+    /// logrotate's maxsize for syslog, auth.log and kern.log (checked hourly).
+    pub file_max_mib: u32,
+    /// logrotate's rotate count.
+    pub files_kept: u32,
 }
 
 /// `[integrity]`.
@@ -93,6 +99,9 @@ pub struct MonitoringLayer {
     logging_enable: Option<bool>,
     remote: Option<Option<Sited<LogHost>>>,
     queue_max_mib: Option<u32>,
+    journal_max_mib: Option<u32>,
+    file_max_mib: Option<u32>,
+    files_kept: Option<u32>,
     integrity_enable: Option<bool>,
     exclude: Vec<Sited<String>>,
     rules: Vec<Sited<String>>,
@@ -149,15 +158,15 @@ pub fn validate(
                 Some(sited(source, remote, source.check(remote, "logging.remote", |s| LogHost::parse(s))?))
             });
         }
-        if let Some(mib) = &logging.queue_max_mib {
-            layer.queue_max_mib = Some(source.check(mib, "logging.queue-max-mib", |n| {
-                if (16..=65_536).contains(n) {
-                    Ok(*n as u32)
-                } else {
-                    Err(format!("{n} is out of range (16 to 65536)"))
-                }
-            })?);
-        }
+        let in_range = |value: &Option<toml::Spanned<i64>>, field: &str, low: i64, high: i64| -> Result<Option<u32>, LocatedError> {
+            let Some(value) = value else { return Ok(None) };
+            let checked = source.check(value, field, |n| if (low..=high).contains(n) { Ok(*n as u32) } else { Err(format!("{n} is out of range ({low} to {high})")) })?;
+            Ok(Some(checked))
+        };
+        layer.queue_max_mib = in_range(&logging.queue_max_mib, "logging.queue-max-mib", 16, 65_536)?;
+        layer.journal_max_mib = in_range(&logging.journal_max_mib, "logging.journal-max-mib", 16, 65_536)?;
+        layer.file_max_mib = in_range(&logging.file_max_mib, "logging.file-max-mib", 1, 65_536)?;
+        layer.files_kept = in_range(&logging.files_kept, "logging.files-kept", 1, 100)?;
     }
     if let Some(integrity) = integrity {
         layer.integrity_enable = integrity.enable;
@@ -181,6 +190,9 @@ pub fn merge(base: &mut MonitoringLayer, child: MonitoringLayer) {
     super::take(&mut base.logging_enable, child.logging_enable);
     super::take(&mut base.remote, child.remote);
     super::take(&mut base.queue_max_mib, child.queue_max_mib);
+    super::take(&mut base.journal_max_mib, child.journal_max_mib);
+    super::take(&mut base.file_max_mib, child.file_max_mib);
+    super::take(&mut base.files_kept, child.files_kept);
     super::take(&mut base.integrity_enable, child.integrity_enable);
     super::take(&mut base.schedule, child.schedule);
     base.exclude.extend(child.exclude);
@@ -192,6 +204,9 @@ pub fn finish(layer: MonitoringLayer) -> (LoggingSpec, IntegritySpec) {
         enable: layer.logging_enable.unwrap_or(true),
         remote: layer.remote.flatten(),
         queue_max_mib: layer.queue_max_mib.unwrap_or(1024),
+        journal_max_mib: layer.journal_max_mib.unwrap_or(512),
+        file_max_mib: layer.file_max_mib.unwrap_or(100),
+        files_kept: layer.files_kept.unwrap_or(4),
     };
     let integrity = IntegritySpec {
         enable: layer.integrity_enable.unwrap_or(true),

@@ -182,6 +182,8 @@ pub struct RawSsh {
     pub port: Option<Spanned<i64>>,
     pub allow_from: Option<Vec<Spanned<String>>>,
     pub forwarding: Option<bool>,
+    /// Also accept keys from the users' own ~/.ssh/authorized_keys.
+    pub user_keys: Option<bool>,
     pub max_auth_tries: Option<Spanned<i64>>,
     pub login_grace_time: Option<Spanned<i64>>,
     pub banner: Option<Spanned<String>>,
@@ -225,6 +227,12 @@ pub struct RawLogging {
     /// host:port of the remote log host; "" for none.
     pub remote: Option<Spanned<String>>,
     pub queue_max_mib: Option<Spanned<i64>>,
+    /// The most the persistent journal may take on disk.
+    pub journal_max_mib: Option<Spanned<i64>>,
+    /// A log file in /var/log is rotated once it is this large (or weekly).
+    pub file_max_mib: Option<Spanned<i64>>,
+    /// How many rotated files of each log are kept.
+    pub files_kept: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

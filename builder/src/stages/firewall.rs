@@ -2,7 +2,10 @@
 //! an nftables ruleset rendered from `[firewall]` and `[ssh]`, default-deny
 //! inbound and forward, checked by the image's own `nft -c` in an empty
 //! network namespace at build time and loaded by nftables.service before the
-//! network comes up; plus the anti-spoofing and SYN-flood sysctls.
+//! network comes up; plus the anti-spoofing and SYN-flood sysctls. It fails
+//! closed: systemd-networkd requires nftables.service, so a ruleset that does
+//! not load (or loads without rampart's default-deny input chain) leaves
+//! every interface but lo down, and the console and the journal say why.
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
@@ -26,6 +29,66 @@ const NFTABLES_AFTER_MODULES: &str = "# rampart: the ruleset's kernel modules ar
 [Unit]
 Wants=systemd-modules-load.service
 After=systemd-modules-load.service
+";
+
+/// No network without the firewall: networkd (which brings up every
+/// interface but lo) and its netlink socket start only after
+/// nftables.service succeeded, and fail at once when it did not (Requisite=:
+/// a failed ruleset is not retried each time the socket is triggered); a
+/// restart or stop of the firewall takes networkd with it (PartOf=).
+const NETWORKD_NEEDS_FIREWALL: &[(&str, &str)] = &[
+    (
+        "etc/systemd/system/systemd-networkd.service.d/rampart-firewall.conf",
+        "# rampart: [firewall] fails closed: no interface comes up unless the ruleset loaded
+[Unit]
+Requisite=nftables.service
+After=nftables.service
+PartOf=nftables.service
+",
+    ),
+    (
+        "etc/systemd/system/systemd-networkd.socket.d/rampart-firewall.conf",
+        "# rampart: [firewall] fails closed: networkd is not activated unless the ruleset loaded
+[Unit]
+Requisite=nftables.service
+After=nftables.service
+",
+    ),
+];
+/// nftables.service succeeds only when the loaded ruleset is rampart's
+/// (its input chain with the drop policy is there), and reports a failure.
+const NFTABLES_FAIL_CLOSED_FILE: &str = "etc/systemd/system/nftables.service.d/rampart-fail-closed.conf";
+pub const FAILURE_UNIT: &str = "rampart-firewall-failed.service";
+const NFTABLES_FAIL_CLOSED: &str = "# rampart: [firewall] the loaded ruleset must hold rampart's default-deny input chain
+[Unit]
+OnFailure=rampart-firewall-failed.service
+
+[Service]
+ExecStartPost=/bin/sh -c '/usr/sbin/nft list chain inet rampart input | grep -q \"policy drop;\"'
+";
+/// What a machine whose firewall did not load prints on its console.
+pub const FAILURE_MARKER: &str = "rampart-firewall: the firewall ruleset did not load";
+const FAILURE_UNIT_TEXT: &str = "# rampart: [firewall] says on the console and in the journal why the network stays down
+[Unit]
+Description=Report that the firewall did not load and the network stays down
+DefaultDependencies=no
+
+[Service]
+Type=oneshot
+StandardOutput=journal+console
+SyslogIdentifier=rampart-firewall
+ExecStart=/bin/echo \"rampart-firewall: the firewall ruleset did not load (nftables.service failed), so no network interface but lo is brought up; nft said:\"
+ExecStart=/bin/journalctl --boot --unit=nftables.service --output=cat --no-pager --lines=20
+ProtectSystem=strict
+ProtectHome=yes
+PrivateNetwork=yes
+PrivateTmp=yes
+NoNewPrivileges=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectControlGroups=yes
+RestrictAddressFamilies=AF_UNIX
+CapabilityBoundingSet=
 ";
 
 pub const SYSCTLS: &str = "# rampart: [firewall] anti-spoofing and SYN-flood protection (CIS Debian 12 3.3)
@@ -157,6 +220,11 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     }
     ctx.install_file(MODULES_LOAD_FILE, modules.as_bytes(), 0o644)?;
     ctx.install_file("etc/systemd/system/nftables.service.d/rampart-modules.conf", NFTABLES_AFTER_MODULES.as_bytes(), 0o644)?;
+    for (path, text) in NETWORKD_NEEDS_FIREWALL {
+        ctx.install_file(path, text.as_bytes(), 0o644)?;
+    }
+    ctx.install_file(NFTABLES_FAIL_CLOSED_FILE, NFTABLES_FAIL_CLOSED.as_bytes(), 0o644)?;
+    ctx.install_file(&format!("etc/systemd/system/{FAILURE_UNIT}"), FAILURE_UNIT_TEXT.as_bytes(), 0o644)?;
     crate::stages::kernel::check_modules_load(ctx, PRELOADED_MODULES).context("while checking the firewall's kernel modules")?;
     let declared: Vec<serde_json::Value> = declared_ports(&ctx.profile)
         .iter()
@@ -181,6 +249,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
         "extra-input-rules": firewall.input_rules.iter().map(|r| r.value.clone()).collect::<Vec<_>>(),
         "sysctls": "/etc/sysctl.d/60-rampart-network.conf (rp_filter, syncookies, no redirects, no source routing, log_martians)",
         "checked-with": "nft --check (the image's own nft)",
+        "fails-closed": format!("systemd-networkd and its socket need nftables.service to have started (Requisite=, PartOf=), which fails unless rampart's input chain (policy drop) is loaded; {FAILURE_UNIT} says why on the console and in the journal"),
         "modules-preloaded": format!("/{MODULES_LOAD_FILE}: {}", PRELOADED_MODULES.join(", ")),
     });
     ctx.record("firewall", true, settings);

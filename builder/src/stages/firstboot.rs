@@ -29,8 +29,44 @@ RequiredBy=ssh.service
 ";
 
 /// Where first-boot provisioned keys live: root-owned, outside the users'
-/// homes, so an account cannot rewrite what the deployment gave it.
+/// homes, so an account cannot rewrite what the deployment gave it. sshd
+/// reads only these (and the profile's keys below `image/`), unless the
+/// profile sets `ssh.user-keys`.
 pub const PROVISIONED_KEYS_DIR: &str = "/etc/ssh/authorized_keys.d";
+/// The profile's own keys, in the image: `<dir>/image/<user>`.
+pub const IMAGE_KEYS_DIR: &str = "/etc/ssh/authorized_keys.d/image";
+/// The digests of the keys provisioned at first boot, recorded then, which
+/// the integrity check compares them with (AIDE's database, made at build
+/// time, cannot know them).
+pub const PROVISIONED_KEYS_RECORD: &str = "/var/lib/rampart/ssh-keys.sha256";
+pub const KEYS_RECORD_UNIT: &str = "rampart-ssh-keys-record.service";
+
+fn keys_record_unit() -> String {
+    format!(
+        "[Unit]
+Description=Record the SSH keys provisioned on first boot, for the integrity check
+After=systemd-tmpfiles-setup.service
+Before=ssh.service
+ConditionPathExists=!{PROVISIONED_KEYS_RECORD}
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+UMask=0077
+ExecStart=/bin/sh -c 'cd {PROVISIONED_KEYS_DIR} && find . -maxdepth 1 -type f -printf \"%%f\\\\0\" | sort -z | xargs -0r sha256sum -- > {PROVISIONED_KEYS_RECORD}.new && mv {PROVISIONED_KEYS_RECORD}.new {PROVISIONED_KEYS_RECORD}'
+ProtectSystem=strict
+ReadWritePaths=/var/lib/rampart
+ProtectHome=yes
+PrivateNetwork=yes
+PrivateTmp=yes
+NoNewPrivileges=yes
+CapabilityBoundingSet=
+
+[Install]
+RequiredBy=ssh.service
+"
+    )
+}
 
 pub fn run(ctx: &mut BuildContext) -> Result<()> {
     let ids = Identifiers::for_profile(ctx.profile.name.as_str());
@@ -55,8 +91,10 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
             "etc/systemd/system/ssh.service.requires/rampart-ssh-hostkeys.service",
             "/etc/systemd/system/rampart-ssh-hostkeys.service",
         )?;
+        let user_keys = if ctx.profile.ssh.user_keys { " .ssh/authorized_keys" } else { "" };
         let sshd = format!(
-            "# rampart: one modern host key, generated on first boot; keys provisioned at\n# first boot live in {PROVISIONED_KEYS_DIR}/<user>.\nHostKey /etc/ssh/ssh_host_ed25519_key\nAuthorizedKeysFile .ssh/authorized_keys {PROVISIONED_KEYS_DIR}/%u\n"
+            "# rampart: one modern host key, generated on first boot. Authorized keys come from\n# root-owned files only: provisioned at first boot ({PROVISIONED_KEYS_DIR}/<user>)\n# and the profile's ({IMAGE_KEYS_DIR}/<user>){}.\nHostKey /etc/ssh/ssh_host_ed25519_key\nAuthorizedKeysFile {PROVISIONED_KEYS_DIR}/%u {IMAGE_KEYS_DIR}/%u{user_keys}\n",
+            if user_keys.is_empty() { "; the users' own ~/.ssh/authorized_keys are not read" } else { ", and ~/.ssh/authorized_keys (ssh.user-keys)" }
         );
         ctx.install_file("etc/ssh/sshd_config.d/10-rampart-firstboot.conf", sshd.as_bytes(), 0o644)?;
         done.push("ssh host key (ed25519) generated on first boot before sshd starts".to_string());
@@ -87,7 +125,24 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
         }
         ctx.install_file("etc/systemd/system/systemd-tmpfiles-setup.service.d/rampart-provision.conf", dropin.as_bytes(), 0o644)?;
         done.push("admin keys accepted at first boot from credentials ssh.authorized_keys.<user>".to_string());
+        ctx.install_file(&format!("etc/systemd/system/{KEYS_RECORD_UNIT}"), keys_record_unit().as_bytes(), 0o644)?;
+        ctx.install_symlink(&format!("etc/systemd/system/ssh.service.requires/{KEYS_RECORD_UNIT}"), &format!("/etc/systemd/system/{KEYS_RECORD_UNIT}"))?;
+        let record_dir = crate::fsutil::resolve_in_root(&ctx.root(), std::path::Path::new("var/lib/rampart"))?;
+        std::fs::create_dir_all(&record_dir)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&record_dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        done.push(format!("keys provisioned on first boot recorded in {PROVISIONED_KEYS_RECORD}, compared by the integrity check"));
     }
-    ctx.record("firstboot", true, json!({ "machine-id": "generated on first boot", "prepared": done }));
+    ctx.record(
+        "firstboot",
+        true,
+        json!({
+            "machine-id": "generated on first boot",
+            "prepared": done,
+            "ssh-authorized-keys": if ctx.profile.ssh.user_keys { "root-owned files and ~/.ssh/authorized_keys (ssh.user-keys)" } else { "root-owned files only" },
+        }),
+    );
     Ok(())
 }

@@ -45,6 +45,7 @@ const RUN_TIME_PATHS: &[(&str, &str)] = &[
     ("/var/lib/apt/lists", "package lists"),
     ("/var/lib/sudo", "sudo's time stamps"),
     ("/home", "the users' own files"),
+    (crate::stages::firstboot::PROVISIONED_KEYS_RECORD, "the SSH keys provisioned on first boot, recorded then (compared by the check)"),
     ("/etc/ssh/ssh_host_", "host keys, made on first boot"),
     ("/etc/passwd-", "shadow-utils' backup of the previous version"),
     ("/etc/group-", "shadow-utils' backup of the previous version"),
@@ -132,7 +133,19 @@ pub fn render(profile: &Profile) -> TracedText {
     t
 }
 
-fn check_unit() -> String {
+/// The check: AIDE against the build-time database and, on an image with
+/// sshd, the SSH keys provisioned on first boot against their record.
+fn check_unit(ssh_keys: bool) -> String {
+    // `$$` is a `$` the shell sees (systemd expands `$NAME` itself).
+    let keys = if ssh_keys {
+        format!(
+            " cd {keys} && if [ ! -f {record} ]; then echo \"rampart: no record of the SSH keys provisioned on first boot ({record})\"; status=$$((status | 64)); elif ! sha256sum --check --strict --quiet {record}; then echo \"rampart: SSH keys in {keys} differ from those provisioned on first boot\"; status=$$((status | 64)); fi;",
+            keys = crate::stages::firstboot::PROVISIONED_KEYS_DIR,
+            record = crate::stages::firstboot::PROVISIONED_KEYS_RECORD,
+        )
+    } else {
+        String::new()
+    };
     format!(
         "[Unit]
 Description=rampart: AIDE integrity check against the build-time baseline
@@ -142,12 +155,13 @@ RequiresMountsFor={CONFIG_MOUNT}
 [Service]
 Type=oneshot
 # Differences make the unit fail: visible in systemctl --failed, and the
-# report is in the journal, syslog and at the remote log host.
-ExecStart=/usr/bin/aide --check --config {}
+# report is in the journal, syslog and at the remote log host. The SSH keys
+# provisioned on first boot are compared with their record of that boot.
+ExecStart=/bin/sh -c '/usr/bin/aide --check --config {config}; status=$$?;{keys} exit $$status'
 Nice=19
 IOSchedulingClass=idle
 ",
-        config_path()
+        config = config_path(),
     )
 }
 
@@ -170,7 +184,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
             None => bail!("aide refuses the integrity configuration made from [integrity] of {}:\n{error}", ctx.profile.path.display()),
         }
     }
-    ctx.install_file(&format!("etc/systemd/system/{CHECK_SERVICE}"), check_unit().as_bytes(), 0o644)?;
+    ctx.install_file(&format!("etc/systemd/system/{CHECK_SERVICE}"), check_unit(ctx.root().join("lib/systemd/system/ssh.service").exists()).as_bytes(), 0o644)?;
     super::install_timer(ctx, CHECK_TIMER, "rampart: scheduled AIDE integrity check", &integrity.schedule, "integrity.schedule")?;
     ctx.record(
         "integrity",

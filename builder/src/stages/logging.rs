@@ -78,11 +78,56 @@ ExecStart=/usr/sbin/rsyslogd -n -iNONE -f {}
     )
 }
 
-const JOURNALD_DROPIN: &str = "# rampart: [logging]: a persistent journal, every message handed to rsyslog
+fn journald_dropin(profile: &Profile) -> String {
+    format!(
+        "# rampart: [logging]: a persistent journal of at most {mib} MiB, every message handed to rsyslog
 [Journal]
 Storage=persistent
 Compress=yes
 ForwardToSyslog=yes
+SystemMaxUse={mib}M
+",
+        mib = profile.logging.journal_max_mib
+    )
+}
+
+/// The files rsyslog writes (see `render`), rotated by logrotate.
+pub const LOG_FILES: &[&str] = &["/var/log/syslog", "/var/log/auth.log", "/var/log/kern.log"];
+
+/// Replaces the rsyslog package's rotation (weekly only, for files this
+/// configuration does not write): weekly or at the size cap, whichever
+/// comes first, checked hourly by logrotate.timer.
+fn logrotate_config(profile: &Profile) -> String {
+    let logging = &profile.logging;
+    format!(
+        "# rampart: [logging] the files rsyslog writes, rotated weekly or once larger than {mib} MiB
+# (logrotate.timer checks hourly); {kept} rotated files of each are kept.
+{files}
+{{
+\tweekly
+\tmaxsize {mib}M
+\trotate {kept}
+\tmissingok
+\tnotifempty
+\tcompress
+\tdelaycompress
+\tsharedscripts
+\tpostrotate
+\t\t/usr/lib/rsyslog/rsyslog-rotate
+\tendscript
+}}
+",
+        mib = logging.file_max_mib,
+        kept = logging.files_kept,
+        files = LOG_FILES.join("\n"),
+    )
+}
+
+const LOGROTATE_HOURLY: &str = "# rampart: [logging] the size caps are checked every hour
+[Timer]
+OnCalendar=
+OnCalendar=hourly
+AccuracySec=1m
 ";
 
 pub fn run(ctx: &mut BuildContext) -> Result<()> {
@@ -106,14 +151,23 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     // writing through the link fails like writing the file itself.
     ctx.install_symlink("etc/rsyslog.conf", &config)?;
     ctx.install_file("etc/systemd/system/rsyslog.service.d/50-rampart.conf", rsyslog_dropin().as_bytes(), 0o644)?;
-    ctx.install_file("etc/systemd/journald.conf.d/50-rampart.conf", JOURNALD_DROPIN.as_bytes(), 0o644)?;
+    ctx.install_file("etc/systemd/journald.conf.d/50-rampart.conf", journald_dropin(&ctx.profile).as_bytes(), 0o644)?;
+    ctx.install_file("etc/logrotate.d/rsyslog", logrotate_config(&ctx.profile).as_bytes(), 0o644)?;
+    ctx.install_file("etc/systemd/system/logrotate.timer.d/50-rampart.conf", LOGROTATE_HOURLY.as_bytes(), 0o644)?;
+    // The image's logrotate checks the configuration (debug mode: reads, rotates nothing).
+    let output = ctx.in_root("logrotate").args(["--debug", "/etc/logrotate.conf"]).run_unchecked()?;
+    let said = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() || said.lines().any(|l| l.starts_with("error:")) {
+        bail!("logrotate refuses the rotation rampart made from [logging] of {}:\n{}", ctx.profile.path.display(), said.trim());
+    }
     ctx.record(
         "logging",
         true,
         json!({
             "rsyslog-config": config,
             "config-partition": format!("{CONFIG_MOUNT}, mounted read-only"),
-            "journal": "persistent (/var/log/journal), forwarded to rsyslog",
+            "journal": format!("persistent (/var/log/journal), at most {} MiB, forwarded to rsyslog", logging.journal_max_mib),
+            "rotation": format!("logrotate.timer hourly: {} weekly or above {} MiB, {} kept, compressed", LOG_FILES.join(", "), logging.file_max_mib, logging.files_kept),
             "files": ["/var/log/syslog", "/var/log/auth.log", "/var/log/kern.log"],
             "remote": logging.remote.as_ref().map(|r| json!({
                 "host": r.value.to_string(),

@@ -21,6 +21,7 @@ pub fn implied_units(profile: &Profile) -> Vec<(String, &'static str)> {
     let mut units = vec![
         ("ssh.service".to_string(), "[ssh]"),
         ("rampart-ssh-hostkeys.service".to_string(), "first-boot SSH host keys"),
+        (crate::stages::firstboot::KEYS_RECORD_UNIT.to_string(), "first-boot record of the provisioned SSH keys"),
         ("systemd-networkd.service".to_string(), "networking (DHCP)"),
         ("systemd-resolved.service".to_string(), "name resolution"),
     ];
@@ -29,6 +30,8 @@ pub fn implied_units(profile: &Profile) -> Vec<(String, &'static str)> {
     }
     if profile.logging.enable {
         units.push(("rsyslog.service".to_string(), "[logging]"));
+        units.push(("logrotate.timer".to_string(), "[logging] rotation"));
+        units.push(("logrotate.service".to_string(), "[logging] rotation, started by its timer"));
     }
     if profile.integrity.enable {
         units.push((crate::stages::integrity::CHECK_TIMER.to_string(), "[integrity]"));

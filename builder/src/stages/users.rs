@@ -34,19 +34,15 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
             .arg(user.name.as_str())
             .run()
             .with_context(|| format!("while creating user {} of profile {}", user.name, ctx.profile.path.display()))?;
-        let (uid, gid) = ids_of(ctx, user.name.as_str())?;
+        let (uid, _) = ids_of(ctx, user.name.as_str())?;
         if !user.ssh_authorized_keys.is_empty() {
-            let ssh_dir = format!("home/{}/.ssh", user.name);
-            let ssh_dir_path = resolve_in_root(&ctx.root(), Path::new(&ssh_dir))?;
-            std::fs::create_dir_all(&ssh_dir_path)?;
-            std::fs::set_permissions(&ssh_dir_path, std::fs::Permissions::from_mode(0o700))?;
-            std::os::unix::fs::lchown(&ssh_dir_path, Some(uid), Some(gid))?;
-            let keys_file = format!("{ssh_dir}/authorized_keys");
+            // Root-owned, outside the home: the account cannot add keys to it.
+            let keys_dir = &crate::stages::firstboot::IMAGE_KEYS_DIR[1..];
+            std::fs::create_dir_all(resolve_in_root(&ctx.root(), Path::new(keys_dir))?)?;
+            std::fs::set_permissions(resolve_in_root(&ctx.root(), Path::new(keys_dir))?, std::fs::Permissions::from_mode(0o755))?;
             let mut keys = user.ssh_authorized_keys.join("\n");
             keys.push('\n');
-            ctx.install_file(&keys_file, keys.as_bytes(), 0o600)?;
-            let keys_path = resolve_in_root(&ctx.root(), Path::new(&keys_file))?;
-            std::os::unix::fs::lchown(&keys_path, Some(uid), Some(gid))?;
+            ctx.install_file(&format!("{keys_dir}/{}", user.name), keys.as_bytes(), 0o644)?;
         }
         let password = set_password(ctx, &user, &previous)
             .with_context(|| format!("while setting the password of {} of profile {}", user.name, ctx.profile.path.display()))?;

@@ -24,6 +24,8 @@ pub struct Lab {
     pub lab_ns: String,
     pub outside_ns: String,
     dhcp: Option<Background>,
+    /// dnsmasq's lease file: every lease it handed out.
+    leases: std::path::PathBuf,
     /// The remote log host on the second host, when the profile forwards there.
     pub collector: Option<Collector>,
 }
@@ -39,10 +41,18 @@ fn ip(args: &[&str]) -> Result<()> {
 }
 
 impl Lab {
+    /// A lab for `n_machines`, and one slot more (index `n_machines`) for a
+    /// machine a check boots beside them.
     pub fn create(work: &Path, n_machines: usize) -> Result<Lab> {
         remove_stale_namespaces();
         let tag = std::process::id();
-        let mut lab = Lab { lab_ns: format!("rampart-{tag}-lab"), outside_ns: format!("rampart-{tag}-outside"), dhcp: None, collector: None };
+        let mut lab = Lab {
+            lab_ns: format!("rampart-{tag}-lab"),
+            outside_ns: format!("rampart-{tag}-outside"),
+            dhcp: None,
+            leases: work.join("lab.leases"),
+            collector: None,
+        };
         ip(&["netns", "add", &lab.lab_ns])?;
         ip(&["netns", "add", &lab.outside_ns])?;
         ip(&["-n", &lab.lab_ns, "link", "set", "lo", "up"])?;
@@ -65,9 +75,9 @@ impl Lab {
             .arg(format!("--dhcp-range={SUBNET_PREFIX}.10,{SUBNET_PREFIX}.99,255.255.255.0,1h"))
             // No router and no DNS server: the lab leads nowhere.
             .args(["--dhcp-option=3", "--dhcp-option=6"])
-            .arg(format!("--dhcp-leasefile={}", work.join("lab.leases").display()))
+            .arg(format!("--dhcp-leasefile={}", lab.leases.display()))
             .arg(format!("--pid-file={}", work.join("lab-dnsmasq.pid").display()));
-        for index in 0..n_machines {
+        for index in 0..=n_machines {
             let (address, mac) = machine_address(index);
             dnsmasq = dnsmasq.arg(format!("--dhcp-host={mac},{address}"));
         }
@@ -114,6 +124,26 @@ impl Lab {
             crate::process::check_interrupted()?;
             crate::process::pause(Duration::from_millis(100));
         }
+    }
+
+    /// The leases dnsmasq has handed out (one line each, with the MAC).
+    pub fn leases(&self) -> String {
+        std::fs::read_to_string(&self.leases).unwrap_or_default()
+    }
+
+    /// nmap's report of an ARP sweep of the whole lab subnet from the second
+    /// host: every machine with an IPv4 address on it, with its MAC.
+    pub fn arp_sweep(&self, timeout: Duration) -> Result<String> {
+        let output = self
+            .outside("nmap")
+            .args(["-n", "-sn", "-PR", "-e", "lab0", "-T4"])
+            .arg(format!("{SUBNET_PREFIX}.0/24"))
+            .run_with_timeout(timeout)?
+            .with_context(|| format!("the ARP sweep of the lab did not finish in {} s", timeout.as_secs()))?;
+        if !output.status.success() {
+            bail!("nmap failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+        }
+        Ok(output.stdout_text())
     }
 
     /// The TCP ports of `address` that answer, seen from the second host's

@@ -305,6 +305,8 @@ fn run_scenario(
                     profile,
                     session: &session,
                     installer: &artifacts.installer,
+                    image: &artifacts.image,
+                    admin,
                     accel,
                     work,
                     out,
@@ -433,10 +435,70 @@ struct CheckEnv<'a> {
     session: &'a Session,
     /// The offline installer medium, `<name>.installer.raw`.
     installer: &'a Path,
+    /// The qcow2 image the scenario's machines boot, and its admin account.
+    image: &'a Path,
+    admin: &'a str,
     accel: Accel,
     work: &'a Path,
     out: &'a Path,
     scenario: &'a Scenario,
+}
+
+/// What an image's firewall stage writes to /etc/nftables.conf, replaced in
+/// the copy by a file nft cannot load.
+const UNLOADABLE_RULESET: &[u8] = b"#!/usr/sbin/nft -f\n# rampart test: a ruleset nft refuses\ntable inet rampart {\n\tchain input {\n\t\tthis is no rule\n\t}\n}\n";
+
+/// How long a copy whose firewall failed is watched for any sign of a
+/// network after it said so: networkd, were it started, has DHCP well before.
+const OFFLINE_WATCH: Duration = Duration::from_secs(20);
+
+/// Boots a copy of the image with an unloadable ruleset beside `machine`
+/// (the lab's spare slot) and checks that it stays off the network.
+fn firewall_fails_closed(machine: &Machine, check: &Check, env: &CheckEnv, lab: &lab::Lab) -> Result<(), CheckFailure> {
+    let name = format!("{}-{}", machine.name, check.name);
+    let disk = env.work.join(format!("{name}.qcow2"));
+    let root = crate::layout::Identifiers::for_profile(env.profile.name.as_str()).root_partuuid;
+    qemu::copy_with_replaced_file(env.image, &root, &disk, "/etc/nftables.conf", UNLOADABLE_RULESET, env.work)
+        .map_err(|e| failed("could not make a copy of the image with an unloadable ruleset", format!("{e:#}")))?;
+    let spare = env.scenario.machines.len();
+    let config = MachineConfig {
+        name: &name,
+        image: env.image,
+        disk_bytes: 0,
+        memory_mib: 1024,
+        extra_disks: &[],
+        accel: env.accel,
+        user: env.admin,
+        guest_ssh_port: env.profile.ssh.port.get(),
+        key: env.stranger,
+        extra_args: lab::Lab::nic_args(spare),
+        netns: Some(lab.lab_ns.clone()),
+        prepared_disk: Some(disk),
+        serial_log: kept_console(env.out, env.scenario, &name),
+    };
+    let mut copy = Machine::boot(&config, env.work).map_err(|e| failed("could not boot the copy", format!("{e:#}")))?;
+    lab.attach(spare).map_err(|e| failed("could not attach the copy to the lab", format!("{e:#}")))?;
+    let said = copy
+        .wait_for_console(crate::stages::firewall::FAILURE_MARKER, check.timeout)
+        .map_err(|e| failed("the copy with an unloadable ruleset did not say that its firewall failed", format!("{e:#}")))?;
+    crate::process::pause(OFFLINE_WATCH);
+    let (address, mac) = lab::machine_address(spare);
+    let sweep = lab.arp_sweep(Duration::from_secs(60)).map_err(|e| failed("the ARP sweep failed", format!("{e:#}")))?;
+    let leases = lab.leases();
+    let details = format!("console: {said}\n--- ARP sweep from the second host ---\n{sweep}\n--- DHCP leases ---\n{leases}\n{}", copy.serial_tail(30));
+    copy.shut_down();
+    if leases.to_ascii_lowercase().contains(&mac) {
+        return Err(failed(format!("the copy whose firewall did not load asked for a DHCP lease ({mac})"), details));
+    }
+    if sweep.to_ascii_lowercase().contains(&mac) || sweep.contains(&format!("for {address}\n")) {
+        return Err(failed(format!("the copy whose firewall did not load answers on the lab network ({mac})"), details));
+    }
+    // The sweep must have worked: it finds the machine itself.
+    let (own_address, _) = lab::machine_address(env.scenario.machines.iter().position(|m| m.name == machine.name).unwrap_or(0));
+    if !sweep.contains(&format!("for {own_address}")) {
+        return Err(failed(format!("the ARP sweep did not even find {} ({own_address}); it proves nothing", machine.name), details));
+    }
+    Ok(())
 }
 
 /// Runs one check; `Ok(Some(output))` carries output that other machines'
@@ -669,6 +731,13 @@ fn run_check(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Result<Opt
             if !untouched {
                 return Err(failed("the installer refused, yet wrote to the disk", console));
             }
+            Ok(None)
+        }
+        Action::FirewallFailsClosed => {
+            let Some((lab, _)) = outside else {
+                return Err(failed("this check needs the isolated network", String::new()));
+            };
+            firewall_fails_closed(machine, check, env, lab)?;
             Ok(None)
         }
         Action::FirstLoginForcedPasswordChange => {

@@ -406,6 +406,25 @@ impl Machine {
         Ok(())
     }
 
+    /// Waits until a complete line of the serial console contains `marker`;
+    /// returns that line.
+    pub fn wait_for_console(&mut self, marker: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.ensure_running()?;
+            crate::process::check_interrupted()?;
+            let text = String::from_utf8_lossy(&std::fs::read(&self.serial_log).unwrap_or_default()).into_owned();
+            let complete = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+            if let Some(line) = complete.lines().find(|l| l.contains(marker)) {
+                return Ok(line.trim_end().to_string());
+            }
+            if Instant::now() >= deadline {
+                bail!("{} printed no line with {marker:?} on its console within {} s\n{}", self.name, timeout.as_secs(), self.serial_tail(30));
+            }
+            crate::process::pause(Duration::from_millis(500));
+        }
+    }
+
     /// The last `n` lines of the serial console, for failure reports.
     pub fn serial_tail(&self, n: usize) -> String {
         console_tail(&self.serial_log, &self.name, n)
@@ -436,6 +455,36 @@ fn fresh_vars(dir: &Path, name: &str) -> Result<PathBuf> {
     let vars = dir.join(format!("{name}.OVMF_VARS.fd"));
     std::fs::copy(OVMF_VARS, &vars).with_context(|| format!("while copying {OVMF_VARS}"))?;
     Ok(vars)
+}
+
+/// A qcow2 copy of the qcow2 `image` with one file of its root file system
+/// (the partition `root_partuuid`) replaced by `contents`: written with
+/// debugfs at the partition's offset in a raw copy, no mount.
+pub fn copy_with_replaced_file(image: &Path, root_partuuid: &str, copy: &Path, image_path: &str, contents: &[u8], work: &Path) -> Result<()> {
+    let raw = copy.with_extension("raw");
+    Cmd::new("qemu-img").args(["convert", "-f", "qcow2", "-O", "raw"]).arg(image).arg(&raw).run().context("while copying the image")?;
+    let table = Cmd::new("sfdisk").arg("--json").arg(&raw).run()?;
+    let table: serde_json::Value = serde_json::from_slice(&table.stdout).context("sfdisk printed no JSON")?;
+    let sector = table["partitiontable"]["sectorsize"].as_u64().unwrap_or(512);
+    let start = table["partitiontable"]["partitions"]
+        .as_array()
+        .and_then(|parts| parts.iter().find(|p| p["uuid"].as_str().is_some_and(|u| u.eq_ignore_ascii_case(root_partuuid))))
+        .and_then(|p| p["start"].as_u64())
+        .with_context(|| format!("{} has no partition {root_partuuid}", image.display()))?;
+    let device = format!("{}?offset={}", raw.display(), start * sector);
+    let replacement = work.join(format!("{}.replacement", copy.file_name().and_then(|n| n.to_str()).unwrap_or("copy")));
+    std::fs::write(&replacement, contents)?;
+    let script = work.join(format!("{}.debugfs", copy.file_name().and_then(|n| n.to_str()).unwrap_or("copy")));
+    std::fs::write(&script, format!("rm {image_path}\nwrite {} {image_path}\n", replacement.display()))?;
+    Cmd::new("debugfs").arg("-w").arg("-f").arg(&script).arg(&device).run().context("while replacing the file with debugfs")?;
+    // debugfs reports a failed command on stderr only: read the file back.
+    let written = Cmd::new("debugfs").arg("-R").arg(format!("cat {image_path}")).arg(&device).run()?;
+    if written.stdout != contents {
+        bail!("debugfs did not replace {image_path} in the copy of {}", image.display());
+    }
+    Cmd::new("qemu-img").args(["convert", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(copy).run().context("while converting the copy")?;
+    std::fs::remove_file(&raw)?;
+    Ok(())
 }
 
 /// Makes an empty qcow2 disk of `bytes`.

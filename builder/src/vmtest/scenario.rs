@@ -82,6 +82,10 @@ struct RawCheck {
     /// The offline installer, given an empty disk of this size, refuses it
     /// (too small) with the message in expect-contains and writes nothing.
     installer_refuses_disk_of: Option<Spanned<String>>,
+    /// A copy of the image whose firewall ruleset does not load boots with
+    /// every interface but lo down: its console says why, and the second
+    /// host finds no trace of it on the network.
+    firewall_fails_closed: Option<bool>,
     /// Run the command as root, through sudo with the admin's password.
     as_root: Option<bool>,
     expect: Option<String>,
@@ -178,6 +182,11 @@ pub enum Action {
     /// beside it, refuses to install (the message matches) and the disk
     /// stays empty.
     InstallerRefuses { disk_size: ImageSize, expect: Expect },
+    /// A copy of the image with an unloadable ruleset, booted beside the
+    /// machine on the isolated network, says on its console that the
+    /// firewall did not load, and neither gets a DHCP lease nor answers the
+    /// second host's ARP sweep of the subnet.
+    FirewallFailsClosed,
 }
 
 impl Action {
@@ -190,6 +199,7 @@ impl Action {
                 | Action::OpenUdpPorts { .. }
                 | Action::RemoteLogReceives
                 | Action::RemoteLogSurvivesOutage
+                | Action::FirewallFailsClosed
         )
     }
 
@@ -391,6 +401,9 @@ fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec]) 
         let disk_size = source.check(size, "check.installer-refuses-disk-of", |s| ImageSize::parse_any(s))?;
         actions.push(Action::InstallerRefuses { disk_size, expect: expect.clone() });
     }
+    if raw.firewall_fails_closed == Some(true) {
+        actions.push(Action::FirewallFailsClosed);
+    }
     if raw.first_login_forced_password_change == Some(true) {
         actions.push(Action::FirstLoginForcedPasswordChange);
     }
@@ -405,7 +418,7 @@ fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec]) 
     }
     let action = match actions.len() {
         1 => actions.remove(0),
-        0 => return Err(source.error(&raw.name, format!("check {name}: no action; give one of succeed, fail, wait-until-succeeds, wait-for-unit, wait-for-port, differ, ssh-refuses-wrong-key, ssh-refuses, outside-succeed, outside-fail, open-tcp-ports, open-udp-ports, running-services-match-profile, listening-sockets-match-profile, sysctls-match-profile, first-login-forced-password-change, remote-log-receives, remote-log-survives-outage, profile-services-log, installer-refuses-disk-of"))),
+        0 => return Err(source.error(&raw.name, format!("check {name}: no action; give one of succeed, fail, wait-until-succeeds, wait-for-unit, wait-for-port, differ, ssh-refuses-wrong-key, ssh-refuses, outside-succeed, outside-fail, open-tcp-ports, open-udp-ports, running-services-match-profile, listening-sockets-match-profile, sysctls-match-profile, first-login-forced-password-change, remote-log-receives, remote-log-survives-outage, profile-services-log, installer-refuses-disk-of, firewall-fails-closed"))),
         _ => return Err(source.error(&raw.name, format!("check {name}: give exactly one action"))),
     };
     let uses_expect = matches!(
@@ -478,7 +491,7 @@ mod tests {
     fn unknown_check_kind_is_refused() {
         check_error(
             "profile = \"baseline\"\n[[check]]\nname = \"x\"\nsucceeds = \"true\"\n",
-            "$DIR/vm-tests/t.toml:4:1: unknown field `succeeds`, expected one of `name`, `machine`, `timeout`, `succeed`, `fail`, `wait-until-succeeds`, `wait-for-unit`, `wait-for-port`, `differ`, `ssh-refuses-wrong-key`, `outside-succeed`, `outside-fail`, `open-tcp-ports`, `open-udp-ports`, `scan-from`, `ssh-refuses`, `ssh-user`, `running-services-match-profile`, `listening-sockets-match-profile`, `sysctls-match-profile`, `first-login-forced-password-change`, `remote-log-receives`, `remote-log-survives-outage`, `profile-services-log`, `installer-refuses-disk-of`, `as-root`, `expect`, `expect-contains`",
+            "$DIR/vm-tests/t.toml:4:1: unknown field `succeeds`, expected one of `name`, `machine`, `timeout`, `succeed`, `fail`, `wait-until-succeeds`, `wait-for-unit`, `wait-for-port`, `differ`, `ssh-refuses-wrong-key`, `outside-succeed`, `outside-fail`, `open-tcp-ports`, `open-udp-ports`, `scan-from`, `ssh-refuses`, `ssh-user`, `running-services-match-profile`, `listening-sockets-match-profile`, `sysctls-match-profile`, `first-login-forced-password-change`, `remote-log-receives`, `remote-log-survives-outage`, `profile-services-log`, `installer-refuses-disk-of`, `firewall-fails-closed`, `as-root`, `expect`, `expect-contains`",
         );
     }
 
@@ -495,6 +508,10 @@ mod tests {
         check_error(
             "profile = \"baseline\"\n[[check]]\nname = \"scan\"\nopen-tcp-ports = [22]\n",
             "$DIR/vm-tests/t.toml:3:8: check scan: checks from outside need isolated-network = true",
+        );
+        check_error(
+            "profile = \"baseline\"\n[[check]]\nname = \"offline\"\nfirewall-fails-closed = true\n",
+            "$DIR/vm-tests/t.toml:3:8: check offline: checks from outside need isolated-network = true",
         );
     }
 
