@@ -475,7 +475,8 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
     let mut include: BTreeSet<PackageName> = layer.include.into_iter().collect();
     let exclude: BTreeSet<PackageName> = layer.exclude.into_iter().collect();
     // Each control brings the Debian packages that do its work in the image.
-    let mut needed = vec![("passwords", "libpam-pwquality"), ("passwords", "cracklib-runtime")];
+    // The boot loader on the ESP is the image's own, from its lock.
+    let mut needed = vec![("boot", "systemd-boot-efi"), ("passwords", "libpam-pwquality"), ("passwords", "cracklib-runtime")];
     if controls.firewall.enable {
         needed.push(("firewall", "nftables"));
     }

@@ -20,7 +20,9 @@ use crate::tree::{walk, Kind};
 use crate::ui;
 
 pub(crate) const MIB: u64 = 1 << 20;
-const SYSTEMD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+/// systemd-boot, from the image's own systemd-boot-efi (a locked package,
+/// so in the manifest, the SBOM and the inputs digest), never the host's.
+pub(crate) const SYSTEMD_BOOT: &str = "usr/lib/systemd/boot/efi/systemd-bootx64.efi";
 pub(crate) const TYPE_ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 pub(crate) const TYPE_LINUX_DATA: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
 /// The discoverable-partitions type of an x86-64 root: systemd-repart finds it.
@@ -78,7 +80,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     make_ext4(ctx, &config_image, &config_fs, &epoch)?;
     let esp_image = work.join("esp.vfat");
     let cmdline = format!("root=PARTUUID={} rw {}", ids.root_partuuid, ctx.kernel_cmdline());
-    let esp = Esp { title: "Debian GNU/Linux 12 (rampart)", kernel: &kernel, initrd: &initrd, cmdline: &cmdline, label: ESP_LABEL, volume_id: &ids.esp_volume_id };
+    let esp = Esp { title: "Debian GNU/Linux 12 (rampart)", root: &root, kernel: &kernel, initrd: &initrd, cmdline: &cmdline, label: ESP_LABEL, volume_id: &ids.esp_volume_id };
     make_esp(&work.join("esp"), &esp_image, &esp, &epoch)?;
 
     let raw = ctx.artifact("raw");
@@ -126,6 +128,18 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
 /// The newest kernel in /boot and its initrd.
 pub(crate) fn find_kernel(root: &Path) -> Result<(PathBuf, PathBuf)> {
     let boot = root.join("boot");
+    let version = boot_kernel_version(root)?;
+    let initrd = boot.join(format!("initrd.img-{version}"));
+    if !initrd.exists() {
+        bail!("the image has kernel {version} but no initrd; is initramfs-tools installed?");
+    }
+    Ok((boot.join(format!("vmlinuz-{version}")), initrd))
+}
+
+/// The version of the kernel the disk boots: the newest in /boot. The
+/// checks of modules and the AppArmor cache are made for this one.
+pub(crate) fn boot_kernel_version(root: &Path) -> Result<String> {
+    let boot = root.join("boot");
     let mut kernels: Vec<String> = std::fs::read_dir(&boot)
         .with_context(|| format!("while looking for a kernel in {}", boot.display()))?
         .filter_map(|e| e.ok())
@@ -133,14 +147,7 @@ pub(crate) fn find_kernel(root: &Path) -> Result<(PathBuf, PathBuf)> {
         .collect();
     // Version order, so 6.1.0-10 comes after 6.1.0-9.
     kernels.sort_by_key(|a| version_key(a));
-    let Some(version) = kernels.pop() else {
-        bail!("the image has no kernel in /boot; set kernel.package in the profile");
-    };
-    let initrd = boot.join(format!("initrd.img-{version}"));
-    if !initrd.exists() {
-        bail!("the image has kernel {version} but no initrd; is initramfs-tools installed?");
-    }
-    Ok((boot.join(format!("vmlinuz-{version}")), initrd))
+    kernels.pop().context("the image has no kernel in /boot; set kernel.package in the profile")
 }
 
 /// Splits a version into numeric and text runs, compared piecewise.
@@ -234,6 +241,8 @@ pub(crate) fn make_ext4(ctx: &BuildContext, image: &Path, fs: &Ext4, epoch: &str
 /// What one EFI system partition boots: systemd-boot with a single entry.
 pub(crate) struct Esp<'a> {
     pub title: &'a str,
+    /// The image root the boot loader comes from.
+    pub root: &'a Path,
     pub kernel: &'a Path,
     pub initrd: &'a Path,
     pub cmdline: &'a str,
@@ -249,8 +258,9 @@ pub(crate) fn make_esp(staging: &Path, image: &Path, esp: &Esp, epoch: &str) -> 
     let entry = format!("title {}\nlinux /EFI/rampart/vmlinuz\ninitrd /EFI/rampart/initrd.img\noptions {}\n", esp.title, esp.cmdline);
     std::fs::write(staging.join("loader.conf"), loader)?;
     std::fs::write(staging.join("rampart.conf"), entry)?;
-    std::fs::copy(SYSTEMD_BOOT, staging.join("BOOTX64.EFI"))
-        .with_context(|| format!("{SYSTEMD_BOOT} is missing; {}", crate::process::INSTALL_HINT))?;
+    let boot_loader = crate::fsutil::resolve_in_root(esp.root, Path::new(SYSTEMD_BOOT))?;
+    std::fs::copy(&boot_loader, staging.join("BOOTX64.EFI"))
+        .with_context(|| format!("the image has no /{SYSTEMD_BOOT}: is systemd-boot-efi in its lock?"))?;
     std::fs::copy(esp.kernel, staging.join("vmlinuz"))?;
     std::fs::copy(esp.initrd, staging.join("initrd.img"))?;
     let seconds: i64 = epoch.parse()?;

@@ -13,7 +13,10 @@ use crate::build::context::BuildContext;
 use crate::layout::{Identifiers, CONFIG_MOUNT};
 
 /// Only an Ed25519 host key: modern, and generated in milliseconds even
-/// under emulation (RSA 3072 takes ~18 s under TCG).
+/// under emulation (RSA 3072 takes ~18 s under TCG). Its public half goes to
+/// the console (a line starting with `HOST_KEY_MARKER`), so whoever connects
+/// first can check the key they are offered before they send a password.
+pub const HOST_KEY_MARKER: &str = "rampart-ssh-host-key: ";
 const HOSTKEYS_UNIT: &str = "[Unit]
 Description=Generate the SSH host key unique to this machine
 Before=ssh.service
@@ -22,6 +25,8 @@ ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
 [Service]
 Type=oneshot
 ExecStart=/usr/bin/ssh-keygen -q -t ed25519 -N \"\" -f /etc/ssh/ssh_host_ed25519_key
+ExecStartPost=/bin/sh -c 'echo \"rampart-ssh-host-key: $$(cat /etc/ssh/ssh_host_ed25519_key.pub)\"'
+StandardOutput=journal+console
 RemainAfterExit=yes
 
 [Install]

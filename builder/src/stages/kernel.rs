@@ -209,16 +209,13 @@ fn check_effective_sysctls(ctx: &BuildContext, sysctls: &[(String, String, Sysct
     Ok(())
 }
 
-/// The version of the image's kernel, as its /lib/modules names it.
+/// The version of the kernel the disk boots, whose modules must be there.
 fn modules_version(ctx: &BuildContext) -> Result<String> {
-    let versions: Vec<String> = std::fs::read_dir(ctx.root().join("lib/modules"))
-        .context("while looking for the image's kernel modules")?
-        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-        .collect();
-    match versions.first() {
-        Some(version) => Ok(version.clone()),
-        None => bail!("the image has no /lib/modules/<version>; is the kernel package installed?"),
+    let version = crate::stages::disk::boot_kernel_version(&ctx.root())?;
+    if !ctx.root().join("lib/modules").join(&version).is_dir() {
+        bail!("the image boots kernel {version}, but has no /lib/modules/{version}");
     }
+    Ok(version)
 }
 
 /// What the image's modprobe would do to load `module`.

@@ -53,8 +53,10 @@ impl Lab {
             leases: work.join("lab.leases"),
             collector: None,
         };
-        ip(&["netns", "add", &lab.lab_ns])?;
-        ip(&["netns", "add", &lab.outside_ns])?;
+        for namespace in [&lab.lab_ns, &lab.outside_ns] {
+            record_owner(namespace)?;
+            ip(&["netns", "add", namespace])?;
+        }
         ip(&["-n", &lab.lab_ns, "link", "set", "lo", "up"])?;
         ip(&["-n", &lab.outside_ns, "link", "set", "lo", "up"])?;
         ip(&["-n", &lab.lab_ns, "link", "add", "br0", "type", "bridge"])?;
@@ -207,24 +209,57 @@ pub fn parse_ports(text: &str, state: &str) -> Vec<u16> {
     ports
 }
 
-/// Removes namespaces left by a test run that was killed.
+/// Where rampart records which run made each test namespace: one file per
+/// namespace, holding the maker's pid and start time. Only namespaces
+/// recorded here are ever removed as stale; another tool's, whatever its
+/// name, are left alone.
+const OWNERS_DIR: &str = "/run/rampart/netns";
+
+/// A process's start time in clock ticks since boot (field 22 of its stat):
+/// with the pid, it names one process, even after the pid is reused.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn record_owner(namespace: &str) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(OWNERS_DIR).with_context(|| format!("while creating {OWNERS_DIR}"))?;
+    let pid = std::process::id();
+    let started = start_time(pid).context("cannot read this process's start time")?;
+    crate::fsutil::write_atomic(&Path::new(OWNERS_DIR).join(namespace), format!("{pid} {started}\n").as_bytes())
+}
+
+/// Whether a record names a process that is still running.
+fn owner_alive(record: &str) -> bool {
+    let mut fields = record.split_whitespace();
+    match (fields.next().and_then(|p| p.parse::<u32>().ok()), fields.next().and_then(|t| t.parse::<u64>().ok())) {
+        (Some(pid), Some(started)) => start_time(pid) == Some(started),
+        // A record that cannot be read is no proof its maker is gone.
+        _ => true,
+    }
+}
+
+/// Removes the namespaces that a run recorded as its own and that outlived
+/// it (it was killed), with what still runs in them.
 fn remove_stale_namespaces() {
-    let Ok(output) = Cmd::new("ip").args(["netns", "list"]).run() else { return };
-    for line in output.stdout_text().lines() {
-        let name = line.split_whitespace().next().unwrap_or("");
-        let Some(rest) = name.strip_prefix("rampart-") else { continue };
-        let Some(pid) = rest.split('-').next() else { continue };
-        if !Path::new("/proc").join(pid).exists() {
-            // A killed run's second host (dnsmasq drops capabilities, which
-            // clears its parent-death signal) goes with its namespace.
-            if let Ok(pids) = Cmd::new("ip").args(["netns", "pids", name]).run() {
-                for pid in pids.stdout_text().split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
-                    // SAFETY: kill(2) with a pid read from the namespace's process list.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-            }
-            let _ = Cmd::new("ip").args(["netns", "del", name]).run();
+    let Ok(entries) = std::fs::read_dir(OWNERS_DIR) else { return };
+    for entry in entries.flatten() {
+        let Some(name) = entry.file_name().to_str().map(String::from) else { continue };
+        let record = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        if owner_alive(&record) {
+            continue;
         }
+        // A killed run's second host (dnsmasq drops capabilities, which
+        // clears its parent-death signal) goes with its namespace.
+        if let Ok(pids) = Cmd::new("ip").args(["netns", "pids", &name]).run() {
+            for pid in pids.stdout_text().split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+                // SAFETY: kill(2) with a pid read from the namespace's process list.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            let _ = Cmd::new("ip").args(["netns", "del", &name]).run();
+        }
+        let _ = std::fs::remove_file(entry.path());
     }
 }
 
@@ -236,8 +271,11 @@ impl Drop for Lab {
         if let Some(mut dhcp) = self.dhcp.take() {
             dhcp.kill();
         }
-        let _ = Cmd::new("ip").args(["netns", "del", &self.lab_ns]).run();
-        let _ = Cmd::new("ip").args(["netns", "del", &self.outside_ns]).run();
+        for namespace in [&self.lab_ns, &self.outside_ns] {
+            if Cmd::new("ip").args(["netns", "del", namespace]).run().is_ok() {
+                let _ = std::fs::remove_file(Path::new(OWNERS_DIR).join(namespace));
+            }
+        }
     }
 }
 
@@ -253,6 +291,15 @@ mod tests {
         assert_eq!(ignored_closed(text), 65533);
         assert_eq!(parse_ports("Host: x\tStatus: Up\n", "open"), Vec::<u16>::new());
         assert_eq!(ignored_closed("Host: x\tIgnored State: filtered (65534)\n"), 0);
+    }
+
+    #[test]
+    fn a_namespace_record_names_a_live_process_or_a_gone_one() {
+        let me = std::process::id();
+        assert!(owner_alive(&format!("{me} {}", start_time(me).unwrap())));
+        // Same pid, another start time: the pid was reused, its maker is gone.
+        assert!(!owner_alive(&format!("{me} {}", start_time(me).unwrap() + 1)));
+        assert!(owner_alive("garbage"));
     }
 
     #[test]

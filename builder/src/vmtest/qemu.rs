@@ -170,6 +170,10 @@ pub struct Machine {
     user: String,
     key: PathBuf,
     netns: Option<String>,
+    /// The guest's host key, as its console showed it on first boot: ssh
+    /// accepts no other (a process that took the forwarded port first gets
+    /// no password).
+    known_hosts: PathBuf,
     pub started: Instant,
 }
 
@@ -252,6 +256,7 @@ impl Machine {
             user: config.user.to_string(),
             key: config.key.private.clone(),
             netns: config.netns.clone(),
+            known_hosts: dir.join(format!("{}.known_hosts", config.name)),
             started: Instant::now(),
         })
     }
@@ -266,8 +271,7 @@ impl Machine {
         in_netns(&self.netns, "ssh")
             .args(options)
             .args([
-                "-o", "StrictHostKeyChecking=no",
-                "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "StrictHostKeyChecking=yes",
                 "-o", "GlobalKnownHostsFile=/dev/null",
                 "-o", "LogLevel=ERROR",
                 "-o", "BatchMode=yes",
@@ -277,6 +281,10 @@ impl Machine {
                 "-o", "ServerAliveCountMax=3",
             ])
             .args(["-o", "PasswordAuthentication=no", "-o", "KbdInteractiveAuthentication=no"])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
+            .arg("-o")
+            .arg(format!("HostKeyAlias={}", self.host_key_alias()))
             .arg("-i")
             .arg(key)
             .arg("-p")
@@ -284,6 +292,42 @@ impl Machine {
             .arg(format!("{user}@127.0.0.1"))
             .arg("--")
             .arg(command)
+    }
+
+    fn host_key_alias(&self) -> String {
+        format!("rampart-test-{}", self.name)
+    }
+
+    /// Waits for the host key line on the console (printed once, before
+    /// sshd first starts) and pins that key for every later connection.
+    fn pin_host_key(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = self.started + timeout;
+        use crate::stages::firstboot::HOST_KEY_MARKER;
+        loop {
+            self.ensure_running()?;
+            crate::process::check_interrupted()?;
+            let text = String::from_utf8_lossy(&std::fs::read(&self.serial_log).unwrap_or_default()).into_owned();
+            let key = text.lines().find_map(|line| {
+                let rest = &line[line.find(HOST_KEY_MARKER)? + HOST_KEY_MARKER.len()..];
+                let mut words = rest.split_whitespace();
+                let (kind, blob) = (words.next()?, words.next()?);
+                let plausible = kind == "ssh-ed25519" && blob.len() >= 68 && blob.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b));
+                plausible.then(|| format!("{kind} {blob}"))
+            });
+            if let Some(key) = key {
+                std::fs::write(&self.known_hosts, format!("{} {key}\n", self.host_key_alias()))?;
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{} did not accept SSH logins within {} s: it printed no SSH host key on its console ({HOST_KEY_MARKER}...)\n{}",
+                    self.name,
+                    timeout.as_secs(),
+                    self.serial_tail(30)
+                );
+            }
+            crate::process::pause(Duration::from_millis(250));
+        }
     }
 
     /// Runs `command` in the guest as the admin user. `None` on timeout.
@@ -324,6 +368,7 @@ impl Machine {
         const PROBES_IN_FLIGHT: usize = 3;
         const PROBE_LIMIT: Duration = Duration::from_secs(30);
         let deadline = self.started + timeout;
+        self.pin_host_key(timeout)?;
         let mut probes: Vec<(Background, PathBuf, Instant)> = Vec::new();
         let mut n_started = 0;
         let mut last_started: Option<Instant> = None;
