@@ -95,6 +95,11 @@ fn log_host_without_port_is_refused() {
 }
 
 #[test]
+fn journal_cap_out_of_range_is_refused_naming_the_field() {
+    check("journal-cap-too-small");
+}
+
+#[test]
 fn integrity_rule_that_is_not_a_selection_line_is_refused() {
     check("bad-integrity-rule");
 }

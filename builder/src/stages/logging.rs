@@ -194,4 +194,18 @@ mod tests {
         let base = crate::profile::load(&path.with_file_name("baseline.toml")).unwrap();
         assert!(!render(&base).contains("omfwd"));
     }
+
+    #[test]
+    fn rotation_and_journal_caps_are_the_profiles() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/lab-bastion.toml");
+        let bastion = crate::profile::load(&path).unwrap();
+        let rotation = logrotate_config(&bastion);
+        for line in ["\tmaxsize 4M", "\trotate 2", "\tweekly", "/var/log/syslog\n/var/log/auth.log\n/var/log/kern.log\n{"] {
+            assert!(rotation.contains(line), "{line:?} in\n{rotation}");
+        }
+        assert!(journald_dropin(&bastion).contains("\nSystemMaxUse=16M\n"));
+        let base = crate::profile::load(&path.with_file_name("baseline.toml")).unwrap();
+        assert!(logrotate_config(&base).contains("\tmaxsize 100M\n\trotate 4\n"));
+        assert!(journald_dropin(&base).contains("\nSystemMaxUse=512M\n"));
+    }
 }
