@@ -178,11 +178,12 @@ impl AptRoot {
     /// Keeps the verified indices in the cache by digest, so that a bundle
     /// made later carries the very indices a lock was resolved from.
     pub fn keep_indices(indices: &[VerifiedIndex], cache: &crate::cache::Cache) -> Result<()> {
+        // The Packages indices first: a kept InRelease means its indices are kept.
         for index in indices {
-            cache.keep_index(&index.inrelease_path, &index.inrelease_sha256)?;
             for file in &index.packages_files {
                 cache.keep_index(&file.path, &file.sha256)?;
             }
+            cache.keep_index(&index.inrelease_path, &index.inrelease_sha256)?;
         }
         Ok(())
     }

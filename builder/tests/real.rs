@@ -609,8 +609,15 @@ fn warm_rebuild_after_a_profile_edit_reuses_the_package_stage() {
     let listing = Command::new("tar").args(["-tzf", "out/f/baseline.rootfs.tar.gz"]).current_dir(ws.path("")).output().unwrap();
     assert!(!String::from_utf8_lossy(&listing.stdout).contains("planted-in-the-cache"), "the forged stage reached the image");
 
-    // A cache directory anyone can write to is refused, naming it.
+    // A cache directory anyone can write to is refused, naming it: the
+    // cache itself, or one of its directories.
     use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(forged_cache.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let output = ws.rampart(&["build", "profiles/baseline.toml", "--offline", "--out", "out/g", "--cache", forged_arg]);
+    let message = stderr(&output);
+    assert!(!output.status.success(), "a build used a world-writable cache");
+    assert!(message.contains(&format!("refusing the cache {forged_arg}: it is writable by its group and others (mode 0777)")), "{message}");
+    std::fs::set_permissions(forged_cache.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(forged_cache.path().join("debs"), std::fs::Permissions::from_mode(0o777)).unwrap();
     let output = ws.rampart(&["build", "profiles/baseline.toml", "--offline", "--out", "out/g", "--cache", forged_arg]);
     let message = stderr(&output);

@@ -175,7 +175,21 @@ pub fn verify(unpacked: &Unpacked, lock: &Lock) -> Result<()> {
         checked_release(source, &signed, &sha256, &format!("the bundle's signed {member}"))?;
         indices.insert(source.suite.clone(), suite);
     }
+    check_source_date_epoch(lock)?;
     check_locked_packages(lock, &indices)
+}
+
+/// The build's clock is the newest signed date, which the checks above tie
+/// to the signature; a lock that claims another is refused.
+pub fn check_source_date_epoch(lock: &Lock) -> Result<()> {
+    let mut newest = 0;
+    for source in &lock.sources {
+        newest = newest.max(crate::lock::parse_release_date(&source.date).with_context(|| format!("while reading the date of suite {}", source.suite))?);
+    }
+    if lock.source_date_epoch != newest {
+        bail!("the lock's source-date-epoch is {}, but its newest signed index is dated {newest}", lock.source_date_epoch);
+    }
+    Ok(())
 }
 
 fn gunzip(path: &std::path::Path) -> Result<Vec<u8>> {

@@ -347,3 +347,17 @@ fn packages_indices_are_checked_against_the_signed_inrelease() {
     let message = format!("{:#}", crate::apt::check_release(signed, "bookworm-security", "member indices/bookworm-security/InRelease").unwrap_err());
     assert!(message.contains("is for suite \"stable\""), "{message}");
 }
+
+#[test]
+fn a_lock_claiming_another_clock_than_its_signed_indices_is_refused() {
+    let mut lock = lock_of(Vec::new());
+    lock.sources = vec![
+        crate::lock::LockedSource { suite: "bookworm".into(), components: vec!["main".into()], inrelease_sha256: "a".into(), date: "Sat, 10 May 2025 09:22:01 UTC".into() },
+        crate::lock::LockedSource { suite: "bookworm-security".into(), components: vec!["main".into()], inrelease_sha256: "b".into(), date: "Thu, 01 Jan 1970 00:00:00 UTC".into() },
+    ];
+    lock.source_date_epoch = 1746868921;
+    signed::check_source_date_epoch(&lock).unwrap();
+    lock.source_date_epoch = 1;
+    let message = format!("{:#}", signed::check_source_date_epoch(&lock).unwrap_err());
+    assert!(message.contains("source-date-epoch is 1, but its newest signed index is dated 1746868921"), "{message}");
+}
