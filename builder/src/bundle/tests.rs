@@ -20,12 +20,12 @@ fn dir(path: &str) -> Planned {
 fn sample() -> Vec<Planned> {
     vec![
         file("debs/zlib1g_1%3a1.2_amd64.deb", b"DEB-CONTENT-OF-ZLIB"),
+        file("indices/bookworm/InRelease", b"SIGNED-INDEX"),
         dir("inputs/overlays/p"),
         dir("inputs/overlays/p/etc"),
         file("inputs/overlays/p/etc/motd", b"hello\n"),
         file("inputs/profiles/p.lock", b"lock-version = 1\n"),
         file("inputs/profiles/p.toml", b"name = \"p\"\n"),
-        file("keyring/debian-archive-keyring.gpg", b"KEYRING"),
     ]
 }
 
