@@ -48,7 +48,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
         None => false,
     };
     if reused {
-        ui::step(&format!("package stage: reusing cached root tree {} (verified as it unpacked)", short(&key)));
+        ui::step(&format!("package stage: reusing cached root tree {} (verified before it was unpacked)", short(&key)));
     } else {
         let timer = ui::Timed::start(&format!("package stage: mmdebstrap of {} packages, network cut", ctx.lock.packages.len()));
         bootstrap(ctx, &dpkg_options, &initramfs, &key)?;
@@ -116,29 +116,52 @@ fn initramfs_files(modules: &InitramfsModules) -> Vec<(&'static str, String, u32
     files
 }
 
-/// Unpacks the cached package stage into the root while its digest is
-/// computed on another thread, then checks the digest against the entry's
-/// HMAC under the host's cache key (kept outside the cache: rewriting the
-/// tarball and its stored digest together does not make a valid entry). A
-/// tarball that does not match is removed from the cache and what it
-/// unpacked is cleared: false, build it again.
+/// Unpacks the cached package stage into the root once it is verified: the
+/// tarball is copied into the build's private work directory and hashed in
+/// the same read, the digest checked against the entry's HMAC under the
+/// host's cache key (kept outside the cache: rewriting the tarball and its
+/// stored digest together does not make a valid entry), and tar reads only
+/// that copy. An entry that does not match is removed from the cache and
+/// nothing of it is unpacked: false, build it again.
 fn unpack_verified(ctx: &BuildContext, key: &str, stored_mac: &str) -> Result<bool> {
-    let root = ctx.root();
-    let cached = ctx.cache.rootfs_path(key);
-    let hashing = {
-        let cached = cached.clone();
-        std::thread::spawn(move || crate::fsutil::sha256_file(&cached))
-    };
-    let unpacked = Cmd::new("tar").args(UNPACK).arg("--file").arg(&cached).arg("--directory").arg(&root).run();
-    let digest = hashing.join().map_err(|_| anyhow::anyhow!("the digest thread panicked"))??;
+    let work = ctx.work();
+    std::fs::create_dir_all(&work)?;
+    let copy = work.join("package-stage.tar");
+    let digest = copy_hashing(&ctx.cache.rootfs_path(key), &copy)?;
     if !ctx.cache.rootfs_matches(key, &digest, stored_mac)? {
+        std::fs::remove_file(&copy)?;
         ctx.cache.discard_damaged_rootfs(key)?;
-        std::fs::remove_dir_all(&root).with_context(|| format!("while clearing {}", root.display()))?;
-        std::fs::create_dir_all(&root)?;
         return Ok(false);
     }
-    unpacked.context("while unpacking the package stage's root tree")?;
+    Cmd::new("tar")
+        .args(UNPACK)
+        .arg("--file")
+        .arg(&copy)
+        .arg("--directory")
+        .arg(ctx.root())
+        .run()
+        .context("while unpacking the package stage's root tree")?;
+    std::fs::remove_file(&copy)?;
     Ok(true)
+}
+
+/// Copies `from` to a new file `to` and returns the sha256 of the bytes
+/// written: one read, so what is hashed is what the copy holds.
+fn copy_hashing(from: &Path, to: &Path) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut source = std::fs::File::open(from).with_context(|| format!("while reading {}", from.display()))?;
+    let mut target = std::fs::OpenOptions::new().write(true).create_new(true).open(to).with_context(|| format!("while writing {}", to.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = source.read(&mut buffer).with_context(|| format!("while reading {}", from.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        target.write_all(&buffer[..n]).with_context(|| format!("while writing {}", to.display()))?;
+    }
+    Ok(hex::encode(hasher.finalize()))
 }
 
 /// Runs mmdebstrap against a local repository and stores its tarball in the
