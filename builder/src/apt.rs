@@ -35,6 +35,61 @@ pub struct VerifiedIndex {
     pub inrelease_sha256: String,
     pub date: String,
     pub packages: HashMap<(String, String), IndexEntry>,
+    /// The verified files themselves, for the cache and for bundles.
+    pub inrelease_path: PathBuf,
+    pub packages_files: Vec<IndexFile>,
+}
+
+/// A Packages index file checked against its suite's signed InRelease.
+#[derive(Debug, Clone)]
+pub struct IndexFile {
+    /// As the InRelease lists it: `main/binary-amd64/Packages`.
+    pub relative: String,
+    pub path: PathBuf,
+    pub sha256: String,
+}
+
+/// What rampart reads from a verified InRelease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Release {
+    pub date: String,
+    /// Relative path -> sha256, from its SHA256 field.
+    pub sha256: HashMap<String, String>,
+}
+
+/// The Packages index of `component` as an InRelease lists it.
+pub fn packages_relative(component: &str) -> String {
+    format!("{component}/binary-{ARCH}/Packages")
+}
+
+/// Reads the signed text of an InRelease (what its signature covers) and
+/// checks that it is the index of `suite`.
+pub fn check_release(signed: &str, suite: &str, origin: &str) -> Result<Release> {
+    let release = parse_stanza(signed);
+    let names_suite = [release.get("Suite"), release.get("Codename")].into_iter().flatten().any(|s| s == suite);
+    if !names_suite {
+        bail!(
+            "the signed index at {origin} is for suite {:?} (codename {:?}), not {suite}: it is another suite's index",
+            release.get("Suite").map(String::as_str).unwrap_or("?"),
+            release.get("Codename").map(String::as_str).unwrap_or("?"),
+        );
+    }
+    Ok(Release {
+        date: release.get("Date").cloned().unwrap_or_default(),
+        sha256: release_sha256_list(release.get("SHA256").map(String::as_str).unwrap_or("")),
+    })
+}
+
+/// Checks a Packages index's digest against the one its signed InRelease lists.
+pub fn check_packages_digest(release: &Release, suite: &str, relative: &str, actual_sha256: &str) -> Result<()> {
+    let expected = release
+        .sha256
+        .get(relative)
+        .ok_or_else(|| anyhow!("the signed InRelease of {suite} lists no digest for {relative}"))?;
+    if actual_sha256 != expected {
+        bail!("Packages index {relative} of {suite} does not match the signed InRelease (sha256 {actual_sha256}, the InRelease lists {expected})");
+    }
+    Ok(())
 }
 
 pub struct AptRoot {
@@ -94,38 +149,43 @@ impl AptRoot {
             let inrelease = self.lists().join(format!("{prefix}InRelease"));
             let (signed, inrelease_sha256) = verify_inrelease(&inrelease)
                 .with_context(|| format!("while verifying the index of {} {}", source.url, source.suite))?;
-            let release = parse_stanza(&signed);
-            let names_suite = [release.get("Suite"), release.get("Codename")].into_iter().flatten().any(|s| s == &source.suite);
-            if !names_suite {
-                bail!(
-                    "the signed index at {} is for suite {:?} (codename {:?}), not {}: the mirror serves another suite",
-                    source.url,
-                    release.get("Suite").map(String::as_str).unwrap_or("?"),
-                    release.get("Codename").map(String::as_str).unwrap_or("?"),
-                    source.suite
-                );
-            }
-            let date = release.get("Date").cloned().unwrap_or_default();
-            let digests = release_sha256_list(release.get("SHA256").map(String::as_str).unwrap_or(""));
+            let release = check_release(&signed, &source.suite, &source.url)?;
             let mut packages = HashMap::new();
+            let mut packages_files = Vec::new();
             for component in &source.components {
-                let relative = format!("{component}/binary-{ARCH}/Packages");
+                let relative = packages_relative(component);
                 let path = self.lists().join(format!("{prefix}{}", relative.replace('/', "_")));
                 let bytes = std::fs::read(&path).with_context(|| format!("while reading {}", path.display()))?;
                 let actual = hex::encode(Sha256::digest(&bytes));
-                let expected = digests
-                    .get(&relative)
-                    .ok_or_else(|| anyhow!("InRelease of {} lists no digest for {relative}", source.suite))?;
-                if &actual != expected {
-                    bail!("Packages index {relative} of {} does not match the signed InRelease (sha256 {actual}, expected {expected})", source.suite);
-                }
+                check_packages_digest(&release, &source.suite, &relative, &actual)?;
                 for entry in parse_packages(&String::from_utf8_lossy(&bytes))? {
                     packages.insert((entry.name.clone(), entry.version.clone()), entry);
                 }
+                packages_files.push(IndexFile { relative, path, sha256: actual });
             }
-            indices.push(VerifiedIndex { source: source.clone(), inrelease_sha256, date, packages });
+            indices.push(VerifiedIndex {
+                source: source.clone(),
+                inrelease_sha256,
+                date: release.date,
+                packages,
+                inrelease_path: inrelease,
+                packages_files,
+            });
         }
         Ok(indices)
+    }
+
+    /// Keeps the verified indices in the cache by digest, so that a bundle
+    /// made later carries the very indices a lock was resolved from.
+    pub fn keep_indices(indices: &[VerifiedIndex], cache: &crate::cache::Cache) -> Result<()> {
+        // The Packages indices first: a kept InRelease means its indices are kept.
+        for index in indices {
+            for file in &index.packages_files {
+                cache.keep_index(&file.path, &file.sha256)?;
+            }
+            cache.keep_index(&index.inrelease_path, &index.inrelease_sha256)?;
+        }
+        Ok(())
     }
 
     /// Asks apt which packages an install of `names` into an empty system
@@ -223,13 +283,18 @@ fn uri_to_filename(url: &str) -> String {
 
 /// Checks an InRelease file's signature with the archive keyring and returns
 /// the signed text (only what the signature covers) and the file's sha256.
+/// Always the host's keyring (debian-archive-keyring, installed by
+/// scripts/install-host-tools), never one that came with the input.
 pub fn verify_inrelease(path: &Path) -> Result<(String, String)> {
     let bytes = std::fs::read(path).with_context(|| format!("while reading {}", path.display()))?;
+    if !Path::new(ARCHIVE_KEYRING).is_file() {
+        bail!("the archive keyring {ARCHIVE_KEYRING} is not installed; run scripts/install-host-tools (it installs debian-archive-keyring)");
+    }
     let output = Cmd::new("gpgv")
         .args(["--quiet", "--keyring", ARCHIVE_KEYRING, "--output", "-"])
         .arg(path)
         .run()
-        .with_context(|| format!("the signature of {} does not verify against {ARCHIVE_KEYRING}", path.display()))?;
+        .with_context(|| format!("the signature of {} does not verify against the archive keyring {ARCHIVE_KEYRING}", path.display()))?;
     Ok((output.stdout_text(), hex::encode(Sha256::digest(&bytes))))
 }
 

@@ -1,9 +1,11 @@
 //! Air-gapped build bundles: `rampart bundle` writes one tar archive with
 //! everything a host without network needs to rebuild an image (the profile
-//! and what it extends, its overlay trees, its lock, every locked .deb, the
-//! archive keyring), and `rampart build --bundle` verifies and unpacks one.
-//! Owns the bundle format; never builds, and never trusts a member it has
-//! not checked against the manifest.
+//! and what it extends, its overlay trees, its lock, the signed indices the
+//! lock was resolved from, every locked .deb), and `rampart build --bundle`
+//! verifies and unpacks one. Owns the bundle format; never builds, never
+//! trusts a member it has not checked against the manifest, and never
+//! trusts the manifest beyond what the archive's signature (checked with
+//! the host's keyring, `signed.rs`) confirms.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -22,13 +24,12 @@ use crate::mirror::Mirror;
 use crate::profile::Profile;
 use crate::tree::{walk, Kind};
 
-pub const FORMAT: &str = "rampart-bundle-v1";
+pub const FORMAT: &str = "rampart-bundle-v2";
 /// The first member of every bundle.
 pub const MANIFEST_MEMBER: &str = "rampart-bundle.json";
 /// The profile files, the lock and the overlay trees, in their relative layout.
 const INPUTS: &str = "inputs";
 const DEBS: &str = "debs";
-const KEYRING_MEMBER: &str = "keyring/debian-archive-keyring.gpg";
 const MAX_MANIFEST_BYTES: u64 = 64 << 20;
 
 /// `rampart-bundle.json`: what the bundle is for and every other member.
@@ -85,10 +86,17 @@ impl BundleManifest {
     /// Parses and checks a manifest: its format, and that every member path
     /// stays inside the bundle and appears once.
     pub fn parse(bytes: &[u8]) -> Result<BundleManifest> {
-        let manifest: BundleManifest = serde_json::from_slice(bytes).context("the manifest is not a rampart bundle manifest")?;
-        if manifest.format != FORMAT {
-            bail!("the manifest's format is {:?}; this rampart reads {FORMAT:?}", manifest.format);
+        // The format first: an older manifest may not parse as this one.
+        let value: serde_json::Value = serde_json::from_slice(bytes).context("the manifest is not a rampart bundle manifest")?;
+        match value.get("format").and_then(|f| f.as_str()) {
+            Some(FORMAT) => {}
+            Some("rampart-bundle-v1") => bail!(
+                "it is a rampart-bundle-v1 bundle, made by an older rampart: it does not carry the signed indices its lock was resolved from, so it cannot be verified to the archive's signature; make it again with `rampart bundle` (format {FORMAT})"
+            ),
+            Some(other) => bail!("the manifest's format is {other:?}; this rampart reads {FORMAT:?}"),
+            None => bail!("the manifest names no format: not a rampart bundle manifest"),
         }
+        let manifest: BundleManifest = serde_json::from_value(value).context("the manifest is not a rampart bundle manifest")?;
         crate::profile::types::ProfileName::parse(&manifest.profile_name).map_err(|e| anyhow::anyhow!("the manifest's profile-name: {e}"))?;
         let mut seen = BTreeSet::new();
         for member in &manifest.members {
@@ -232,18 +240,7 @@ pub fn write(profile: &Profile, mirror: &Mirror, lock: &Lock, cache: &Cache, out
             content: Content::File(cache.deb_path(&package.sha256)),
         });
     }
-    let keyring = std::fs::read(crate::apt::ARCHIVE_KEYRING)
-        .with_context(|| format!("while reading the archive keyring {} (debian-archive-keyring)", crate::apt::ARCHIVE_KEYRING))?;
-    planned.push(Planned {
-        member: Member {
-            path: KEYRING_MEMBER.into(),
-            kind: MemberKind::File,
-            mode: "0644".into(),
-            size: keyring.len() as u64,
-            sha256: Some(hex::encode(Sha256::digest(&keyring))),
-        },
-        content: Content::Bytes(keyring),
-    });
+    planned.extend(signed::planned_indices(lock, cache)?);
     planned.sort_by(|a, b| a.member.path.as_bytes().cmp(b.member.path.as_bytes()));
     let members: Vec<Member> = planned.iter().map(|p| p.member.clone()).collect();
     let manifest = BundleManifest {
@@ -396,14 +393,30 @@ impl Unpacked {
 /// a private directory under `parent`: each listed member present once, of
 /// the listed kind, mode, size and sha256; nothing unlisted; no link; no
 /// path leaving the bundle. Any fault is refused naming the member, and the
-/// directory is removed.
-pub fn unpack(bundle: &Path, parent: &Path) -> Result<Unpacked> {
-    unpack_inner(bundle, parent).with_context(|| format!("bundle {} refused", bundle.display()))
+/// directory is removed. With `expected_sha256` (checked before, by
+/// `check_digest`) the bytes read here must have it too, so a file changed
+/// after that check is refused as well.
+pub fn unpack(bundle: &Path, parent: &Path, expected_sha256: Option<&str>) -> Result<Unpacked> {
+    unpack_inner(bundle, parent, expected_sha256).with_context(|| format!("bundle {} refused", bundle.display()))
 }
 
-fn unpack_inner(bundle: &Path, parent: &Path) -> Result<Unpacked> {
+/// `build --bundle FILE --sha256 HEX`: the file's sha256 (what `rampart
+/// bundle` prints), checked before anything else is read from it.
+pub fn check_digest(bundle: &Path, expected: &str) -> Result<()> {
+    let expected = expected.trim().to_ascii_lowercase();
+    if expected.len() != 64 || !expected.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("--sha256 {expected:?} is not a sha256 (64 hexadecimal digits)");
+    }
+    let actual = sha256_file(bundle).with_context(|| format!("while reading bundle {}", bundle.display()))?;
+    if actual != expected {
+        bail!("bundle {} refused: its sha256 is {actual}, but --sha256 says {expected}; it is not the bundle that was made", bundle.display());
+    }
+    Ok(())
+}
+
+fn unpack_inner(bundle: &Path, parent: &Path, expected_sha256: Option<&str>) -> Result<Unpacked> {
     let file = File::open(bundle).with_context(|| format!("while reading {}", bundle.display()))?;
-    let mut archive = tar::Archive::new(BufReader::with_capacity(1 << 20, file));
+    let mut archive = tar::Archive::new(HashingReader::new(BufReader::with_capacity(1 << 20, file)));
     let mut entries = archive.entries().context("not a tar archive")?;
     let manifest = read_manifest_entry(&mut entries)?;
     std::fs::create_dir_all(parent).with_context(|| format!("while creating {}", parent.display()))?;
@@ -453,6 +466,14 @@ fn unpack_inner(bundle: &Path, parent: &Path) -> Result<Unpacked> {
         let mode = entry.header().mode().with_context(|| format!("member {path}: unreadable mode"))? & 0o7777;
         if mode != member.mode_bits()? {
             bail!("member {path} has mode {mode:04o}; the manifest says {}", member.mode);
+        }
+    }
+    if let Some(expected) = expected_sha256 {
+        let mut rest = archive.into_inner();
+        std::io::copy(&mut rest, &mut std::io::sink()).context("the archive is damaged")?;
+        let (_, actual) = rest.finish();
+        if actual != expected.trim().to_ascii_lowercase() {
+            bail!("it changed while it was read: the bytes read have sha256 {actual}, not {expected}");
         }
     }
     if let Some(missing) = manifest.members.iter().find(|m| !seen.contains(&m.path)) {
@@ -532,6 +553,8 @@ pub fn import_debs(unpacked: &Unpacked, lock: &Lock, cache: &Cache) -> Result<()
     }
     Ok(())
 }
+
+pub mod signed;
 
 #[cfg(test)]
 mod tests;

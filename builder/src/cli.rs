@@ -31,6 +31,9 @@ pub enum Command {
         /// Re-resolve even if the lock is current, and show what changed
         #[arg(long)]
         update: bool,
+        /// Package cache where the signed indices the lock is resolved from are kept (for bundles)
+        #[arg(long, default_value = DEFAULT_CACHE)]
+        cache: PathBuf,
         /// Debian mirror URL, overriding the profile and the host's apt sources
         #[arg(long)]
         mirror: Option<String>,
@@ -67,6 +70,10 @@ pub enum Command {
         /// is built, its .debs put into the cache, its profile, lock and mirror used
         #[arg(long, conflicts_with = "mirror")]
         bundle: Option<PathBuf>,
+        /// With --bundle: the bundle file's sha256 as `rampart bundle` printed it, carried by a
+        /// channel you trust; checked before anything else is read from the bundle
+        #[arg(long, requires = "bundle", value_name = "HEX")]
+        sha256: Option<String>,
         /// Output directory [default: out/<profile-name>]
         #[arg(long)]
         out: Option<PathBuf>,
@@ -139,10 +146,10 @@ pub fn run(cli: Cli) -> Result<i32> {
     // group) and lets the work directories go with their owners.
     crate::process::stop_on_signals()?;
     match cli.command {
-        Command::Lock { profile, update, mirror } => {
+        Command::Lock { profile, update, cache, mirror } => {
             let profile = load(&profile)?;
             let mirror = resolve_mirror(&profile, mirror.as_deref())?;
-            run_lock(&profile, &mirror, update)?;
+            run_lock(&profile, &mirror, update, &cache)?;
         }
         Command::Verify { image, baseline } => {
             crate::process::require_programs(&[("qemu-img", "qemu-utils"), ("sfdisk", "fdisk"), ("debugfs", "e2fsprogs")])?;
@@ -178,7 +185,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             let mirror = resolve_mirror(&profile, mirror.as_deref())?;
             let cache = Cache::open(&cache)?;
             let summary = with_private_log("fetch", |log| {
-                let lock = build::ensure_lock(&profile, &mirror, false, log)?;
+                let lock = build::ensure_lock(&profile, &mirror, false, log, &cache)?;
                 fetch::fetch(&lock, &mirror, &cache, log)
             })?;
             ui::step(&format!(
@@ -189,13 +196,13 @@ pub fn run(cli: Cli) -> Result<i32> {
                 summary.n_damaged
             ));
         }
-        Command::Build { profile, offline, bundle: Some(bundle), out, cache, secrets, mirror: _, installer } => {
+        Command::Build { profile, offline, bundle: Some(bundle), sha256, out, cache, secrets, mirror: _, installer } => {
             if offline {
                 ui::step("--bundle builds offline in any case");
             }
-            run_build_from_bundle(&bundle, profile.as_deref(), out, &cache, secrets, installer)?;
+            run_build_from_bundle(&bundle, sha256.as_deref(), profile.as_deref(), out, &cache, secrets, installer)?;
         }
-        Command::Build { profile, offline, bundle: None, out, cache, mirror, secrets, installer } => {
+        Command::Build { profile, offline, bundle: None, sha256: _, out, cache, mirror, secrets, installer } => {
             let profile = load(&profile.expect("clap requires a profile without --bundle"))?;
             let mirror = resolve_mirror(&profile, mirror.as_deref())?;
             let out = out.unwrap_or_else(|| default_out(&profile));
@@ -251,7 +258,7 @@ fn run_outdated(profile: &Profile, mirror: &Mirror) -> Result<()> {
         anyhow::bail!("{} has no lock ({}); run `rampart lock {}` first", profile.path.display(), path.display(), profile.path.display());
     }
     let locked = Lock::read(&path)?;
-    let fresh = with_private_log("outdated", |log| lock::resolve(profile, mirror, log))?;
+    let fresh = with_private_log("outdated", |log| lock::resolve(profile, mirror, log, None))?;
     let updates = lock::outdated(&locked, &fresh);
     let n_security = updates.iter().filter(|u| u.security).count();
     for (heading, security) in [("security updates", true), ("other updates", false)] {
@@ -289,8 +296,9 @@ fn run_bundle(profile: &Profile, mirror: &Mirror, output: &Path, cache: &Path) -
     let cache = Cache::open(cache)?;
     // As an online build does: lock if needed, fetch what the cache lacks.
     let lock = with_private_log("bundle", |log| {
-        let lock = build::ensure_lock(profile, mirror, false, log)?;
+        let lock = build::ensure_lock(profile, mirror, false, log, &cache)?;
         fetch::fetch(&lock, mirror, &cache, log)?;
+        fetch::ensure_indices(&lock, mirror, &cache, log)?;
         Ok(lock)
     })?;
     let timer = ui::Timed::start(&format!("bundling {} with {} packages", profile.path.display(), lock.packages.len()));
@@ -307,9 +315,22 @@ fn run_bundle(profile: &Profile, mirror: &Mirror, output: &Path, cache: &Path) -
     Ok(())
 }
 
-/// `build --bundle`: verify the whole bundle, check the given profile is
-/// its, put its .debs into the cache, then the normal offline build.
-fn run_build_from_bundle(bundle_path: &Path, given: Option<&Path>, out: Option<PathBuf>, cache: &Path, secrets: Option<PathBuf>, installer: bool) -> Result<()> {
+/// `build --bundle`: the file's digest if given, then the whole bundle
+/// against its manifest, the given profile against the bundle's, the lock
+/// against the archive's signature (`bundle::signed`), the .debs against the
+/// lock as they go into the cache; then the normal offline build.
+fn run_build_from_bundle(
+    bundle_path: &Path,
+    sha256: Option<&str>,
+    given: Option<&Path>,
+    out: Option<PathBuf>,
+    cache: &Path,
+    secrets: Option<PathBuf>,
+    installer: bool,
+) -> Result<()> {
+    if let Some(expected) = sha256 {
+        bundle::check_digest(bundle_path, expected)?;
+    }
     let manifest = bundle::read_manifest(bundle_path)?;
     if let Some(given) = given {
         let profile = load(given)?;
@@ -323,7 +344,7 @@ fn run_build_from_bundle(bundle_path: &Path, given: Option<&Path>, out: Option<P
     build::context::check_replaceable(&out)?;
     let cache = Cache::open(cache)?;
     let timer = ui::Timed::start(&format!("verifying and unpacking bundle {} ({} members)", bundle_path.display(), manifest.members.len() + 1));
-    let unpacked = bundle::unpack(bundle_path, &cache.root().join("tmp"))?;
+    let unpacked = bundle::unpack(bundle_path, &cache.root().join("tmp"), sha256)?;
     let refused = || format!("bundle {} refused", bundle_path.display());
     if unpacked.manifest != manifest {
         anyhow::bail!("{}: it changed while it was read", refused());
@@ -333,14 +354,18 @@ fn run_build_from_bundle(bundle_path: &Path, given: Option<&Path>, out: Option<P
         anyhow::bail!("{}: its manifest names profile {:?}, its profile file {:?}", refused(), manifest.profile_name, profile.name.as_str());
     }
     unpacked.check_self_contained(&profile).with_context(refused)?;
-    let lock = Lock::read(&profile.lock_path())?;
+    let lock = Lock::read(&profile.lock_path()).with_context(refused)?;
+    bundle::signed::verify(&unpacked, &lock).with_context(refused)?;
     bundle::import_debs(&unpacked, &lock, &cache).with_context(refused)?;
     timer.done();
+    if sha256.is_none() {
+        ui::step("the bundle matches the archive's signature; without --sha256 nothing shows it is the very bundle that was made");
+    }
     let mirror = unpacked.manifest.mirror.clone();
     build::build(profile, mirror, &BuildOptions { offline: true, out, cache: cache.root().to_path_buf(), secrets, installer })
 }
 
-fn run_lock(profile: &Profile, mirror: &Mirror, update: bool) -> Result<()> {
+fn run_lock(profile: &Profile, mirror: &Mirror, update: bool, cache: &Path) -> Result<()> {
     let path = profile.lock_path();
     let old = if path.exists() { Some(Lock::read(&path)?) } else { None };
     if let Some(old) = &old {
@@ -349,7 +374,8 @@ fn run_lock(profile: &Profile, mirror: &Mirror, update: bool) -> Result<()> {
             return Ok(());
         }
     }
-    let fresh = with_private_log("lock", |log| lock::resolve(profile, mirror, log))?;
+    let cache = Cache::open(cache)?;
+    let fresh = with_private_log("lock", |log| lock::resolve(profile, mirror, log, Some(&cache)))?;
     if let Some(old) = &old {
         let changes = lock::describe_changes(old, &fresh);
         if changes.is_empty() {

@@ -35,6 +35,7 @@ pub fn fetch(lock: &Lock, mirror: &Mirror, cache: &Cache, log: &Path) -> Result<
     ui::step(&format!("fetching {} packages ({:.1} MB) from {}", missing.len(), bytes as f64 / 1e6, mirror.url));
     let apt = AptRoot::update(mirror, log)?;
     let indices = apt.verified_indices()?;
+    AptRoot::keep_indices(&indices, cache)?;
     let mut gone = Vec::new();
     for package in &missing {
         let entry = indices
@@ -63,6 +64,36 @@ pub fn fetch(lock: &Lock, mirror: &Mirror, cache: &Cache, log: &Path) -> Result<
     apt.download(&wanted, scratch.path(), log)?;
     store_downloads(&missing, scratch.path(), cache)?;
     Ok(FetchSummary { n_packages: lock.packages.len(), n_downloaded: missing.len(), n_damaged: damaged.len() })
+}
+
+/// For bundles: the signed indices each suite of the lock was resolved from
+/// (its InRelease, by the digest the lock records, and the Packages indices
+/// that InRelease lists) must be in the cache. `lock` and `fetch` keep them
+/// there; if they are missing, they are fetched, and the mirror must still
+/// serve the very InRelease the lock records.
+pub fn ensure_indices(lock: &Lock, mirror: &Mirror, cache: &Cache, log: &Path) -> Result<()> {
+    let missing = |lock: &Lock| -> Vec<String> {
+        lock.sources.iter().filter(|s| !cache.index_path(&s.inrelease_sha256).exists()).map(|s| s.suite.clone()).collect()
+    };
+    if missing(lock).is_empty() {
+        return Ok(());
+    }
+    ui::step(&format!("fetching the signed indices of {} from {}", missing(lock).join(", "), mirror.url));
+    let apt = AptRoot::update(mirror, log)?;
+    let indices = apt.verified_indices()?;
+    AptRoot::keep_indices(&indices, cache)?;
+    let still = missing(lock);
+    if !still.is_empty() {
+        let now: Vec<String> = indices.iter().map(|i| format!("{} {}", i.source.suite, i.inrelease_sha256)).collect();
+        bail!(
+            "the signed index (InRelease) the lock was resolved from is not in the cache {} for suite(s) {}, and the mirror {} now serves another ({}); bundle on the host that made the lock, point mirror.url at a snapshot mirror of that date, or run `rampart lock --update`",
+            cache.root().display(),
+            still.join(", "),
+            mirror.url,
+            now.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// Moves downloaded files into the cache under their digest, checking each

@@ -108,10 +108,15 @@ fn requested_names_without_essential(profile: &Profile) -> BTreeSet<String> {
     names
 }
 
-/// Resolves the profile's complete package set against the mirror.
-pub fn resolve(profile: &Profile, mirror: &Mirror, log: &Path) -> Result<Lock> {
+/// Resolves the profile's complete package set against the mirror. With a
+/// cache, the signed indices it was resolved from are kept there (a bundle
+/// of the lock carries them).
+pub fn resolve(profile: &Profile, mirror: &Mirror, log: &Path, cache: Option<&crate::cache::Cache>) -> Result<Lock> {
     let apt = AptRoot::update(mirror, log)?;
     let indices = apt.verified_indices()?;
+    if let Some(cache) = cache {
+        AptRoot::keep_indices(&indices, cache)?;
+    }
     let excluded: BTreeSet<String> = profile.packages.exclude.iter().map(|p| p.to_string()).collect();
     let mut names: BTreeSet<String> = indices[0]
         .packages

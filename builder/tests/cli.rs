@@ -145,6 +145,26 @@ fn file_that_is_not_a_bundle_is_refused_before_anything_is_built() {
 }
 
 #[test]
+fn bundle_with_another_sha256_is_refused_before_it_is_read() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let scratch = tempfile::tempdir().unwrap();
+    let cache = scratch.path().join("cache");
+    let zeros = "0".repeat(64);
+    let output = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(["build", "--bundle", "tests/cases/bad-port.toml", "--sha256", &zeros, "--cache"])
+        .arg(&cache)
+        .current_dir(dir)
+        .output()
+        .expect("rampart runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("refused: its sha256 is ") && stderr.contains(&format!("but --sha256 says {zeros}")), "{stderr}");
+    assert!(!stderr.contains("not a tar archive") && !cache.exists(), "nothing was read or made: {stderr}");
+    let output = Command::new(env!("CARGO_BIN_EXE_rampart")).args(["build", "profiles/baseline.toml", "--sha256", &zeros]).current_dir(dir).output().unwrap();
+    assert_eq!(output.status.code(), Some(2), "--sha256 needs --bundle");
+}
+
+#[test]
 fn backups_take_a_device_or_a_directory_not_both() {
     check("backups-device-and-directory");
 }

@@ -249,9 +249,12 @@ fn two_cold_builds_of_one_lock_are_byte_identical_the_second_from_a_bundle_with_
 
     // Bundling is deterministic.
     let started = Instant::now();
-    ws.rampart_ok(&["bundle", "profiles/baseline.toml", "-o", "baseline.bundle"]);
+    let bundled = ws.rampart_ok(&["bundle", "profiles/baseline.toml", "-o", "baseline.bundle"]);
     ws.rampart_ok(&["bundle", "profiles/baseline.toml", "-o", "again.bundle"]);
     eprintln!("two bundles in {:.1} s", started.elapsed().as_secs_f64());
+    // The digest `rampart bundle` prints is what `build --bundle --sha256` takes.
+    let printed = stderr(&bundled);
+    let digest = printed.split("sha256 ").nth(1).map(|rest| rest[..64].to_string()).unwrap_or_else(|| panic!("no sha256 printed: {printed}"));
     let bundle = std::fs::read(ws.path("baseline.bundle")).unwrap();
     assert!(bundle == std::fs::read(ws.path("again.bundle")).unwrap(), "bundling twice gave different bytes");
 
@@ -286,12 +289,18 @@ fn two_cold_builds_of_one_lock_are_byte_identical_the_second_from_a_bundle_with_
     assert!(message.contains("inputs/profiles/baseline.toml differs"), "the error names the file: {message}");
     std::fs::write(&profile, original).unwrap();
 
-    // The second: from the bundle alone, into an empty cache, with the whole
-    // build's network cut.
+    // A bundle that is not the one made is refused by its digest before it is read.
+    let output = ws.rampart(&["build", "--bundle", "damaged.bundle", "--sha256", &digest, "--out", "out/damaged", "--cache", empty]);
+    let message = stderr(&output);
+    assert!(!output.status.success() && message.contains(&format!("but --sha256 says {digest}")), "{message}");
+    assert!(!message.contains("is damaged"), "the digest is checked before any member: {message}");
+
+    // The second: from the bundle alone, checked by its digest, into an
+    // empty cache, with the whole build's network cut.
     let output = Command::new("unshare")
         .args(["--net", "--"])
         .arg(env!("CARGO_BIN_EXE_rampart"))
-        .args(["build", "--bundle", "baseline.bundle", "profiles/baseline.toml", "--installer", "--out", "out/two", "--cache", empty, "--secrets", secrets])
+        .args(["build", "--bundle", "baseline.bundle", "--sha256", &digest, "profiles/baseline.toml", "--installer", "--out", "out/two", "--cache", empty, "--secrets", secrets])
         .current_dir(ws.path(""))
         .output()
         .unwrap();
@@ -307,6 +316,147 @@ fn two_cold_builds_of_one_lock_are_byte_identical_the_second_from_a_bundle_with_
     for path in ["etc/hostname", "etc/ssh/sshd_config", "etc/rampart/rsyslog/rsyslog.conf", "etc/rampart/aide/aide.db.gz"] {
         assert!(etc.lines().any(|l| l == path), "the /etc snapshot lacks {path}");
     }
+}
+
+/// A bundle unpacked into a directory, to be changed and packed again
+/// consistently, as a forger with the file (but not the archive's key) can.
+struct UnpackedBundle {
+    dir: tempfile::TempDir,
+    manifest: serde_json::Value,
+}
+
+impl UnpackedBundle {
+    fn new(bundle: &Path) -> UnpackedBundle {
+        let dir = tempfile::Builder::new().prefix("rampart-forged-").tempdir_in("/var/tmp").unwrap();
+        let status = Command::new("tar").arg("-xf").arg(bundle).arg("-C").arg(dir.path()).status().unwrap();
+        assert!(status.success());
+        let manifest = serde_json::from_slice(&std::fs::read(dir.path().join("rampart-bundle.json")).unwrap()).unwrap();
+        UnpackedBundle { dir, manifest }
+    }
+
+    fn path(&self, member: &str) -> PathBuf {
+        self.dir.path().join(member)
+    }
+
+    /// Replaces a member's bytes and its manifest entry (and the inputs digest).
+    fn replace(&mut self, member: &str, bytes: &[u8]) {
+        use sha2::Digest;
+        std::fs::write(self.path(member), bytes).unwrap();
+        let entry = self.manifest["members"].as_array_mut().unwrap().iter_mut().find(|m| m["path"] == member).unwrap();
+        entry["size"] = bytes.len().into();
+        entry["sha256"] = hex::encode(sha2::Sha256::digest(bytes)).into();
+        // As bundle::inputs_digest: one sorted line per input member.
+        let mut lines: Vec<String> = self.manifest["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["path"].as_str().unwrap().starts_with("inputs/"))
+            .map(|m| {
+                let kind = if m["kind"] == "dir" { "Dir" } else { "File" };
+                format!("{kind} {} {} {} {}\n", m["mode"].as_str().unwrap(), m["size"], m["sha256"].as_str().unwrap_or("-"), m["path"].as_str().unwrap())
+            })
+            .collect();
+        lines.sort();
+        self.manifest["profile-inputs-sha256"] = hex::encode(sha2::Sha256::digest(lines.concat().as_bytes())).into();
+    }
+
+    /// The manifest first, then every member in its order.
+    fn pack(&self, to: &Path) {
+        let mut builder = tar::Builder::new(std::fs::File::create(to).unwrap());
+        let manifest = format!("{}\n", serde_json::to_string_pretty(&self.manifest).unwrap());
+        let header = |kind: tar::EntryType, mode: u32, size: u64| {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(kind);
+            header.set_mode(mode);
+            header.set_size(size);
+            header.set_mtime(0);
+            header
+        };
+        builder.append_data(&mut header(tar::EntryType::Regular, 0o644, manifest.len() as u64), "rampart-bundle.json", manifest.as_bytes()).unwrap();
+        for member in self.manifest["members"].as_array().unwrap() {
+            let path = member["path"].as_str().unwrap();
+            let mode = u32::from_str_radix(member["mode"].as_str().unwrap(), 8).unwrap();
+            if member["kind"] == "dir" {
+                builder.append_data(&mut header(tar::EntryType::Directory, mode, 0), path, std::io::empty()).unwrap();
+            } else {
+                let bytes = std::fs::read(self.path(path)).unwrap();
+                builder.append_data(&mut header(tar::EntryType::Regular, mode, bytes.len() as u64), path, &bytes[..]).unwrap();
+            }
+        }
+        builder.finish().unwrap();
+    }
+}
+
+#[test]
+#[ignore = "needs root, the network and a Debian mirror: run by scripts/test"]
+fn bundle_rewritten_consistently_around_another_deb_or_index_is_refused_by_the_archive_signature() {
+    let ws = Workspace::new();
+    ws.lock_and_fetch();
+    ws.rampart_ok(&["bundle", "profiles/baseline.toml", "-o", "baseline.bundle"]);
+    let empty_cache = tempfile::Builder::new().prefix("rampart-cache-").tempdir_in("/var/tmp").unwrap();
+    let empty = empty_cache.path().to_str().unwrap();
+    let refused = |bundle: &str| -> String {
+        let output = ws.rampart(&["build", "--bundle", bundle, "--out", "out/forged", "--cache", empty]);
+        assert!(!output.status.success(), "{bundle} was built");
+        assert!(!ws.path("out/forged").exists(), "a refused bundle left output");
+        assert_eq!(std::fs::read_dir(empty_cache.path().join("debs")).unwrap().count(), 0, "a refused bundle filled the cache");
+        stderr(&output)
+    };
+
+    // Another openssh-server .deb: the real one rebuilt with one more file.
+    let mut forged = UnpackedBundle::new(&ws.path("baseline.bundle"));
+    let lock_member = "inputs/profiles/baseline.lock";
+    let mut lock: toml::Value = toml::from_str(&std::fs::read_to_string(forged.path(lock_member)).unwrap()).unwrap();
+    let victim = lock["package"].as_array_mut().unwrap().iter_mut().find(|p| p["name"].as_str() == Some("openssh-server")).unwrap();
+    let deb_member = format!("debs/openssh-server_{}_amd64.deb", victim["version"].as_str().unwrap().replace(':', "%3a"));
+    let signed_index = format!("indices/{}/main/binary-amd64/Packages.gz", victim["suite"].as_str().unwrap());
+    let tree = forged.dir.path().join("rebuilt");
+    let status = Command::new("dpkg-deb").arg("--raw-extract").arg(forged.path(&deb_member)).arg(&tree).status().unwrap();
+    assert!(status.success());
+    std::fs::write(tree.join("usr/share/forged-by-the-test"), "not signed by the archive\n").unwrap();
+    let rebuilt = forged.dir.path().join("rebuilt.deb");
+    let status = Command::new("dpkg-deb").args(["-Zgzip", "--root-owner-group", "--build"]).arg(&tree).arg(&rebuilt).stdout(Stdio::null()).status().unwrap();
+    assert!(status.success());
+    std::fs::remove_dir_all(&tree).unwrap();
+    let bytes = std::fs::read(&rebuilt).unwrap();
+    std::fs::remove_file(&rebuilt).unwrap();
+    {
+        use sha2::Digest;
+        victim["sha256"] = hex::encode(sha2::Sha256::digest(&bytes)).into();
+        victim["size"] = (bytes.len() as i64).into();
+    }
+    forged.replace(&deb_member, &bytes);
+    forged.replace(lock_member, toml::to_string(&lock).unwrap().as_bytes());
+    forged.pack(&ws.path("forged-deb.bundle"));
+    let message = refused("forged-deb.bundle");
+    assert!(message.contains("package openssh-server") && message.contains(&format!("does not match its stanza in the signed index {signed_index}")), "{message}");
+    assert!(message.contains("sha256 is") && !message.contains("is damaged"), "every member matched the forged manifest: {message}");
+
+    // A signed index changed by one byte (and the manifest with it).
+    let mut forged = UnpackedBundle::new(&ws.path("baseline.bundle"));
+    let member = "indices/bookworm/InRelease";
+    let mut bytes = std::fs::read(forged.path(member)).unwrap();
+    let at = bytes.windows(14).position(|w| w == b"Origin: Debian").unwrap() + 13;
+    bytes[at] = b'm';
+    forged.replace(member, &bytes);
+    forged.pack(&ws.path("forged-index.bundle"));
+    let message = refused("forged-index.bundle");
+    assert!(message.contains(&format!("member {member} is not signed by the Debian archive: the signature of")), "{message}");
+    assert!(message.contains("does not verify against the archive keyring /usr/share/keyrings/debian-archive-keyring.gpg"), "the host's keyring: {message}");
+
+    // A Packages index replaced by one that lists the forged .deb cannot be
+    // signed either: the InRelease lists the real one's digest.
+    let mut forged = UnpackedBundle::new(&ws.path("baseline.bundle"));
+    let member = "indices/bookworm-security/main/binary-amd64/Packages.gz";
+    let bytes = std::fs::read(forged.path(member)).unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut text).unwrap();
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut encoder, text.replacen("SHA256: ", "SHA256: 0", 1).as_bytes()).unwrap();
+    forged.replace(member, &encoder.finish().unwrap());
+    forged.pack(&ws.path("forged-packages.bundle"));
+    let message = refused("forged-packages.bundle");
+    assert!(message.contains(&format!("member {member} is not the index the signed indices/bookworm-security/InRelease lists")), "{message}");
 }
 
 #[test]
@@ -427,6 +577,53 @@ fn warm_rebuild_after_a_profile_edit_reuses_the_package_stage() {
     assert!(stderr(&output).contains("reusing cached root tree"), "the package stage was not reused");
     let motd = Command::new("tar").args(["-xzOf", "out/b/baseline.rootfs.tar.gz", "etc/motd"]).current_dir(ws.path("")).output().unwrap();
     assert!(String::from_utf8_lossy(&motd.stdout).contains("for edited"), "the edit did not reach the image");
+
+    // The cache is not a trust root: a stage tarball with a file added and
+    // its stored digest rewritten to match is not used.
+    let report = std::fs::read_to_string(ws.path("out/b/baseline.report.json")).unwrap();
+    let key = serde_json::from_str::<serde_json::Value>(&report).unwrap()["stages"][0]["settings"]["stage-key"].as_str().unwrap().to_string();
+    let forged_cache = private_cache(true);
+    let tarball = forged_cache.path().join(format!("rootfs/{key}.tar"));
+    let bytes = std::fs::read(&tarball).unwrap();
+    std::fs::remove_file(&tarball).unwrap(); // the shared cache's entry stays intact
+    std::fs::write(&tarball, bytes).unwrap();
+    let planted = ws.path("planted");
+    std::fs::create_dir_all(planted.join("etc")).unwrap();
+    std::fs::write(planted.join("etc/planted-in-the-cache"), "not built by rampart\n").unwrap();
+    let status = Command::new("tar").arg("-rf").arg(&tarball).arg("-C").arg(&planted).arg("./etc/planted-in-the-cache").status().unwrap();
+    assert!(status.success());
+    let digest = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(std::fs::read(&tarball).unwrap()))
+    };
+    for stored in ["tar.hmac", "tar.sha256"] {
+        let path = tarball.with_extension(stored);
+        let _ = std::fs::remove_file(&path);
+        std::fs::write(&path, format!("{digest}\n")).unwrap();
+    }
+    let forged_arg = forged_cache.path().to_str().unwrap();
+    let output = ws.rampart_ok(&["build", "profiles/baseline.toml", "--offline", "--out", "out/f", "--cache", forged_arg]);
+    let message = stderr(&output);
+    assert!(message.contains(&format!("cached package stage {} does not match its HMAC", tarball.display())) && message.contains("building it again"), "{message}");
+    assert!(!message.contains("reusing cached root tree"), "{message}");
+    let listing = Command::new("tar").args(["-tzf", "out/f/baseline.rootfs.tar.gz"]).current_dir(ws.path("")).output().unwrap();
+    assert!(!String::from_utf8_lossy(&listing.stdout).contains("planted-in-the-cache"), "the forged stage reached the image");
+
+    // A cache directory anyone can write to is refused, naming it: the
+    // cache itself, or one of its directories.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(forged_cache.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let output = ws.rampart(&["build", "profiles/baseline.toml", "--offline", "--out", "out/g", "--cache", forged_arg]);
+    let message = stderr(&output);
+    assert!(!output.status.success(), "a build used a world-writable cache");
+    assert!(message.contains(&format!("refusing the cache {forged_arg}: it is writable by its group and others (mode 0777)")), "{message}");
+    std::fs::set_permissions(forged_cache.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(forged_cache.path().join("debs"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let output = ws.rampart(&["build", "profiles/baseline.toml", "--offline", "--out", "out/g", "--cache", forged_arg]);
+    let message = stderr(&output);
+    assert!(!output.status.success(), "a build used a world-writable cache");
+    assert!(message.contains(&format!("the cache directory {}/debs", forged_arg)) && message.contains("writable by its group and others (mode 0777)") && message.contains("chmod go-w"), "{message}");
+    assert!(!ws.path("out/g").exists());
     // Changing what is installed invalidates the lock, and so the stage.
     let text = std::fs::read_to_string(&profile).unwrap().replace("drop-docs = true", "drop-docs = false");
     std::fs::write(&profile, text).unwrap();

@@ -28,7 +28,7 @@ pub struct BuildOptions {
 }
 
 /// The lock to build from: read it, or (online) make or refresh it.
-pub fn ensure_lock(profile: &Profile, mirror: &Mirror, offline: bool, log: &Path) -> Result<Lock> {
+pub fn ensure_lock(profile: &Profile, mirror: &Mirror, offline: bool, log: &Path, cache: &Cache) -> Result<Lock> {
     let path = profile.lock_path();
     if path.exists() {
         let existing = Lock::read(&path)?;
@@ -47,7 +47,7 @@ pub fn ensure_lock(profile: &Profile, mirror: &Mirror, offline: bool, log: &Path
         bail!("offline build, but {} has no lock; run `rampart lock {}` on a connected host", profile.path.display(), profile.path.display());
     }
     let timer = ui::Timed::start(&format!("locking the package set of {}", profile.path.display()));
-    let fresh = lock::resolve(profile, mirror, log)?;
+    let fresh = lock::resolve(profile, mirror, log, Some(cache))?;
     fresh.write(&path, profile.name.as_str())?;
     timer.done();
     Ok(fresh)
@@ -135,7 +135,7 @@ pub fn build(profile: Profile, mirror: Mirror, options: &BuildOptions) -> Result
     std::fs::write(&log, "").with_context(|| format!("while creating {}", log.display()))?;
     ui::step(&format!("log: {}", log.display()));
 
-    let lock = ensure_lock(&profile, &mirror, options.offline, &log)?;
+    let lock = ensure_lock(&profile, &mirror, options.offline, &log, &cache)?;
     if options.offline {
         fetch::require_cached(&lock, &cache, &profile.path)?;
     } else {

@@ -20,12 +20,12 @@ fn dir(path: &str) -> Planned {
 fn sample() -> Vec<Planned> {
     vec![
         file("debs/zlib1g_1%3a1.2_amd64.deb", b"DEB-CONTENT-OF-ZLIB"),
+        file("indices/bookworm/InRelease", b"SIGNED-INDEX"),
         dir("inputs/overlays/p"),
         dir("inputs/overlays/p/etc"),
         file("inputs/overlays/p/etc/motd", b"hello\n"),
         file("inputs/profiles/p.lock", b"lock-version = 1\n"),
         file("inputs/profiles/p.toml", b"name = \"p\"\n"),
-        file("keyring/debian-archive-keyring.gpg", b"KEYRING"),
     ]
 }
 
@@ -60,7 +60,7 @@ fn unpack_bytes(bytes: &[u8]) -> (tempfile::TempDir, Result<Unpacked, String>) {
     let dir = tempfile::tempdir().unwrap();
     let bundle = dir.path().join("b.tar");
     std::fs::write(&bundle, bytes).unwrap();
-    let result = unpack(&bundle, &dir.path().join("work")).map_err(|e| format!("{e:#}"));
+    let result = unpack(&bundle, &dir.path().join("work"), None).map_err(|e| format!("{e:#}"));
     if result.is_err() {
         let left: Vec<_> = std::fs::read_dir(dir.path().join("work")).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
         assert!(left.is_empty(), "a refused bundle left {left:?}");
@@ -224,4 +224,140 @@ fn common_ancestor_keeps_the_relative_layout() {
     let paths = [Path::new("/r/profiles"), Path::new("/r/overlays/base"), Path::new("/r/profiles/site")];
     assert_eq!(common_ancestor(&paths), PathBuf::from("/r"));
     assert_eq!(common_ancestor(&[Path::new("/r/profiles")]), PathBuf::from("/r/profiles"));
+}
+
+fn locked(name: &str, version: &str, suite: &str) -> crate::lock::LockedPackage {
+    crate::lock::LockedPackage {
+        name: name.into(),
+        version: version.into(),
+        arch: "amd64".into(),
+        suite: suite.into(),
+        filename: format!("pool/main/{}/{name}/{name}_{version}_amd64.deb", &name[..1]),
+        size: 1000,
+        sha256: "a".repeat(64),
+    }
+}
+
+fn lock_of(packages: Vec<crate::lock::LockedPackage>) -> Lock {
+    Lock { lock_version: crate::lock::LOCK_VERSION, request_sha256: "r".into(), source_date_epoch: 0, sources: Vec::new(), packages }
+}
+
+/// The signed index of one suite holding the stanzas of `packages` as locked.
+fn index_of(suite: &str, packages: &[crate::lock::LockedPackage]) -> BTreeMap<String, signed::SuiteIndex> {
+    let text: String = packages
+        .iter()
+        .map(|p| format!("Package: {}\nVersion: {}\nArchitecture: {}\nFilename: {}\nSize: {}\nSHA256: {}\n\n", p.name, p.version, p.arch, p.filename, p.size, p.sha256))
+        .collect();
+    let entries = crate::apt::parse_packages(&text).unwrap();
+    let packages = entries.into_iter().map(|e| ((e.name.clone(), e.version.clone()), e)).collect();
+    let members = vec![signed::packages_member(suite, "main")];
+    BTreeMap::from([(suite.to_string(), signed::SuiteIndex { members, packages })])
+}
+
+fn check_lock_against_index(lock: &Lock, index: &BTreeMap<String, signed::SuiteIndex>, expected: Option<&str>) {
+    let result = signed::check_locked_packages(lock, index).map_err(|e| format!("{e:#}"));
+    match expected {
+        None => assert_eq!(result, Ok(())),
+        Some(part) => {
+            let message = result.expect_err("the lock is refused");
+            assert!(message.contains(part), "expected {part:?} in: {message}");
+        }
+    }
+}
+
+#[test]
+fn a_lock_rewritten_for_another_deb_is_refused_naming_the_package_and_the_signed_index() {
+    let signed_packages = vec![locked("hostname", "3.23+nmu1", "bookworm"), locked("openssh-server", "1:9.2p1-2+deb12u7", "bookworm-security")];
+    let index = {
+        let mut index = index_of("bookworm", &signed_packages[..1]);
+        index.extend(index_of("bookworm-security", &signed_packages[1..]));
+        index
+    };
+    check_lock_against_index(&lock_of(signed_packages.clone()), &index, None);
+
+    // The attack: another .deb in the bundle, the lock rewritten to its digest and size.
+    let mut forged = signed_packages.clone();
+    forged[1].sha256 = "b".repeat(64);
+    forged[1].size = 1234;
+    check_lock_against_index(
+        &lock_of(forged),
+        &index,
+        Some(&format!(
+            "package openssh-server 1:9.2p1-2+deb12u7 does not match its stanza in the signed index indices/bookworm-security/main/binary-amd64/Packages.gz: size is 1234 in the lock, 1000 in the index; sha256 is {} in the lock, {} in the index",
+            "b".repeat(64),
+            "a".repeat(64)
+        )),
+    );
+    let mut forged = signed_packages.clone();
+    forged[0].filename = "pool/main/h/hostname/other.deb".into();
+    check_lock_against_index(&lock_of(forged), &index, Some("filename is pool/main/h/hostname/other.deb in the lock"));
+    let mut forged = signed_packages.clone();
+    forged[0].arch = "all".into();
+    check_lock_against_index(&lock_of(forged), &index, Some("arch is all in the lock, amd64 in the index"));
+    // A version the archive never signed, and a package from a suite without an index.
+    let mut forged = signed_packages.clone();
+    forged[0].version = "3.23+evil".into();
+    check_lock_against_index(&lock_of(forged), &index, Some("package hostname 3.23+evil (bookworm) is in no stanza of the signed index indices/bookworm/main/binary-amd64/Packages.gz"));
+    let mut forged = signed_packages.clone();
+    forged[0].suite = "bookworm-backports".into();
+    check_lock_against_index(&lock_of(forged), &index, Some("locked from suite bookworm-backports, which has no signed index in the bundle"));
+}
+
+#[test]
+fn a_version_1_bundle_is_refused_saying_to_make_it_again() {
+    let planned = sample();
+    let mut manifest: serde_json::Value = serde_json::from_str(&manifest_for(&planned).render()).unwrap();
+    manifest["format"] = "rampart-bundle-v1".into();
+    let message = format!("{:#}", BundleManifest::parse(manifest.to_string().as_bytes()).unwrap_err());
+    assert!(message.contains("rampart-bundle-v1 bundle, made by an older rampart") && message.contains("make it again with `rampart bundle`"), "{message}");
+    // Even with fields this version does not know: the format is read first.
+    manifest["keyring"] = "x".into();
+    let message = format!("{:#}", BundleManifest::parse(manifest.to_string().as_bytes()).unwrap_err());
+    assert!(message.contains("older rampart"), "{message}");
+}
+
+#[test]
+fn a_bundle_whose_sha256_is_not_the_given_one_is_refused_before_it_is_read() {
+    let planned = sample();
+    let bytes = tar_bytes(&manifest_for(&planned), &planned);
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("b.tar");
+    std::fs::write(&bundle, &bytes).unwrap();
+    let digest = hex::encode(Sha256::digest(&bytes));
+    check_digest(&bundle, &digest).unwrap();
+    check_digest(&bundle, &digest.to_uppercase()).unwrap();
+    let message = format!("{:#}", check_digest(&bundle, &"0".repeat(64)).unwrap_err());
+    assert!(message.contains(&format!("its sha256 is {digest}, but --sha256 says {}", "0".repeat(64))), "{message}");
+    assert!(format!("{:#}", check_digest(&bundle, "abc").unwrap_err()).contains("is not a sha256"));
+    // The bytes unpack reads are checked against the digest as well.
+    assert!(unpack(&bundle, &dir.path().join("work"), Some(&digest)).is_ok());
+    let message = format!("{:#}", unpack(&bundle, &dir.path().join("work2"), Some(&"1".repeat(64))).err().unwrap());
+    assert!(message.contains("it changed while it was read"), "{message}");
+}
+
+#[test]
+fn packages_indices_are_checked_against_the_signed_inrelease() {
+    let signed = "Origin: Debian\nSuite: stable\nCodename: bookworm\nDate: Sat, 10 May 2025 09:22:01 UTC\nSHA256:\n abc 12 main/binary-amd64/Packages\n";
+    let release = crate::apt::check_release(signed, "bookworm", "member indices/bookworm/InRelease").unwrap();
+    assert_eq!(release.date, "Sat, 10 May 2025 09:22:01 UTC");
+    crate::apt::check_packages_digest(&release, "bookworm", "main/binary-amd64/Packages", "abc").unwrap();
+    let message = format!("{:#}", crate::apt::check_packages_digest(&release, "bookworm", "main/binary-amd64/Packages", "abd").unwrap_err());
+    assert!(message.contains("does not match the signed InRelease (sha256 abd, the InRelease lists abc)"), "{message}");
+    assert!(crate::apt::check_packages_digest(&release, "bookworm", "contrib/binary-amd64/Packages", "abc").is_err());
+    let message = format!("{:#}", crate::apt::check_release(signed, "bookworm-security", "member indices/bookworm-security/InRelease").unwrap_err());
+    assert!(message.contains("is for suite \"stable\""), "{message}");
+}
+
+#[test]
+fn a_lock_claiming_another_clock_than_its_signed_indices_is_refused() {
+    let mut lock = lock_of(Vec::new());
+    lock.sources = vec![
+        crate::lock::LockedSource { suite: "bookworm".into(), components: vec!["main".into()], inrelease_sha256: "a".into(), date: "Sat, 10 May 2025 09:22:01 UTC".into() },
+        crate::lock::LockedSource { suite: "bookworm-security".into(), components: vec!["main".into()], inrelease_sha256: "b".into(), date: "Thu, 01 Jan 1970 00:00:00 UTC".into() },
+    ];
+    lock.source_date_epoch = 1746868921;
+    signed::check_source_date_epoch(&lock).unwrap();
+    lock.source_date_epoch = 1;
+    let message = format!("{:#}", signed::check_source_date_epoch(&lock).unwrap_err());
+    assert!(message.contains("source-date-epoch is 1, but its newest signed index is dated 1746868921"), "{message}");
 }

@@ -1,7 +1,9 @@
 //! Package stage: the root tree, made by mmdebstrap from a local repository of
 //! the cached, verified .debs alone, with the network cut. Its output is
 //! cached by a digest of every input, so a profile edit that keeps the lock
-//! reuses it. Never downloads anything.
+//! reuses it. Never downloads anything, and never lets mmdebstrap read a
+//! file of the cache: the .debs are copied into a private directory and
+//! checked there, and a cached stage is used only if its HMAC matches.
 
 use std::path::Path;
 
@@ -19,7 +21,7 @@ use crate::ui;
 const UNPACK: &[&str] = &["--extract", "--preserve-permissions", "--numeric-owner", "--xattrs", "--xattrs-include=*"];
 
 /// Bump when the way this stage calls mmdebstrap changes.
-const STAGE_VERSION: &str = "packages-v3";
+const STAGE_VERSION: &str = "packages-v4";
 
 /// Paths dpkg leaves out of the image when `packages.drop-docs` is on.
 const DOC_EXCLUDES: &[&str] = &[
@@ -39,18 +41,17 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     let initramfs = initramfs_files(&ctx.profile.kernel.initramfs_modules);
     let initramfs_key: String = initramfs.iter().map(|(path, text, mode)| format!("{path} {mode:o}\n{text}")).collect();
     let key = stage_key(&ctx.lock.render("")?, &dpkg_options, &mmdebstrap_version, &ctx.profile.mirror.suite, &initramfs_key);
-    let cached = ctx.cache.rootfs_path(&key);
     let root = ctx.root();
     std::fs::create_dir_all(&root)?;
-    let reused = match ctx.cache.rootfs_digest(&key) {
-        Some(expected) => unpack_verified(ctx, &key, &cached, &expected)?,
+    let reused = match ctx.cache.rootfs_mac(&key) {
+        Some(stored) => unpack_verified(ctx, &key, &stored)?,
         None => false,
     };
     if reused {
-        ui::step(&format!("package stage: reusing cached root tree {} (verified as it unpacked)", short(&key)));
+        ui::step(&format!("package stage: reusing cached root tree {} (verified before it was unpacked)", short(&key)));
     } else {
         let timer = ui::Timed::start(&format!("package stage: mmdebstrap of {} packages, network cut", ctx.lock.packages.len()));
-        bootstrap(ctx, &dpkg_options, &initramfs, &cached)?;
+        bootstrap(ctx, &dpkg_options, &initramfs, &key)?;
         timer.done();
     }
     let installed = installed_packages(&root)?;
@@ -115,30 +116,57 @@ fn initramfs_files(modules: &InitramfsModules) -> Vec<(&'static str, String, u32
     files
 }
 
-/// Unpacks the cached package stage into the root while its digest is
-/// checked on another thread. A tarball that does not match is removed from
-/// the cache and what it unpacked is cleared: false, build it again.
-fn unpack_verified(ctx: &BuildContext, key: &str, cached: &Path, expected: &str) -> Result<bool> {
-    let root = ctx.root();
-    let hashing = {
-        let cached = cached.to_path_buf();
-        std::thread::spawn(move || crate::fsutil::sha256_file(&cached))
-    };
-    let unpacked = Cmd::new("tar").args(UNPACK).arg("--file").arg(cached).arg("--directory").arg(&root).run();
-    let digest = hashing.join().map_err(|_| anyhow::anyhow!("the digest thread panicked"))??;
-    if digest != expected {
+/// Unpacks the cached package stage into the root once it is verified: the
+/// tarball is copied into the build's private work directory and hashed in
+/// the same read, the digest checked against the entry's HMAC under the
+/// host's cache key (kept outside the cache: rewriting the tarball and its
+/// stored digest together does not make a valid entry), and tar reads only
+/// that copy. An entry that does not match is removed from the cache and
+/// nothing of it is unpacked: false, build it again.
+fn unpack_verified(ctx: &BuildContext, key: &str, stored_mac: &str) -> Result<bool> {
+    let work = ctx.work();
+    std::fs::create_dir_all(&work)?;
+    let copy = work.join("package-stage.tar");
+    let digest = copy_hashing(&ctx.cache.rootfs_path(key), &copy)?;
+    if !ctx.cache.rootfs_matches(key, &digest, stored_mac)? {
+        std::fs::remove_file(&copy)?;
         ctx.cache.discard_damaged_rootfs(key)?;
-        std::fs::remove_dir_all(&root).with_context(|| format!("while clearing {}", root.display()))?;
-        std::fs::create_dir_all(&root)?;
         return Ok(false);
     }
-    unpacked.context("while unpacking the package stage's root tree")?;
+    Cmd::new("tar")
+        .args(UNPACK)
+        .arg("--file")
+        .arg(&copy)
+        .arg("--directory")
+        .arg(ctx.root())
+        .run()
+        .context("while unpacking the package stage's root tree")?;
+    std::fs::remove_file(&copy)?;
     Ok(true)
 }
 
+/// Copies `from` to a new file `to` and returns the sha256 of the bytes
+/// written: one read, so what is hashed is what the copy holds.
+fn copy_hashing(from: &Path, to: &Path) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut source = std::fs::File::open(from).with_context(|| format!("while reading {}", from.display()))?;
+    let mut target = std::fs::OpenOptions::new().write(true).create_new(true).open(to).with_context(|| format!("while writing {}", to.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = source.read(&mut buffer).with_context(|| format!("while reading {}", from.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        target.write_all(&buffer[..n]).with_context(|| format!("while writing {}", to.display()))?;
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
 /// Runs mmdebstrap against a local repository and stores its tarball in the
-/// cache under `cached`, by rename only when complete.
-fn bootstrap(ctx: &BuildContext, dpkg_options: &[&str], initramfs: &[(&str, String, u32)], cached: &Path) -> Result<()> {
+/// cache under `key`, by rename only when complete.
+fn bootstrap(ctx: &BuildContext, dpkg_options: &[&str], initramfs: &[(&str, String, u32)], key: &str) -> Result<()> {
     let scratch = ctx.cache.scratch()?;
     let initramfs_dir = scratch.path().join("initramfs-tools");
     for (relative, text, mode) in initramfs {
@@ -157,15 +185,7 @@ fn bootstrap(ctx: &BuildContext, dpkg_options: &[&str], initramfs: &[(&str, Stri
     std::fs::create_dir_all(&index_dir)?;
     for package in &ctx.lock.packages {
         let name = format!("{}_{}_{}.deb", package.name, package.version.replace(':', "%3a"), package.arch);
-        let source = ctx.cache.deb_path(&package.sha256);
-        std::fs::hard_link(&source, pool.join(&name))
-            .or_else(|_| std::fs::copy(&source, pool.join(&name)).map(|_| ()))
-            .with_context(|| format!("while putting {} into the local repository", package.name))?;
-        // Checked again where it is used: the repository below is trusted as is.
-        let actual = crate::fsutil::sha256_file(&pool.join(&name))?;
-        if actual != package.sha256 {
-            bail!("{} {} changed in the cache after it was verified (sha256 {actual}); run `rampart fetch`", package.name, package.version);
-        }
+        copy_verified(&ctx.cache.deb_path(&package.sha256), &pool.join(&name), package)?;
     }
     let packages = Cmd::new("apt-ftparchive").args(["packages", "pool"]).cwd(&repo).run()?;
     std::fs::write(index_dir.join("Packages"), &packages.stdout)?;
@@ -212,6 +232,8 @@ fn bootstrap(ctx: &BuildContext, dpkg_options: &[&str], initramfs: &[(&str, Stri
     command
         .arg(suite)
         .arg("-")
+        // The only source: the private repository of checked copies. apt
+        // checks each copy against the index made from them above.
         .arg(format!("deb [trusted=yes] copy://{} {suite} main", repo.display()))
         .env("RAMPART_TARBALL", &tarball)
         .env("RAMPART_ROOT", ctx.root())
@@ -223,7 +245,25 @@ fn bootstrap(ctx: &BuildContext, dpkg_options: &[&str], initramfs: &[(&str, Stri
         .without_network()
         .run_logged(ctx.log())
         .context("while installing the locked packages with mmdebstrap (network cut)")?;
-    ctx.cache.store_rootfs(&tarball, cached)
+    ctx.cache.store_rootfs(&tarball, key)
+}
+
+/// Copies a cached .deb into the private repository and checks the copy
+/// against the lock. A copy, not a hard link: a link is the cache's inode,
+/// which whoever can write the cache could change after the check; the copy
+/// is in a 0700 directory of this run's that nothing else writes.
+fn copy_verified(source: &Path, copy: &Path, package: &crate::lock::LockedPackage) -> Result<()> {
+    std::fs::copy(source, copy).with_context(|| format!("while copying {} {} from the cache into the local repository", package.name, package.version))?;
+    let actual = crate::fsutil::sha256_file(copy)?;
+    if actual != package.sha256 {
+        bail!(
+            "{} {} changed in the cache after it was verified (the copy mmdebstrap would read has sha256 {actual}, the lock {}); run `rampart fetch`",
+            package.name,
+            package.version,
+            package.sha256
+        );
+    }
+    Ok(())
 }
 
 /// "name version" of every package dpkg has installed in the root.
