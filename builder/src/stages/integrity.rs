@@ -44,6 +44,7 @@ const RUN_TIME_PATHS: &[(&str, &str)] = &[
     ("/var/lib/private", "state of services with dynamic users"),
     ("/var/lib/apt/lists", "package lists"),
     ("/var/lib/sudo", "sudo's time stamps"),
+    ("/var/lib/logrotate/", "logrotate's state: when each log was last rotated"),
     ("/home", "the users' own files"),
     (crate::stages::firstboot::PROVISIONED_KEYS_RECORD, "the SSH keys provisioned on first boot, recorded then (compared by the check)"),
     ("/etc/ssh/ssh_host_", "host keys, made on first boot"),
