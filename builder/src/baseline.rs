@@ -4,7 +4,6 @@
 //! are bytes: `escape` keeps every one distinct, UTF-8 or not.
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -101,45 +100,6 @@ fn parse_xattrs(text: &str) -> Option<BTreeMap<String, String>> {
         .collect()
 }
 
-/// The xattrs of a host file, not following symlinks, as baseline text.
-pub fn host_xattrs(path: &Path) -> Result<BTreeMap<String, String>> {
-    let c_path = CString::new(path.as_os_str().as_bytes())?;
-    let failed = |what: &str| anyhow::anyhow!(std::io::Error::last_os_error()).context(format!("while {what} the xattrs of {}", path.display()));
-    let mut names = vec![0u8; 4096];
-    loop {
-        // SAFETY: the buffer is valid for its length; the path is NUL-terminated.
-        let n = unsafe { libc::llistxattr(c_path.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
-        if n >= 0 {
-            names.truncate(n as usize);
-            break;
-        }
-        match std::io::Error::last_os_error().raw_os_error() {
-            Some(libc::ENOTSUP) => return Ok(BTreeMap::new()),
-            Some(libc::ERANGE) if names.len() < 1 << 20 => names.resize(names.len() * 4, 0),
-            _ => return Err(failed("listing")),
-        }
-    }
-    let mut xattrs = BTreeMap::new();
-    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        let c_name = CString::new(name)?;
-        let mut value = vec![0u8; 256];
-        loop {
-            // SAFETY: as above.
-            let n = unsafe { libc::lgetxattr(c_path.as_ptr(), c_name.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
-            if n >= 0 {
-                value.truncate(n as usize);
-                break;
-            }
-            match std::io::Error::last_os_error().raw_os_error() {
-                Some(libc::ERANGE) if value.len() < 1 << 20 => value.resize(value.len() * 4, 0),
-                _ => return Err(failed("reading")),
-            }
-        }
-        xattrs.insert(escape_xattr_name(name), hex::encode(&value));
-    }
-    Ok(xattrs)
-}
-
 /// Computes the records of every entry below `root`.
 pub fn compute(root: &Path) -> Result<Vec<Record>> {
     let mut records = Vec::new();
@@ -166,7 +126,7 @@ pub fn compute(root: &Path) -> Result<Vec<Record>> {
             gid: meta.gid(),
             size,
             content,
-            xattrs: host_xattrs(&entry.host_path)?,
+            xattrs: entry.xattrs()?.iter().map(|(name, value)| (escape_xattr_name(name), hex::encode(value))).collect(),
         });
     }
     Ok(records)
@@ -224,6 +184,7 @@ pub fn read(file: &Path) -> Result<(String, BTreeMap<String, Record>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::CString;
 
     #[test]
     fn baseline_lists_every_entry_with_digest() {
