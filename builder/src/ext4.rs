@@ -797,3 +797,233 @@ impl Digests {
         Ok(digest)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::{Path, PathBuf};
+
+    use crate::process::Cmd;
+
+    /// A file system made by mkfs.ext4 -d from `tree`, as the disk stage
+    /// makes them (plus `options`); None (the test skips) without e2fsprogs.
+    fn make(tree: &Path, options: &[&str]) -> Option<(tempfile::TempDir, PathBuf)> {
+        if !crate::process::have_program("mkfs.ext4") {
+            eprintln!("skipped: mkfs.ext4 is not installed (scripts/install-host-tools installs e2fsprogs)");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("fs.ext4");
+        File::create(&image).unwrap().set_len(32 << 20).unwrap();
+        // SAFETY: getuid and getgid cannot fail.
+        let owner = unsafe { format!("root_owner={}:{}", libc::getuid(), libc::getgid()) };
+        Cmd::new("mkfs.ext4")
+            .args(["-q", "-F", "-T", "default", "-b", "4096", "-N", "1024", "-E", &owner])
+            .args(options)
+            .arg("-d")
+            .arg(tree)
+            .arg(&image)
+            .run()
+            .unwrap();
+        Some((dir, image))
+    }
+
+    fn debugfs(image: &Path, commands: &str) {
+        Cmd::new("debugfs").args(["-w", "-f", "-"]).arg(image).stdin_bytes(commands.as_bytes().to_vec()).run().unwrap();
+    }
+
+    fn set_xattr(path: &Path, name: &str, value: &[u8]) -> bool {
+        let path = CString::new(path.as_os_str().as_bytes()).unwrap();
+        let name = CString::new(name).unwrap();
+        // SAFETY: NUL-terminated strings and a buffer of the given length.
+        unsafe { libc::lsetxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0) == 0 }
+    }
+
+    fn entries(image: &Path) -> Result<Vec<Entry>> {
+        let file = File::open(image).unwrap();
+        let length = file.metadata().unwrap().len();
+        FileSystem::open(&file, 0, length)?.entries()
+    }
+
+    /// The image's records as verify computes them, against the tree's baseline.
+    fn check_reads_as_its_tree(tree: &Path, image: &Path) {
+        let file = File::open(image).unwrap();
+        let found = crate::verify::read_root(&file, 0, file.metadata().unwrap().len()).unwrap();
+        let expected = crate::baseline::compute(tree).unwrap().into_iter().map(|r| (r.path.clone(), r)).collect();
+        let differences = crate::verify::compare(&expected, &found);
+        assert!(differences.is_empty(), "{differences:?}");
+    }
+
+    /// A tree with each kind of entry mkfs.ext4 -d copies without root.
+    fn sample_tree() -> tempfile::TempDir {
+        let tree = tempfile::tempdir().unwrap();
+        let root = tree.path();
+        std::fs::create_dir_all(root.join("etc/deep/er")).unwrap();
+        std::fs::write(root.join("etc/hostname"), "box\n").unwrap();
+        std::fs::write(root.join("etc/empty"), "").unwrap();
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(root.join("etc/deep/er/big"), &big).unwrap();
+        // Data, holes, data...: a sparse file with more extents than i_block holds.
+        let sparse = File::create(root.join("sparse")).unwrap();
+        for i in 0..12u64 {
+            sparse.write_all_at(b"data", i * 65536).unwrap();
+        }
+        sparse.set_len(2 << 20).unwrap();
+        std::os::unix::fs::symlink("hostname", root.join("etc/fast")).unwrap();
+        std::os::unix::fs::symlink("x".repeat(200), root.join("etc/slow")).unwrap();
+        std::fs::write(root.join("caf\u{e9}"), "utf-8 name").unwrap();
+        std::fs::write(root.join(std::ffi::OsStr::from_bytes(b"latin1-caf\xe9")), "not utf-8").unwrap();
+        let fifo = CString::new(root.join("fifo").as_os_str().as_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o640) }, 0);
+        std::fs::set_permissions(root.join("etc/hostname"), std::os::unix::fs::PermissionsExt::from_mode(0o4751)).unwrap();
+        if set_xattr(&root.join("etc/hostname"), "user.small", b"1") {
+            set_xattr(&root.join("etc/hostname"), "user.big", &[0xab; 300]);
+        }
+        // An ACL (xattr form: version 2; user::rwx, user 1000 r, group::r-x, mask r-x, other ---).
+        let mut acl = 2u32.to_le_bytes().to_vec();
+        for (tag, perm, id) in [(1u16, 7u16, u32::MAX), (2, 4, 1000), (4, 5, u32::MAX), (0x10, 5, u32::MAX), (0x20, 0, u32::MAX)] {
+            acl.extend_from_slice(&tag.to_le_bytes());
+            acl.extend_from_slice(&perm.to_le_bytes());
+            acl.extend_from_slice(&id.to_le_bytes());
+        }
+        set_xattr(&root.join("etc/deep"), "system.posix_acl_access", &acl);
+        tree
+    }
+
+    #[test]
+    fn file_system_made_by_mkfs_reads_as_its_tree() {
+        let tree = sample_tree();
+        let Some((_dir, image)) = make(tree.path(), &[]) else { return };
+        check_reads_as_its_tree(tree.path(), &image);
+        let entries = entries(&image).unwrap();
+        let paths: Vec<&[u8]> = entries.iter().map(|e| e.path.as_slice()).collect();
+        assert!(paths.contains(&&b"/latin1-caf\xe9"[..]) && paths.contains(&"/caf\u{e9}".as_bytes()), "names are bytes, none merged");
+        let hostname = entries.iter().find(|e| e.path == b"/etc/hostname").unwrap();
+        if !hostname.xattrs.is_empty() {
+            assert_eq!(hostname.xattrs.iter().map(|(n, _)| n.as_slice()).collect::<Vec<_>>(), [&b"user.big"[..], b"user.small"], "in-inode and block xattrs");
+        }
+    }
+
+    #[test]
+    fn inline_data_and_hash_tree_directories_are_read() {
+        let tree = sample_tree();
+        std::fs::create_dir(tree.path().join("many")).unwrap();
+        for i in 0..600 {
+            std::fs::write(tree.path().join(format!("many/entry-with-a-longish-name-{i:04}")), i.to_string()).unwrap();
+        }
+        // mke2fs 1.47.0 -d with inline_data drops a sparse file's trailing hole (its size shrinks).
+        std::fs::remove_file(tree.path().join("sparse")).unwrap();
+        let Some((_dir, image)) = make(tree.path(), &["-O", "inline_data"]) else { return };
+        // e2fsck -D indexes every directory of more than one block.
+        let output = Cmd::new("e2fsck").args(["-f", "-y", "-D"]).arg(&image).run_unchecked().unwrap();
+        assert!(output.status.code().is_some_and(|c| c <= 1), "{}", String::from_utf8_lossy(&output.stdout));
+        let file = File::open(&image).unwrap();
+        let fs = FileSystem::open(&file, 0, file.metadata().unwrap().len()).unwrap();
+        let listed = fs.entries().unwrap();
+        let many = listed.iter().find(|e| e.path == b"/many").unwrap();
+        assert_ne!(fs.inode(many.inode).unwrap().flags & 0x1000, 0, "/many has a hash-tree index");
+        let hostname = listed.iter().find(|e| e.path == b"/etc/hostname").unwrap();
+        assert_ne!(fs.inode(hostname.inode).unwrap().flags & FLAG_INLINE_DATA, 0, "small files are inline");
+        let deep = listed.iter().find(|e| e.path == b"/etc/deep").unwrap();
+        assert_ne!(fs.inode(deep.inode).unwrap().flags & FLAG_INLINE_DATA, 0, "small directories are inline");
+        check_reads_as_its_tree(tree.path(), &image);
+    }
+
+    #[test]
+    fn device_nodes_read_in_both_encodings() {
+        let tree = tempfile::tempdir().unwrap();
+        let Some((_dir, image)) = make(tree.path(), &[]) else { return };
+        // debugfs mknod takes the name literally, so from inside the directory.
+        debugfs(&image, "cd /\nmknod null c 1 3\nmknod wide b 300 1000\n");
+        let devices: Vec<(Vec<u8>, Kind, (u32, u32))> = entries(&image).unwrap().into_iter().filter(|e| e.device != (0, 0)).map(|e| (e.path, e.kind, e.device)).collect();
+        assert_eq!(devices, vec![(b"/null".to_vec(), Kind::CharDevice, (1, 3)), (b"/wide".to_vec(), Kind::BlockDevice, (300, 1000))]);
+    }
+
+    #[test]
+    fn capability_set_in_the_image_is_listed() {
+        let tree = sample_tree();
+        let Some((dir, image)) = make(tree.path(), &[]) else { return };
+        let value = dir.path().join("cap");
+        std::fs::write(&value, [1, 0, 0, 2, 0x80, 0, 0, 0, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap();
+        debugfs(&image, &format!("ea_set -f {} /etc/empty security.capability\n", value.display()));
+        let empty = entries(&image).unwrap().into_iter().find(|e| e.path == b"/etc/empty").unwrap();
+        assert_eq!(empty.xattrs, vec![(b"security.capability".to_vec(), std::fs::read(&value).unwrap())]);
+    }
+
+    /// A file system without checksums, `patch` applied to its bytes, and the
+    /// error reading it gives.
+    fn refusal(setup: &str, patch: impl FnOnce(&mut Vec<u8>, &FileSystem)) -> String {
+        let tree = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tree.path().join("d")).unwrap();
+        for name in ["aaaa", "bbbb", "zz"] {
+            std::fs::write(tree.path().join("d").join(name), "content").unwrap();
+        }
+        let Some((_dir, image)) = make(tree.path(), &["-O", "^metadata_csum"]) else { return "skipped".into() };
+        if !setup.is_empty() {
+            debugfs(&image, setup);
+        }
+        let mut bytes = std::fs::read(&image).unwrap();
+        {
+            let file = File::open(&image).unwrap();
+            let fs = FileSystem::open(&file, 0, bytes.len() as u64).unwrap();
+            patch(&mut bytes, &fs);
+        }
+        std::fs::write(&image, &bytes).unwrap();
+        // As verify reads it: the listing, then every file's content.
+        let read = |image: &Path| -> Result<()> {
+            let file = File::open(image).unwrap();
+            let fs = FileSystem::open(&file, 0, bytes.len() as u64)?;
+            for entry in fs.entries()? {
+                if entry.kind == Kind::File {
+                    fs.sha256(&entry)?;
+                }
+            }
+            Ok(())
+        };
+        match read(&image) {
+            Ok(_) => panic!("a hostile file system was read ({setup:?})"),
+            Err(error) => format!("{error:#}"),
+        }
+    }
+
+    fn replace_once(bytes: &mut [u8], old: &[u8], new: &[u8]) {
+        let at: Vec<usize> = bytes.windows(old.len()).enumerate().filter(|(_, w)| *w == old).map(|(i, _)| i).collect();
+        assert_eq!(at.len(), 1, "{} occurs once", String::from_utf8_lossy(old));
+        bytes[at[0]..at[0] + new.len()].copy_from_slice(new);
+    }
+
+    fn check_refused(error: String, expected: &str) {
+        assert!(error == "skipped" || error.contains(expected), "{error}\nshould contain: {expected}");
+    }
+
+    #[test]
+    fn hostile_file_systems_are_refused_naming_the_place() {
+        check_refused(refusal("", |b, _| replace_once(b, b"aaaa", b"a/aa")), "directory inode 12 at /d has an entry named \"a/aa\" (inode ");
+        check_refused(refusal("", |b, _| replace_once(b, b"zz", b"..")), "at /d has a second \"..\" entry");
+        check_refused(refusal("", |b, _| replace_once(b, b"bbbb", b"aaaa")), "at /d has two entries named \"aaaa\"");
+        check_refused(refusal("ln /d /d/again\n", |_, _| {}), "is reached twice (a directory loop or hard-linked directory)");
+        check_refused(
+            refusal("", |b, fs| {
+                // The first extent of inode 13 (a file below /d) pointed far past the end.
+                let at = (fs.groups[0].inode_table * fs.block_size + 12 * fs.inode_size) as usize + 0x28 + 12 + 8;
+                assert_eq!(le16(b, at - 20), EXTENT_MAGIC, "inode 13 has extents");
+                b[at..at + 4].copy_from_slice(&0xFFFF_FF00u32.to_le_bytes());
+            }),
+            "inode 13 has an extent pointing past the end of the file system",
+        );
+        check_refused(refusal("", |b, _| b[1024 + 0x60] |= INCOMPAT_RECOVER as u8), "the file system needs recovery: its journal holds changes");
+        check_refused(refusal("", |b, _| b[1024 + 0x62] |= 0x01), "the file system uses ext4 features verify does not read: encrypt");
+    }
+
+    #[test]
+    fn file_system_larger_than_its_partition_is_refused() {
+        let tree = tempfile::tempdir().unwrap();
+        let Some((_dir, image)) = make(tree.path(), &[]) else { return };
+        let file = File::open(&image).unwrap();
+        let error = FileSystem::open(&file, 0, (16 << 20) as u64).err().unwrap();
+        assert!(format!("{error:#}").contains("is larger than its partition (16777216 bytes)"), "{error:#}");
+    }
+}

@@ -156,6 +156,9 @@ fn as_raw(image: &Path, work: &Path) -> Result<PathBuf> {
         .and_then(|mut f| f.read(&mut magic))
         .with_context(|| format!("while reading {}", image.display()))?;
     let format = if n == 4 && &magic == QCOW2_MAGIC { "qcow2" } else { "raw" };
+    if format == "qcow2" {
+        refuse_external_files(image)?;
+    }
     let info = Cmd::new("qemu-img").args(["info", "--output=json", "-f", format]).arg(image).run_unchecked()?;
     if !info.status.success() {
         bail!("{}: not a disk image (qemu-img cannot read it as {format}): {}", image.display(), String::from_utf8_lossy(&info.stderr).trim());
@@ -180,6 +183,57 @@ fn as_raw(image: &Path, work: &Path) -> Result<PathBuf> {
         .run()
         .with_context(|| format!("while converting {} to raw", image.display()))?;
     Ok(raw)
+}
+
+/// Refuses a qcow2 whose header names a backing file or an external data
+/// file, before qemu-img is run on it at all (qemu-img would open them).
+fn refuse_external_files(image: &Path) -> Result<()> {
+    let file = File::open(image).with_context(|| format!("while opening {}", image.display()))?;
+    let mut header = [0u8; 104];
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut header, 0).with_context(|| format!("{}: a truncated qcow2 header", image.display()))?;
+    let be64 = |at: usize| u64::from_be_bytes(header[at..at + 8].try_into().unwrap_or_default());
+    let version = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+    let backing_offset = be64(8);
+    if backing_offset != 0 {
+        let length = u32::from_be_bytes([header[16], header[17], header[18], header[19]]).min(1023) as usize;
+        let mut name = vec![0u8; length];
+        let named = std::os::unix::fs::FileExt::read_exact_at(&file, &mut name, backing_offset).map(|_| String::from_utf8_lossy(&name).into_owned());
+        bail!(
+            "{}: a qcow2 with a backing file ({}); verify reads only self-contained images",
+            image.display(),
+            named.unwrap_or_else(|_| "unreadable name".into())
+        );
+    }
+    // Incompatible feature bit 2: the guest data lives in an external file.
+    if version >= 3 && be64(72) & 0x4 != 0 {
+        let named = data_file_name(&file, u32::from_be_bytes([header[100], header[101], header[102], header[103]]) as u64);
+        bail!(
+            "{}: a qcow2 with an external data file ({}); verify reads only self-contained images",
+            image.display(),
+            named.unwrap_or_else(|| "name not recorded".into())
+        );
+    }
+    Ok(())
+}
+
+/// The external data file's name from the qcow2 header extensions (type
+/// "DATA"), which follow the header in its first 64 KiB.
+fn data_file_name(file: &File, header_length: u64) -> Option<String> {
+    let mut area = vec![0u8; 65536];
+    let n = std::os::unix::fs::FileExt::read_at(file, &mut area, header_length.min(65536)).ok()?;
+    let area = &area[..n];
+    let mut offset = 0;
+    while offset + 8 <= area.len() {
+        let kind = u32::from_be_bytes(area[offset..offset + 4].try_into().ok()?);
+        let length = u32::from_be_bytes(area[offset + 4..offset + 8].try_into().ok()?) as usize;
+        let data = area.get(offset + 8..offset + 8 + length)?;
+        match kind {
+            0 => return None,
+            0x4441_5441 => return Some(String::from_utf8_lossy(data).into_owned()),
+            _ => offset += 8 + length.div_ceil(8) * 8,
+        }
+    }
+    None
 }
 
 /// The byte offset and length of the root partition, after checking that
