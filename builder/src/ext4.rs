@@ -227,7 +227,7 @@ impl<'a> FileSystem<'a> {
             bail!("the superblock counts more inodes than its groups hold");
         }
         let descriptor_size = if is_64bit { le16(&sb, 0xFE) as u64 } else { 32 };
-        if descriptor_size < 32 || descriptor_size > 1024 || !descriptor_size.is_power_of_two() {
+        if !(32..=1024).contains(&descriptor_size) || !descriptor_size.is_power_of_two() {
             bail!("the superblock's group descriptor size ({descriptor_size}) is invalid");
         }
         let checksummed = le32(&sb, 0x64) & (RO_COMPAT_GDT_CSUM | RO_COMPAT_METADATA_CSUM) != 0;
@@ -288,7 +288,7 @@ impl<'a> FileSystem<'a> {
         let mut ibody_xattrs = 0;
         if self.inode_size > 128 {
             let extra = le16(&raw, 0x80) as usize;
-            if extra % 4 != 0 || 128 + extra > raw.len() {
+            if !extra.is_multiple_of(4) || 128 + extra > raw.len() {
                 bail!("inode {number} has an invalid extra size ({extra})");
             }
             if 128 + extra + 4 <= raw.len() && le32(&raw, 128 + extra) == XATTR_MAGIC {
@@ -580,7 +580,7 @@ impl<'a> FileSystem<'a> {
             }
             return Ok(listing.entries);
         }
-        if directory.size > MAX_DIRECTORY_BYTES || directory.size % self.block_size != 0 || directory.size == 0 {
+        if directory.size > MAX_DIRECTORY_BYTES || !directory.size.is_multiple_of(self.block_size) || directory.size == 0 {
             bail!("directory inode {} at {} has an invalid size ({})", directory.number, shown(path), directory.size);
         }
         let block_size = self.block_size as usize;
@@ -669,7 +669,7 @@ impl Listing<'_, '_> {
             let number = le32(area, offset);
             let record_length = le16(area, offset + 4) as usize;
             let name_length = area[offset + 6] as usize;
-            if record_length < 8 || record_length % 4 != 0 || offset + record_length > area.len() || 8 + name_length > record_length {
+            if record_length < 8 || !record_length.is_multiple_of(4) || offset + record_length > area.len() || 8 + name_length > record_length {
                 bail!("{} has a damaged entry at byte {offset} of a block (record length {record_length})", at());
             }
             let name = &area[offset + 8..offset + 8 + name_length];
