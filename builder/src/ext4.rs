@@ -4,6 +4,7 @@
 //! every walk bounded, odd names refused; this module never writes or runs
 //! anything, and never turns a name from the image into a host path.
 
+use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -66,8 +67,11 @@ const MAX_PATH_BYTES: usize = 4096;
 const MAX_ENTRIES: usize = 4_000_000;
 const MAX_DIRECTORY_BYTES: u64 = 256 << 20;
 const MAX_SYMLINK_BYTES: u64 = 4096;
-/// Holes are hashed as zeros; a file claiming more is refused, not hashed for hours.
-const MAX_HOLE_BYTES: u64 = 16 << 30;
+/// Holes are hashed as zeros; a file system claiming more is refused, not hashed for hours.
+const MAX_HOLE_BYTES: u64 = 64 << 30;
+/// More groups than a 128 TiB file system has, and a descriptor table larger than any real one.
+const MAX_GROUPS: u64 = 1 << 20;
+const MAX_DESCRIPTOR_TABLE_BYTES: u64 = 64 << 20;
 /// Content is read in chunks of this many bytes (a multiple of any block size).
 const CHUNK_BYTES: usize = 1 << 20;
 
@@ -111,6 +115,13 @@ pub struct FileSystem<'a> {
     first_inode: u32,
     incompat: u32,
     groups: Vec<Group>,
+    /// Bytes of blocks still to be read: inodes of a sound file system
+    /// share no blocks, so all content fits in the partition once (hard
+    /// links are read once, by `Digests`). Stops extents shared between
+    /// files from making verify read the same blocks for ever.
+    data_budget: Cell<u64>,
+    /// Bytes of holes still to be hashed as zeros, over all files.
+    hole_budget: Cell<u64>,
 }
 
 struct Inode {
@@ -172,6 +183,8 @@ impl<'a> FileSystem<'a> {
             first_inode: 11,
             incompat: 0,
             groups: Vec::new(),
+            data_budget: Cell::new(length),
+            hole_budget: Cell::new(MAX_HOLE_BYTES),
         };
         let mut sb = [0u8; 1024];
         fs.read_at(SUPERBLOCK_OFFSET, &mut sb).context("while reading the ext4 superblock")?;
@@ -230,6 +243,9 @@ impl<'a> FileSystem<'a> {
         if !(32..=1024).contains(&descriptor_size) || !descriptor_size.is_power_of_two() {
             bail!("the superblock's group descriptor size ({descriptor_size}) is invalid");
         }
+        if n_groups > MAX_GROUPS || n_groups * descriptor_size > MAX_DESCRIPTOR_TABLE_BYTES {
+            bail!("the superblock claims {n_groups} block groups, more than verify reads");
+        }
         let checksummed = le32(&sb, 0x64) & (RO_COMPAT_GDT_CSUM | RO_COMPAT_METADATA_CSUM) != 0;
         let mut table = vec![0u8; (n_groups * descriptor_size) as usize];
         fs.read_at((first_data_block + 1) * fs.block_size, &mut table).context("while reading the group descriptors")?;
@@ -263,8 +279,22 @@ impl<'a> FileSystem<'a> {
         self.file.read_exact_at(buffer, self.start + position).with_context(|| format!("while reading byte {position} of the file system"))
     }
 
-    /// Reads `buffer.len() / block_size` blocks from block `first`.
+    /// Reads `buffer.len() / block_size` blocks from block `first`, charged
+    /// to the data budget (content, directories and extent tree nodes).
     fn read_blocks(&self, first: u64, buffer: &mut [u8]) -> Result<()> {
+        let count = buffer.len() as u64 / self.block_size;
+        if first.checked_add(count).is_none_or(|end| end > self.blocks_count) {
+            bail!("block {first} (+{count}) is past the end of the file system");
+        }
+        let Some(left) = self.data_budget.get().checked_sub(buffer.len() as u64) else {
+            bail!("the files' blocks add up to more than the partition holds (blocks shared between inodes)");
+        };
+        self.data_budget.set(left);
+        self.read_blocks_shared(first, buffer)
+    }
+
+    /// `read_blocks` for blocks inodes may share (xattr blocks): not charged.
+    fn read_blocks_shared(&self, first: u64, buffer: &mut [u8]) -> Result<()> {
         let count = buffer.len() as u64 / self.block_size;
         if first.checked_add(count).is_none_or(|end| end > self.blocks_count) {
             bail!("block {first} (+{count}) is past the end of the file system");
@@ -463,16 +493,15 @@ impl<'a> FileSystem<'a> {
         let total_blocks = inode.size.div_ceil(self.block_size);
         let mut remaining = inode.size;
         let mut next_block = 0u64;
-        let mut hole_bytes = 0u64;
         let zeros = vec![0u8; CHUNK_BYTES];
         let mut buffer = vec![0u8; CHUNK_BYTES];
         let blocks_per_chunk = CHUNK_BYTES as u64 / self.block_size;
-        let mut emit_zeros = |blocks: u64, remaining: &mut u64, sink: &mut dyn FnMut(&[u8]) -> Result<()>| -> Result<()> {
-            let mut bytes = (blocks * self.block_size).min(*remaining);
-            hole_bytes += bytes;
-            if hole_bytes > MAX_HOLE_BYTES {
-                bail!("the file has more than {MAX_HOLE_BYTES} bytes of holes");
-            }
+        let emit_zeros = |blocks: u64, remaining: &mut u64, sink: &mut dyn FnMut(&[u8]) -> Result<()>| -> Result<()> {
+            let mut bytes = blocks.saturating_mul(self.block_size).min(*remaining);
+            let Some(left) = self.hole_budget.get().checked_sub(bytes) else {
+                bail!("the files have more than {MAX_HOLE_BYTES} bytes of holes in all");
+            };
+            self.hole_budget.set(left);
             while bytes > 0 {
                 let n = bytes.min(CHUNK_BYTES as u64);
                 sink(&zeros[..n as usize])?;
@@ -624,7 +653,7 @@ impl<'a> FileSystem<'a> {
         let mut xattrs = self.ibody_xattrs(inode)?;
         if inode.file_acl != 0 {
             let mut block = vec![0u8; self.block_size as usize];
-            self.read_blocks(inode.file_acl, &mut block).context("while reading the xattr block")?;
+            self.read_blocks_shared(inode.file_acl, &mut block).context("while reading the xattr block")?;
             if le32(&block, 0) != XATTR_MAGIC || le32(&block, 8) != 1 {
                 bail!("the xattr block {} is damaged (bad magic or block count)", inode.file_acl);
             }
@@ -1013,6 +1042,14 @@ mod tests {
                 b[at..at + 4].copy_from_slice(&0xFFFF_FF00u32.to_le_bytes());
             }),
             "inode 13 has an extent pointing past the end of the file system",
+        );
+        check_refused(
+            refusal("", |b, fs| {
+                // Inode 13 claims a TiB: its holes would be hashed for an hour.
+                let at = (fs.groups[0].inode_table * fs.block_size + 12 * fs.inode_size) as usize + 0x6C;
+                b[at..at + 4].copy_from_slice(&0x100u32.to_le_bytes());
+            }),
+            "bytes of holes in all",
         );
         check_refused(refusal("", |b, _| b[1024 + 0x60] |= INCOMPAT_RECOVER as u8), "the file system needs recovery: its journal holds changes");
         check_refused(refusal("", |b, _| b[1024 + 0x62] |= 0x01), "the file system uses ext4 features verify does not read: encrypt");
