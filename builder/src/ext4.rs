@@ -122,6 +122,8 @@ pub struct FileSystem<'a> {
     data_budget: Cell<u64>,
     /// Bytes of holes still to be hashed as zeros, over all files.
     hole_budget: Cell<u64>,
+    /// With metadata_csum: the seed of every checksum (from the UUID, or stored).
+    checksum_seed: Option<u32>,
 }
 
 struct Inode {
@@ -139,6 +141,8 @@ struct Inode {
     raw: Vec<u8>,
     /// Where the in-inode xattr area starts in `raw` (0: none).
     ibody_xattrs: usize,
+    /// With metadata_csum: the seed of this inode's blocks' checksums.
+    checksum_seed: Option<u32>,
 }
 
 /// One run of blocks of a file, from a leaf of its extent tree.
@@ -185,6 +189,7 @@ impl<'a> FileSystem<'a> {
             groups: Vec::new(),
             data_budget: Cell::new(length),
             hole_budget: Cell::new(MAX_HOLE_BYTES),
+            checksum_seed: None,
         };
         let mut sb = [0u8; 1024];
         fs.read_at(SUPERBLOCK_OFFSET, &mut sb).context("while reading the ext4 superblock")?;
@@ -207,6 +212,12 @@ impl<'a> FileSystem<'a> {
             bail!("the file system uses ext4 features verify does not read: {}", names.join(", "));
         }
         fs.incompat = incompat;
+        if le32(&sb, 0x64) & RO_COMPAT_METADATA_CSUM != 0 {
+            if crc32c(!0, &sb[..0x3FC]) != le32(&sb, 0x3FC) {
+                bail!("the superblock's checksum does not match (metadata_csum): it was changed without its checksum");
+            }
+            fs.checksum_seed = Some(if incompat & INCOMPAT_CSUM_SEED != 0 { le32(&sb, 0x270) } else { crc32c(!0, &sb[0x68..0x78]) });
+        }
         let log_block_size = le32(&sb, 0x18);
         if log_block_size > 6 {
             bail!("the superblock's block size (2^{} KiB) is not one ext4 uses", log_block_size);
@@ -250,6 +261,14 @@ impl<'a> FileSystem<'a> {
         let mut table = vec![0u8; (n_groups * descriptor_size) as usize];
         fs.read_at((first_data_block + 1) * fs.block_size, &mut table).context("while reading the group descriptors")?;
         for (group, descriptor) in table.chunks_exact(descriptor_size as usize).enumerate() {
+            if let Some(seed) = fs.checksum_seed {
+                let mut zeroed = descriptor.to_vec();
+                zeroed[0x1E..0x20].fill(0);
+                let sum = crc32c(crc32c(seed, &(group as u32).to_le_bytes()), &zeroed) & 0xFFFF;
+                if sum != le16(descriptor, 0x1E) as u32 {
+                    bail!("group {group}'s descriptor checksum does not match (metadata_csum)");
+                }
+            }
             let wide = descriptor_size >= 64;
             let inode_table = le32(descriptor, 0x8) as u64 | if wide { (le32(descriptor, 0x28) as u64) << 32 } else { 0 };
             let flags = le16(descriptor, 0x12);
@@ -325,6 +344,10 @@ impl<'a> FileSystem<'a> {
                 ibody_xattrs = 128 + extra;
             }
         }
+        let checksum_seed = match self.checksum_seed {
+            Some(seed) => Some(self.check_inode_checksum(number, seed, &raw)?),
+            None => None,
+        };
         let flags = le32(&raw, 0x20);
         let mut sectors = le32(&raw, 0x1C) as u64 | (le16(&raw, 0x74) as u64) << 32;
         if flags & FLAG_HUGE_FILE != 0 {
@@ -345,7 +368,27 @@ impl<'a> FileSystem<'a> {
             file_acl: le32(&raw, 0x68) as u64 | (le16(&raw, 0x76) as u64) << 32,
             raw,
             ibody_xattrs,
+            checksum_seed,
         })
+    }
+
+    /// Checks an inode's checksum; returns the seed of its blocks' checksums.
+    fn check_inode_checksum(&self, number: u32, seed: u32, raw: &[u8]) -> Result<u32> {
+        let inode_seed = crc32c(crc32c(seed, &number.to_le_bytes()), &raw[0x64..0x68]);
+        let mut zeroed = raw.to_vec();
+        zeroed[0x7C..0x7E].fill(0);
+        // The high half exists when the extra fields reach it.
+        let has_high = raw.len() > 128 && le16(raw, 0x80) >= 4;
+        if has_high {
+            zeroed[0x82..0x84].fill(0);
+        }
+        let sum = crc32c(inode_seed, &zeroed);
+        let stored = le16(raw, 0x7C) as u32 | if has_high { (le16(raw, 0x82) as u32) << 16 } else { 0 };
+        let computed = if has_high { sum } else { sum & 0xFFFF };
+        if stored != computed {
+            bail!("inode {number}'s checksum does not match (metadata_csum): it was changed without its checksum");
+        }
+        Ok(inode_seed)
     }
 
     /// Every entry, the root first and then sorted by path bytes.
@@ -534,7 +577,7 @@ impl<'a> FileSystem<'a> {
             Ok(())
         };
         let mut next_logical = 0u64;
-        self.walk_extents(inode.number, &inode.block, None, &mut next_logical, &mut on_extent)?;
+        self.walk_extents(inode, &inode.block, None, &mut next_logical, &mut on_extent)?;
         emit_zeros(total_blocks - next_block, &mut remaining, sink)?;
         debug_assert_eq!(remaining, 0);
         Ok(())
@@ -546,12 +589,13 @@ impl<'a> FileSystem<'a> {
     /// being visited twice).
     fn walk_extents(
         &self,
-        number: u32,
+        inode: &Inode,
         node: &[u8],
         expected_depth: Option<u16>,
         next_logical: &mut u64,
         on_extent: &mut dyn FnMut(Extent) -> Result<()>,
     ) -> Result<()> {
+        let number = inode.number;
         if node.len() < 12 || le16(node, 0) != EXTENT_MAGIC {
             bail!("inode {number} has a damaged extent tree (bad node header)");
         }
@@ -563,6 +607,12 @@ impl<'a> FileSystem<'a> {
         }
         if expected_depth.is_some() && entries == 0 {
             bail!("inode {number} has a damaged extent tree (an empty node below the root)");
+        }
+        if let (Some(seed), Some(_)) = (inode.checksum_seed, expected_depth) {
+            let tail = 12 + 12 * max;
+            if tail + 4 > node.len() || crc32c(seed, &node[..tail]) != le32(node, tail) {
+                bail!("inode {number}'s extent tree block checksum does not match (metadata_csum)");
+            }
         }
         for i in 0..entries {
             let at = 12 + 12 * i;
@@ -586,7 +636,7 @@ impl<'a> FileSystem<'a> {
                 let child = (le16(node, at + 8) as u64) << 32 | le32(node, at + 4) as u64;
                 let mut block = vec![0u8; self.block_size as usize];
                 self.read_blocks(child, &mut block).with_context(|| format!("while reading inode {number}'s extent tree"))?;
-                self.walk_extents(number, &block, Some(depth - 1), next_logical, on_extent)?;
+                self.walk_extents(inode, &block, Some(depth - 1), next_logical, on_extent)?;
             }
         }
         Ok(())
@@ -596,6 +646,7 @@ impl<'a> FileSystem<'a> {
     /// the kernel would not produce or that could leave a directory.
     fn directory(&self, directory: &Inode, path: &[u8]) -> Result<Vec<(Vec<u8>, u32)>> {
         let mut listing = Listing { fs: self, number: directory.number, path, position: 0, names: HashSet::new(), entries: Vec::new() };
+        let checksum_seed = directory.checksum_seed;
         if directory.flags & FLAG_INLINE_DATA != 0 {
             // i_block holds the parent's inode number, then entries; more in system.data.
             let data = self.inline_data(directory)?;
@@ -615,6 +666,13 @@ impl<'a> FileSystem<'a> {
         let block_size = self.block_size as usize;
         self.read_data(directory, &mut |chunk| {
             for block in chunk.chunks(block_size) {
+                // A leaf block ends in a 12-byte entry holding its checksum; hash-tree index blocks keep theirs elsewhere and are not checked.
+                if let Some(seed) = checksum_seed {
+                    let tail = block_size - 12;
+                    if le32(block, tail) == 0 && le16(block, tail + 4) == 12 && block[tail + 6] == 0 && block[tail + 7] == 0xDE && crc32c(seed, &block[..tail]) != le32(block, tail + 8) {
+                        bail!("directory inode {} at {}: a block's checksum does not match (metadata_csum)", listing.number, shown(listing.path));
+                    }
+                }
                 listing.parse(block)?;
             }
             Ok(())
@@ -656,6 +714,13 @@ impl<'a> FileSystem<'a> {
             self.read_blocks_shared(inode.file_acl, &mut block).context("while reading the xattr block")?;
             if le32(&block, 0) != XATTR_MAGIC || le32(&block, 8) != 1 {
                 bail!("the xattr block {} is damaged (bad magic or block count)", inode.file_acl);
+            }
+            if let Some(seed) = self.checksum_seed {
+                let stored = le32(&block, 0x10);
+                block[0x10..0x14].fill(0);
+                if crc32c(crc32c(seed, &inode.file_acl.to_le_bytes()), &block) != stored {
+                    bail!("the xattr block {}'s checksum does not match (metadata_csum)", inode.file_acl);
+                }
             }
             parse_xattr_entries(inode.number, &block, 32, 0, &mut xattrs)?;
         }
@@ -810,6 +875,29 @@ fn acl_to_xattr(disk: &[u8]) -> Result<Vec<u8>> {
         out.extend_from_slice(&id.to_le_bytes());
     }
     Ok(out)
+}
+
+/// CRC-32C (Castagnoli) as ext4 computes it: from `crc`, without the final inversion.
+fn crc32c(mut crc: u32, bytes: &[u8]) -> u32 {
+    const TABLE: [u32; 256] = {
+        let mut table = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut value = i as u32;
+            let mut bit = 0;
+            while bit < 8 {
+                value = if value & 1 != 0 { (value >> 1) ^ 0x82F6_3B78 } else { value >> 1 };
+                bit += 1;
+            }
+            table[i] = value;
+            i += 1;
+        }
+        table
+    };
+    for byte in bytes {
+        crc = TABLE[((crc ^ *byte as u32) & 0xFF) as usize] ^ (crc >> 8);
+    }
+    crc
 }
 
 /// Digests of regular files by inode, so hard links are read once.
@@ -985,12 +1073,16 @@ mod tests {
     /// A file system without checksums, `patch` applied to its bytes, and the
     /// error reading it gives.
     fn refusal(setup: &str, patch: impl FnOnce(&mut Vec<u8>, &FileSystem)) -> String {
+        refusal_with(&["-O", "^metadata_csum"], setup, patch)
+    }
+
+    fn refusal_with(options: &[&str], setup: &str, patch: impl FnOnce(&mut Vec<u8>, &FileSystem)) -> String {
         let tree = tempfile::tempdir().unwrap();
         std::fs::create_dir(tree.path().join("d")).unwrap();
         for name in ["aaaa", "bbbb", "zz"] {
             std::fs::write(tree.path().join("d").join(name), "content").unwrap();
         }
-        let Some((_dir, image)) = make(tree.path(), &["-O", "^metadata_csum"]) else { return "skipped".into() };
+        let Some((_dir, image)) = make(tree.path(), options) else { return "skipped".into() };
         if !setup.is_empty() {
             debugfs(&image, setup);
         }
@@ -1053,6 +1145,21 @@ mod tests {
         );
         check_refused(refusal("", |b, _| b[1024 + 0x60] |= INCOMPAT_RECOVER as u8), "the file system needs recovery: its journal holds changes");
         check_refused(refusal("", |b, _| b[1024 + 0x62] |= 0x01), "the file system uses ext4 features verify does not read: encrypt");
+    }
+
+    #[test]
+    fn metadata_changed_without_its_checksum_is_refused() {
+        assert_eq!(!crc32c(!0, b"123456789"), 0xE306_9283, "CRC-32C check value");
+        let checksummed: &[&str] = &[];
+        check_refused(refusal_with(checksummed, "", |b, _| replace_once(b, b"aaaa", b"aaab")), "directory inode 12 at /d: a block's checksum does not match");
+        check_refused(
+            refusal_with(checksummed, "", |b, fs| {
+                let at = (fs.groups[0].inode_table * fs.block_size + 12 * fs.inode_size) as usize;
+                b[at + 1] ^= 0x08; // the set-uid bit of i_mode
+            }),
+            "inode 13's checksum does not match",
+        );
+        check_refused(refusal_with(checksummed, "", |b, _| b[1024 + 0x78] ^= 1), "the superblock's checksum does not match");
     }
 
     #[test]
