@@ -50,6 +50,7 @@ const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
 
 const GROUP_INODE_UNINIT: u16 = 0x1;
 
+const FLAG_INDEX: u32 = 0x1000;
 const FLAG_HUGE_FILE: u32 = 0x40000;
 const FLAG_EXTENTS: u32 = 0x80000;
 const FLAG_EA_INODE: u32 = 0x200000;
@@ -647,6 +648,7 @@ impl<'a> FileSystem<'a> {
     fn directory(&self, directory: &Inode, path: &[u8]) -> Result<Vec<(Vec<u8>, u32)>> {
         let mut listing = Listing { fs: self, number: directory.number, path, position: 0, names: HashSet::new(), entries: Vec::new() };
         let checksum_seed = directory.checksum_seed;
+        let indexed = directory.flags & FLAG_INDEX != 0;
         if directory.flags & FLAG_INLINE_DATA != 0 {
             // i_block holds the parent's inode number, then entries; more in system.data.
             let data = self.inline_data(directory)?;
@@ -666,11 +668,16 @@ impl<'a> FileSystem<'a> {
         let block_size = self.block_size as usize;
         self.read_data(directory, &mut |chunk| {
             for block in chunk.chunks(block_size) {
-                // A leaf block ends in a 12-byte entry holding its checksum; hash-tree index blocks keep theirs elsewhere and are not checked.
+                // A leaf block ends in a 12-byte entry holding its checksum;
+                // hash-tree index blocks keep theirs elsewhere and are not checked.
                 if let Some(seed) = checksum_seed {
                     let tail = block_size - 12;
-                    if le32(block, tail) == 0 && le16(block, tail + 4) == 12 && block[tail + 6] == 0 && block[tail + 7] == 0xDE && crc32c(seed, &block[..tail]) != le32(block, tail + 8) {
+                    let has_tail = le32(block, tail) == 0 && le16(block, tail + 4) == 12 && block[tail + 6] == 0 && block[tail + 7] == 0xDE;
+                    if has_tail && crc32c(seed, &block[..tail]) != le32(block, tail + 8) {
                         bail!("directory inode {} at {}: a block's checksum does not match (metadata_csum)", listing.number, shown(listing.path));
+                    }
+                    if !has_tail && !indexed {
+                        bail!("directory inode {} at {}: a block without its checksum (metadata_csum)", listing.number, shown(listing.path));
                     }
                 }
                 listing.parse(block)?;
@@ -1041,7 +1048,7 @@ mod tests {
         let fs = FileSystem::open(&file, 0, file.metadata().unwrap().len()).unwrap();
         let listed = fs.entries().unwrap();
         let many = listed.iter().find(|e| e.path == b"/many").unwrap();
-        assert_ne!(fs.inode(many.inode).unwrap().flags & 0x1000, 0, "/many has a hash-tree index");
+        assert_ne!(fs.inode(many.inode).unwrap().flags & FLAG_INDEX, 0, "/many has a hash-tree index");
         let hostname = listed.iter().find(|e| e.path == b"/etc/hostname").unwrap();
         assert_ne!(fs.inode(hostname.inode).unwrap().flags & FLAG_INLINE_DATA, 0, "small files are inline");
         let deep = listed.iter().find(|e| e.path == b"/etc/deep").unwrap();
