@@ -384,12 +384,13 @@ fn verify_passes_the_built_image_and_names_what_was_tampered_with() {
     let output = ws.rampart(&["verify", "evil", "--baseline", "out/baseline/baseline.baseline"]);
     assert!(stderr(&output).contains("evil: no partition table; not a rampart disk image"), "{}", stderr(&output));
     verify_covers_xattrs_in_baseline_and_archive(&ws);
-    verify_writes_nothing_the_image_names(&ws, &device_of);
+    verify_writes_nothing_the_image_names(&ws);
     verify_refuses_qcow2_that_names_other_files(&ws);
-    verify_names_an_added_capability(&ws, &device_of);
+    verify_names_an_added_capability(&ws);
 }
 
-/// A sparse copy of the built raw disk and its root partition as a debugfs device.
+/// A sparse copy of the built raw disk, its root partition as a debugfs
+/// device, and the partition's byte offset.
 fn device_of(ws: &Workspace, name: &str) -> (PathBuf, String, u64) {
     let copy = ws.path(name);
     assert!(Command::new("cp").arg("--sparse=always").arg(ws.path("out/baseline/baseline.raw")).arg(&copy).status().unwrap().success());
@@ -456,7 +457,7 @@ fn xattrs_of(path: &Path) -> Vec<(String, Vec<u8>)> {
 /// A name that climbs out of its directory, patched into a copy's root
 /// directory block, is refused; a symlink swapped in for /etc/ssh is a
 /// changed type. Neither makes verify write where the image points.
-fn verify_writes_nothing_the_image_names(ws: &Workspace, device_of: &dyn Fn(&Workspace, &str) -> (PathBuf, String, u64)) {
+fn verify_writes_nothing_the_image_names(ws: &Workspace) {
     let unique = format!("rampart-verify-escape-{}", std::process::id());
     let escaped_to = Path::new("/tmp").join(&unique);
     let _ = std::fs::remove_dir_all(&escaped_to);
@@ -521,7 +522,7 @@ fn verify_refuses_qcow2_that_names_other_files(ws: &Workspace) {
 
 /// `setcap cap_setuid+ep` on the image's perl (the baseline image has no
 /// python3.11) is named: the xattr, not only "something changed".
-fn verify_names_an_added_capability(ws: &Workspace, device_of: &dyn Fn(&Workspace, &str) -> (PathBuf, String, u64)) {
+fn verify_names_an_added_capability(ws: &Workspace) {
     let scratch = ws.path("scratch-binary");
     std::fs::write(&scratch, "x").unwrap();
     let output = Command::new("setcap").arg("cap_setuid+ep").arg(&scratch).output().unwrap();
