@@ -1,7 +1,8 @@
 //! `<name>.rootfs.tar.gz` and `<name>.etc.tar.gz`: image trees as
 //! reproducible archives. Entries in path order, numeric owners only, times
-//! already clamped by the seal stage, hard links kept as links, gzip header
-//! without name or time. Never changes the trees it reads.
+//! already clamped by the seal stage, hard links kept as links, xattrs as
+//! PAX `SCHILY.xattr.*` records, gzip header without name or time. Never
+//! changes the trees it reads.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -63,6 +64,11 @@ fn write_archive(entries: Vec<(String, Entry)>, output: &Path) -> Result<()> {
         header.set_gid(meta.gid() as u64);
         header.set_mtime(meta.mtime().max(0) as u64);
         header.set_size(0);
+        let xattrs = entry.xattrs()?;
+        let is_later_link = entry.kind == Kind::File && meta.nlink() > 1 && first_of_inode.contains_key(&(meta.dev(), meta.ino()));
+        if !xattrs.is_empty() && entry.kind != Kind::Socket && !is_later_link {
+            append_xattrs(&mut builder, &xattrs, meta.mtime().max(0) as u64)?;
+        }
         match entry.kind {
             Kind::File if meta.nlink() > 1 => {
                 let key = (meta.dev(), meta.ino());
@@ -101,6 +107,34 @@ fn write_archive(entries: Vec<(String, Entry)>, output: &Path) -> Result<()> {
     let gzip = builder.into_inner()?;
     let writer = gzip.finish()?;
     writer.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    Ok(())
+}
+
+/// A PAX extended header of `SCHILY.xattr.<name>` records (GNU tar's and
+/// libarchive's spelling) for the member that follows.
+fn append_xattrs<W: std::io::Write>(builder: &mut tar::Builder<W>, xattrs: &[(Vec<u8>, Vec<u8>)], mtime: u64) -> Result<()> {
+    let mut records = Vec::new();
+    for (name, value) in xattrs {
+        let body = [b"SCHILY.xattr.".as_slice(), name, b"=", value, b"\n"].concat();
+        // The length counts its own digits.
+        let mut length = body.len() + 2;
+        while format!("{length} ").len() + body.len() != length {
+            length = format!("{length} ").len() + body.len();
+        }
+        records.extend_from_slice(format!("{length} ").as_bytes());
+        records.extend_from_slice(&body);
+    }
+    let mut header = Header::new_ustar();
+    let name = b"././@PaxHeader";
+    header.as_old_mut().name[..name.len()].copy_from_slice(name);
+    header.set_entry_type(EntryType::XHeader);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(mtime);
+    header.set_size(records.len() as u64);
+    header.set_cksum();
+    builder.append(&header, records.as_slice())?;
     Ok(())
 }
 
@@ -147,6 +181,38 @@ mod tests {
         assert_eq!(kinds[2], ("bin/a".to_string(), EntryType::Regular));
         assert_eq!(kinds[3], ("bin/b".to_string(), EntryType::Link));
         assert_eq!(kinds[4], ("bin/c".to_string(), EntryType::Symlink));
+    }
+
+    #[test]
+    fn archive_carries_xattrs_as_pax_records() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("tool"), "x").unwrap();
+        let path = std::ffi::CString::new(root.path().join("tool").into_os_string().into_encoded_bytes()).unwrap();
+        // SAFETY: valid NUL-terminated strings and a 3-byte value. (No newline in it:
+        // the tar crate cannot read PAX values with one back, though GNU tar can.)
+        if unsafe { libc::lsetxattr(path.as_ptr(), c"user.rampart".as_ptr(), b"\x01=b".as_ptr().cast(), 3, 0) } != 0 {
+            eprintln!("skipped: {} has no user xattrs", root.path().display());
+            return;
+        }
+        crate::stages::seal::clamp_times(root.path(), 1000).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        write_rootfs_archive(root.path(), &out.path().join("1.tar.gz")).unwrap();
+        write_rootfs_archive(root.path(), &out.path().join("2.tar.gz")).unwrap();
+        let one = std::fs::read(out.path().join("1.tar.gz")).unwrap();
+        assert_eq!(one, std::fs::read(out.path().join("2.tar.gz")).unwrap());
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&one[..]));
+        let mut found = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let name = entry.path().unwrap().to_string_lossy().into_owned();
+            if let Some(extensions) = entry.pax_extensions().unwrap() {
+                for extension in extensions {
+                    let extension = extension.unwrap();
+                    found.push((name.clone(), extension.key().unwrap().to_string(), extension.value_bytes().to_vec()));
+                }
+            }
+        }
+        assert_eq!(found, vec![("tool".to_string(), "SCHILY.xattr.user.rampart".to_string(), b"\x01=b".to_vec())]);
     }
 
     fn member_names(archive: &Path) -> Vec<String> {

@@ -152,7 +152,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             run_lock(&profile, &mirror, update, &cache)?;
         }
         Command::Verify { image, baseline } => {
-            crate::process::require_programs(&[("qemu-img", "qemu-utils"), ("sfdisk", "fdisk"), ("debugfs", "e2fsprogs")])?;
+            crate::process::require_programs(&[("qemu-img", "qemu-utils"), ("sfdisk", "fdisk")])?;
             let differences = crate::verify::verify(&image, &baseline)?;
             for path in &differences.added {
                 println!("added    {path}");

@@ -8,6 +8,7 @@ pub mod build;
 pub mod bundle;
 pub mod cache;
 pub mod cli;
+pub mod ext4;
 pub mod fetch;
 pub mod fsutil;
 pub mod layout;

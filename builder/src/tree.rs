@@ -1,7 +1,10 @@
 //! Walks an image tree in one fixed order (by path bytes), without following
-//! symlinks. The baseline, the archives and `verify` all see the same list.
+//! symlinks, and reads entries' xattrs. The baseline and the archives see
+//! the same list.
 
+use std::ffi::CString;
 use std::fs::Metadata;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -63,6 +66,52 @@ impl Entry {
     pub fn mode(&self) -> u32 {
         self.meta.mode() & 0o7777
     }
+
+    /// The entry's extended attributes (name, value), sorted by name, not
+    /// following a symlink; none where the file system has none.
+    pub fn xattrs(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        read_xattrs(&self.host_path)
+    }
+}
+
+/// `llistxattr` and `lgetxattr`: a path's extended attributes, sorted by name.
+pub fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let c_path = CString::new(path.as_os_str().as_bytes())?;
+    let failed = |what: &str| anyhow::anyhow!(std::io::Error::last_os_error()).context(format!("while {what} the xattrs of {}", path.display()));
+    let mut names = vec![0u8; 4096];
+    loop {
+        // SAFETY: the buffer is valid for its length; the path is NUL-terminated.
+        let n = unsafe { libc::llistxattr(c_path.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+        if n >= 0 {
+            names.truncate(n as usize);
+            break;
+        }
+        match std::io::Error::last_os_error().raw_os_error() {
+            Some(libc::ENOTSUP) => return Ok(Vec::new()),
+            Some(libc::ERANGE) if names.len() < 1 << 20 => names.resize(names.len() * 4, 0),
+            _ => return Err(failed("listing")),
+        }
+    }
+    let mut xattrs = Vec::new();
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let c_name = CString::new(name)?;
+        let mut value = vec![0u8; 256];
+        loop {
+            // SAFETY: as above.
+            let n = unsafe { libc::lgetxattr(c_path.as_ptr(), c_name.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+            if n >= 0 {
+                value.truncate(n as usize);
+                break;
+            }
+            match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::ERANGE) if value.len() < 1 << 20 => value.resize(value.len() * 4, 0),
+                _ => return Err(failed("reading")),
+            }
+        }
+        xattrs.push((name.to_vec(), value));
+    }
+    xattrs.sort();
+    Ok(xattrs)
 }
 
 /// Every entry below `root` (and the root itself), sorted by image path.

@@ -1,17 +1,21 @@
 //! `rampart verify IMAGE --baseline FILE`: an offline tamper check of a disk
 //! image (raw or qcow2) against the `<name>.baseline` of its build, without
-//! booting or mounting it. qemu-img reads the format, sfdisk the partition
-//! table, debugfs the root file system (contents by rdump, and modes and
-//! owners by `ls -p`, because rdump's chown clears set-id bits).
+//! booting or mounting it. qemu-img reads the format (always told it), sfdisk
+//! the partition table, and `ext4` the root file system in place. The image
+//! is hostile: nothing it names is ever opened or written on the host; the
+//! only file verify writes is a qcow2's raw copy in its own work directory.
 
 use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
 use crate::baseline::{self, Record};
+use crate::ext4::{self, FileSystem};
 use crate::process::Cmd;
-
+use crate::tree::Kind;
 /// The GPT type of a Linux x86-64 root partition (Discoverable Partitions).
 const ROOT_TYPE: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
 
@@ -60,6 +64,7 @@ pub fn compare(expected: &BTreeMap<String, Record>, found: &BTreeMap<String, Rec
                         _ => format!("sha256 {} -> {}", short(&wanted.content), short(&record.content)),
                     });
                 }
+                what.extend(xattr_changes(&wanted.xattrs, &record.xattrs));
                 if !what.is_empty() {
                     differences.changed.push((path.clone(), what));
                 }
@@ -70,6 +75,29 @@ pub fn compare(expected: &BTreeMap<String, Record>, found: &BTreeMap<String, Rec
     differences
 }
 
+/// "xattr security.capability added", "... removed", "... 01.. -> 02..".
+fn xattr_changes(wanted: &BTreeMap<String, String>, found: &BTreeMap<String, String>) -> Vec<String> {
+    let mut what = Vec::new();
+    for (name, value) in found {
+        match wanted.get(name) {
+            None => what.push(format!("xattr {name} added")),
+            Some(old) if old != value => what.push(format!("xattr {name} {} -> {}", shown_value(old), shown_value(value))),
+            Some(_) => {}
+        }
+    }
+    what.extend(wanted.keys().filter(|name| !found.contains_key(*name)).map(|name| format!("xattr {name} removed")));
+    what
+}
+
+/// A hex value, shortened when long.
+fn shown_value(hex: &str) -> &str {
+    if hex.len() > 64 {
+        short(hex)
+    } else {
+        hex
+    }
+}
+
 fn short(digest: &str) -> &str {
     &digest[..12.min(digest.len())]
 }
@@ -78,70 +106,140 @@ pub fn verify(image: &Path, baseline_file: &Path) -> Result<Differences> {
     let (name, expected) = baseline::read(baseline_file)?;
     let work = crate::fsutil::owned_tempdir(&std::env::temp_dir(), "rampart-verify-")?;
     let raw = as_raw(image, work.path())?;
-    let offset = root_partition_offset(image, &raw, &name, baseline_file)?;
-    let device = format!("{}?offset={offset}", raw.display());
-    let dump = work.path().join("root");
-    std::fs::create_dir(&dump)?;
-    Cmd::new("debugfs")
-        .arg("-R")
-        .arg(format!("rdump / {}", dump.display()))
-        .arg(&device)
-        .run()
-        .with_context(|| format!("while reading the root file system of {}", image.display()))?;
-    let mut found: BTreeMap<String, Record> = baseline::compute(&dump)?.into_iter().map(|r| (r.path.clone(), r)).collect();
-    let directories: Vec<String> = found.values().filter(|r| r.kind == "d").map(|r| r.path.clone()).collect();
-    let mut devices = Vec::new();
-    for (path, InodeAttributes { mode, uid, gid }) in inode_attributes(&device, &directories, work.path())? {
-        if let Some(record) = found.get_mut(&path) {
-            record.mode = mode & 0o7777;
-            record.uid = uid;
-            record.gid = gid;
-            continue;
-        }
-        // rdump skips special files: they come from the listing alone.
-        let kind = match mode & 0o170000 {
-            0o020000 => "c",
-            0o060000 => "b",
-            0o010000 => "p",
-            0o140000 => "s",
-            _ => continue,
-        };
-        if kind == "c" || kind == "b" {
-            devices.push(path.clone());
-        }
-        let record = Record { path: path.clone(), kind: kind.into(), mode: mode & 0o7777, uid, gid, size: 0, content: "-".into() };
-        found.insert(path, record);
-    }
-    for (path, numbers) in device_numbers(&device, &devices, work.path())? {
-        if let Some(record) = found.get_mut(&path) {
-            record.content = numbers;
-        }
-    }
+    let (offset, length) = root_partition(image, &raw, &name, baseline_file)?;
+    let file = File::open(&raw).with_context(|| format!("while opening {}", raw.display()))?;
+    let found = read_root(&file, offset, length).with_context(|| format!("while reading the root file system of {}", image.display()))?;
     Ok(compare(&expected, &found))
 }
 
-/// The image as a raw file: itself, or a raw copy of a qcow2.
+/// The records of an ext4 file system, in the baseline's terms.
+pub fn read_root(file: &File, offset: u64, length: u64) -> Result<BTreeMap<String, Record>> {
+    let fs = FileSystem::open(file, offset, length)?;
+    let mut digests = ext4::Digests::default();
+    let mut found = BTreeMap::new();
+    for entry in fs.entries()? {
+        let content = match entry.kind {
+            Kind::File => hex::encode(digests.sha256(&fs, &entry)?),
+            Kind::Symlink => baseline::escape(&entry.target),
+            Kind::CharDevice | Kind::BlockDevice => format!("{},{}", entry.device.0, entry.device.1),
+            _ => "-".to_string(),
+        };
+        let xattrs = entry.xattrs.iter().map(|(name, value)| (baseline::escape_xattr_name(name), hex::encode(value))).collect();
+        let record = Record {
+            path: baseline::escape(&entry.path),
+            kind: entry.kind.letter().to_string(),
+            mode: entry.mode,
+            uid: entry.uid,
+            gid: entry.gid,
+            size: entry.size,
+            content,
+            xattrs,
+        };
+        found.insert(record.path.clone(), record);
+    }
+    Ok(found)
+}
+
+/// qcow2 images start with these bytes; anything else is read as raw.
+const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
+
+/// The image as a raw file: itself, or a raw copy of a qcow2 in `work`.
+/// qemu-img is always told the format, so a raw file is never probed, and a
+/// qcow2 that names other files (a backing file, an external data file) is
+/// refused before qemu-img opens them.
 fn as_raw(image: &Path, work: &Path) -> Result<PathBuf> {
     if !image.is_file() {
         bail!("{}: no such image file", image.display());
     }
-    let info = Cmd::new("qemu-img").args(["info", "--output=json"]).arg(image).run_unchecked()?;
-    let json: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap_or_default();
-    match json["format"].as_str() {
-        Some("raw") => Ok(image.to_path_buf()),
-        Some("qcow2") => {
-            let raw = work.join("disk.raw");
-            Cmd::new("qemu-img").args(["convert", "-O", "raw"]).arg(image).arg(&raw).run()?;
-            Ok(raw)
-        }
-        Some(other) => bail!("{}: a {other} image; rampart verifies raw and qcow2 disk images", image.display()),
-        None => bail!("{}: not a disk image (qemu-img cannot read it)", image.display()),
+    let mut magic = [0u8; 4];
+    let n = File::open(image)
+        .and_then(|mut f| f.read(&mut magic))
+        .with_context(|| format!("while reading {}", image.display()))?;
+    let format = if n == 4 && &magic == QCOW2_MAGIC { "qcow2" } else { "raw" };
+    if format == "qcow2" {
+        refuse_external_files(image)?;
     }
+    let info = Cmd::new("qemu-img").args(["info", "--output=json", "-f", format]).arg(image).run_unchecked()?;
+    if !info.status.success() {
+        bail!("{}: not a disk image (qemu-img cannot read it as {format}): {}", image.display(), String::from_utf8_lossy(&info.stderr).trim());
+    }
+    let json: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap_or_default();
+    if format == "raw" {
+        return Ok(image.to_path_buf());
+    }
+    for (field, what) in [("backing-filename", "a backing file"), ("full-backing-filename", "a backing file")] {
+        if let Some(named) = json[field].as_str() {
+            bail!("{}: a qcow2 with {what} ({named}); verify reads only self-contained images", image.display());
+        }
+    }
+    if let Some(named) = json["format-specific"]["data"]["data-file"].as_str() {
+        bail!("{}: a qcow2 with an external data file ({named}); verify reads only self-contained images", image.display());
+    }
+    let raw = work.join("disk.raw");
+    Cmd::new("qemu-img")
+        .args(["convert", "-f", "qcow2", "-O", "raw"])
+        .arg(image)
+        .arg(&raw)
+        .run()
+        .with_context(|| format!("while converting {} to raw", image.display()))?;
+    Ok(raw)
 }
 
-/// The byte offset of the root partition, after checking that the disk is
-/// the one the baseline describes (its partition UUIDs derive from the name).
-fn root_partition_offset(image: &Path, raw: &Path, name: &str, baseline_file: &Path) -> Result<u64> {
+/// Refuses a qcow2 whose header names a backing file or an external data
+/// file, before qemu-img is run on it at all (qemu-img would open them).
+fn refuse_external_files(image: &Path) -> Result<()> {
+    let file = File::open(image).with_context(|| format!("while opening {}", image.display()))?;
+    let mut header = [0u8; 104];
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut header, 0).with_context(|| format!("{}: a truncated qcow2 header", image.display()))?;
+    let be64 = |at: usize| u64::from_be_bytes(header[at..at + 8].try_into().unwrap_or_default());
+    let version = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+    let backing_offset = be64(8);
+    if backing_offset != 0 {
+        let length = u32::from_be_bytes([header[16], header[17], header[18], header[19]]).min(1023) as usize;
+        let mut name = vec![0u8; length];
+        let named = std::os::unix::fs::FileExt::read_exact_at(&file, &mut name, backing_offset).map(|_| String::from_utf8_lossy(&name).into_owned());
+        bail!(
+            "{}: a qcow2 with a backing file ({}); verify reads only self-contained images",
+            image.display(),
+            named.unwrap_or_else(|_| "unreadable name".into())
+        );
+    }
+    // Incompatible feature bit 2: the guest data lives in an external file.
+    if version >= 3 && be64(72) & 0x4 != 0 {
+        let named = data_file_name(&file, u32::from_be_bytes([header[100], header[101], header[102], header[103]]) as u64);
+        bail!(
+            "{}: a qcow2 with an external data file ({}); verify reads only self-contained images",
+            image.display(),
+            named.unwrap_or_else(|| "name not recorded".into())
+        );
+    }
+    Ok(())
+}
+
+/// The external data file's name from the qcow2 header extensions (type
+/// "DATA"), which follow the header in its first 64 KiB.
+fn data_file_name(file: &File, header_length: u64) -> Option<String> {
+    let mut area = vec![0u8; 65536];
+    let n = std::os::unix::fs::FileExt::read_at(file, &mut area, header_length.min(65536)).ok()?;
+    let area = &area[..n];
+    let mut offset = 0;
+    while offset + 8 <= area.len() {
+        let kind = u32::from_be_bytes(area[offset..offset + 4].try_into().ok()?);
+        let length = u32::from_be_bytes(area[offset + 4..offset + 8].try_into().ok()?) as usize;
+        let data = area.get(offset + 8..offset + 8 + length)?;
+        match kind {
+            0 => return None,
+            0x4441_5441 => return Some(String::from_utf8_lossy(data).into_owned()),
+            _ => offset += 8 + length.div_ceil(8) * 8,
+        }
+    }
+    None
+}
+
+/// The byte offset and length of the root partition, after checking that
+/// the disk is the one the baseline describes (its partition UUIDs derive
+/// from the name).
+fn root_partition(image: &Path, raw: &Path, name: &str, baseline_file: &Path) -> Result<(u64, u64)> {
     let output = Cmd::new("sfdisk").arg("--json").arg(raw).run_unchecked()?;
     let table: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
     let Some(partitions) = table["partitiontable"]["partitions"].as_array() else {
@@ -159,79 +257,16 @@ fn root_partition_offset(image: &Path, raw: &Path, name: &str, baseline_file: &P
             image.display()
         );
     }
-    Ok(root["start"].as_u64().context("the root partition has no start")? * sector)
-}
-
-/// Runs `command "<path>"` in debugfs for each path (one script, one
-/// process) and returns each path's output lines. debugfs echoes every
-/// command as "debugfs: <command>", which splits the output.
-fn debugfs_each(device: &str, command: &str, paths: &[String], work: &Path) -> Result<Vec<(String, Vec<String>)>> {
-    if paths.is_empty() {
-        return Ok(Vec::new());
+    let start = root["start"].as_u64().context("the root partition has no start")?;
+    let size = root["size"].as_u64().context("the root partition has no size")?;
+    let (Some(offset), Some(length)) = (start.checked_mul(sector), size.checked_mul(sector)) else {
+        bail!("{}: the root partition's bounds overflow", image.display());
+    };
+    let file_length = std::fs::metadata(raw)?.len();
+    if offset.checked_add(length).is_none_or(|end| end > file_length) {
+        bail!("{}: the root partition reaches past the end of the disk", image.display());
     }
-    let script = work.join(format!("{command}.debugfs"));
-    let text: String = paths.iter().map(|p| format!("{command} \"{}\"\n", p.replace('"', "\\\""))).collect();
-    std::fs::write(&script, text)?;
-    let output = Cmd::new("debugfs").arg("-f").arg(&script).arg(device).run()?;
-    let echo = format!("debugfs: {command} ");
-    let mut results: Vec<(String, Vec<String>)> = Vec::new();
-    let mut next_path = paths.iter();
-    for line in output.stdout_text().lines() {
-        if line.starts_with(&echo) {
-            if let Some(path) = next_path.next() {
-                results.push((path.clone(), Vec::new()));
-            }
-        } else if let Some((_, lines)) = results.last_mut() {
-            lines.push(line.to_string());
-        }
-    }
-    Ok(results)
-}
-
-/// An entry's mode (type bits included), uid and gid, as its inode has them.
-struct InodeAttributes {
-    mode: u32,
-    uid: u32,
-    gid: u32,
-}
-
-/// Mode, uid and gid of every entry below `directories`, as the file system
-/// records them (debugfs `ls -p`: /inode/mode/uid/gid/name/size/).
-fn inode_attributes(device: &str, directories: &[String], work: &Path) -> Result<Vec<(String, InodeAttributes)>> {
-    let mut attributes = Vec::new();
-    for (dir, lines) in debugfs_each(device, "ls -p", directories, work)? {
-        for line in lines {
-            let Some(fields) = line.strip_prefix('/').and_then(|l| l.strip_suffix('/')) else { continue };
-            let fields: Vec<&str> = fields.split('/').collect();
-            if fields.len() < 6 {
-                continue;
-            }
-            let entry = fields[4..fields.len() - 1].join("/");
-            let path = match entry.as_str() {
-                "." if dir == "/" => "/".to_string(),
-                "." | ".." => continue,
-                _ if dir == "/" => format!("/{entry}"),
-                _ => format!("{dir}/{entry}"),
-            };
-            let (Ok(mode), Ok(uid), Ok(gid)) = (u32::from_str_radix(fields[1], 8), fields[2].parse(), fields[3].parse()) else { continue };
-            attributes.push((path, InodeAttributes { mode, uid, gid }));
-        }
-    }
-    Ok(attributes)
-}
-
-/// "major,minor" of each device node (debugfs `stat`: "Device major/minor
-/// number: 01:03 (hex 01:03)").
-fn device_numbers(device: &str, paths: &[String], work: &Path) -> Result<Vec<(String, String)>> {
-    let mut numbers = Vec::new();
-    for (path, lines) in debugfs_each(device, "stat", paths, work)? {
-        let pair = lines.iter().find_map(|l| l.trim().strip_prefix("Device major/minor number: ")?.split_whitespace().next().map(String::from));
-        let parsed = pair.as_deref().and_then(|p| p.split_once(':')).and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)));
-        if let Some((major, minor)) = parsed {
-            numbers.push((path, format!("{major},{minor}")));
-        }
-    }
-    Ok(numbers)
+    Ok((offset, length))
 }
 
 #[cfg(test)]
@@ -239,7 +274,7 @@ mod tests {
     use super::*;
 
     fn record(path: &str, mode: u32, content: &str) -> (String, Record) {
-        (path.to_string(), Record { path: path.into(), kind: "f".into(), mode, uid: 0, gid: 0, size: 3, content: content.into() })
+        (path.to_string(), Record { path: path.into(), kind: "f".into(), mode, uid: 0, gid: 0, size: 3, content: content.into(), xattrs: BTreeMap::new() })
     }
 
     #[test]

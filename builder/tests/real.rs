@@ -533,6 +533,178 @@ fn verify_passes_the_built_image_and_names_what_was_tampered_with() {
     assert!(stderr(&output).contains("is the baseline of image web, but out/baseline/baseline.raw is another image"), "{}", stderr(&output));
     let output = ws.rampart(&["verify", "evil", "--baseline", "out/baseline/baseline.baseline"]);
     assert!(stderr(&output).contains("evil: no partition table; not a rampart disk image"), "{}", stderr(&output));
+    verify_covers_xattrs_in_baseline_and_archive(&ws);
+    verify_writes_nothing_the_image_names(&ws);
+    verify_refuses_qcow2_that_names_other_files(&ws);
+    verify_names_an_added_capability(&ws);
+}
+
+/// A sparse copy of the built raw disk, its root partition as a debugfs
+/// device, and the partition's byte offset.
+fn device_of(ws: &Workspace, name: &str) -> (PathBuf, String, u64) {
+    let copy = ws.path(name);
+    assert!(Command::new("cp").arg("--sparse=always").arg(ws.path("out/baseline/baseline.raw")).arg(&copy).status().unwrap().success());
+    let table = Command::new("sfdisk").arg("--json").arg(&copy).output().unwrap();
+    let table: serde_json::Value = serde_json::from_slice(&table.stdout).unwrap();
+    let root = table["partitiontable"]["partitions"].as_array().unwrap().iter().find(|p| p["name"] == "root").expect("a root partition");
+    let offset = root["start"].as_u64().unwrap() * 512;
+    (copy.clone(), format!("{}?offset={offset}", copy.display()), offset)
+}
+
+/// Runs debugfs -w with `commands` (one a line) on its stdin.
+fn debugfs_write(device: &str, commands: &str) {
+    let mut child = Command::new("debugfs").args(["-w", "-f", "-", device]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), commands.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success() && !String::from_utf8_lossy(&output.stderr).lines().any(|l| !l.starts_with("debugfs ")), "debugfs {commands}: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// What systemd-tmpfiles gives /var/log/journal (POSIX ACLs) is in the
+/// baseline, in rootfs.tar.gz as PAX records GNU tar restores, and (the
+/// first verify passed) read identically from the image.
+fn verify_covers_xattrs_in_baseline_and_archive(ws: &Workspace) {
+    let baseline = std::fs::read_to_string(ws.path("out/baseline/baseline.baseline")).unwrap();
+    assert!(baseline.starts_with("# rampart-baseline v2 image=baseline\n"));
+    let journal = baseline.lines().find(|l| l.starts_with("/var/log/journal\t")).expect("/var/log/journal in the baseline");
+    let xattrs = journal.rsplit('\t').next().unwrap();
+    assert!(xattrs.contains("system.posix_acl_access="), "{journal}");
+    let unpacked = ws.path("unpacked");
+    std::fs::create_dir(&unpacked).unwrap();
+    let status = Command::new("tar")
+        .args(["--xattrs", "--xattrs-include=*", "-xzf"])
+        .arg(ws.path("out/baseline/baseline.rootfs.tar.gz"))
+        .arg("-C")
+        .arg(&unpacked)
+        .arg("var/log/journal")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let restored: Vec<String> = xattrs_of(&unpacked.join("var/log/journal")).iter().map(|(n, v)| format!("{n}={}", hex::encode(v))).collect();
+    assert_eq!(restored.join(","), xattrs, "rootfs.tar.gz restores the baseline's xattrs");
+}
+
+fn xattrs_of(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let mut names = vec![0u8; 4096];
+    // SAFETY: buffers valid for their lengths, NUL-terminated strings.
+    let n = unsafe { libc::llistxattr(c_path.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    assert!(n >= 0);
+    names.truncate(n as usize);
+    let mut out = Vec::new();
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let c_name = std::ffi::CString::new(name).unwrap();
+        let mut value = vec![0u8; 4096];
+        // SAFETY: as above.
+        let n = unsafe { libc::lgetxattr(c_path.as_ptr(), c_name.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+        assert!(n >= 0);
+        value.truncate(n as usize);
+        out.push((String::from_utf8_lossy(name).into_owned(), value));
+    }
+    out.sort();
+    out
+}
+
+/// A name that climbs out of its directory, patched into a copy's root
+/// directory block, is refused; a symlink swapped in for /etc/ssh is a
+/// changed type. Neither makes verify write where the image points.
+fn verify_writes_nothing_the_image_names(ws: &Workspace) {
+    let unique = format!("rampart-verify-escape-{}", std::process::id());
+    let escaped_to = Path::new("/tmp").join(&unique);
+    let _ = std::fs::remove_dir_all(&escaped_to);
+    let climbing = format!("../../../../tmp/{unique}/pwn");
+    let placeholder = format!("rampart-placeholder-{}", "q".repeat(climbing.len() - 20));
+    assert_eq!(placeholder.len(), climbing.len());
+    let (copy, device, offset) = device_of(ws, "climbing.raw");
+    debugfs_write(&device, &format!("ln /etc/hostname /{placeholder}"));
+    // Replace the placeholder's bytes where the root directory holds them.
+    let mut bytes = std::fs::read(&copy).unwrap();
+    let partition = &mut bytes[offset as usize..];
+    let at: Vec<usize> = partition.windows(placeholder.len()).enumerate().filter(|(_, w)| *w == placeholder.as_bytes()).map(|(i, _)| i).collect();
+    assert_eq!(at.len(), 1, "the placeholder name is in the image once");
+    partition[at[0]..at[0] + climbing.len()].copy_from_slice(climbing.as_bytes());
+    // Then fix the block's metadata_csum checksum, as a careful attacker
+    // would, so it is the name check that refuses it.
+    let uuid = partition[1024 + 0x68..1024 + 0x78].to_vec();
+    let stat = Command::new("debugfs").args(["-R", "stat <2>", &device]).output().unwrap();
+    let stat = String::from_utf8_lossy(&stat.stdout);
+    let generation: u32 = stat.split("Generation: ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|g| g.parse().ok()).expect("the root inode's generation");
+    let block = at[0] / 4096 * 4096;
+    let seed = crc32c(crc32c(crc32c(!0, &uuid), &2u32.to_le_bytes()), &generation.to_le_bytes());
+    let sum = crc32c(seed, &partition[block..block + 4084]);
+    assert_eq!(partition[block + 4084 + 7], 0xDE, "the root directory block ends in its checksum entry");
+    partition[block + 4092..block + 4096].copy_from_slice(&sum.to_le_bytes());
+    std::fs::write(&copy, &bytes).unwrap();
+    drop(bytes);
+    let output = ws.rampart(&["verify", "climbing.raw", "--baseline", "out/baseline/baseline.baseline"]);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains(&format!("directory inode 2 at / has an entry named {climbing:?}")), "{}", stderr(&output));
+    assert!(stderr(&output).contains("a name with '/' or NUL, refused"), "{}", stderr(&output));
+    assert!(!escaped_to.exists(), "verify wrote {}", escaped_to.display());
+    std::fs::remove_file(&copy).unwrap();
+
+    let target = Path::new("/tmp").join(format!("rampart-verify-target-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&target);
+    std::fs::create_dir(&target).unwrap();
+    let (copy, device, _) = device_of(ws, "symlinked.raw");
+    debugfs_write(&device, &format!("unlink /etc/ssh\nsymlink /etc/ssh {}\n", target.display()));
+    let output = ws.rampart(&["verify", "symlinked.raw", "--baseline", "out/baseline/baseline.baseline"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success());
+    assert!(stdout.contains("changed  /etc/ssh: type d -> l"), "{stdout}");
+    assert!(stdout.contains("removed  /etc/ssh/sshd_config"), "{stdout}");
+    assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0, "verify wrote below the symlink's target");
+    std::fs::remove_dir(&target).unwrap();
+    std::fs::remove_file(&copy).unwrap();
+}
+
+/// CRC-32C as ext4 computes it (from `crc`, no final inversion).
+fn crc32c(mut crc: u32, bytes: &[u8]) -> u32 {
+    for byte in bytes {
+        crc ^= *byte as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82F6_3B78 } else { crc >> 1 };
+        }
+    }
+    crc
+}
+
+/// qcow2 images whose guest data or backing chain lives in another file are
+/// refused, naming that file, before qemu-img opens it.
+fn verify_refuses_qcow2_that_names_other_files(ws: &Workspace) {
+    let raw = ws.path("out/baseline/baseline.raw");
+    let output = Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"]).arg(&raw).arg(ws.path("backed.qcow2")).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = ws.rampart(&["verify", "backed.qcow2", "--baseline", "out/baseline/baseline.baseline"]);
+    assert!(stderr(&output).contains(&format!("backed.qcow2: a qcow2 with a backing file ({})", raw.display())), "{}", stderr(&output));
+    let data = ws.path("data.raw");
+    let output = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-o"])
+        .arg(format!("data_file={}", data.display()))
+        .arg(ws.path("external.qcow2"))
+        .arg("64M")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = ws.rampart(&["verify", "external.qcow2", "--baseline", "out/baseline/baseline.baseline"]);
+    assert!(stderr(&output).contains(&format!("external.qcow2: a qcow2 with an external data file ({})", data.display())), "{}", stderr(&output));
+}
+
+/// `setcap cap_setuid+ep` on the image's perl (the baseline image has no
+/// python3.11) is named: the xattr, not only "something changed".
+fn verify_names_an_added_capability(ws: &Workspace) {
+    let scratch = ws.path("scratch-binary");
+    std::fs::write(&scratch, "x").unwrap();
+    let output = Command::new("setcap").arg("cap_setuid+ep").arg(&scratch).output().unwrap();
+    assert!(output.status.success(), "setcap: {}", String::from_utf8_lossy(&output.stderr));
+    let capability = xattrs_of(&scratch).into_iter().find(|(n, _)| n == "security.capability").expect("setcap wrote security.capability").1;
+    std::fs::write(ws.path("capability.bin"), &capability).unwrap();
+    let (copy, device, _) = device_of(ws, "capable.raw");
+    debugfs_write(&device, &format!("ea_set -f {} /usr/bin/perl security.capability", ws.path("capability.bin").display()));
+    let output = ws.rampart(&["verify", "capable.raw", "--baseline", "out/baseline/baseline.baseline"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "a setuid capability passed verify");
+    assert!(stdout.contains("changed  /usr/bin/perl: xattr security.capability added"), "{stdout}");
+    std::fs::remove_file(&copy).unwrap();
 }
 
 #[test]
