@@ -240,6 +240,8 @@ impl Cmd {
         if stop == Stop::Group {
             command.process_group(0);
         }
+        let tag = CommandTag::next();
+        command.env(CommandTag::VARIABLE, &tag.0);
         let mut child = command.spawn().map_err(|e| self.not_found(e))?;
         let writer = self.feed_stdin(&mut child);
         let mut stdout = child.stdout.take().expect("piped stdout");
@@ -254,7 +256,7 @@ impl Cmd {
             let _ = stderr.read_to_end(&mut buffer);
             buffer
         });
-        let status = wait_stoppable(&mut child, deadline, stop)?;
+        let status = wait_stoppable(&mut child, &tag, deadline, stop)?;
         if status.is_none() {
             check_interrupted().with_context(|| format!("while running `{}`", self.display()))?;
         }
@@ -321,9 +323,11 @@ impl Cmd {
         let start = file.seek(SeekFrom::End(0))?;
         let mut command = self.command();
         command.stdout(file.try_clone()?).stderr(file.try_clone()?);
+        let tag = CommandTag::next();
+        command.env(CommandTag::VARIABLE, &tag.0);
         let mut child = command.spawn().map_err(|e| self.not_found(e))?;
         let writer = self.feed_stdin(&mut child);
-        let Some(status) = wait_stoppable(&mut child, None, Stop::Tree)? else {
+        let Some(status) = wait_stoppable(&mut child, &tag, None, Stop::Tree)? else {
             bail!("interrupted by a signal while running `{}`", self.display());
         };
         if let Some(writer) = writer {
@@ -368,12 +372,36 @@ enum Stop {
     Tree,
 }
 
+/// A mark in the environment of one command, which whatever it starts
+/// inherits: found even in processes that left its tree (orphans whose
+/// parent exited before the signal came).
+struct CommandTag(String);
+
+impl CommandTag {
+    const VARIABLE: &'static str = "RAMPART_COMMAND";
+
+    fn next() -> CommandTag {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        CommandTag(format!("{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst)))
+    }
+
+    /// The running processes whose environment carries this tag.
+    fn carriers(&self) -> Vec<u32> {
+        let wanted = format!("{}={}", Self::VARIABLE, self.0).into_bytes();
+        let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+        entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == wanted.as_slice())))
+            .collect()
+    }
+}
+
 /// Waits for a child. At the deadline, or when a signal asks rampart to stop
 /// while it runs, kills it and all it started and returns `None`. A command
 /// started after the signal (a destructor's clean-up) runs to its end. A
 /// short command is polled often at first, so it costs no more than a
 /// blocking wait.
-fn wait_stoppable(child: &mut Child, deadline: Option<std::time::Instant>, stop: Stop) -> Result<Option<ExitStatus>> {
+fn wait_stoppable(child: &mut Child, tag: &CommandTag, deadline: Option<std::time::Instant>, stop: Stop) -> Result<Option<ExitStatus>> {
     let stoppable = stop == Stop::Group || !interrupted();
     let mut poll = std::time::Duration::from_micros(200);
     loop {
@@ -383,7 +411,7 @@ fn wait_stoppable(child: &mut Child, deadline: Option<std::time::Instant>, stop:
         if deadline.is_some_and(|d| std::time::Instant::now() >= d) || (stoppable && interrupted()) {
             match stop {
                 Stop::Group => kill_group(child),
-                Stop::Tree => kill_tree(child),
+                Stop::Tree => kill_tree(child, tag),
             }
             return Ok(None);
         }
@@ -410,17 +438,19 @@ fn kill_group(child: &mut Child) {
     }
 }
 
-/// Kills `child` and every process below it: each is stopped first, so none
-/// can fork past the list, then all are killed at once. Orphans of the tree
-/// stay rampart's (it is their subreaper, see `stop_on_signals`) and are
-/// reaped here.
-fn kill_tree(child: &mut Child) {
+/// Kills `child` and every process below it or carrying its tag: each is
+/// stopped first, so none can fork past the list, then all are killed at
+/// once. Orphans stay rampart's (it is their subreaper, see
+/// `stop_on_signals`) and are reaped here.
+fn kill_tree(child: &mut Child, tag: &CommandTag) {
     let root = child.id();
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(root as i32, libc::SIGSTOP) };
     let mut tree = vec![root];
     loop {
-        let below: Vec<u32> = descendants(&tree).into_iter().filter(|p| !tree.contains(p)).collect();
+        let mut below: Vec<u32> = descendants(&tree).into_iter().chain(tag.carriers()).filter(|p| !tree.contains(p)).collect();
+        below.sort_unstable();
+        below.dedup();
         if below.is_empty() {
             break;
         }
