@@ -356,11 +356,17 @@ fn run_build_from_bundle(
     unpacked.check_self_contained(&profile).with_context(refused)?;
     let lock = Lock::read(&profile.lock_path()).with_context(refused)?;
     bundle::signed::verify(&unpacked, &lock).with_context(refused)?;
+    // The signature vouches for the packages only: the profile (accounts,
+    // keys, firewall, overlays) and the choice of signed versions come from
+    // whoever made the bundle.
+    if sha256.is_none() && given.is_none() {
+        anyhow::bail!(
+            "{}: its packages match the archive's signature, but nothing shows its profile is yours; give the digest `rampart bundle` printed (--sha256 HEX) or your own copy of the profile (build --bundle FILE PROFILE)",
+            refused()
+        );
+    }
     bundle::import_debs(&unpacked, &lock, &cache).with_context(refused)?;
     timer.done();
-    if sha256.is_none() {
-        ui::step("the bundle matches the archive's signature; without --sha256 nothing shows it is the very bundle that was made");
-    }
     let mirror = unpacked.manifest.mirror.clone();
     build::build(profile, mirror, &BuildOptions { offline: true, out, cache: cache.root().to_path_buf(), secrets, installer })
 }

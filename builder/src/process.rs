@@ -31,10 +31,6 @@ pub fn stop_on_signals() -> Result<()> {
     static REGISTERED: std::sync::Once = std::sync::Once::new();
     let mut result = Ok(());
     REGISTERED.call_once(|| {
-        // Orphans of a command stay rampart's, so a stopped command's whole
-        // tree can be found and killed (`kill_tree`).
-        // SAFETY: prctl(2) with integer arguments only.
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
         for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
             // The exit is registered first, so the first signal only raises the flag.
             let registered = signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&INTERRUPTED))
@@ -438,10 +434,9 @@ fn kill_group(child: &mut Child) {
     }
 }
 
-/// Kills `child` and every process below it or carrying its tag: each is
-/// stopped first, so none can fork past the list, then all are killed at
-/// once. Orphans stay rampart's (it is their subreaper, see
-/// `stop_on_signals`) and are reaped here.
+/// Kills `child` and every process below it or carrying its tag (orphans
+/// that left the tree): each is stopped first, so none can fork past the
+/// list, then all are killed at once. Only the child is rampart's to reap.
 fn kill_tree(child: &mut Child, tag: &CommandTag) {
     let root = child.id();
     // SAFETY: kill(2) on our own child.
@@ -465,10 +460,6 @@ fn kill_tree(child: &mut Child, tag: &CommandTag) {
         unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
     }
     let _ = child.wait();
-    for pid in &tree[1..] {
-        // SAFETY: waitpid(2) on a process that became ours (subreaper); fails harmlessly otherwise.
-        unsafe { libc::waitpid(*pid as i32, std::ptr::null_mut(), 0) };
-    }
 }
 
 /// The processes whose parent is one of `parents`, and theirs, and so on.

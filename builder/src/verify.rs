@@ -147,6 +147,9 @@ const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
 /// qemu-img is always told the format, so a raw file is never probed, and a
 /// qcow2 that names other files (a backing file, an external data file) is
 /// refused before qemu-img opens them.
+/// The largest qcow2 verify converts to a raw copy in its work directory.
+const MAX_QCOW2_BYTES: u64 = 64 << 30;
+
 fn as_raw(image: &Path, work: &Path) -> Result<PathBuf> {
     if !image.is_file() {
         bail!("{}: no such image file", image.display());
@@ -174,6 +177,17 @@ fn as_raw(image: &Path, work: &Path) -> Result<PathBuf> {
     }
     if let Some(named) = json["format-specific"]["data"]["data-file"].as_str() {
         bail!("{}: a qcow2 with an external data file ({named}); verify reads only self-contained images", image.display());
+    }
+    // A few KiB of qcow2 can claim terabytes of data (every cluster mapped to
+    // one): the raw copy is made only of a size a rampart image can have.
+    let virtual_size = json["virtual-size"].as_u64().with_context(|| format!("{}: qemu-img gives no virtual size", image.display()))?;
+    if virtual_size > MAX_QCOW2_BYTES {
+        bail!(
+            "{}: a qcow2 of {} GiB; verify converts images of up to {} GiB (a rampart image is as large as its files)",
+            image.display(),
+            virtual_size >> 30,
+            MAX_QCOW2_BYTES >> 30
+        );
     }
     let raw = work.join("disk.raw");
     Cmd::new("qemu-img")

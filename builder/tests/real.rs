@@ -163,7 +163,7 @@ fn offline_build_of_baseline_in_a_network_namespace_makes_every_artifact() {
     assert_eq!(spdx["packages"].as_array().unwrap().len(), packages.len() + 1, "one SPDX package per .deb and one for the image");
     assert!(spdx["packages"].as_array().unwrap().iter().any(|p| p["SPDXID"] == "SPDXRef-Package-deb-openssh-server-amd64"));
     let baseline = std::fs::read_to_string(out.join("baseline.baseline")).unwrap();
-    assert!(baseline.starts_with("# rampart-baseline v1 image=baseline"));
+    assert!(baseline.starts_with("# rampart-baseline v2 image=baseline"));
     assert!(baseline.lines().any(|l| l.starts_with("/etc/machine-id\tf\t0444\t0\t0\t0\t")), "machine-id is empty");
     assert!(!baseline.contains("/etc/ssh/ssh_host_"), "no SSH host keys in the image");
     assert!(!baseline.lines().any(|l| l.starts_with("/var/lib/apt/lists/") && !l.ends_with("\t-")), "apt lists are emptied");

@@ -59,12 +59,36 @@ After=nftables.service
 /// (its input chain with the drop policy is there), and reports a failure.
 const NFTABLES_FAIL_CLOSED_FILE: &str = "etc/systemd/system/nftables.service.d/rampart-fail-closed.conf";
 pub const FAILURE_UNIT: &str = "rampart-firewall-failed.service";
-const NFTABLES_FAIL_CLOSED: &str = "# rampart: [firewall] the loaded ruleset must hold rampart's default-deny input chain
+const NFTABLES_FAIL_CLOSED: &str = "# rampart: [firewall] the loaded ruleset must hold rampart's default-deny input chain;
+# stopping the firewall (or restarting it with a ruleset that does not load) leaves
+# everything but loopback dropped, not an empty ruleset
 [Unit]
 OnFailure=rampart-firewall-failed.service
 
 [Service]
 ExecStartPost=/bin/sh -c '/usr/sbin/nft list chain inet rampart input | grep -q \"policy drop;\"'
+ExecStop=
+ExecStop=/usr/sbin/nft -f /etc/nftables-closed.conf
+";
+/// What a stopped firewall leaves: only loopback.
+const CLOSED_RULESET_FILE: &str = "etc/nftables-closed.conf";
+pub const CLOSED_RULESET: &str = "#!/usr/sbin/nft -f
+# rampart: [firewall] what nftables.service leaves when it stops: nothing but loopback
+flush ruleset
+
+table inet rampart-closed {
+\tchain input {
+\t\ttype filter hook input priority filter; policy drop;
+\t\tiif \"lo\" accept
+\t}
+\tchain forward {
+\t\ttype filter hook forward priority filter; policy drop;
+\t}
+\tchain output {
+\t\ttype filter hook output priority filter; policy drop;
+\t\toif \"lo\" accept
+\t}
+}
 ";
 /// What a machine whose firewall did not load prints on its console.
 pub const FAILURE_MARKER: &str = "rampart-firewall: the firewall ruleset did not load";
@@ -213,6 +237,11 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
             None => bail!("nft refuses the firewall ruleset made from [firewall] of {}:\n{error}", ctx.profile.path.display()),
         }
     }
+    ctx.install_file(CLOSED_RULESET_FILE, CLOSED_RULESET.as_bytes(), 0o644)?;
+    let output = ctx.in_root("nft").args(["--check", "--file", &format!("/{CLOSED_RULESET_FILE}")]).without_network().run_unchecked()?;
+    if !output.status.success() {
+        bail!("nft refuses rampart's closed ruleset /{CLOSED_RULESET_FILE}:\n{}", String::from_utf8_lossy(&output.stderr).trim());
+    }
     ctx.install_file("etc/sysctl.d/60-rampart-network.conf", SYSCTLS.as_bytes(), 0o644)?;
     let mut modules = String::from("# rampart: [firewall] the ruleset's kernel modules, loaded before nftables.service\n");
     for module in PRELOADED_MODULES {
@@ -249,7 +278,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
         "extra-input-rules": firewall.input_rules.iter().map(|r| r.value.clone()).collect::<Vec<_>>(),
         "sysctls": "/etc/sysctl.d/60-rampart-network.conf (rp_filter, syncookies, no redirects, no source routing, log_martians)",
         "checked-with": "nft --check (the image's own nft)",
-        "fails-closed": format!("systemd-networkd and its socket need nftables.service to have started (Requisite=, PartOf=), which fails unless rampart's input chain (policy drop) is loaded; {FAILURE_UNIT} says why on the console and in the journal"),
+        "fails-closed": format!("systemd-networkd and its socket need nftables.service to have started (Requisite=, PartOf=); stopping it loads /{CLOSED_RULESET_FILE} (loopback only) instead of flushing; which fails unless rampart's input chain (policy drop) is loaded; {FAILURE_UNIT} says why on the console and in the journal"),
         "modules-preloaded": format!("/{MODULES_LOAD_FILE}: {}", PRELOADED_MODULES.join(", ")),
     });
     ctx.record("firewall", true, settings);

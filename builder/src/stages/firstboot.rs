@@ -6,7 +6,7 @@
 //! boot from systemd credentials (SMBIOS type 11 or fw_cfg), the same input a
 //! user's deployment gives.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::json;
 
 use crate::build::context::BuildContext;
@@ -45,6 +45,40 @@ pub const IMAGE_KEYS_DIR: &str = "/etc/ssh/authorized_keys.d/image";
 /// time, cannot know them).
 pub const PROVISIONED_KEYS_RECORD: &str = "/var/lib/rampart/ssh-keys.sha256";
 pub const KEYS_RECORD_UNIT: &str = "rampart-ssh-keys-record.service";
+/// Compares the provisioned key files with the record: the same names, the
+/// same digests. Run by the integrity check.
+pub const KEYS_CHECK: &str = "/usr/lib/rampart/check-ssh-keys";
+
+fn keys_check_script() -> String {
+    format!(
+        r#"#!/bin/sh
+# rampart: the SSH key files in {PROVISIONED_KEYS_DIR} against their record of the
+# first boot ({PROVISIONED_KEYS_RECORD}): the same files, the same contents.
+set -u
+record={PROVISIONED_KEYS_RECORD}
+if [ ! -f "$record" ]; then
+    echo "rampart: no record of the SSH keys provisioned on first boot ($record)"
+    exit 1
+fi
+cd {PROVISIONED_KEYS_DIR} || exit 1
+now=$(find . -maxdepth 1 -type f -printf '%f
+' | LC_ALL=C sort | tr '
+' ' ')
+recorded=$(sed 's/^[0-9a-f]*  //' "$record" | LC_ALL=C sort | tr '
+' ' ')
+status=0
+if [ "$now" != "$recorded" ]; then
+    echo "rampart: the key files in {PROVISIONED_KEYS_DIR} are not those of the first boot: now [ $now], then [ $recorded]"
+    status=1
+fi
+if [ -s "$record" ] && ! sha256sum --check --strict --quiet "$record"; then
+    echo "rampart: SSH keys in {PROVISIONED_KEYS_DIR} differ from those provisioned on first boot"
+    status=1
+fi
+exit $status
+"#
+    )
+}
 
 fn keys_record_unit() -> String {
     format!(
@@ -131,6 +165,8 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
         ctx.install_file("etc/systemd/system/systemd-tmpfiles-setup.service.d/rampart-provision.conf", dropin.as_bytes(), 0o644)?;
         done.push("admin keys accepted at first boot from credentials ssh.authorized_keys.<user>".to_string());
         ctx.install_file(&format!("etc/systemd/system/{KEYS_RECORD_UNIT}"), keys_record_unit().as_bytes(), 0o644)?;
+        ctx.install_file(&KEYS_CHECK[1..], keys_check_script().as_bytes(), 0o755)?;
+        ctx.in_root("sh").args(["-n", KEYS_CHECK]).run().context("while checking the SSH key check script with the image's sh -n")?;
         ctx.install_symlink(&format!("etc/systemd/system/ssh.service.requires/{KEYS_RECORD_UNIT}"), &format!("/etc/systemd/system/{KEYS_RECORD_UNIT}"))?;
         let record_dir = crate::fsutil::resolve_in_root(&ctx.root(), std::path::Path::new("var/lib/rampart"))?;
         std::fs::create_dir_all(&record_dir)?;

@@ -26,6 +26,8 @@ pub struct Lab {
     dhcp: Option<Background>,
     /// dnsmasq's lease file: every lease it handed out.
     leases: std::path::PathBuf,
+    /// The namespaces this run added (only these are removed on drop).
+    made: Vec<String>,
     /// The remote log host on the second host, when the profile forwards there.
     pub collector: Option<Collector>,
 }
@@ -51,11 +53,16 @@ impl Lab {
             outside_ns: format!("rampart-{tag}-outside"),
             dhcp: None,
             leases: work.join("lab.leases"),
+            made: Vec::new(),
             collector: None,
         };
-        for namespace in [&lab.lab_ns, &lab.outside_ns] {
-            record_owner(namespace)?;
-            ip(&["netns", "add", namespace])?;
+        for namespace in [lab.lab_ns.clone(), lab.outside_ns.clone()] {
+            record_owner(&namespace)?;
+            if let Err(error) = ip(&["netns", "add", &namespace]) {
+                let _ = std::fs::remove_file(Path::new(OWNERS_DIR).join(&namespace));
+                return Err(error);
+            }
+            lab.made.push(namespace);
         }
         ip(&["-n", &lab.lab_ns, "link", "set", "lo", "up"])?;
         ip(&["-n", &lab.outside_ns, "link", "set", "lo", "up"])?;
@@ -271,7 +278,7 @@ impl Drop for Lab {
         if let Some(mut dhcp) = self.dhcp.take() {
             dhcp.kill();
         }
-        for namespace in [&self.lab_ns, &self.outside_ns] {
+        for namespace in &self.made {
             if Cmd::new("ip").args(["netns", "del", namespace]).run().is_ok() {
                 let _ = std::fs::remove_file(Path::new(OWNERS_DIR).join(namespace));
             }

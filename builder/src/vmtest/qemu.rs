@@ -206,6 +206,10 @@ impl Machine {
         let vars = fresh_vars(dir, config.name)?;
         let ssh_port = free_loopback_port()?;
         let serial_log = config.serial_log.clone();
+        // An earlier run's console must not be read as this one's (its host key above all).
+        if serial_log.exists() {
+            std::fs::remove_file(&serial_log).with_context(|| format!("while removing the earlier console log {}", serial_log.display()))?;
+        }
         let qemu_log = dir.join(format!("qemu-{}.log", config.name));
         // Commas in an SMBIOS value must be doubled for QEMU's option parser.
         let credential = format!("io.systemd.credential:ssh.authorized_keys.{}={}", config.user, config.key.public_line).replace(',', ",,");
