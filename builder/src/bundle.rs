@@ -548,6 +548,8 @@ pub fn import_debs(unpacked: &Unpacked, lock: &Lock, cache: &Cache) -> Result<()
     for package in &lock.packages {
         let from = unpacked.path(&deb_member(package));
         let to = cache.deb_path(&package.sha256);
+        // A cache entry is plain data, whatever mode the manifest gave it.
+        std::fs::set_permissions(&from, std::fs::Permissions::from_mode(0o644))?;
         // The work directory is in the cache's own scratch space: a rename.
         std::fs::rename(&from, &to).with_context(|| format!("while putting {} into the cache {}", package.name, cache.root().display()))?;
     }

@@ -384,6 +384,11 @@ fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec]) 
         actions.push(if udp { Action::OpenUdpPorts { ports: parsed, from } } else { Action::OpenTcpPorts { ports: parsed, from } });
     }
     if let Some(options) = raw.ssh_refuses {
+        // The harness pins the guest's host key; a check may not undo that.
+        const PINNING: &[&str] = &["stricthostkeychecking", "userknownhostsfile", "globalknownhostsfile", "hostkeyalias", "knownhostscommand"];
+        if let Some(option) = options.iter().find(|o| PINNING.iter().any(|p| o.to_ascii_lowercase().contains(p))) {
+            return Err(source.error(&raw.name, format!("check {name}: ssh-refuses may not set {option:?}: the harness accepts only the host key the guest printed")));
+        }
         actions.push(Action::SshRefuses { options, user: raw.ssh_user.clone(), expect: expect.clone() });
     } else if raw.ssh_user.is_some() {
         return Err(source.error(&raw.name, format!("check {name}: ssh-user goes with ssh-refuses")));
@@ -512,6 +517,14 @@ mod tests {
         check_error(
             "profile = \"baseline\"\n[[check]]\nname = \"offline\"\nfirewall-fails-closed = true\n",
             "$DIR/vm-tests/t.toml:3:8: check offline: checks from outside need isolated-network = true",
+        );
+    }
+
+    #[test]
+    fn ssh_checks_may_not_undo_the_host_key_pinning() {
+        check_error(
+            "profile = \"baseline\"\n[[check]]\nname = \"weak\"\nssh-refuses = [\"-o\", \"StrictHostKeyChecking=no\"]\n",
+            "$DIR/vm-tests/t.toml:3:8: check weak: ssh-refuses may not set \"StrictHostKeyChecking=no\": the harness accepts only the host key the guest printed",
         );
     }
 
