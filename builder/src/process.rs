@@ -436,8 +436,13 @@ fn kill_group(child: &mut Child) {
 
 /// Kills `child` and every process below it or carrying its tag (orphans
 /// that left the tree): each is stopped first, so none can fork past the
-/// list, then all are killed at once. Only the child is rampart's to reap.
+/// list, then all are killed at once. From here on rampart is the subreaper
+/// of what it started: the killed processes whose parents die with them
+/// become its children and are reaped here (init may not reap them: in a
+/// container it often does not), within 10 s.
 fn kill_tree(child: &mut Child, tag: &CommandTag) {
+    // SAFETY: prctl(2) with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
     let root = child.id();
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(root as i32, libc::SIGSTOP) };
@@ -460,6 +465,17 @@ fn kill_tree(child: &mut Child, tag: &CommandTag) {
         unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
     }
     let _ = child.wait();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut left: Vec<u32> = tree[1..].to_vec();
+    while !left.is_empty() && std::time::Instant::now() < deadline {
+        left.retain(|pid| {
+            // SAFETY: waitpid(2) without blocking; it reaps only a process
+            // that became ours, and fails harmlessly for any other.
+            unsafe { libc::waitpid(*pid as i32, std::ptr::null_mut(), libc::WNOHANG) };
+            std::path::Path::new(&format!("/proc/{pid}")).exists()
+        });
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 /// The processes whose parent is one of `parents`, and theirs, and so on.
