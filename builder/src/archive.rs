@@ -156,6 +156,16 @@ fn append_file<W: std::io::Write>(
 mod tests {
     use super::*;
 
+    /// The root archive of `root`, written twice: the bytes must agree.
+    fn written_twice_alike(root: &Path) -> Vec<u8> {
+        let out = tempfile::tempdir().unwrap();
+        write_rootfs_archive(root, &out.path().join("1.tar.gz")).unwrap();
+        write_rootfs_archive(root, &out.path().join("2.tar.gz")).unwrap();
+        let one = std::fs::read(out.path().join("1.tar.gz")).unwrap();
+        assert_eq!(one, std::fs::read(out.path().join("2.tar.gz")).unwrap());
+        one
+    }
+
     #[test]
     fn archive_is_reproducible_and_keeps_links() {
         let root = tempfile::tempdir().unwrap();
@@ -164,11 +174,7 @@ mod tests {
         std::fs::hard_link(root.path().join("bin/a"), root.path().join("bin/b")).unwrap();
         std::os::unix::fs::symlink("a", root.path().join("bin/c")).unwrap();
         crate::stages::seal::clamp_times(root.path(), 1000).unwrap();
-        let out = tempfile::tempdir().unwrap();
-        write_rootfs_archive(root.path(), &out.path().join("1.tar.gz")).unwrap();
-        write_rootfs_archive(root.path(), &out.path().join("2.tar.gz")).unwrap();
-        let one = std::fs::read(out.path().join("1.tar.gz")).unwrap();
-        assert_eq!(one, std::fs::read(out.path().join("2.tar.gz")).unwrap());
+        let one = written_twice_alike(root.path());
         let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&one[..]));
         let kinds: Vec<(String, EntryType)> = archive
             .entries()
@@ -195,11 +201,7 @@ mod tests {
             return;
         }
         crate::stages::seal::clamp_times(root.path(), 1000).unwrap();
-        let out = tempfile::tempdir().unwrap();
-        write_rootfs_archive(root.path(), &out.path().join("1.tar.gz")).unwrap();
-        write_rootfs_archive(root.path(), &out.path().join("2.tar.gz")).unwrap();
-        let one = std::fs::read(out.path().join("1.tar.gz")).unwrap();
-        assert_eq!(one, std::fs::read(out.path().join("2.tar.gz")).unwrap());
+        let one = written_twice_alike(root.path());
         let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&one[..]));
         let mut found = Vec::new();
         for entry in archive.entries().unwrap() {

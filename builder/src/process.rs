@@ -478,17 +478,20 @@ fn kill_tree(child: &mut Child, tag: &CommandTag) {
     }
 }
 
+/// Field `index` (0-based, after the command name) of /proc/<pid>/stat:
+/// 1 is the parent's pid, 19 the start time. The name may hold spaces and
+/// parentheses, so the fields are counted from its closing parenthesis.
+pub fn proc_stat_field(pid: u32, index: usize) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(index)?.parse().ok()
+}
+
 /// The processes whose parent is one of `parents`, and theirs, and so on.
 fn descendants(parents: &[u32]) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     let links: Vec<(u32, u32)> = entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-            let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
-            Some((pid, ppid))
-        })
+        .filter_map(|pid| Some((pid, proc_stat_field(pid, 1)? as u32)))
         .collect();
     let mut found: Vec<u32> = parents.to_vec();
     let mut i = 0;

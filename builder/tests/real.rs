@@ -612,15 +612,15 @@ fn verify_writes_nothing_the_image_names(ws: &Workspace) {
     let escaped_to = Path::new("/tmp").join(&unique);
     let _ = std::fs::remove_dir_all(&escaped_to);
     let climbing = format!("../../../../tmp/{unique}/pwn");
-    let placeholder = format!("rampart-placeholder-{}", "q".repeat(climbing.len() - 20));
-    assert_eq!(placeholder.len(), climbing.len());
+    let stand_in = format!("rampart-stand-in-{}", "q".repeat(climbing.len() - 17));
+    assert_eq!(stand_in.len(), climbing.len());
     let (copy, device, offset) = device_of(ws, "climbing.raw");
-    debugfs_write(&device, &format!("ln /etc/hostname /{placeholder}"));
-    // Replace the placeholder's bytes where the root directory holds them.
+    debugfs_write(&device, &format!("ln /etc/hostname /{stand_in}"));
+    // Replace the stand-in's bytes where the root directory holds them.
     let mut bytes = std::fs::read(&copy).unwrap();
     let partition = &mut bytes[offset as usize..];
-    let at: Vec<usize> = partition.windows(placeholder.len()).enumerate().filter(|(_, w)| *w == placeholder.as_bytes()).map(|(i, _)| i).collect();
-    assert_eq!(at.len(), 1, "the placeholder name is in the image once");
+    let at: Vec<usize> = partition.windows(stand_in.len()).enumerate().filter(|(_, w)| *w == stand_in.as_bytes()).map(|(i, _)| i).collect();
+    assert_eq!(at.len(), 1, "the stand-in name is in the image once");
     partition[at[0]..at[0] + climbing.len()].copy_from_slice(climbing.as_bytes());
     // Then fix the block's metadata_csum checksum, as a careful attacker
     // would, so it is the name check that refuses it.

@@ -225,8 +225,7 @@ const OWNERS_DIR: &str = "/run/rampart/netns";
 /// A process's start time in clock ticks since boot (field 22 of its stat):
 /// with the pid, it names one process, even after the pid is reused.
 fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+    crate::process::proc_stat_field(pid, 19)
 }
 
 fn record_owner(namespace: &str) -> Result<()> {
