@@ -506,6 +506,15 @@ impl<'a> FileSystem<'a> {
         Ok(inode_seed)
     }
 
+    /// The directory hash's seed as mkfs was given it (`hash_seed=UUID`): it
+    /// stays with the file system when its UUID is changed, so it tells
+    /// which image an installed disk came from.
+    pub fn hash_seed(&self) -> String {
+        let bytes: Vec<u8> = self.hash_seed.iter().flat_map(|word| word.to_le_bytes()).collect();
+        let h = hex::encode(bytes);
+        format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    }
+
     /// Every entry, the root first and then sorted by path bytes.
     pub fn entries(&self) -> Result<Vec<Entry>> {
         let root = self.inode(ROOT_INODE)?;

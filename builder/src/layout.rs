@@ -11,6 +11,9 @@ pub const ESP_SIZE_MIB: u64 = 128;
 pub const CONFIG_SIZE_MIB: u64 = 16;
 /// Where the configuration partition is mounted, read-only.
 pub const CONFIG_MOUNT: &str = "/etc/rampart";
+/// Where udev links the partitions of the disk the machine booted from, by
+/// their GPT names (a rule the initramfs writes, each boot).
+pub const BOOT_DISK_LINKS: &str = "/dev/disk/rampart";
 /// Partitions start at 1 MiB, aligned.
 pub const FIRST_LBA_MIB: u64 = 1;
 

@@ -106,8 +106,17 @@ pub fn verify(image: &Path, baseline_file: &Path) -> Result<Differences> {
     let (name, expected) = baseline::read(baseline_file)?;
     let work = crate::fsutil::owned_tempdir(&std::env::temp_dir(), "rampart-verify-")?;
     let raw = as_raw(image, work.path())?;
-    let (offset, length) = root_partition(image, &raw, &name, baseline_file)?;
+    let (offset, length) = root_partition(image, &raw)?;
     let file = File::open(&raw).with_context(|| format!("while opening {}", raw.display()))?;
+    // Each installed disk has UUIDs of its own; the hash seed is the image's.
+    let seed = FileSystem::open(&file, offset, length).with_context(|| format!("while reading the root file system of {}", image.display()))?.hash_seed();
+    if seed != crate::layout::Identifiers::for_profile(&name).root_hash_seed {
+        bail!(
+            "{} is the baseline of image {name}, but {} is another image (its root file system is not {name}'s)",
+            baseline_file.display(),
+            image.display()
+        );
+    }
     let found = read_root(&file, offset, length).with_context(|| format!("while reading the root file system of {}", image.display()))?;
     Ok(compare(&expected, &found))
 }
@@ -250,27 +259,21 @@ fn data_file_name(file: &File, header_length: u64) -> Option<String> {
     None
 }
 
-/// The byte offset and length of the root partition, after checking that
-/// the disk is the one the baseline describes (its partition UUIDs derive
-/// from the name).
-fn root_partition(image: &Path, raw: &Path, name: &str, baseline_file: &Path) -> Result<(u64, u64)> {
+/// The byte offset and length of the root partition: the one x86-64 root
+/// partition, found by its type (its UUID is each installed disk's own).
+fn root_partition(image: &Path, raw: &Path) -> Result<(u64, u64)> {
     let output = Cmd::new("sfdisk").arg("--json").arg(raw).run_unchecked()?;
     let table: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
     let Some(partitions) = table["partitiontable"]["partitions"].as_array() else {
         bail!("{}: no partition table; not a rampart disk image", image.display());
     };
     let sector = table["partitiontable"]["sectorsize"].as_u64().unwrap_or(512);
-    let Some(root) = partitions.iter().find(|p| p["type"].as_str().is_some_and(|t| t.eq_ignore_ascii_case(ROOT_TYPE))) else {
-        bail!("{}: no Linux root partition; not a rampart disk image", image.display());
+    let roots: Vec<_> = partitions.iter().filter(|p| p["type"].as_str().is_some_and(|t| t.eq_ignore_ascii_case(ROOT_TYPE))).collect();
+    let root = match roots.as_slice() {
+        [root] => *root,
+        [] => bail!("{}: no Linux root partition; not a rampart disk image", image.display()),
+        _ => bail!("{}: {} Linux root partitions; a rampart disk has one", image.display(), roots.len()),
     };
-    let wanted = crate::layout::Identifiers::for_profile(name).root_partuuid;
-    if !root["uuid"].as_str().is_some_and(|u| u.eq_ignore_ascii_case(&wanted)) {
-        bail!(
-            "{} is the baseline of image {name}, but {} is another image (its root partition is not {name}'s)",
-            baseline_file.display(),
-            image.display()
-        );
-    }
     let start = root["start"].as_u64().context("the root partition has no start")?;
     let size = root["size"].as_u64().context("the root partition has no size")?;
     let (Some(offset), Some(length)) = (start.checked_mul(sector), size.checked_mul(sector)) else {

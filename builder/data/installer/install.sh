@@ -3,8 +3,9 @@
 # as rampart-install.service when the installer medium boots).
 #
 # Writes the golden image kept on this medium to the target disk, reads it
-# back to check it, grows the root partition and file system to the disk,
-# and powers off. Every check (target found, empty or allowed to be
+# back to check it, gives the disk identifiers of its own (disk GUID,
+# partition and file-system UUIDs), grows the root partition and file
+# system to the disk, and powers off. Every check (target found, empty or allowed to be
 # replaced, large enough, image intact) comes before the first write; if a
 # write fails, what was written is wiped, so no half-installed disk is left.
 set -u
@@ -96,13 +97,25 @@ reread() {
 }
 reread || fail "the kernel did not take $target's new partition table"
 udevadm settle --timeout=60 || true
+# The image's identifiers are every copy's: this disk gets its own, so that
+# it and any other disk from the same image can sit side by side.
+/usr/lib/rampart-installer/make-disk-unique "$target" || fail "could not give $target identifiers of its own"
+reread || fail "the kernel did not take $target's new partition table"
+udevadm settle --timeout=60 || true
+disk_guid=$(lsblk -rndo PTUUID "$target")
+for disk in $(lsblk -dnpo NAME,TYPE | awk '$2 == "disk" { print $1 }'); do
+    [ "$disk" = "$target" ] && continue
+    [ "$(lsblk -rndo PTUUID "$disk")" = "$disk_guid" ] && fail "$disk carries the disk GUID just given to $target ($disk_guid)"
+done
 say "growing the root partition to the disk (systemd-repart)"
 systemd-repart --dry-run=no --no-pager --definitions=/usr/lib/rampart-installer/repart.d "$target" || fail "systemd-repart could not grow the root partition on $target"
 udevadm settle --timeout=60 || true
-root=/dev/disk/by-partuuid/$ROOT_PARTUUID
+# The x86-64 root partition (discoverable partitions type), as the initramfs finds it.
+root_of() { lsblk -rnpo NAME,PARTTYPE "$target" | awk 'tolower($2) == "4f68bce3-e8cd-4db1-96e7-fbcaf984b709" { print $1 }'; }
 waited=0
-while [ ! -b "$root" ] && [ "$waited" -lt 30 ]; do sleep 1; udevadm settle --timeout=5 || true; waited=$((waited + 1)); done
-[ -b "$root" ] || fail "the root partition ($root) did not appear on $target"
+root=$(root_of)
+while [ -z "$root" ] && [ "$waited" -lt 30 ]; do sleep 1; udevadm settle --timeout=5 || true; waited=$((waited + 1)); root=$(root_of); done
+[ -n "$root" ] && [ -b "$root" ] || fail "the root partition did not appear on $target"
 e2fsck -f -p "$root" >/dev/null
 [ "$?" -le 1 ] || fail "e2fsck found errors on the installed root file system"
 resize2fs "$root" >/dev/null 2>&1 || fail "resize2fs could not grow the root file system on $target"

@@ -476,7 +476,7 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
     let exclude: BTreeSet<PackageName> = layer.exclude.into_iter().collect();
     // Each control brings the Debian packages that do its work in the image.
     // The boot loader on the ESP is the image's own, from its lock.
-    let mut needed = vec![("boot", "systemd-boot-efi"), ("passwords", "libpam-pwquality"), ("passwords", "cracklib-runtime")];
+    let mut needed = vec![("boot", "systemd-boot-efi"), ("boot", "fdisk"), ("boot", "e2fsprogs"), ("passwords", "libpam-pwquality"), ("passwords", "cracklib-runtime")];
     if controls.firewall.enable {
         needed.push(("firewall", "nftables"));
     }

@@ -152,7 +152,7 @@ fn extends_merges_base_then_child() {
     assert_eq!(profile.description, "the base");
     let include: Vec<&str> = profile.packages.include.iter().map(|p| p.as_str()).collect();
     // The password, firewall, logging, integrity and kernel controls bring their packages.
-    assert_eq!(include, vec!["aide", "apparmor", "cracklib-runtime", "libpam-pwquality", "logrotate", "nftables", "nginx", "openssh-server", "rsyslog", "systemd-boot-efi"]);
+    assert_eq!(include, vec!["aide", "apparmor", "cracklib-runtime", "e2fsprogs", "fdisk", "libpam-pwquality", "logrotate", "nftables", "nginx", "openssh-server", "rsyslog", "systemd-boot-efi"]);
     assert_eq!(profile.image.hostname.as_str(), "web1");
     assert_eq!(profile.image.size.map(|s| s.bytes()), Some(4 << 30));
     let users: Vec<(&str, usize)> = profile.users.iter().map(|u| (u.name.as_str(), u.groups.len())).collect();

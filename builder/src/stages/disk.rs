@@ -2,7 +2,8 @@
 //! configuration partition, the ext4 root last so it can grow) and
 //! `<name>.qcow2`, without loop devices or mounts: file systems are made from
 //! files (`mkfs.ext4 -d`, mtools) and written at partition offsets. Boots by
-//! systemd-boot through UEFI; root found by PARTUUID. Every identifier and
+//! systemd-boot through UEFI; the root found on the disk systemd-boot was
+//! loaded from (no root=; see rampart-boot-disk). Every identifier and
 //! timestamp is fixed, so two builds are bit-identical.
 
 use std::fs::{File, OpenOptions};
@@ -79,7 +80,10 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     };
     make_ext4(ctx, &config_image, &config_fs, &epoch)?;
     let esp_image = work.join("esp.vfat");
-    let cmdline = format!("root=PARTUUID={} rw {}", ids.root_partuuid, ctx.kernel_cmdline());
+    // No root=: the initramfs finds the root on the disk systemd-boot was
+    // loaded from, and gives a copy whose disk GUID is still this one
+    // identifiers of its own on its first boot (rampart-boot-disk).
+    let cmdline = format!("rw rampart.copy-of={} {}", ids.disk_guid, ctx.kernel_cmdline());
     let esp = Esp { title: "Debian GNU/Linux 12 (rampart)", root: &root, kernel: &kernel, initrd: &initrd, cmdline: &cmdline, label: ESP_LABEL, volume_id: &ids.esp_volume_id };
     make_esp(&work.join("esp"), &esp_image, &esp, &epoch)?;
 
@@ -198,7 +202,9 @@ pub(crate) fn make_ext4(ctx: &BuildContext, image: &Path, fs: &Ext4, epoch: &str
     File::create(image)?.set_len(fs.size_mib * MIB)?;
     Cmd::new("mkfs.ext4")
         .args(["-q", "-F", "-T", "default", "-b", "4096"])
-        .args(if fs.journal { &[][..] } else { &["-O", "^has_journal"][..] })
+        // metadata_csum_seed: a new UUID (each copy's own) is one superblock
+        // write, not a rewrite of every checksum.
+        .args(if fs.journal { &["-O", "metadata_csum_seed"][..] } else { &["-O", "^has_journal,metadata_csum_seed"][..] })
         .arg("-N").arg(fs.inodes.to_string())
         .arg("-L").arg(fs.label)
         .arg("-U").arg(fs.uuid)

@@ -1,5 +1,6 @@
 //! First-boot stage: what turns one golden image into many distinct machines.
-//! The machine-id is generated on first boot (the seal stage empties it); SSH
+//! The disk gets identifiers of its own on the first boot of a copy (the
+//! initramfs's rampart-boot-disk); the machine-id is generated on first boot (the seal stage empties it); SSH
 //! host keys are generated before sshd first starts (the seal stage removes
 //! the build's); the root partition and file system grow to fill the disk
 //! (systemd-repart + systemd-growfs); admin keys can be provisioned at first
@@ -10,7 +11,7 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use crate::build::context::BuildContext;
-use crate::layout::{Identifiers, CONFIG_MOUNT};
+use crate::layout::{BOOT_DISK_LINKS, CONFIG_MOUNT};
 
 /// Only an Ed25519 host key: modern, and generated in milliseconds even
 /// under emulation (RSA 3072 takes ~18 s under TCG). Its public half goes to
@@ -108,21 +109,23 @@ RequiredBy=ssh.service
 }
 
 pub fn run(ctx: &mut BuildContext) -> Result<()> {
-    let ids = Identifiers::for_profile(ctx.profile.name.as_str());
     let mut done = Vec::new();
 
+    // Partitions by their names on the disk the machine booted from (a udev
+    // rule the initramfs writes), never by an identifier: each installed
+    // disk has its own, and other disks from the same image may be attached.
     let fstab = format!(
-        "# rampart layout: root found by partition UUID, never by device name; grown to the disk on boot\n\
-         PARTUUID={}\t/\text4\tdefaults,errors=remount-ro,x-systemd.growfs\t0\t1\n\
+        "# rampart layout: partitions by name on the disk this machine booted from\n\
+         # (/dev/disk/rampart/<partition name>); the root is grown to the disk on boot\n\
+         {BOOT_DISK_LINKS}/root\t/\text4\tdefaults,errors=remount-ro,x-systemd.growfs\t0\t1\n\
          # the configuration partition (logging, integrity): read-only, mounted by the initramfs with the root\n\
-         PARTUUID={}\t{CONFIG_MOUNT}\text4\tro,nodev,nosuid,noexec,x-initrd.mount\t0\t0\n{}",
-        ids.root_partuuid,
-        ids.config_partuuid,
+         {BOOT_DISK_LINKS}/rampart-config\t{CONFIG_MOUNT}\text4\tro,nodev,nosuid,noexec,x-initrd.mount\t0\t0\n{}",
         crate::stages::kernel::fstab_lines(&ctx.profile)
     );
     ctx.install_file("etc/fstab", fstab.as_bytes(), 0o644)?;
     ctx.install_file("etc/repart.d/50-root.conf", b"# grow the root partition to fill the disk (systemd-repart)\n[Partition]\nType=root\n", 0o644)?;
     done.push("root partition grown to the disk (systemd-repart), file system grown online (x-systemd.growfs)".to_string());
+    done.push("a copy's first boot gives its disk its own GUID, partition UUIDs and file-system UUIDs (initramfs); the root is found on the disk the boot loader was loaded from, the other partitions by name on it".to_string());
 
     if ctx.root().join("lib/systemd/system/ssh.service").exists() {
         ctx.install_file("etc/systemd/system/rampart-ssh-hostkeys.service", HOSTKEYS_UNIT.as_bytes(), 0o644)?;

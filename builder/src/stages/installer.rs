@@ -73,7 +73,6 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     let timer = ui::Timed::start("installer stage: assembling the offline installer");
     let name = ctx.profile.name.to_string();
     let ids = identifiers(&name);
-    let golden = Identifiers::for_profile(&name);
     let epoch_text = ctx.source_date_epoch.to_string();
     let epoch = ctx.source_date_epoch;
     let work = ctx.work();
@@ -104,8 +103,9 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     place("etc/fstab", b"# rampart installer: the root file system stays read-only; nothing else is mounted\n", 0o644)?;
     place(&format!("{DIR}/repart.d/50-root.conf"), &repart_rule, 0o644)?;
     place(&format!("{DIR}/install"), SCRIPT.as_bytes(), 0o755)?;
+    place(&format!("{DIR}/make-disk-unique"), crate::stages::packages::MAKE_DISK_UNIQUE.as_bytes(), 0o755)?;
     let image_path = format!("/{DIR}/{name}.raw");
-    let config = render_config(&ctx.profile, &image_path, image_bytes, &image_sha256, &golden.root_partuuid);
+    let config = render_config(&ctx.profile, &image_path, image_bytes, &image_sha256);
     place(&format!("{DIR}/installer.conf"), config.as_bytes(), 0o644)?;
     place("etc/systemd/system/rampart-install.target", TARGET_UNIT.as_bytes(), 0o644)?;
     place("etc/systemd/system/rampart-install.service", SERVICE_UNIT.as_bytes(), 0o644)?;
@@ -170,7 +170,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
             "target": target.as_deref().unwrap_or("the only empty disk"),
             "overwrite": ctx.profile.installer.overwrite,
             "checks before writing": ["target found, a whole disk, not the installer's own", "empty, or installer.overwrite", "large enough", "image sha256 on the medium"],
-            "after writing": ["read back and compared", "root partition grown (systemd-repart)", "root file system checked and grown (e2fsck, resize2fs)", "power off"],
+            "after writing": ["read back and compared", "identifiers of its own (disk GUID, partition and file-system UUIDs, FAT volume ID)", "root partition grown (systemd-repart)", "root file system checked and grown (e2fsck, resize2fs)", "power off"],
             "on error": "nothing written, or what was written wiped; the reason on the console; the machine halts",
             "kernel-cmdline": cmdline,
         }),
@@ -181,9 +181,9 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
 
 /// The installer's settings, sourced by its script. Every value is one the
 /// profile validated (a /dev path without quotes) or rampart computed.
-fn render_config(profile: &crate::profile::Profile, image: &str, bytes: u64, sha256: &str, root_partuuid: &str) -> String {
+fn render_config(profile: &crate::profile::Profile, image: &str, bytes: u64, sha256: &str) -> String {
     format!(
-        "# rampart installer settings (from profile {name})\nNAME='{name}'\nIMAGE='{image}'\nIMAGE_BYTES={bytes}\nIMAGE_SHA256={sha256}\nROOT_PARTUUID={root_partuuid}\nTARGET='{target}'\nOVERWRITE={overwrite}\n",
+        "# rampart installer settings (from profile {name})\nNAME='{name}'\nIMAGE='{image}'\nIMAGE_BYTES={bytes}\nIMAGE_SHA256={sha256}\nTARGET='{target}'\nOVERWRITE={overwrite}\n",
         name = profile.name,
         target = profile.installer.target.as_deref().unwrap_or(""),
         overwrite = if profile.installer.overwrite { "yes" } else { "no" },

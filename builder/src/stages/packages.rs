@@ -93,6 +93,25 @@ fn stage_key(lock_text: &str, dpkg_options: &[&str], mmdebstrap_version: &str, s
 
 /// The initramfs script that mounts the fstab entries marked x-initrd.mount.
 const INITRD_MOUNTS_SCRIPT: &str = include_str!("../../data/initramfs/rampart-initrd-mounts");
+/// The initramfs script that finds the root on the disk the machine booted
+/// from, and makes a copy booting for the first time a disk of its own.
+const BOOT_DISK_SCRIPT: &str = include_str!("../../data/initramfs/rampart-boot-disk");
+/// Gives a disk random identifiers (the initramfs, the installer).
+pub const MAKE_DISK_UNIQUE: &str = include_str!("../../data/identity/make-disk-unique");
+/// The initramfs hook that brings the boot-disk script's tools.
+const BOOT_DISK_HOOK: &str = r#"#!/bin/sh
+# rampart: the tools of the boot-disk script (scripts/local-top/rampart-boot-disk),
+# in a directory of their own so that none replaces klibc's.
+case "$1" in prereqs) exit 0 ;; esac
+. /usr/share/initramfs-tools/hook-functions
+set -e
+mkdir -p "$DESTDIR/usr/lib/rampart-initrd"
+for tool in /usr/bin/lsblk /usr/sbin/sfdisk /usr/sbin/tune2fs /usr/sbin/blockdev /usr/bin/tr /usr/bin/dd /usr/bin/rm; do
+	copy_exec "$tool" /usr/lib/rampart-initrd/
+done
+cp /etc/initramfs-tools/rampart/make-disk-unique "$DESTDIR/usr/lib/rampart-initrd/make-disk-unique"
+manual_add_modules efivarfs
+"#;
 
 /// Files laid into /etc/initramfs-tools before the kernel package builds
 /// the initramfs (mmdebstrap's essential hook): a script that mounts the
@@ -101,7 +120,12 @@ const INITRD_MOUNTS_SCRIPT: &str = include_str!("../../data/initramfs/rampart-in
 /// hook that adds the profile's modules, which udev in the initramfs loads
 /// on demand.
 fn initramfs_files(modules: &InitramfsModules) -> Vec<(&'static str, String, u32)> {
-    let mut files = vec![("scripts/local-bottom/rampart-initrd-mounts", INITRD_MOUNTS_SCRIPT.to_string(), 0o755)];
+    let mut files = vec![
+        ("scripts/local-bottom/rampart-initrd-mounts", INITRD_MOUNTS_SCRIPT.to_string(), 0o755),
+        ("scripts/local-top/rampart-boot-disk", BOOT_DISK_SCRIPT.to_string(), 0o755),
+        ("hooks/rampart-boot-disk", BOOT_DISK_HOOK.to_string(), 0o755),
+        ("rampart/make-disk-unique", MAKE_DISK_UNIQUE.to_string(), 0o755),
+    ];
     if let InitramfsModules::List(names) = modules {
         files.push(("conf.d/rampart.conf", "# rampart: only the modules named in hooks/rampart-modules\nMODULES=list\n".to_string(), 0o644));
         files.push((

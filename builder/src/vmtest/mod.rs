@@ -4,6 +4,7 @@
 //! only; QEMU's exit status is never trusted.
 
 pub mod collector;
+pub mod identity;
 pub mod junit;
 pub mod lab;
 pub mod qemu;
@@ -248,11 +249,18 @@ fn run_scenario(
     for (index, spec) in scenario.machines.iter().enumerate() {
         crate::process::check_interrupted()?;
         let mut prepared_disk = None;
+        let image_copy = if spec.image_copy_attached {
+            let copy = work.join(format!("{}.image-copy.qcow2", spec.name));
+            qemu::image_copy(&artifacts.image, &copy)?;
+            Some(copy)
+        } else {
+            None
+        };
         if spec.installer {
             let disk = work.join(format!("{}.installed.qcow2", spec.name));
             let started = Instant::now();
             let outcome = qemu::blank_disk(&disk, spec.disk_size.bytes())
-                .and_then(|_| qemu::run_installer(&artifacts.installer, &disk, accel, work, &spec.name, &kept_console(out, scenario, &format!("{}-installer", spec.name)), INSTALL_TIMEOUT));
+                .and_then(|_| qemu::run_installer(&artifacts.installer, &disk, image_copy.as_deref(), accel, work, &spec.name, &kept_console(out, scenario, &format!("{}-installer", spec.name)), INSTALL_TIMEOUT));
             let failure = match &outcome {
                 Ok(run) if run.installed => None,
                 Ok(run) => Some(("the installer did not install".to_string(), run.messages.join("\n"))),
@@ -276,6 +284,7 @@ fn run_scenario(
             disk_bytes: spec.disk_size.bytes(),
             memory_mib: spec.memory_mib,
             extra_disks: &spec.extra_disks,
+            image_copy,
             accel,
             user: admin,
             guest_ssh_port,
@@ -467,6 +476,7 @@ fn firewall_fails_closed(machine: &Machine, check: &Check, env: &CheckEnv, lab: 
         disk_bytes: 0,
         memory_mib: 1024,
         extra_disks: &[],
+        image_copy: None,
         accel: env.accel,
         user: env.admin,
         guest_ssh_port: env.profile.ssh.port.get(),
@@ -716,7 +726,7 @@ fn run_check(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Result<Opt
             let run = qemu::blank_disk(&disk, disk_size.bytes())
                 .and_then(|_| {
                     let name = format!("{}-{}", machine.name, check.name);
-                    qemu::run_installer(env.installer, &disk, env.accel, env.work, &name, &kept_console(env.out, env.scenario, &format!("{name}-installer")), check.timeout)
+                    qemu::run_installer(env.installer, &disk, None, env.accel, env.work, &name, &kept_console(env.out, env.scenario, &format!("{name}-installer")), check.timeout)
                 })
                 .map_err(|e| failed("the installer did not answer", format!("{e:#}")))?;
             let console = run.messages.join("\n");
@@ -739,6 +749,26 @@ fn run_check(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Result<Opt
             };
             firewall_fails_closed(machine, check, env, lab)?;
             Ok(None)
+        }
+        Action::DiskIsItsOwn => {
+            let Some(password) = &env.session.sudo_password else {
+                return Err(failed("this check reads the boot loader's variable as root, and the secrets file has no admin password", String::new()));
+            };
+            let output = match machine.ssh_as_root(identity::COMMAND, password, check.timeout) {
+                Ok(Some(output)) if output.status.success() => output,
+                Ok(Some(output)) => return Err(failed("the guest could not list its disks", show(identity::COMMAND, &output))),
+                Ok(None) => return Err(failed(format!("timed out after {} s", check.timeout.as_secs()), identity::COMMAND)),
+                Err(error) => return Err(failed("could not run ssh", format!("{error:#}"))),
+            };
+            let copy_attached = env.scenario.machines.iter().any(|m| m.name == machine.name && m.image_copy_attached);
+            let ids = crate::layout::Identifiers::for_profile(env.profile.name.as_str());
+            match identity::judge(&output.stdout_text(), &ids, copy_attached) {
+                Ok(summary) => {
+                    ui::step(&format!("{}: {summary}", machine.name));
+                    Ok(None)
+                }
+                Err(problem) => Err(failed(problem, show(identity::COMMAND, &output))),
+            }
         }
         Action::FirstLoginForcedPasswordChange => {
             if env.session.forced_password_change {

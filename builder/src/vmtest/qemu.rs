@@ -146,6 +146,9 @@ pub struct MachineConfig<'a> {
     pub key: &'a TestKey,
     /// Blank disks besides the system disk (e.g. a backup target).
     pub extra_disks: &'a [crate::vmtest::scenario::ExtraDisk],
+    /// A disk attached after the system disk as it is (serial `image-copy`):
+    /// a never-booted copy of the image.
+    pub image_copy: Option<PathBuf>,
     /// Extra QEMU arguments (e.g. a NIC on an isolated test network).
     pub extra_args: Vec<String>,
     /// Run QEMU (and so its loopback port forward) in this network namespace.
@@ -223,7 +226,10 @@ impl Machine {
             .arg("-drive")
             .arg(format!("if=pflash,format=raw,file={}", vars.display()))
             .arg("-drive")
-            .arg(format!("file={},if=virtio,format=qcow2", scratch.display()))
+            .arg(format!("file={},if=none,id=system,format=qcow2", scratch.display()))
+            .arg("-device")
+            .arg(format!("virtio-blk-pci,drive=system,serial={},bootindex=0", super::identity::SYSTEM_SERIAL))
+            .args(image_copy_args(config.image_copy.as_deref()))
             .arg("-nic")
             .arg(format!("user,model=virtio-net-pci,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:{}", config.guest_ssh_port))
             .args(["-device", "virtio-rng-pci"])
@@ -558,10 +564,10 @@ pub struct InstallRun {
 }
 
 /// Boots the offline installer medium (read-only, first in the boot order)
-/// with `target` as the only other disk and no network, and waits until it
+/// with `target` (and `image_copy`, if given) beside it and no network, and waits until it
 /// powers off after its done line, or halts after its failure line. Its
 /// console goes to `serial_log` (kept beside the artifacts).
-pub fn run_installer(installer: &Path, target: &Path, accel: Accel, dir: &Path, name: &str, serial_log: &Path, timeout: Duration) -> Result<InstallRun> {
+pub fn run_installer(installer: &Path, target: &Path, image_copy: Option<&Path>, accel: Accel, dir: &Path, name: &str, serial_log: &Path, timeout: Duration) -> Result<InstallRun> {
     use crate::stages::installer::{DONE_MARKER, FAILED_MARKER};
     let vars = fresh_vars(dir, &format!("{name}-installer"))?;
     let qemu_log = dir.join(format!("qemu-{name}-installer.log"));
@@ -576,7 +582,9 @@ pub fn run_installer(installer: &Path, target: &Path, accel: Accel, dir: &Path, 
         .args(["-device", "virtio-blk-pci,drive=installer,bootindex=0"])
         .arg("-drive")
         .arg(format!("file={},if=none,id=target,format=qcow2", target.display()))
-        .args(["-device", "virtio-blk-pci,drive=target"])
+        .arg("-device")
+        .arg(format!("virtio-blk-pci,drive=target,serial={}", super::identity::SYSTEM_SERIAL))
+        .args(image_copy_args(image_copy))
         .args(["-device", "virtio-rng-pci"])
         .arg("-serial")
         .arg(format!("file:{}", serial_log.display()))
@@ -604,6 +612,30 @@ pub fn run_installer(installer: &Path, target: &Path, accel: Accel, dir: &Path, 
         }
         crate::process::pause(Duration::from_millis(500));
     }
+}
+
+/// QEMU arguments attaching a never-booted copy of the image, if any.
+fn image_copy_args(copy: Option<&Path>) -> Vec<String> {
+    match copy {
+        Some(copy) => vec![
+            "-drive".into(),
+            format!("file={},if=none,id=image-copy,format=qcow2", copy.display()),
+            "-device".into(),
+            format!("virtio-blk-pci,drive=image-copy,serial={}", super::identity::COPY_SERIAL),
+        ],
+        None => Vec::new(),
+    }
+}
+
+/// A never-booted copy of `image`: a copy-on-write disk over it.
+pub fn image_copy(image: &Path, copy: &Path) -> Result<()> {
+    Cmd::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(std::fs::canonicalize(image)?)
+        .arg(copy)
+        .run()
+        .context("while making a copy of the image to attach")?;
+    Ok(())
 }
 
 fn free_loopback_port() -> Result<u16> {

@@ -33,6 +33,10 @@ struct RawMachine {
     memory_mib: Option<Spanned<u64>>,
     /// The machine's disk starts empty; the offline installer writes the image onto it.
     installer: Option<bool>,
+    /// With installer: a copy of the image that was never booted (as the
+    /// disk of an earlier install would be) stays attached while the
+    /// installer runs and while the machine boots.
+    image_copy_attached: Option<Spanned<bool>>,
     /// Blank disks attached besides the system disk.
     #[serde(default)]
     extra_disks: Vec<RawExtraDisk>,
@@ -86,6 +90,9 @@ struct RawCheck {
     /// every interface but lo down: its console says why, and the second
     /// host finds no trace of it on the network.
     firewall_fails_closed: Option<bool>,
+    /// The disk the machine booted from holds its root and configuration
+    /// partition, and none of its identifiers is the image's.
+    disk_is_its_own: Option<bool>,
     /// Run the command as root, through sudo with the admin's password.
     as_root: Option<bool>,
     expect: Option<String>,
@@ -99,6 +106,8 @@ pub struct MachineSpec {
     pub memory_mib: u64,
     /// Installed by the offline installer onto an empty disk, then booted.
     pub installer: bool,
+    /// A never-booted copy of the image stays attached (installer machines).
+    pub image_copy_attached: bool,
     pub extra_disks: Vec<ExtraDisk>,
 }
 
@@ -187,6 +196,11 @@ pub enum Action {
     /// firewall did not load, and neither gets a DHCP lease nor answers the
     /// second host's ARP sweep of the subnet.
     FirewallFailsClosed,
+    /// The root, the configuration partition and the partition the boot
+    /// loader was loaded from are on the disk the machine booted, and no
+    /// identifier on it (disk GUID, partition UUIDs, file-system UUIDs) is
+    /// the image's; a copy attached beside it still carries the image's.
+    DiskIsItsOwn,
 }
 
 impl Action {
@@ -289,10 +303,18 @@ pub fn load(path: &Path) -> Result<Scenario, LocatedError> {
             let size = source.check(&disk.size, "machine.extra-disks.size", |s| ImageSize::parse(s))?;
             extra_disks.push(ExtraDisk { size, serial });
         }
-        machines.push(MachineSpec { name, disk_size, memory_mib, installer: machine.installer.unwrap_or(false), extra_disks });
+        let installer = machine.installer.unwrap_or(false);
+        let image_copy_attached = match &machine.image_copy_attached {
+            Some(flag) if *flag.get_ref() && !installer => {
+                return Err(source.error(flag, "machine.image-copy-attached: only a machine installed by the offline installer (installer = true) boots beside a copy of its image"));
+            }
+            Some(flag) => *flag.get_ref(),
+            None => false,
+        };
+        machines.push(MachineSpec { name, disk_size, memory_mib, installer, image_copy_attached, extra_disks });
     }
     if machines.is_empty() {
-        machines.push(MachineSpec { name: "machine".into(), disk_size: ImageSize::from_bytes(4 << 30), memory_mib: 1024, installer: false, extra_disks: Vec::new() });
+        machines.push(MachineSpec { name: "machine".into(), disk_size: ImageSize::from_bytes(4 << 30), memory_mib: 1024, installer: false, image_copy_attached: false, extra_disks: Vec::new() });
     }
     let isolated_network = raw.isolated_network.unwrap_or(false);
     let mut checks = Vec::new();
@@ -409,6 +431,9 @@ fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec]) 
     if raw.firewall_fails_closed == Some(true) {
         actions.push(Action::FirewallFailsClosed);
     }
+    if raw.disk_is_its_own == Some(true) {
+        actions.push(Action::DiskIsItsOwn);
+    }
     if raw.first_login_forced_password_change == Some(true) {
         actions.push(Action::FirstLoginForcedPasswordChange);
     }
@@ -423,7 +448,7 @@ fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec]) 
     }
     let action = match actions.len() {
         1 => actions.remove(0),
-        0 => return Err(source.error(&raw.name, format!("check {name}: no action; give one of succeed, fail, wait-until-succeeds, wait-for-unit, wait-for-port, differ, ssh-refuses-wrong-key, ssh-refuses, outside-succeed, outside-fail, open-tcp-ports, open-udp-ports, running-services-match-profile, listening-sockets-match-profile, sysctls-match-profile, first-login-forced-password-change, remote-log-receives, remote-log-survives-outage, profile-services-log, installer-refuses-disk-of, firewall-fails-closed"))),
+        0 => return Err(source.error(&raw.name, format!("check {name}: no action; give one of succeed, fail, wait-until-succeeds, wait-for-unit, wait-for-port, differ, ssh-refuses-wrong-key, ssh-refuses, outside-succeed, outside-fail, open-tcp-ports, open-udp-ports, running-services-match-profile, listening-sockets-match-profile, sysctls-match-profile, first-login-forced-password-change, remote-log-receives, remote-log-survives-outage, profile-services-log, installer-refuses-disk-of, firewall-fails-closed, disk-is-its-own"))),
         _ => return Err(source.error(&raw.name, format!("check {name}: give exactly one action"))),
     };
     let uses_expect = matches!(
@@ -496,7 +521,7 @@ mod tests {
     fn unknown_check_kind_is_refused() {
         check_error(
             "profile = \"baseline\"\n[[check]]\nname = \"x\"\nsucceeds = \"true\"\n",
-            "$DIR/vm-tests/t.toml:4:1: unknown field `succeeds`, expected one of `name`, `machine`, `timeout`, `succeed`, `fail`, `wait-until-succeeds`, `wait-for-unit`, `wait-for-port`, `differ`, `ssh-refuses-wrong-key`, `outside-succeed`, `outside-fail`, `open-tcp-ports`, `open-udp-ports`, `scan-from`, `ssh-refuses`, `ssh-user`, `running-services-match-profile`, `listening-sockets-match-profile`, `sysctls-match-profile`, `first-login-forced-password-change`, `remote-log-receives`, `remote-log-survives-outage`, `profile-services-log`, `installer-refuses-disk-of`, `firewall-fails-closed`, `as-root`, `expect`, `expect-contains`",
+            "$DIR/vm-tests/t.toml:4:1: unknown field `succeeds`, expected one of `name`, `machine`, `timeout`, `succeed`, `fail`, `wait-until-succeeds`, `wait-for-unit`, `wait-for-port`, `differ`, `ssh-refuses-wrong-key`, `outside-succeed`, `outside-fail`, `open-tcp-ports`, `open-udp-ports`, `scan-from`, `ssh-refuses`, `ssh-user`, `running-services-match-profile`, `listening-sockets-match-profile`, `sysctls-match-profile`, `first-login-forced-password-change`, `remote-log-receives`, `remote-log-survives-outage`, `profile-services-log`, `installer-refuses-disk-of`, `firewall-fails-closed`, `disk-is-its-own`, `as-root`, `expect`, `expect-contains`",
         );
     }
 
