@@ -232,7 +232,7 @@ pub fn inputs_digest<'a>(members: impl IntoIterator<Item = &'a Member>) -> Strin
 /// temporary file and a rename: the file is complete or absent.
 pub fn write(profile: &Profile, mirror: &Mirror, lock: &Lock, cache: &Cache, output: &Path) -> Result<BundleManifest> {
     let (top, mut planned) = profile_inputs(profile)?;
-    let mut packages: Vec<&LockedPackage> = lock.packages.iter().collect();
+    let mut packages: Vec<&LockedPackage> = lock.every_package().collect();
     packages.sort();
     for package in packages {
         planned.push(Planned {
@@ -527,7 +527,7 @@ pub fn check_same_profile(manifest: &BundleManifest, given_name: &str, given: &[
 pub fn import_debs(unpacked: &Unpacked, lock: &Lock, cache: &Cache) -> Result<()> {
     let listed: BTreeMap<&str, &Member> = unpacked.manifest.members.iter().map(|m| (m.path.as_str(), m)).collect();
     let mut wanted = BTreeSet::new();
-    for package in &lock.packages {
+    for package in lock.every_package() {
         let path = deb_member(package);
         match listed.get(path.as_str()) {
             None => bail!("the lock locks {} {}, but the bundle has no member {path}", package.name, package.version),
@@ -545,7 +545,7 @@ pub fn import_debs(unpacked: &Unpacked, lock: &Lock, cache: &Cache) -> Result<()
     if let Some(extra) = listed.keys().find(|p| p.starts_with(&format!("{DEBS}/")) && !wanted.contains(**p)) {
         bail!("member {extra} is no package of the lock");
     }
-    for package in &lock.packages {
+    for package in lock.every_package() {
         let from = unpacked.path(&deb_member(package));
         let to = cache.deb_path(&package.sha256);
         // A cache entry is plain data, whatever mode the manifest gave it.

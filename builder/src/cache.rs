@@ -14,7 +14,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::fsutil::sha256_file;
-use crate::lock::{Lock, LockedPackage};
+use crate::lock::LockedPackage;
 
 pub const DEFAULT_CACHE: &str = "/var/cache/rampart";
 /// The host-local key that binds package-stage entries to this host: outside
@@ -197,10 +197,10 @@ impl Cache {
 
     /// Checks every locked package in the cache. Damaged entries are removed
     /// and reported; returns the packages that are not (or no longer) cached.
-    pub fn check<'a>(&self, lock: &'a Lock) -> Result<(Vec<&'a LockedPackage>, Vec<Damaged>)> {
+    pub fn check<'a>(&self, packages: impl IntoIterator<Item = &'a LockedPackage>) -> Result<(Vec<&'a LockedPackage>, Vec<Damaged>)> {
         let mut missing = Vec::new();
         let mut damaged = Vec::new();
-        for package in &lock.packages {
+        for package in packages {
             let path = self.deb_path(&package.sha256);
             if !path.exists() {
                 missing.push(package);

@@ -139,6 +139,31 @@ pub enum Command {
         #[arg(long)]
         mirror: Option<String>,
     },
+    /// Build if needed, boot the image in QEMU and audit it from inside with Lynis (from the
+    /// lock, on a read-only disk of its own): writes <name>.audit.json, the Lynis report and
+    /// log; exit 1 below the minimum hardening index
+    Audit {
+        /// The profile file (profiles/NAME.toml)
+        profile: PathBuf,
+        /// Output directory [default: out/<profile-name>]
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Fail below this Lynis hardening index (0-100) [default: the profile's audit.min-index]
+        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+        min_index: Option<u8>,
+        /// Acceleration: auto probes KVM with a time limit and falls back to TCG
+        #[arg(long, value_enum, default_value = "auto")]
+        accel: AccelChoice,
+        /// Build (and find Lynis) from the cache alone
+        #[arg(long)]
+        offline: bool,
+        /// Content-addressed package cache, shared by every profile and run
+        #[arg(long, default_value = DEFAULT_CACHE)]
+        cache: PathBuf,
+        /// Debian mirror URL, overriding the profile and the host's apt sources
+        #[arg(long)]
+        mirror: Option<String>,
+    },
 }
 
 pub fn run(cli: Cli) -> Result<i32> {
@@ -219,6 +244,12 @@ pub fn run(cli: Cli) -> Result<i32> {
             let out = out.unwrap_or_else(|| default_out(&profile));
             vmtest::run(profile, mirror, &TestOptions { scenario, out, cache, accel, offline })?;
         }
+        Command::Audit { profile, out, min_index, accel, offline, cache, mirror } => {
+            let profile = load(&profile)?;
+            let mirror = resolve_mirror(&profile, mirror.as_deref())?;
+            let out = out.unwrap_or_else(|| default_out(&profile));
+            vmtest::audit::run(profile, mirror, &vmtest::audit::AuditOptions { out, cache, accel, offline, min_index })?;
+        }
     }
     Ok(0)
 }
@@ -235,7 +266,7 @@ fn resolve_mirror(profile: &Profile, cli_mirror: Option<&str>) -> Result<Mirror>
 /// Runs `work` with a log file of an unpredictable name for the tools it
 /// runs: removed when the work succeeds, kept for the user to read when it
 /// fails (a failed tool's error names it).
-fn with_private_log<T>(command: &str, work: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+pub(crate) fn with_private_log<T>(command: &str, work: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
     let file = tempfile::Builder::new().prefix(&format!("rampart-{command}-")).suffix(".log").tempfile()?;
     let result = work(file.path());
     if result.is_err() && file.as_file().metadata().is_ok_and(|m| m.len() > 0) {

@@ -21,7 +21,7 @@ pub struct FetchSummary {
 }
 
 pub fn fetch(lock: &Lock, mirror: &Mirror, cache: &Cache, log: &Path) -> Result<FetchSummary> {
-    let (missing, damaged) = cache.check(lock)?;
+    let (missing, damaged) = cache.check(lock.every_package())?;
     for entry in &damaged {
         ui::warn(&format!(
             "cached .deb of {} was damaged (sha256 {}); fetching it again",
@@ -29,7 +29,7 @@ pub fn fetch(lock: &Lock, mirror: &Mirror, cache: &Cache, log: &Path) -> Result<
         ));
     }
     if missing.is_empty() {
-        return Ok(FetchSummary { n_packages: lock.packages.len(), n_downloaded: 0, n_damaged: damaged.len() });
+        return Ok(FetchSummary { n_packages: lock.every_package().count(), n_downloaded: 0, n_damaged: damaged.len() });
     }
     let bytes: u64 = missing.iter().map(|p| p.size).sum();
     ui::step(&format!("fetching {} packages ({:.1} MB) from {}", missing.len(), bytes as f64 / 1e6, mirror.url));
@@ -63,7 +63,7 @@ pub fn fetch(lock: &Lock, mirror: &Mirror, cache: &Cache, log: &Path) -> Result<
     let wanted: Vec<String> = missing.iter().map(|p| format!("{}={}", p.name, p.version)).collect();
     apt.download(&wanted, scratch.path(), log)?;
     store_downloads(&missing, scratch.path(), cache)?;
-    Ok(FetchSummary { n_packages: lock.packages.len(), n_downloaded: missing.len(), n_damaged: damaged.len() })
+    Ok(FetchSummary { n_packages: lock.every_package().count(), n_downloaded: missing.len(), n_damaged: damaged.len() })
 }
 
 /// For bundles: the signed indices each suite of the lock was resolved from
@@ -119,7 +119,7 @@ fn store_downloads(wanted: &[&LockedPackage], dir: &Path, cache: &Cache) -> Resu
 
 /// For offline builds: every locked .deb must be in the cache and intact.
 pub fn require_cached(lock: &Lock, cache: &Cache, profile_path: &Path) -> Result<()> {
-    let (missing, damaged) = cache.check(lock)?;
+    let (missing, damaged) = cache.check(&lock.packages)?;
     if missing.is_empty() {
         return Ok(());
     }

@@ -14,6 +14,7 @@ pub mod fsutil;
 pub mod layout;
 pub mod located;
 pub mod lock;
+pub mod lynis;
 pub mod manifest;
 pub mod mirror;
 pub mod process;

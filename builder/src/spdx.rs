@@ -200,6 +200,7 @@ mod tests {
                 date: "Wed, 25 Nov 2026 22:33:12 UTC".into(),
             }],
             packages,
+            auditor: Vec::new(),
         }
     }
 

@@ -39,7 +39,7 @@ pub struct SuiteIndex {
 /// Every locked package must be a stanza of its suite's signed index: the
 /// same name, version, architecture, size, sha256 and pool path.
 pub fn check_locked_packages(lock: &Lock, indices: &BTreeMap<String, SuiteIndex>) -> Result<()> {
-    for package in &lock.packages {
+    for package in lock.every_package() {
         let Some(index) = indices.get(&package.suite) else {
             bail!("package {} {} is locked from suite {}, which has no signed index in the bundle", package.name, package.version, package.suite);
         };

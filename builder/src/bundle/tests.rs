@@ -239,7 +239,7 @@ fn locked(name: &str, version: &str, suite: &str) -> crate::lock::LockedPackage 
 }
 
 fn lock_of(packages: Vec<crate::lock::LockedPackage>) -> Lock {
-    Lock { lock_version: crate::lock::LOCK_VERSION, request_sha256: "r".into(), source_date_epoch: 0, sources: Vec::new(), packages }
+    Lock { lock_version: crate::lock::LOCK_VERSION, request_sha256: "r".into(), source_date_epoch: 0, sources: Vec::new(), packages, auditor: Vec::new() }
 }
 
 /// The signed index of one suite holding the stanzas of `packages` as locked.

@@ -157,6 +157,8 @@ pub struct Profile {
     pub elf_audit: ElfAuditSpec,
     pub toolchain: ToolchainSpec,
     pub installer: InstallerSpec,
+    /// `[audit] min-index`: the lowest Lynis hardening index `rampart audit` accepts.
+    pub audit_min_index: Option<u8>,
     pub users: Vec<User>,
     pub overlays: Vec<OverlayTree>,
     pub overlay_modes: BTreeMap<String, FileMode>,
@@ -201,6 +203,7 @@ struct Layer {
     toolchain_hardened: Option<bool>,
     installer_target: Option<Option<String>>,
     installer_overwrite: Option<bool>,
+    audit_min_index: Option<u8>,
     users: Vec<User>,
     overlays: Vec<OverlayTree>,
     overlay_modes: BTreeMap<String, FileMode>,
@@ -328,6 +331,11 @@ fn validate_layer(source: &Source, raw: raw::RawProfile) -> Result<Layer, Profil
         }
         layer.installer_overwrite = installer.overwrite;
     }
+    if let Some(audit) = raw.audit {
+        if let Some(index) = &audit.min_index {
+            layer.audit_min_index = Some(source.check(index, "audit.min-index", |i| u8::try_from(*i).ok().filter(|i| *i <= 100).ok_or("a hardening index, 0 to 100"))?);
+        }
+    }
     if let Some(ssh) = raw.ssh {
         if let Some(port) = &ssh.port {
             layer.ssh_port = Some(source.check(port, "ssh.port", |p| Port::from_i64(*p))?);
@@ -434,6 +442,7 @@ fn merge(base: &mut Layer, child: Layer) {
     take(&mut base.toolchain_hardened, child.toolchain_hardened);
     take(&mut base.installer_target, child.installer_target);
     take(&mut base.installer_overwrite, child.installer_overwrite);
+    take(&mut base.audit_min_index, child.audit_min_index);
     for user in child.users {
         base.users.retain(|u| u.name != user.name);
         base.users.push(user);
@@ -570,6 +579,7 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
         backups,
         toolchain: ToolchainSpec { hardened: layer.toolchain_hardened.unwrap_or(true) },
         installer: InstallerSpec { target: layer.installer_target.flatten(), overwrite: layer.installer_overwrite.unwrap_or(false) },
+        audit_min_index: layer.audit_min_index,
         users,
         overlays: layer.overlays,
         overlay_modes: layer.overlay_modes,

@@ -26,6 +26,7 @@ pub struct RawProfile {
     pub elf_audit: Option<RawElfAudit>,
     pub toolchain: Option<RawToolchain>,
     pub installer: Option<RawInstaller>,
+    pub audit: Option<RawAudit>,
     #[serde(default)]
     pub users: Vec<RawUser>,
     pub overlays: Option<RawOverlays>,
@@ -313,6 +314,13 @@ pub struct RawElfFloor {
 pub struct RawToolchain {
     /// Hardened defaults for the image's C compiler and for dpkg package builds.
     pub hardened: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawAudit {
+    /// `rampart audit` fails when Lynis's hardening index is below this (0-100).
+    pub min_index: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -171,7 +171,7 @@ fn unpack_verified(ctx: &BuildContext, key: &str, stored_mac: &str) -> Result<bo
 
 /// Copies `from` to a new file `to` and returns the sha256 of the bytes
 /// written: one read, so what is hashed is what the copy holds.
-fn copy_hashing(from: &Path, to: &Path) -> Result<String> {
+pub(crate) fn copy_hashing(from: &Path, to: &Path) -> Result<String> {
     use std::io::{Read, Write};
     let mut source = std::fs::File::open(from).with_context(|| format!("while reading {}", from.display()))?;
     let mut target = std::fs::OpenOptions::new().write(true).create_new(true).open(to).with_context(|| format!("while writing {}", to.display()))?;

@@ -4,6 +4,7 @@
 //! only; QEMU's exit status is never trusted.
 
 pub mod collector;
+pub mod audit;
 pub mod identity;
 pub mod junit;
 pub mod lab;
@@ -249,18 +250,12 @@ fn run_scenario(
     for (index, spec) in scenario.machines.iter().enumerate() {
         crate::process::check_interrupted()?;
         let mut prepared_disk = None;
-        let image_copy = if spec.image_copy_attached {
-            let copy = work.join(format!("{}.image-copy.qcow2", spec.name));
-            qemu::image_copy(&artifacts.image, &copy)?;
-            Some(copy)
-        } else {
-            None
-        };
+        let attached = if spec.image_copy_attached { vec![qemu::image_copy(&artifacts.image, &work.join(format!("{}.image-copy.qcow2", spec.name)))?] } else { Vec::new() };
         if spec.installer {
             let disk = work.join(format!("{}.installed.qcow2", spec.name));
             let started = Instant::now();
             let outcome = qemu::blank_disk(&disk, spec.disk_size.bytes())
-                .and_then(|_| qemu::run_installer(&artifacts.installer, &disk, image_copy.as_deref(), accel, work, &spec.name, &kept_console(out, scenario, &format!("{}-installer", spec.name)), INSTALL_TIMEOUT));
+                .and_then(|_| qemu::run_installer(&artifacts.installer, &disk, &attached, accel, work, &spec.name, &kept_console(out, scenario, &format!("{}-installer", spec.name)), INSTALL_TIMEOUT));
             let failure = match &outcome {
                 Ok(run) if run.installed => None,
                 Ok(run) => Some(("the installer did not install".to_string(), run.messages.join("\n"))),
@@ -284,7 +279,7 @@ fn run_scenario(
             disk_bytes: spec.disk_size.bytes(),
             memory_mib: spec.memory_mib,
             extra_disks: &spec.extra_disks,
-            image_copy,
+            attached,
             accel,
             user: admin,
             guest_ssh_port,
@@ -476,7 +471,7 @@ fn firewall_fails_closed(machine: &Machine, check: &Check, env: &CheckEnv, lab: 
         disk_bytes: 0,
         memory_mib: 1024,
         extra_disks: &[],
-        image_copy: None,
+        attached: Vec::new(),
         accel: env.accel,
         user: env.admin,
         guest_ssh_port: env.profile.ssh.port.get(),
@@ -726,7 +721,7 @@ fn run_check(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Result<Opt
             let run = qemu::blank_disk(&disk, disk_size.bytes())
                 .and_then(|_| {
                     let name = format!("{}-{}", machine.name, check.name);
-                    qemu::run_installer(env.installer, &disk, None, env.accel, env.work, &name, &kept_console(env.out, env.scenario, &format!("{name}-installer")), check.timeout)
+                    qemu::run_installer(env.installer, &disk, &[], env.accel, env.work, &name, &kept_console(env.out, env.scenario, &format!("{name}-installer")), check.timeout)
                 })
                 .map_err(|e| failed("the installer did not answer", format!("{e:#}")))?;
             let console = run.messages.join("\n");

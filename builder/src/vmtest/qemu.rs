@@ -146,9 +146,9 @@ pub struct MachineConfig<'a> {
     pub key: &'a TestKey,
     /// Blank disks besides the system disk (e.g. a backup target).
     pub extra_disks: &'a [crate::vmtest::scenario::ExtraDisk],
-    /// A disk attached after the system disk as it is (serial `image-copy`):
-    /// a never-booted copy of the image.
-    pub image_copy: Option<PathBuf>,
+    /// Disks attached after the system disk as they are (a never-booted
+    /// copy of the image, the auditor's disk).
+    pub attached: Vec<Attached>,
     /// Extra QEMU arguments (e.g. a NIC on an isolated test network).
     pub extra_args: Vec<String>,
     /// Run QEMU (and so its loopback port forward) in this network namespace.
@@ -229,7 +229,7 @@ impl Machine {
             .arg(format!("file={},if=none,id=system,format=qcow2", scratch.display()))
             .arg("-device")
             .arg(format!("virtio-blk-pci,drive=system,serial={},bootindex=0", super::identity::SYSTEM_SERIAL))
-            .args(image_copy_args(config.image_copy.as_deref()))
+            .args(attached_args(&config.attached))
             .arg("-nic")
             .arg(format!("user,model=virtio-net-pci,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:{}", config.guest_ssh_port))
             .args(["-device", "virtio-rng-pci"])
@@ -564,10 +564,11 @@ pub struct InstallRun {
 }
 
 /// Boots the offline installer medium (read-only, first in the boot order)
-/// with `target` (and `image_copy`, if given) beside it and no network, and waits until it
+/// with `target` (and `attached`) beside it and no network, and waits until it
 /// powers off after its done line, or halts after its failure line. Its
 /// console goes to `serial_log` (kept beside the artifacts).
-pub fn run_installer(installer: &Path, target: &Path, image_copy: Option<&Path>, accel: Accel, dir: &Path, name: &str, serial_log: &Path, timeout: Duration) -> Result<InstallRun> {
+#[allow(clippy::too_many_arguments)]
+pub fn run_installer(installer: &Path, target: &Path, attached: &[Attached], accel: Accel, dir: &Path, name: &str, serial_log: &Path, timeout: Duration) -> Result<InstallRun> {
     use crate::stages::installer::{DONE_MARKER, FAILED_MARKER};
     let vars = fresh_vars(dir, &format!("{name}-installer"))?;
     let qemu_log = dir.join(format!("qemu-{name}-installer.log"));
@@ -584,7 +585,7 @@ pub fn run_installer(installer: &Path, target: &Path, image_copy: Option<&Path>,
         .arg(format!("file={},if=none,id=target,format=qcow2", target.display()))
         .arg("-device")
         .arg(format!("virtio-blk-pci,drive=target,serial={}", super::identity::SYSTEM_SERIAL))
-        .args(image_copy_args(image_copy))
+        .args(attached_args(attached))
         .args(["-device", "virtio-rng-pci"])
         .arg("-serial")
         .arg(format!("file:{}", serial_log.display()))
@@ -614,28 +615,38 @@ pub fn run_installer(installer: &Path, target: &Path, image_copy: Option<&Path>,
     }
 }
 
-/// QEMU arguments attaching a never-booted copy of the image, if any.
-fn image_copy_args(copy: Option<&Path>) -> Vec<String> {
-    match copy {
-        Some(copy) => vec![
-            "-drive".into(),
-            format!("file={},if=none,id=image-copy,format=qcow2", copy.display()),
-            "-device".into(),
-            format!("virtio-blk-pci,drive=image-copy,serial={}", super::identity::COPY_SERIAL),
-        ],
-        None => Vec::new(),
+/// A disk file attached to a machine as it is; the guest sees it as
+/// /dev/disk/by-id/virtio-SERIAL.
+#[derive(Debug, Clone)]
+pub struct Attached {
+    pub file: PathBuf,
+    pub serial: &'static str,
+    /// "qcow2" or "raw".
+    pub format: &'static str,
+    pub read_only: bool,
+}
+
+fn attached_args(disks: &[Attached]) -> Vec<String> {
+    let mut args = Vec::new();
+    for disk in disks {
+        let read_only = if disk.read_only { ",readonly=on" } else { "" };
+        args.push("-drive".to_string());
+        args.push(format!("file={},if=none,id=attached-{},format={}{read_only}", disk.file.display(), disk.serial, disk.format));
+        args.push("-device".to_string());
+        args.push(format!("virtio-blk-pci,drive=attached-{0},serial={0}", disk.serial));
     }
+    args
 }
 
 /// A never-booted copy of `image`: a copy-on-write disk over it.
-pub fn image_copy(image: &Path, copy: &Path) -> Result<()> {
+pub fn image_copy(image: &Path, copy: &Path) -> Result<Attached> {
     Cmd::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
         .arg(std::fs::canonicalize(image)?)
         .arg(copy)
         .run()
         .context("while making a copy of the image to attach")?;
-    Ok(())
+    Ok(Attached { file: copy.to_path_buf(), serial: super::identity::COPY_SERIAL, format: "qcow2", read_only: false })
 }
 
 fn free_loopback_port() -> Result<u16> {
