@@ -192,7 +192,7 @@ fn auditor_disk(lock: &Lock, cache: &crate::cache::Cache, work: &Path) -> Result
     let tree = work.join("auditor-tree");
     let lynis = tree.join("lynis");
     std::fs::create_dir_all(&lynis)?;
-    for (from, to) in [("usr/sbin/lynis", "lynis"), ("usr/share/lynis/include", "include"), ("usr/share/lynis/db", "db"), ("usr/share/lynis/plugins", "plugins"), ("etc/lynis/default.prf", "default.prf")] {
+    for (from, to) in [("usr/sbin/lynis", "lynis"), ("usr/share/lynis/include", "include"), ("usr/share/lynis/db", "db"), ("etc/lynis/plugins", "plugins"), ("etc/lynis/default.prf", "default.prf")] {
         std::fs::rename(unpacked.join(from), lynis.join(to)).with_context(|| format!("the Lynis package has no {from}"))?;
     }
     let disk = work.join("auditor.ext4");
