@@ -123,21 +123,8 @@ pub enum Command {
         /// Run only this scenario (vm-tests/NAME.toml) [default: every scenario of the profile]
         #[arg(long)]
         scenario: Option<String>,
-        /// Output directory [default: out/<profile-name>]
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Acceleration: auto probes KVM with a time limit and falls back to TCG
-        #[arg(long, value_enum, default_value = "auto")]
-        accel: AccelChoice,
-        /// Build from the cache alone if a build is needed
-        #[arg(long)]
-        offline: bool,
-        /// Content-addressed package cache, shared by every profile and run
-        #[arg(long, default_value = DEFAULT_CACHE)]
-        cache: PathBuf,
-        /// Debian mirror URL, overriding the profile and the host's apt sources
-        #[arg(long)]
-        mirror: Option<String>,
+        #[command(flatten)]
+        machine: MachineArgs,
     },
     /// Build if needed, boot the image in QEMU and audit it from inside with Lynis (from the
     /// lock, on a read-only disk of its own): writes <name>.audit.json, the Lynis report and
@@ -145,25 +132,32 @@ pub enum Command {
     Audit {
         /// The profile file (profiles/NAME.toml)
         profile: PathBuf,
-        /// Output directory [default: out/<profile-name>]
-        #[arg(long)]
-        out: Option<PathBuf>,
         /// Fail below this Lynis hardening index (0-100) [default: the profile's audit.min-index]
         #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
         min_index: Option<u8>,
-        /// Acceleration: auto probes KVM with a time limit and falls back to TCG
-        #[arg(long, value_enum, default_value = "auto")]
-        accel: AccelChoice,
-        /// Build (and find Lynis) from the cache alone
-        #[arg(long)]
-        offline: bool,
-        /// Content-addressed package cache, shared by every profile and run
-        #[arg(long, default_value = DEFAULT_CACHE)]
-        cache: PathBuf,
-        /// Debian mirror URL, overriding the profile and the host's apt sources
-        #[arg(long)]
-        mirror: Option<String>,
+        #[command(flatten)]
+        machine: MachineArgs,
     },
+}
+
+/// The options of the commands that build if needed and boot the image (test, audit).
+#[derive(Debug, clap::Args)]
+pub struct MachineArgs {
+    /// Output directory [default: out/<profile-name>]
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Acceleration: auto probes KVM with a time limit and falls back to TCG
+    #[arg(long, value_enum, default_value = "auto")]
+    accel: AccelChoice,
+    /// Build (and, for audit, find Lynis) from the cache alone
+    #[arg(long)]
+    offline: bool,
+    /// Content-addressed package cache, shared by every profile and run
+    #[arg(long, default_value = DEFAULT_CACHE)]
+    cache: PathBuf,
+    /// Debian mirror URL, overriding the profile and the host's apt sources
+    #[arg(long)]
+    mirror: Option<String>,
 }
 
 pub fn run(cli: Cli) -> Result<i32> {
@@ -238,17 +232,17 @@ pub fn run(cli: Cli) -> Result<i32> {
             let mirror = resolve_mirror(&profile, mirror.as_deref())?;
             run_bundle(&profile, &mirror, &output, &cache)?;
         }
-        Command::Test { profile, scenario, out, accel, offline, cache, mirror } => {
+        Command::Test { profile, scenario, machine } => {
             let profile = load(&profile)?;
-            let mirror = resolve_mirror(&profile, mirror.as_deref())?;
-            let out = out.unwrap_or_else(|| default_out(&profile));
-            vmtest::run(profile, mirror, &TestOptions { scenario, out, cache, accel, offline })?;
+            let mirror = resolve_mirror(&profile, machine.mirror.as_deref())?;
+            let out = machine.out.unwrap_or_else(|| default_out(&profile));
+            vmtest::run(profile, mirror, &TestOptions { scenario, out, cache: machine.cache, accel: machine.accel, offline: machine.offline })?;
         }
-        Command::Audit { profile, out, min_index, accel, offline, cache, mirror } => {
+        Command::Audit { profile, min_index, machine } => {
             let profile = load(&profile)?;
-            let mirror = resolve_mirror(&profile, mirror.as_deref())?;
-            let out = out.unwrap_or_else(|| default_out(&profile));
-            vmtest::audit::run(profile, mirror, &vmtest::audit::AuditOptions { out, cache, accel, offline, min_index })?;
+            let mirror = resolve_mirror(&profile, machine.mirror.as_deref())?;
+            let out = machine.out.unwrap_or_else(|| default_out(&profile));
+            vmtest::audit::run(profile, mirror, &vmtest::audit::AuditOptions { out, cache: machine.cache, accel: machine.accel, offline: machine.offline, min_index })?;
         }
     }
     Ok(0)

@@ -994,6 +994,22 @@ fn baseline_scenario_passes_in_qemu() {
     assert!(ws.path("out/baseline/baseline-first.serial.log").exists());
     let stray = Command::new("pgrep").args(["-f", "rampart-test-"]).output().unwrap();
     assert!(!stray.status.success(), "a QEMU outlived the test");
+
+    // The same bytes, audited from inside by Lynis from the lock, on a disk
+    // of its own: the profile's audit.min-index holds, and the record names
+    // the image it audited.
+    let output = ws.rampart(&["audit", "profiles/baseline.toml", "--out", "out/baseline"]);
+    eprintln!("{}", String::from_utf8_lossy(&output.stdout));
+    assert!(output.status.success(), "rampart audit failed:\n{}", stderr(&output));
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(ws.path("out/baseline/baseline.audit.json")).unwrap()).unwrap();
+    assert_eq!(record["image-sha256"].as_str(), Some(qcow2_sum), "{record}");
+    assert_eq!(record["lynis-version"].as_str(), Some("3.0.8"), "{record}");
+    assert!(record["hardening-index"].as_u64().unwrap() >= 75, "{record}");
+    assert!(record["tests-performed"].as_u64().unwrap() > 150, "{record}");
+    assert!(record["suggestions"].as_array().unwrap().iter().all(|s| s["test"].as_str().is_some_and(|t| t.contains('-'))), "{record}");
+    let report = std::fs::read_to_string(ws.path("out/baseline/baseline.lynis-report.dat")).unwrap();
+    assert!(report.contains("hardening_index="), "{report}");
+    assert!(ws.path("out/baseline/baseline.lynis.log").exists());
 }
 
 #[test]

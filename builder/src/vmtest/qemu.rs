@@ -122,10 +122,15 @@ pub struct TestKey {
 }
 
 impl TestKey {
+    /// A key whose comment is `rampart-test-NAME`.
     pub fn generate(dir: &Path, name: &str) -> Result<TestKey> {
+        TestKey::generate_with_comment(dir, name, &format!("rampart-test-{name}"))
+    }
+
+    pub fn generate_with_comment(dir: &Path, name: &str, comment: &str) -> Result<TestKey> {
         let private = dir.join(name);
         Cmd::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", &format!("rampart-test-{name}"), "-f"])
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
             .arg(&private)
             .run()
             .context("while making a throwaway SSH key")?;
