@@ -11,6 +11,10 @@ pub const ESP_SIZE_MIB: u64 = 128;
 pub const CONFIG_SIZE_MIB: u64 = 16;
 /// Where the configuration partition is mounted, read-only.
 pub const CONFIG_MOUNT: &str = "/etc/rampart";
+/// The GPT names of the root and configuration partitions: fstab finds them
+/// by these names on the boot disk.
+pub const ROOT_PARTITION: &str = "root";
+pub const CONFIG_PARTITION: &str = "rampart-config";
 /// Where udev links the partitions of the disk the machine booted from, by
 /// their GPT names (a rule the initramfs writes, each boot).
 pub const BOOT_DISK_LINKS: &str = "/dev/disk/rampart";

@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use crate::build::context::BuildContext;
-use crate::layout::{Identifiers, CONFIG_LABEL, CONFIG_MOUNT, CONFIG_SIZE_MIB, ESP_LABEL, ESP_SIZE_MIB, FIRST_LBA_MIB, ROOT_LABEL};
+use crate::layout::{Identifiers, CONFIG_LABEL, CONFIG_PARTITION, ROOT_PARTITION, CONFIG_MOUNT, CONFIG_SIZE_MIB, ESP_LABEL, ESP_SIZE_MIB, FIRST_LBA_MIB, ROOT_LABEL};
 use crate::process::Cmd;
 use crate::tree::{walk, Kind};
 use crate::ui;
@@ -90,8 +90,8 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     let raw = ctx.artifact("raw");
     let partitions = [
         GptPartition { start_mib: FIRST_LBA_MIB, size_mib: ESP_SIZE_MIB, type_guid: TYPE_ESP, uuid: &ids.esp_partuuid, name: "esp" },
-        GptPartition { start_mib: FIRST_LBA_MIB + ESP_SIZE_MIB, size_mib: CONFIG_SIZE_MIB, type_guid: TYPE_LINUX_DATA, uuid: &ids.config_partuuid, name: "rampart-config" },
-        GptPartition { start_mib: root_start_mib, size_mib: root_size_mib, type_guid: TYPE_ROOT_X86_64, uuid: &ids.root_partuuid, name: "root" },
+        GptPartition { start_mib: FIRST_LBA_MIB + ESP_SIZE_MIB, size_mib: CONFIG_SIZE_MIB, type_guid: TYPE_LINUX_DATA, uuid: &ids.config_partuuid, name: CONFIG_PARTITION },
+        GptPartition { start_mib: root_start_mib, size_mib: root_size_mib, type_guid: TYPE_ROOT_X86_64, uuid: &ids.root_partuuid, name: ROOT_PARTITION },
     ];
     write_partition_table(&raw, &work, disk_bytes, &ids.disk_guid, &partitions)?;
     copy_sparse(&esp_image, &raw, FIRST_LBA_MIB * MIB)?;
@@ -115,8 +115,8 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
             "size": disk_bytes,
             "partitions": [
                 {"name": "esp", "label": ESP_LABEL, "size-mib": ESP_SIZE_MIB, "partuuid": ids.esp_partuuid, "type": TYPE_ESP},
-                {"name": "rampart-config", "label": CONFIG_LABEL, "size-mib": CONFIG_SIZE_MIB, "partuuid": ids.config_partuuid, "fs-uuid": ids.config_fs_uuid, "type": TYPE_LINUX_DATA, "mount": format!("{CONFIG_MOUNT} (read-only)")},
-                {"name": "root", "label": ROOT_LABEL, "size-mib": root_size_mib, "partuuid": ids.root_partuuid, "fs-uuid": ids.root_fs_uuid, "type": TYPE_ROOT_X86_64},
+                {"name": CONFIG_PARTITION, "label": CONFIG_LABEL, "size-mib": CONFIG_SIZE_MIB, "partuuid": ids.config_partuuid, "fs-uuid": ids.config_fs_uuid, "type": TYPE_LINUX_DATA, "mount": format!("{CONFIG_MOUNT} (read-only)")},
+                {"name": ROOT_PARTITION, "label": ROOT_LABEL, "size-mib": root_size_mib, "partuuid": ids.root_partuuid, "fs-uuid": ids.root_fs_uuid, "type": TYPE_ROOT_X86_64},
             ],
             "disk-guid": ids.disk_guid,
             "bootloader": "systemd-boot (UEFI), boot entries not editable",

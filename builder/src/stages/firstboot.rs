@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use crate::build::context::BuildContext;
-use crate::layout::{BOOT_DISK_LINKS, CONFIG_MOUNT};
+use crate::layout::{BOOT_DISK_LINKS, CONFIG_MOUNT, CONFIG_PARTITION, ROOT_PARTITION};
 
 /// Only an Ed25519 host key: modern, and generated in milliseconds even
 /// under emulation (RSA 3072 takes ~18 s under TCG). Its public half goes to
@@ -117,9 +117,9 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     let fstab = format!(
         "# rampart layout: partitions by name on the disk this machine booted from\n\
          # (/dev/disk/rampart/<partition name>); the root is grown to the disk on boot\n\
-         {BOOT_DISK_LINKS}/root\t/\text4\tdefaults,errors=remount-ro,x-systemd.growfs\t0\t1\n\
+         {BOOT_DISK_LINKS}/{ROOT_PARTITION}\t/\text4\tdefaults,errors=remount-ro,x-systemd.growfs\t0\t1\n\
          # the configuration partition (logging, integrity): read-only, mounted by the initramfs with the root\n\
-         {BOOT_DISK_LINKS}/rampart-config\t{CONFIG_MOUNT}\text4\tro,nodev,nosuid,noexec,x-initrd.mount\t0\t0\n{}",
+         {BOOT_DISK_LINKS}/{CONFIG_PARTITION}\t{CONFIG_MOUNT}\text4\tro,nodev,nosuid,noexec,x-initrd.mount\t0\t0\n{}",
         crate::stages::kernel::fstab_lines(&ctx.profile)
     );
     ctx.install_file("etc/fstab", fstab.as_bytes(), 0o644)?;
