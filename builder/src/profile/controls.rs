@@ -238,7 +238,26 @@ pub const SSH_MANAGED_KEYWORDS: &[&str] = &[
     "match", "include",
 ];
 
-pub const DEFAULT_BANNER: &str = "Authorised access only. Activity on this system is logged and monitored.";
+/// Shown before login on the console (/etc/issue) and over SSH
+/// (/etc/issue.net): what a legal notice says (CIS 1.7), and nothing about
+/// the operating system.
+pub const DEFAULT_BANNER: &str = "Authorised access only. This system is private: activity on it is logged, monitored and recorded,\nand the records may be used as evidence. Disconnect now if you are not authorised.";
+
+/// A banner as the profile gives it: printable text, at most 2000
+/// characters, and no backslash, which agetty would expand in /etc/issue
+/// (`\s`, `\r`, `\v` name the operating system, its release and version).
+pub fn parse_banner(s: &str) -> Result<String, String> {
+    if s.len() > 2000 || s.chars().any(|c| c.is_control() && c != '\n') {
+        return Err("the banner is printable text of at most 2000 characters".into());
+    }
+    if let Some(at) = s.find('\\') {
+        let escape: String = s[at..].chars().take(2).collect();
+        return Err(format!(
+            "{escape:?}: the banner is also the console's /etc/issue, where agetty expands backslash escapes (\\s, \\r and \\v show the operating system and its version); write it without backslashes"
+        ));
+    }
+    Ok(s.trim_end().to_string())
+}
 
 fn parse_ssh_option(key: &str, value: &str) -> Result<(), String> {
     if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric()) {
@@ -410,13 +429,7 @@ pub fn validate(
         layer.ssh_max_auth_tries = in_range(source, &ssh.max_auth_tries, "ssh.max-auth-tries", 1, 10)?;
         layer.ssh_login_grace_time = in_range(source, &ssh.login_grace_time, "ssh.login-grace-time", 5, 600)?;
         if let Some(banner) = &ssh.banner {
-            layer.ssh_banner = Some(source.check(banner, "ssh.banner", |s: &String| {
-                if s.len() > 2000 || s.chars().any(|c| c.is_control() && c != '\n') {
-                    Err("the banner is printable text of at most 2000 characters")
-                } else {
-                    Ok(s.trim_end().to_string())
-                }
-            })?);
+            layer.ssh_banner = Some(source.check(banner, "ssh.banner", |s: &String| parse_banner(s))?);
         }
         for (key, value) in &ssh.options {
             source.check(value, &format!("ssh.options.{key}"), |v| parse_ssh_option(key, v))?;

@@ -37,6 +37,7 @@ pub const DEFAULT_SYSCTLS: &[(&str, &str, &str)] = &[
     ("fs.protected_fifos", "2", "no opening others' FIFOs in sticky directories (KSPP)"),
     ("fs.protected_regular", "2", "no opening others' files in sticky directories with O_CREAT (KSPP)"),
     ("fs.suid_dumpable", "0", "no core dumps of set-id programs (KSPP, CIS 1.5.4)"),
+    ("kernel.core_uses_pid", "1", "a core file, where a profile allows them, never overwrites another's"),
     ("dev.tty.ldisc_autoload", "0", "no loading line disciplines on demand (KSPP)"),
     ("vm.unprivileged_userfaultfd", "0", "userfaultfd for root only (KSPP)"),
     ("vm.mmap_min_addr", "65536", "no mapping of low addresses (KSPP)"),
@@ -59,9 +60,12 @@ pub const DEFAULT_CMDLINE: &[(&str, &str)] = &[
 ];
 
 /// Modules that may never load: file systems a server does not mount and
-/// USB storage (CIS 1.1.1), network protocols it does not speak (CIS 3.2).
-pub const DEFAULT_MODULE_BLACKLIST: &[&str] =
-    &["cramfs", "freevxfs", "hfs", "hfsplus", "jffs2", "udf", "usb-storage", "dccp", "sctp", "rds", "tipc"];
+/// USB storage (CIS 1.1.1), network protocols it does not speak (CIS 3.2),
+/// FireWire, whose controllers can read and write memory directly (DMA).
+pub const DEFAULT_MODULE_BLACKLIST: &[&str] = &[
+    "cramfs", "freevxfs", "hfs", "hfsplus", "jffs2", "squashfs", "udf", "usb-storage", "dccp", "sctp", "rds", "tipc", "firewire-core", "firewire-ohci",
+    "firewire-sbp2",
+];
 
 /// Values the kernel takes for keys whose meaning is a small range.
 const RANGES: &[(&str, i64, i64)] = &[
@@ -252,6 +256,8 @@ pub struct KernelHardening {
     pub module_blacklist: Vec<String>,
     pub apparmor: bool,
     pub secure_mounts: bool,
+    /// Programs may leave core dumps (off: no core files, CIS 1.5.4).
+    pub core_dumps: bool,
 }
 
 impl KernelHardening {
@@ -298,6 +304,7 @@ pub struct KernelLayer {
     module_blacklist: Vec<String>,
     apparmor: Option<bool>,
     secure_mounts: Option<bool>,
+    core_dumps: Option<bool>,
 }
 
 /// Flattens `[kernel.sysctl]`, where a bare dotted key is a nested table.
@@ -312,7 +319,7 @@ fn flatten<'a>(prefix: &str, table: &'a BTreeMap<String, RawSysctlEntry>, out: &
 }
 
 pub fn validate(source: &SourceText, kernel: &RawKernel) -> Result<KernelLayer, LocatedError> {
-    let mut layer = KernelLayer { defaults: kernel.hardening, apparmor: kernel.apparmor, secure_mounts: kernel.secure_mounts, ..Default::default() };
+    let mut layer = KernelLayer { defaults: kernel.hardening, apparmor: kernel.apparmor, secure_mounts: kernel.secure_mounts, core_dumps: kernel.core_dumps, ..Default::default() };
     let mut entries = Vec::new();
     flatten("", &kernel.sysctl, &mut entries);
     for (key, entry) in entries {
@@ -338,6 +345,7 @@ pub fn merge(base: &mut KernelLayer, child: KernelLayer) {
     super::take(&mut base.defaults, child.defaults);
     super::take(&mut base.apparmor, child.apparmor);
     super::take(&mut base.secure_mounts, child.secure_mounts);
+    super::take(&mut base.core_dumps, child.core_dumps);
     base.sysctl.extend(child.sysctl);
     for module in child.module_blacklist {
         if !base.module_blacklist.contains(&module) {
@@ -353,6 +361,7 @@ pub fn finish(layer: KernelLayer) -> KernelHardening {
         module_blacklist: layer.module_blacklist,
         apparmor: layer.apparmor.unwrap_or(true),
         secure_mounts: layer.secure_mounts.unwrap_or(true),
+        core_dumps: layer.core_dumps.unwrap_or(false),
     }
 }
 
@@ -399,10 +408,10 @@ mod tests {
     fn profile_sysctls_override_defaults_by_key() {
         let mut sysctl = BTreeMap::new();
         sysctl.insert("kernel.sysrq".to_string(), Sited { value: "176".to_string(), at: "p.toml:9:1".to_string() });
-        let hardening = KernelHardening { defaults: true, sysctl, module_blacklist: vec!["firewire-core".into()], apparmor: true, secure_mounts: true };
+        let hardening = KernelHardening { defaults: true, sysctl, module_blacklist: vec!["thunderbolt".into()], apparmor: true, secure_mounts: true, core_dumps: false };
         let all = hardening.sysctls();
         assert_eq!(all.iter().filter(|(k, _, _)| k == "kernel.sysrq").count(), 1);
         assert_eq!(all.last().unwrap(), &("kernel.sysrq".to_string(), "176".to_string(), SysctlOrigin::Profile("p.toml:9:1".into())));
-        assert_eq!(hardening.blacklisted_modules().last().map(String::as_str), Some("firewire-core"));
+        assert_eq!(hardening.blacklisted_modules().last().map(String::as_str), Some("thunderbolt"));
     }
 }

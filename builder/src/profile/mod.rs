@@ -3,12 +3,16 @@
 //! file:line:col), then merges base to child. Reads the profile files and
 //! nothing else; never runs a process, never touches the network.
 
+pub mod accounting;
+pub mod auditd;
 pub mod backups;
 pub mod controls;
 pub mod monitoring;
 pub mod elf_audit;
 pub mod kernel;
 pub mod raw;
+pub mod sessions;
+pub mod time;
 pub mod types;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,6 +22,9 @@ use std::path::{Path, PathBuf};
 pub use controls::{FirewallAllow, FirewallSpec, PasswordPolicy, Protocol, ServicesSpec, Sited};
 pub use backups::{BackupTarget, BackupsSpec};
 pub use monitoring::{IntegritySpec, LogHost, LoggingSpec};
+pub use accounting::AccountingSpec;
+pub use sessions::SessionsSpec;
+pub use time::TimeSpec;
 pub use elf_audit::{ElfAuditSpec, HardeningProperty};
 pub use types::{Cidr, Hostname, ImageSize, PackageName, Port, ProfileName, UserName};
 
@@ -150,9 +157,13 @@ pub struct Profile {
     pub ssh: SshSpec,
     pub services: ServicesSpec,
     pub passwords: PasswordPolicy,
+    pub sessions: SessionsSpec,
+    pub time: TimeSpec,
+    pub accounting: AccountingSpec,
     pub firewall: FirewallSpec,
     pub logging: LoggingSpec,
     pub integrity: IntegritySpec,
+    pub auditd: auditd::AuditdSpec,
     pub backups: BackupsSpec,
     pub elf_audit: ElfAuditSpec,
     pub toolchain: ToolchainSpec,
@@ -197,7 +208,11 @@ struct Layer {
     ssh_port: Option<Port>,
     ssh_allow_from: Option<Vec<Cidr>>,
     controls: controls::ControlsLayer,
+    sessions: sessions::SessionsLayer,
+    time: time::TimeLayer,
+    accounting: accounting::AccountingLayer,
     monitoring: monitoring::MonitoringLayer,
+    auditd: auditd::AuditdLayer,
     backups: backups::BackupsLayer,
     elf_audit: elf_audit::ElfAuditLayer,
     toolchain_hardened: Option<bool>,
@@ -320,7 +335,11 @@ fn validate_layer(source: &Source, raw: raw::RawProfile) -> Result<Layer, Profil
         }
     }
     layer.controls = controls::validate(source, raw.ssh.as_ref(), raw.services, raw.passwords, raw.firewall)?;
+    layer.sessions = sessions::validate(source, raw.sessions)?;
+    layer.time = time::validate(source, raw.time)?;
+    layer.accounting = accounting::validate(source, raw.accounting)?;
     layer.monitoring = monitoring::validate(source, raw.logging, raw.integrity)?;
+    layer.auditd = auditd::validate(source, raw.auditd)?;
     layer.backups = backups::validate(source, raw.backups)?;
     layer.elf_audit = elf_audit::validate(source, raw.elf_audit)?;
     layer.toolchain_hardened = raw.toolchain.and_then(|t| t.hardened);
@@ -436,7 +455,11 @@ fn merge(base: &mut Layer, child: Layer) {
     take(&mut base.ssh_port, child.ssh_port);
     take(&mut base.ssh_allow_from, child.ssh_allow_from);
     controls::merge(&mut base.controls, child.controls);
+    sessions::merge(&mut base.sessions, child.sessions);
+    time::merge(&mut base.time, child.time);
+    accounting::merge(&mut base.accounting, child.accounting);
     monitoring::merge(&mut base.monitoring, child.monitoring);
+    auditd::merge(&mut base.auditd, child.auditd);
     backups::merge(&mut base.backups, child.backups);
     elf_audit::merge(&mut base.elf_audit, child.elf_audit);
     take(&mut base.toolchain_hardened, child.toolchain_hardened);
@@ -476,6 +499,7 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
     }
     let controls = controls::finish(layer.controls).map_err(at_file)?;
     let (logging, integrity) = monitoring::finish(layer.monitoring);
+    let auditd = auditd::finish(layer.auditd);
     let backups = backups::finish(layer.backups)?;
     let mut elf_audit = elf_audit::finish(layer.elf_audit);
     if backups.enable {
@@ -496,8 +520,26 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
     if integrity.enable {
         needed.push(("integrity", "aide"));
     }
+    if integrity.enable && integrity.packages {
+        needed.push(("integrity.packages", "debsums"));
+    }
+    if auditd.enable {
+        needed.push(("auditd", "auditd"));
+    }
     if backups.enable {
         needed.push(("backups", "borgbackup"));
+    }
+    let sessions = sessions::finish(layer.sessions);
+    if sessions.private_tmp {
+        needed.push(("sessions.private-tmp", "libpam-tmpdir"));
+    }
+    let accounting = accounting::finish(layer.accounting);
+    if accounting.processes {
+        needed.push(("accounting", "acct"));
+    }
+    let time = time::finish(layer.time);
+    if time.enable {
+        needed.push(("time", "systemd-timesyncd"));
     }
     let kernel_hardening = kernel::finish(layer.kernel_hardening);
     if kernel_hardening.apparmor {
@@ -572,9 +614,13 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
         },
         services: controls.services,
         passwords: controls.passwords,
+        sessions,
+        time,
+        accounting,
         firewall: controls.firewall,
         logging,
         integrity,
+        auditd,
         elf_audit,
         backups,
         toolchain: ToolchainSpec { hardened: layer.toolchain_hardened.unwrap_or(true) },

@@ -53,7 +53,7 @@ impl LogHost {
     }
 }
 
-fn is_dns_name(s: &str) -> bool {
+pub fn is_dns_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
         && s.split('.').all(|label| {
@@ -91,6 +91,8 @@ pub struct IntegritySpec {
     pub rules: Vec<Sited<String>>,
     /// When the check runs: a systemd calendar expression.
     pub schedule: Sited<String>,
+    /// Installed packages' files checked against dpkg's digests (debsums) too.
+    pub packages: bool,
 }
 
 /// One file's settings of these sections, validated, not yet merged.
@@ -103,6 +105,7 @@ pub struct MonitoringLayer {
     file_max_mib: Option<u32>,
     files_kept: Option<u32>,
     integrity_enable: Option<bool>,
+    integrity_packages: Option<bool>,
     exclude: Vec<Sited<String>>,
     rules: Vec<Sited<String>>,
     schedule: Option<Sited<String>>,
@@ -170,6 +173,7 @@ pub fn validate(
     }
     if let Some(integrity) = integrity {
         layer.integrity_enable = integrity.enable;
+        layer.integrity_packages = integrity.packages;
         for path in &integrity.exclude {
             let parsed = source.check(path, "integrity.exclude", |s| parse_excluded_path(s))?;
             layer.exclude.push(sited(source, path, parsed));
@@ -194,6 +198,7 @@ pub fn merge(base: &mut MonitoringLayer, child: MonitoringLayer) {
     super::take(&mut base.file_max_mib, child.file_max_mib);
     super::take(&mut base.files_kept, child.files_kept);
     super::take(&mut base.integrity_enable, child.integrity_enable);
+    super::take(&mut base.integrity_packages, child.integrity_packages);
     super::take(&mut base.schedule, child.schedule);
     base.exclude.extend(child.exclude);
     base.rules.extend(child.rules);
@@ -213,6 +218,7 @@ pub fn finish(layer: MonitoringLayer) -> (LoggingSpec, IntegritySpec) {
         exclude: layer.exclude,
         rules: layer.rules,
         schedule: layer.schedule.unwrap_or(Sited { value: "daily".to_string(), at: "rampart's default".to_string() }),
+        packages: layer.integrity_packages.unwrap_or(true),
     };
     (logging, integrity)
 }

@@ -22,11 +22,15 @@ pub struct RawProfile {
     pub firewall: Option<RawFirewall>,
     pub logging: Option<RawLogging>,
     pub integrity: Option<RawIntegrity>,
+    pub auditd: Option<RawAuditd>,
     pub backups: Option<RawBackups>,
     pub elf_audit: Option<RawElfAudit>,
     pub toolchain: Option<RawToolchain>,
     pub installer: Option<RawInstaller>,
     pub audit: Option<RawAudit>,
+    pub sessions: Option<RawSessions>,
+    pub time: Option<RawTime>,
+    pub accounting: Option<RawAccounting>,
     #[serde(default)]
     pub users: Vec<RawUser>,
     pub overlays: Option<RawOverlays>,
@@ -73,6 +77,8 @@ pub struct RawKernel {
     pub apparmor: Option<bool>,
     /// /tmp (tmpfs), /var/tmp and /dev/shm mounted nodev,nosuid,noexec.
     pub secure_mounts: Option<bool>,
+    /// Programs may leave core dumps (rampart: no).
+    pub core_dumps: Option<bool>,
 }
 
 /// A value in `[kernel.sysctl]` and where it was written. A bare dotted key
@@ -240,11 +246,27 @@ pub struct RawLogging {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawIntegrity {
     pub enable: Option<bool>,
+    /// Also check installed packages' files against dpkg's digests (debsums), on the same schedule.
+    pub packages: Option<bool>,
     #[serde(default)]
     pub exclude: Vec<Spanned<String>>,
     #[serde(default)]
     pub rules: Vec<Spanned<String>>,
     pub schedule: Option<Spanned<String>>,
+}
+
+/// `[auditd]` exactly as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawAuditd {
+    pub enable: Option<bool>,
+    /// Further audit rules in auditctl syntax, one rule each.
+    #[serde(default)]
+    pub rules: Vec<Spanned<String>>,
+    pub max_log_file_mib: Option<Spanned<i64>>,
+    pub num_logs: Option<Spanned<i64>>,
+    pub backlog_limit: Option<Spanned<i64>>,
+    pub immutable: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -321,6 +343,34 @@ pub struct RawToolchain {
 pub struct RawAudit {
     /// `rampart audit` fails when Lynis's hardening index is below this (0-100).
     pub min_index: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawSessions {
+    /// An idle interactive shell ends after this many seconds; 0: never.
+    pub idle_timeout: Option<Spanned<i64>>,
+    /// Only members of this group may use su (pam_wheel); rampart makes it, empty.
+    pub su_group: Option<Spanned<String>>,
+    /// Each session gets its own temporary directory (pam_tmpdir: TMPDIR=/tmp/user/<uid>).
+    pub private_tmp: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawAccounting {
+    /// The kernel records every process that ends (acct).
+    pub processes: Option<bool>,
+    /// Days of records kept (rotated daily).
+    pub days_kept: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawTime {
+    pub enable: Option<bool>,
+    /// NTP servers (names or addresses); none: systemd-timesyncd's fallback.
+    pub servers: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -151,8 +151,8 @@ fn extends_merges_base_then_child() {
     assert_eq!(profile.name.as_str(), "web", "the asked-for file names the profile");
     assert_eq!(profile.description, "the base");
     let include: Vec<&str> = profile.packages.include.iter().map(|p| p.as_str()).collect();
-    // The password, firewall, logging, integrity and kernel controls bring their packages.
-    assert_eq!(include, vec!["aide", "apparmor", "cracklib-runtime", "e2fsprogs", "fdisk", "libpam-pwquality", "logrotate", "nftables", "nginx", "openssh-server", "rsyslog", "systemd-boot-efi"]);
+    // The password, firewall, logging, integrity, kernel, time, accounting, auditd and sessions controls bring their packages.
+    assert_eq!(include, vec!["acct", "aide", "apparmor", "auditd", "cracklib-runtime", "debsums", "e2fsprogs", "fdisk", "libpam-pwquality", "libpam-tmpdir", "logrotate", "nftables", "nginx", "openssh-server", "rsyslog", "systemd-boot-efi", "systemd-timesyncd"]);
     assert_eq!(profile.image.hostname.as_str(), "web1");
     assert_eq!(profile.image.size.map(|s| s.bytes()), Some(4 << 30));
     let users: Vec<(&str, usize)> = profile.users.iter().map(|u| (u.name.as_str(), u.groups.len())).collect();
@@ -367,7 +367,7 @@ fn out_of_range_sysctl_value_says_what_is_allowed() {
 #[test]
 fn sysctls_merge_by_key_and_blacklists_add_up() {
     let profile = check_ok(&[
-        ("web.toml", "name = \"web\"\nextends = \"base.toml\"\n[kernel]\nmodule-blacklist = [\"firewire-core\"]\n[kernel.sysctl]\nkernel.sysrq = 176\n\"net.ipv4.conf.eth0.rp_filter\" = \"2\"\n"),
+        ("web.toml", "name = \"web\"\nextends = \"base.toml\"\n[kernel]\nmodule-blacklist = [\"thunderbolt\"]\n[kernel.sysctl]\nkernel.sysrq = 176\n\"net.ipv4.conf.eth0.rp_filter\" = \"2\"\n"),
         ("base.toml", "name = \"base\"\n[kernel]\napparmor = false\nmodule-blacklist = [\"bluetooth\"]\n[kernel.sysctl]\nkernel.sysrq = 1\nvm.swappiness = 10\n"),
     ]);
     let hardening = &profile.kernel.hardening;
@@ -377,7 +377,7 @@ fn sysctls_merge_by_key_and_blacklists_add_up() {
     assert!(!hardening.apparmor);
     assert!(!profile.packages.include.contains(&PackageName::parse("apparmor").unwrap()));
     let modules = hardening.blacklisted_modules();
-    assert_eq!(&modules[modules.len() - 2..], ["bluetooth", "firewire-core"]);
+    assert_eq!(&modules[modules.len() - 2..], ["bluetooth", "thunderbolt"]);
 }
 
 #[test]

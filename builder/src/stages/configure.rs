@@ -15,18 +15,19 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     );
     ctx.install_file("etc/hosts", hosts.as_bytes(), 0o644)?;
 
-    let mut sources = String::new();
+    // One-line format in sources.list itself: every tool reads it (audit
+    // tools that look for the security suite read nothing else).
+    let mut sources = String::from("# rampart: the profile's mirror and its security suite\n");
     for source in ctx.mirror.sources() {
         sources.push_str(&format!(
-            "Types: deb\nURIs: {}\nSuites: {}\nComponents: {}\nSigned-By: {}\n\n",
+            "deb [signed-by={}] {} {} {}\n",
+            crate::apt::ARCHIVE_KEYRING,
             without_credentials(&source.url),
             source.suite,
             source.components.join(" "),
-            crate::apt::ARCHIVE_KEYRING
         ));
     }
-    ctx.install_file("etc/apt/sources.list.d/debian.sources", sources.trim_end().as_bytes(), 0o644)?;
-    ctx.install_file("etc/apt/sources.list", b"# see /etc/apt/sources.list.d/debian.sources\n", 0o644)?;
+    ctx.install_file("etc/apt/sources.list", sources.as_bytes(), 0o644)?;
 
     let network = "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n\n[DHCPv4]\nUseDomains=yes\n";
     ctx.install_file("etc/systemd/network/80-rampart-dhcp.network", network.as_bytes(), 0o644)?;

@@ -25,6 +25,50 @@ pub fn database_path() -> String {
     format!("{CONFIG_MOUNT}/aide/aide.db.gz")
 }
 
+/// AIDE's standard configuration path (Debian's aide package).
+const STANDARD_CONFIG: &str = "etc/aide/aide.conf";
+
+pub const PACKAGES_SERVICE: &str = "rampart-debsums-check.service";
+pub const PACKAGES_TIMER: &str = "rampart-debsums-check.timer";
+
+/// debsums over every installed package's files (not the configuration
+/// files, which the build changes and AIDE watches); it honours dpkg's
+/// path-exclude, so dropped documentation is not missing. Reads only.
+const PACKAGES_UNIT: &str = "[Unit]
+Description=rampart: installed packages' files against dpkg's digests (debsums)
+Documentation=man:debsums(1)
+
+[Service]
+Type=oneshot
+# A changed or missing file fails the unit and is named in the journal.
+ExecStart=/usr/bin/debsums --silent
+Nice=19
+IOSchedulingClass=idle
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+PrivateNetwork=yes
+NoNewPrivileges=yes
+CapabilityBoundingSet=CAP_DAC_READ_SEARCH CAP_DAC_OVERRIDE
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+RestrictAddressFamilies=AF_UNIX
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+MemoryDenyWriteExecute=yes
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged @resources
+UMask=0077
+";
+
 pub const CHECK_SERVICE: &str = "rampart-aide-check.service";
 pub const CHECK_TIMER: &str = "rampart-aide-check.timer";
 
@@ -177,14 +221,26 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
             None => bail!("aide refuses the integrity configuration made from [integrity] of {}:\n{error}", ctx.profile.path.display()),
         }
     }
+    // Where auditors and Debian's tools look for it: a link to the copy on
+    // the read-only partition, so there is one configuration, not two.
+    ctx.install_symlink(STANDARD_CONFIG, &config_path)?;
     ctx.install_file(&format!("etc/systemd/system/{CHECK_SERVICE}"), check_unit(ctx.root().join("lib/systemd/system/ssh.service").exists()).as_bytes(), 0o644)?;
     super::install_timer(ctx, CHECK_TIMER, "rampart: scheduled AIDE integrity check", &integrity.schedule, "integrity.schedule")?;
+    if integrity.packages {
+        if !ctx.root().join("usr/bin/debsums").exists() {
+            bail!("integrity.packages of {}: the image has no debsums; is it excluded?", ctx.profile.path.display());
+        }
+        ctx.install_file(&format!("etc/systemd/system/{PACKAGES_SERVICE}"), PACKAGES_UNIT.as_bytes(), 0o644)?;
+        super::install_timer(ctx, PACKAGES_TIMER, "rampart: scheduled debsums check of the installed packages", &integrity.schedule, "integrity.schedule")?;
+    }
     ctx.record(
         "integrity",
         true,
         json!({
             "tool": "aide",
             "config": config_path,
+            "standard-path": format!("/{STANDARD_CONFIG} -> {config_path}"),
+            "packages": if integrity.packages { json!(format!("{PACKAGES_TIMER}: debsums --silent (every package's files but configuration files, against dpkg's digests)")) } else { json!("off") },
             "database": database_path(),
             "compared": "type, mode, owners, links, size, mtime, sha512, ACLs, xattrs, capabilities",
             "left-out": RUN_TIME_PATHS.iter().map(|(p, why)| json!({"path": p, "why": why})).collect::<Vec<_>>(),

@@ -1,7 +1,7 @@
 //! Kernel hardening control (seed steps 2 and 7): KSPP and CIS sysctls, the
 //! kernel command-line options, a module blacklist, ctrl-alt-del and SysRq
-//! off, AppArmor enforcing, and the temporary directories mounted
-//! nodev,nosuid,noexec. Checked at build time with the image's own
+//! off, AppArmor enforcing, the temporary directories mounted
+//! nodev,nosuid,noexec, and no core dumps (limits, systemd, the shell). Checked at build time with the image's own
 //! systemd-sysctl and modprobe. It never writes the network sysctls: those
 //! are the firewall's (60-rampart-network.conf), which the profile's file
 //! (90-rampart-profile.conf) outranks.
@@ -20,6 +20,9 @@ pub const DEFAULTS_FILE: &str = "etc/sysctl.d/50-rampart-kernel.conf";
 /// The profile's `[kernel.sysctl]`: after every other file, so it wins.
 pub const PROFILE_FILE: &str = "etc/sysctl.d/90-rampart-profile.conf";
 const BLACKLIST_FILE: &str = "etc/modprobe.d/rampart-blacklist.conf";
+/// What modprobe runs instead of loading a refused module: nothing, and
+/// succeeds (the form CIS and Lynis recognise, `install X /bin/true`).
+const REFUSED_INSTALL: &str = "install /bin/true";
 /// procps's vendor file sets fs.protected_* weaker than rampart and sorts
 /// after every numbered file; rampart's file sets all four, so it is masked.
 const PROTECT_LINKS: &str = "99-protect-links.conf";
@@ -102,7 +105,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     let hardening = ctx.profile.kernel.hardening.clone();
     let sysctls = hardening.sysctls();
     let modules = hardening.blacklisted_modules();
-    if !hardening.defaults && sysctls.is_empty() && modules.is_empty() && !hardening.apparmor && !hardening.secure_mounts {
+    if !hardening.defaults && sysctls.is_empty() && modules.is_empty() && !hardening.apparmor && !hardening.secure_mounts && hardening.core_dumps {
         ctx.record("kernel", false, json!({ "reason": "kernel.hardening, apparmor and secure-mounts are off and no sysctl or module is given" }));
         return Ok(());
     }
@@ -153,7 +156,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     if !modules.is_empty() {
         let mut text = String::from("# rampart: [kernel] modules that may never load (CIS 1.1.1, 3.2): not on demand, not by name\n");
         for module in &modules {
-            text.push_str(&format!("blacklist {module}\ninstall {module} /bin/false\n"));
+            text.push_str(&format!("blacklist {module}\ninstall {module} /bin/true\n"));
         }
         ctx.install_file(BLACKLIST_FILE, text.as_bytes(), 0o644)?;
         check_blacklist(ctx, &modules)?;
@@ -182,8 +185,35 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
             "/dev/shm": "nosuid,nodev,noexec (fstab, applied by systemd-remount-fs)",
         }));
     }
+    if !hardening.core_dumps {
+        refuse_core_dumps(ctx)?;
+        settings.insert("core-dumps".into(), json!({
+            "limits": "/etc/security/limits.conf: * hard core 0, * soft core 0 (PAM sessions)",
+            "services": "DefaultLimitCORE=0 (systemd, every service)",
+            "shells": "/etc/profile.d/rampart-core-dumps.sh: ulimit -c 0",
+            "systemd-coredump": "/etc/systemd/coredump.conf: Storage=none, ProcessSizeMax=0",
+            "set-id programs": "fs.suid_dumpable = 0",
+        }));
+    }
     ctx.record("kernel", true, serde_json::Value::Object(settings));
     Ok(())
+}
+
+/// No core files (CIS 1.5.4): a hard limit of 0 for sessions (PAM's
+/// limits.conf, the main file, which scanners read) and for services
+/// (systemd's default), the shells' soft limit, and systemd-coredump told
+/// to keep nothing should a profile add it.
+fn refuse_core_dumps(ctx: &BuildContext) -> Result<()> {
+    const LIMITS: &str = "etc/security/limits.conf";
+    let mut limits = std::fs::read_to_string(ctx.root().join(LIMITS)).unwrap_or_default();
+    let block = "# rampart: [kernel] core-dumps = false: no core files (CIS 1.5.4)\n*\thard\tcore\t0\n*\tsoft\tcore\t0\n";
+    if !limits.contains(block) {
+        limits.push_str(block);
+    }
+    ctx.install_file(LIMITS, limits.as_bytes(), 0o644)?;
+    ctx.install_file("etc/systemd/system.conf.d/50-rampart-core-dumps.conf", b"# rampart: [kernel] core-dumps = false\n[Manager]\nDefaultLimitCORE=0\n", 0o644)?;
+    ctx.install_file("etc/profile.d/rampart-core-dumps.sh", b"# rampart: [kernel] core-dumps = false\nulimit -c 0\n", 0o644)?;
+    ctx.install_file("etc/systemd/coredump.conf", b"# rampart: [kernel] core-dumps = false: systemd-coredump keeps nothing\n[Coredump]\nStorage=none\nProcessSizeMax=0\n", 0o644)
 }
 
 /// Reads the sysctl configuration the way the image's systemd-sysctl will at
@@ -231,7 +261,7 @@ fn check_blacklist(ctx: &BuildContext, modules: &[String]) -> Result<()> {
     let version = modules_version(ctx)?;
     for module in modules {
         let output = modprobe_dry_run(ctx, &version, module)?;
-        if !output.stdout_text().contains("install /bin/false") {
+        if !output.stdout_text().contains(REFUSED_INSTALL) {
             bail!("kernel.module-blacklist: the image's modprobe would still load {module}:\n{}", output.stdout_text().trim());
         }
     }
@@ -244,7 +274,7 @@ pub fn check_modules_load(ctx: &BuildContext, modules: &[&str]) -> Result<()> {
     let version = modules_version(ctx)?;
     for module in modules {
         let output = modprobe_dry_run(ctx, &version, module)?;
-        if output.stdout_text().contains("install /bin/false") {
+        if output.stdout_text().contains(REFUSED_INSTALL) {
             bail!("the image's modprobe refuses {module} (blacklisted), which systemd-modules-load is to load");
         }
     }

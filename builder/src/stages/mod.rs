@@ -1,6 +1,8 @@
 //! One module per stage and per hardening control. Stages read the validated
 //! profile from the context and never parse TOML.
 
+pub mod accounting;
+pub mod auditd;
 pub mod backups;
 pub mod config_partition;
 pub mod configure;
@@ -17,6 +19,8 @@ pub mod packages;
 pub mod passwords;
 pub mod seal;
 pub mod services;
+pub mod sessions;
+pub mod time;
 pub mod ssh;
 pub mod toolchain;
 pub mod users;

@@ -152,6 +152,10 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
             ("UMASK", umask.clone()),
             ("ENCRYPT_METHOD", "YESCRYPT".into()),
             ("YESCRYPT_COST_FACTOR", "5".into()),
+            // Should an admin hash with SHA-512 instead (chpasswd -c SHA512),
+            // it is slow too (Lynis AUTH-9230 reads these two).
+            ("SHA_CRYPT_MIN_ROUNDS", "100000".into()),
+            ("SHA_CRYPT_MAX_ROUNDS", "100000".into()),
             // Home directories are private (CIS 7.2.9); umask covers new files.
             ("HOME_MODE", "0750".into()),
         ],

@@ -33,9 +33,16 @@ pub fn implied_units(profile: &Profile) -> Vec<(String, &'static str)> {
         units.push(("logrotate.timer".to_string(), "[logging] rotation"));
         units.push(("logrotate.service".to_string(), "[logging] rotation, started by its timer"));
     }
+    if profile.auditd.enable {
+        units.push(("auditd.service".to_string(), "[auditd]"));
+    }
     if profile.integrity.enable {
         units.push((crate::stages::integrity::CHECK_TIMER.to_string(), "[integrity]"));
         units.push((crate::stages::integrity::CHECK_SERVICE.to_string(), "[integrity], started by its timer"));
+        if profile.integrity.packages {
+            units.push((crate::stages::integrity::PACKAGES_TIMER.to_string(), "[integrity] packages"));
+            units.push((crate::stages::integrity::PACKAGES_SERVICE.to_string(), "[integrity] packages, started by its timer"));
+        }
     }
     if profile.backups.enable {
         units.push((crate::stages::backups::TIMER.to_string(), "[backups]"));
@@ -43,6 +50,12 @@ pub fn implied_units(profile: &Profile) -> Vec<(String, &'static str)> {
     }
     if profile.kernel.hardening.apparmor {
         units.push(("apparmor.service".to_string(), "[kernel] apparmor"));
+    }
+    if profile.accounting.processes {
+        units.push((crate::stages::accounting::SERVICE.to_string(), "[accounting]"));
+    }
+    if profile.time.enable {
+        units.push((crate::stages::time::SERVICE.to_string(), "[time]"));
     }
     units
 }

@@ -1,8 +1,12 @@
 //! SSH control (seed step 5): one sshd drop-in made from `[ssh]`: port and
 //! who may log in from where, no root login, keys only, no empty passwords,
 //! modern key exchange, ciphers and MACs only, MaxAuthTries, LoginGraceTime,
-//! no forwarding unless the profile allows it, a login banner. Checked with
-//! the image's own `sshd -t` at build time; a refused line names its field.
+//! no forwarding unless the profile allows it, a login banner (the legal
+//! notice, also the console's /etc/issue). The same settings are written
+//! into sshd_config itself, after the Include that reads the drop-in first,
+//! so scanners that read only the main file see what sshd runs with.
+//! Checked with the image's own `sshd -t` at build time; a refused line
+//! names its field.
 
 use anyhow::{bail, Result};
 use serde_json::json;
@@ -11,7 +15,9 @@ use crate::build::context::BuildContext;
 use crate::traced::{line_named_after, TracedText};
 
 const DROP_IN: &str = "etc/ssh/sshd_config.d/20-rampart.conf";
-const BANNER: &str = "etc/issue.net";
+const MAIN_CONFIG: &str = "etc/ssh/sshd_config";
+/// The legal notice before login: over SSH, and on the console (agetty).
+const BANNERS: &[&str] = &["etc/issue.net", "etc/issue"];
 
 /// OpenSSH 9.2 (bookworm): post-quantum hybrid and curve25519 first, no SHA-1.
 pub const KEX_ALGORITHMS: &str = "sntrup761x25519-sha512@openssh.com,curve25519-sha256,curve25519-sha256@libssh.org,diffie-hellman-group16-sha512,diffie-hellman-group18-sha512,diffie-hellman-group-exchange-sha256";
@@ -76,16 +82,25 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
         ("MACs", MACS),
         ("HostKeyAlgorithms", HOST_KEY_ALGORITHMS),
         ("ClientAliveInterval", "300"),
-        ("ClientAliveCountMax", "3"),
+        ("ClientAliveCountMax", "2"),
+        ("TCPKeepAlive", "no"),
+        ("Compression", "no"),
         ("MaxStartups", "10:30:60"),
-        ("MaxSessions", "10"),
+        ("MaxSessions", "2"),
         ("LogLevel", "VERBOSE"),
+        ("UseDNS", "no"),
+        ("PrintLastLog", "yes"),
+        ("StrictModes", "yes"),
     ] {
         keyword(&mut d, name, value, "rampart default (ssh.options may override)");
     }
     keyword(&mut d, "Banner", "/etc/issue.net", "ssh.banner");
     ctx.install_file(DROP_IN, d.text.as_bytes(), 0o644)?;
-    ctx.install_file(BANNER, format!("{}\n", ssh.banner).as_bytes(), 0o644)?;
+    let debian_main = std::fs::read_to_string(ctx.root().join(MAIN_CONFIG)).unwrap_or_default();
+    ctx.install_file(MAIN_CONFIG, main_config(&ctx.profile.name.to_string(), &d.text, &debian_main).as_bytes(), 0o644)?;
+    for banner in BANNERS {
+        ctx.install_file(banner, format!("{}\n", ssh.banner).as_bytes(), 0o644)?;
+    }
     // The old access-only drop-in of earlier rampart versions must not linger.
     let _ = std::fs::remove_file(ctx.root().join("etc/ssh/sshd_config.d/20-rampart-access.conf"));
     if let Err(error) = check_with_sshd(ctx) {
@@ -109,12 +124,46 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
             "kex": KEX_ALGORITHMS,
             "ciphers": CIPHERS,
             "macs": MACS,
-            "banner": "/etc/issue.net",
+            "banner": "/etc/issue.net (SSH) and /etc/issue (console)",
+            "main-config": "/etc/ssh/sshd_config repeats the drop-in's settings after its Include",
             "options": ssh.options.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect::<std::collections::BTreeMap<_, _>>(),
             "checked-with": "sshd -t (the image's own sshd)",
         }),
     );
     Ok(())
+}
+
+/// The main sshd_config: the Include of the drop-ins first (sshd keeps the
+/// first value it reads, so the drop-in decides), then the drop-in's own
+/// lines again for readers of this file alone, then what Debian's file sets
+/// that rampart does not (sftp, accepted locale variables, ...).
+fn main_config(profile: &str, drop_in: &str, debian_main: &str) -> String {
+    let keyword = |line: &str| line.split_whitespace().next().map(str::to_ascii_lowercase);
+    let settings: Vec<&str> = drop_in.lines().filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')).collect();
+    let ours: std::collections::BTreeSet<String> = settings.iter().filter_map(|l| keyword(l)).collect();
+    let mut text = format!(
+        "# rampart: [ssh] of profile {profile}. sshd keeps the first value it reads: the drop-ins\n\
+         # (sshd_config.d/20-rampart.conf) come first and decide; the same settings follow here.\n\
+         Include /etc/ssh/sshd_config.d/*.conf\n\n"
+    );
+    for line in settings {
+        text.push_str(line);
+        text.push('\n');
+    }
+    let kept: Vec<&str> = debian_main
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter(|l| keyword(l).is_some_and(|k| k != "include" && !ours.contains(&k)))
+        .collect();
+    if !kept.is_empty() {
+        text.push_str("\n# Debian's settings that rampart does not set\n");
+        for line in kept {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    text
 }
 
 /// Runs the image's `sshd -t` with a throwaway host key (the image has none).
