@@ -173,3 +173,23 @@ fn backups_take_a_device_or_a_directory_not_both() {
 fn backups_without_a_target_are_refused() {
     check("backups-without-target");
 }
+
+#[test]
+fn banner_with_an_os_name_escape_is_refused() {
+    check("banner-with-os-escape");
+}
+
+#[test]
+fn audit_rule_auditctl_would_refuse_is_refused_naming_the_rule() {
+    check("audit-rule-auditctl-refuses");
+}
+
+#[test]
+fn su_group_that_already_grants_other_rights_is_refused() {
+    check("su-group-too-wide");
+}
+
+#[test]
+fn ntp_server_with_a_port_is_refused() {
+    check("ntp-server-with-port");
+}

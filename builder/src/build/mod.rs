@@ -170,6 +170,7 @@ pub fn build(profile: Profile, mirror: Mirror, options: &BuildOptions) -> Result
         stages::overlays::run,
         stages::auditd::after_overlays,
         stages::services::run,
+        stages::sandboxing::run,
         stages::kernel::compile_apparmor_policy,
         stages::seal::run,
         stages::elf_audit::run,

@@ -31,6 +31,8 @@ pub struct ServicesSpec {
     pub enable: Vec<Sited<String>>,
     /// Terminals with a login prompt; no other getty runs.
     pub gettys: Vec<String>,
+    /// rampart's systemd hardening drop-ins (stages/sandboxing.rs).
+    pub sandbox: bool,
 }
 
 /// A systemd unit name of a kind the allow-list governs.
@@ -253,7 +255,7 @@ pub fn parse_banner(s: &str) -> Result<String, String> {
     if let Some(at) = s.find('\\') {
         let escape: String = s[at..].chars().take(2).collect();
         return Err(format!(
-            "{escape:?}: the banner is also the console's /etc/issue, where agetty expands backslash escapes (\\s, \\r and \\v show the operating system and its version); write it without backslashes"
+            "`{escape}`: the banner is also the console's /etc/issue, where agetty expands backslash escapes (\\s, \\r and \\v show the operating system and its version); write it without backslashes"
         ));
     }
     Ok(s.trim_end().to_string())
@@ -282,6 +284,7 @@ fn parse_ssh_option(key: &str, value: &str) -> Result<(), String> {
 pub struct ControlsLayer {
     services_enable: Option<Vec<Sited<String>>>,
     gettys: Option<Vec<String>>,
+    sandbox: Option<bool>,
     passwords: PasswordLayer,
     firewall_enable: Option<bool>,
     icmp_echo_per_second: Option<u32>,
@@ -362,6 +365,7 @@ pub fn validate(
             }
             layer.gettys = Some(parsed);
         }
+        layer.sandbox = services.sandbox;
     }
     if let Some(p) = passwords {
         let l = &mut layer.passwords;
@@ -451,6 +455,7 @@ pub fn merge(base: &mut ControlsLayer, child: ControlsLayer) {
     }
     take!(services_enable);
     take!(gettys);
+    take!(sandbox);
     take!(passwords.min_length);
     take!(passwords.min_classes);
     take!(passwords.max_repeat);
@@ -523,6 +528,7 @@ pub fn finish(layer: ControlsLayer) -> Result<Controls, String> {
         services: ServicesSpec {
             enable: layer.services_enable.unwrap_or_default(),
             gettys: layer.gettys.unwrap_or_else(|| vec!["ttyS0".to_string()]),
+            sandbox: layer.sandbox.unwrap_or(true),
         },
         passwords,
         firewall: FirewallSpec {

@@ -206,6 +206,8 @@ pub struct RawServices {
     pub enable: Option<Vec<Spanned<String>>>,
     /// Terminals that get a login prompt (tty1, ttyS0, ...).
     pub gettys: Option<Vec<Spanned<String>>>,
+    /// rampart's systemd hardening drop-ins for the services it enables.
+    pub sandbox: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

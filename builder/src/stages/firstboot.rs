@@ -45,6 +45,7 @@ pub const IMAGE_KEYS_DIR: &str = "/etc/ssh/authorized_keys.d/image";
 /// the integrity check compares them with (AIDE's database, made at build
 /// time, cannot know them).
 pub const PROVISIONED_KEYS_RECORD: &str = "/var/lib/rampart/ssh-keys.sha256";
+pub const HOST_KEYS_UNIT: &str = "rampart-ssh-hostkeys.service";
 pub const KEYS_RECORD_UNIT: &str = "rampart-ssh-keys-record.service";
 /// Compares the provisioned key files with the record: the same names, the
 /// same digests. Run by the integrity check.

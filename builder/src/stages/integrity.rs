@@ -52,7 +52,7 @@ PrivateNetwork=yes
 NoNewPrivileges=yes
 CapabilityBoundingSet=CAP_DAC_READ_SEARCH CAP_DAC_OVERRIDE
 ProtectKernelTunables=yes
-ProtectKernelModules=yes
+# (not ProtectKernelModules: it hides /usr/lib/modules, whose files are checked)
 ProtectKernelLogs=yes
 ProtectControlGroups=yes
 ProtectClock=yes

@@ -18,6 +18,7 @@ pub mod overlays;
 pub mod packages;
 pub mod passwords;
 pub mod seal;
+pub mod sandboxing;
 pub mod services;
 pub mod sessions;
 pub mod time;

@@ -20,7 +20,7 @@ const PRESET: &str = "etc/systemd/system-preset/00-rampart.preset";
 pub fn implied_units(profile: &Profile) -> Vec<(String, &'static str)> {
     let mut units = vec![
         ("ssh.service".to_string(), "[ssh]"),
-        ("rampart-ssh-hostkeys.service".to_string(), "first-boot SSH host keys"),
+        (crate::stages::firstboot::HOST_KEYS_UNIT.to_string(), "first-boot SSH host keys"),
         (crate::stages::firstboot::KEYS_RECORD_UNIT.to_string(), "first-boot record of the provisioned SSH keys"),
         ("systemd-networkd.service".to_string(), "networking (DHCP)"),
         ("systemd-resolved.service".to_string(), "name resolution"),
@@ -278,6 +278,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
             kernel_features.push(json!({ "unit": unit, "feature": feature }));
         }
     }
+    let cron_dirs = close_cron_directories(ctx)?;
 
     ctx.record(
         "services",
@@ -290,7 +291,26 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
             "masked": masked,
             "generators-masked": generators,
             "boot-time-module-loads-masked": kernel_features,
+            "cron-directories": { "mode": "0700 root:root (CIS 2.4.1.3-2.4.1.7; the image runs no cron)", "dirs": cron_dirs },
         }),
     );
     Ok(())
+}
+
+/// The cron directories packages bring (logrotate's and acct's scripts):
+/// the image runs no cron, and CIS asks them 0700 root:root all the same.
+fn close_cron_directories(ctx: &BuildContext) -> Result<Vec<String>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut closed = Vec::new();
+    for dir in ["etc/cron.d", "etc/cron.hourly", "etc/cron.daily", "etc/cron.weekly", "etc/cron.monthly", "etc/cron.yearly"] {
+        let path = crate::fsutil::resolve_in_root(&ctx.root(), std::path::Path::new(dir))?;
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("while closing /{dir}"))?;
+                closed.push(format!("/{dir}"));
+            }
+            _ => {}
+        }
+    }
+    Ok(closed)
 }

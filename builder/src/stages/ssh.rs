@@ -95,9 +95,10 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
         keyword(&mut d, name, value, "rampart default (ssh.options may override)");
     }
     keyword(&mut d, "Banner", "/etc/issue.net", "ssh.banner");
-    ctx.install_file(DROP_IN, d.text.as_bytes(), 0o644)?;
+    // Read by sshd (root) alone (CIS 5.1.1).
+    ctx.install_file(DROP_IN, d.text.as_bytes(), 0o600)?;
     let debian_main = std::fs::read_to_string(ctx.root().join(MAIN_CONFIG)).unwrap_or_default();
-    ctx.install_file(MAIN_CONFIG, main_config(&ctx.profile.name.to_string(), &d.text, &debian_main).as_bytes(), 0o644)?;
+    ctx.install_file(MAIN_CONFIG, main_config(&ctx.profile.name.to_string(), &d.text, &debian_main).as_bytes(), 0o600)?;
     for banner in BANNERS {
         ctx.install_file(banner, format!("{}\n", ssh.banner).as_bytes(), 0o644)?;
     }
