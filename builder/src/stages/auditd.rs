@@ -20,7 +20,15 @@ const RULES_DIR: &str = "etc/audit/rules.d";
 const DEBIAN_DEFAULT_RULES: &str = "etc/audit/rules.d/audit.rules";
 const BASE_RULES: &str = "etc/audit/rules.d/10-rampart-base.rules";
 const CIS_RULES: &str = "etc/audit/rules.d/50-rampart-cis.rules";
-const PRIVILEGED_RULES: &str = "etc/audit/rules.d/55-rampart-privileged.rules";
+/// Before the CIS rules: an event takes the key of the first rule it matches,
+/// and a set-uid program run by a user also matches CIS's "actions as another
+/// user" (euid != uid); the program's own rule says more.
+const PRIVILEGED_RULES: &str = "etc/audit/rules.d/40-rampart-privileged.rules";
+/// journald's own reading of the kernel's audit records: with auditd running
+/// it would put every record into the journal a second time (beside the
+/// syslog plugin's copy), and the burst at boot crowds out other messages on
+/// their way to rsyslog.
+const JOURNALD_AUDIT_SOCKET: &str = "systemd-journald-audit.socket";
 const PROFILE_RULES: &str = "etc/audit/rules.d/60-rampart-profile.rules";
 const FINALIZE_RULES: &str = "etc/audit/rules.d/99-rampart-finalize.rules";
 /// What augenrules makes of rules.d, and what auditd.service loads at boot.
@@ -296,6 +304,8 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     let plugin = set_keys(&plugin, &[("active", "yes", "audit records to syslog, and so to the remote log host"), ("args", SYSLOG_ARGS, "level, then facility")]);
     ctx.install_file(SYSLOG_PLUGIN, plugin.as_bytes(), 0o640)?;
 
+    ctx.install_symlink(&format!("etc/systemd/system/{JOURNALD_AUDIT_SOCKET}"), "/dev/null")?;
+
     let cmdline = ["audit=1".to_string(), format!("audit_backlog_limit={}", spec.backlog_limit)];
     ctx.kernel_cmdline_extra.extend(cmdline.iter().cloned());
 
@@ -317,7 +327,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
             "backlog-limit": spec.backlog_limit,
             "auditd-conf": settings.iter().map(|(k, v, _)| (k.to_string(), v.clone())).collect::<BTreeMap<_, _>>(),
             "kernel-cmdline": cmdline,
-            "forwarding": { "plugin": format!("/{SYSLOG_PLUGIN}"), "program": "/sbin/audisp-syslog", "args": SYSLOG_ARGS },
+            "forwarding": { "plugin": format!("/{SYSLOG_PLUGIN}"), "program": "/sbin/audisp-syslog", "args": SYSLOG_ARGS, "journald-audit-socket": "masked: records reach the journal once, through the plugin" },
             "checked-with": "ausyscall x86_64 --dump, ausyscall i386 --dump (the image's own)",
         }),
     );

@@ -62,6 +62,7 @@ pub const SANDBOXES: &[Sandbox] = &[
             "CapabilityBoundingSet=CAP_SYSLOG CAP_CHOWN CAP_FOWNER CAP_DAC_OVERRIDE",
             "ReadWritePaths=/var/log /var/spool/rsyslog",
             "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+            "SystemCallFilter=@chown",
             "ProtectKernelLogs=no",
             "UMask=0027",
         ],
@@ -83,7 +84,8 @@ pub const SANDBOXES: &[Sandbox] = &[
             // its pid and state files; augenrules rewrites audit.rules only when rules.d changed
             "ReadWritePaths=/var/log/audit /etc/audit /run",
             "RestrictAddressFamilies=AF_NETLINK AF_UNIX",
-            "SystemCallFilter=setpriority setrlimit",
+            // it drops capabilities itself, chowns its logs, sets its priority
+            "SystemCallFilter=@chown capset setpriority setrlimit",
         ],
         without: &[],
         why: "talks to the kernel's audit system, writes /var/log/audit, forwards to syslog",
@@ -104,7 +106,7 @@ pub const SANDBOXES: &[Sandbox] = &[
             "ReadWritePaths=/var/log /var/lib/logrotate",
             "RestrictAddressFamilies=AF_UNIX",
             "PrivateNetwork=yes",
-            "SystemCallFilter=acct",
+            "SystemCallFilter=@chown acct",
         ],
         without: &[],
         why: "rotates /var/log",
