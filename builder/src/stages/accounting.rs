@@ -3,7 +3,9 @@
 //! process that ends (Debian's acct: `accton`, read with `lastcomm` and `sa`)
 //! in /var/log/account/pacct, rotated by logrotate (the image runs no cron,
 //! so Debian's cron.daily script never would), checked with the image's own
-//! `logrotate --debug`.
+//! `logrotate --debug`. After a rotation acct.service itself reopens the file:
+//! the kernel writes to a file on the mount it was opened on, and a
+//! sandboxed logrotate's mounts go away with it.
 
 use anyhow::{bail, Result};
 use serde_json::json;
@@ -18,7 +20,7 @@ const TMPFILES: &str = "etc/tmpfiles.d/rampart-acct.conf";
 fn logrotate_text(kept: u32) -> String {
     format!(
         "# rampart: [accounting] process accounting, rotated daily, {kept} days kept\n\
-         /var/log/account/pacct {{\n    daily\n    rotate {kept}\n    compress\n    delaycompress\n    missingok\n    notifempty\n    create 0640 root adm\n    postrotate\n        /usr/sbin/accton /var/log/account/pacct > /dev/null\n    endscript\n}}\n"
+         /var/log/account/pacct {{\n    daily\n    rotate {kept}\n    compress\n    delaycompress\n    missingok\n    notifempty\n    create 0640 root adm\n    postrotate\n        systemctl restart acct.service\n    endscript\n}}\n"
     )
 }
 

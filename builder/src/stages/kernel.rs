@@ -30,7 +30,8 @@ const PROTECT_LINKS: &str = "99-protect-links.conf";
 /// The fstab lines of the temporary directories (CIS 1.1.2): /tmp a tmpfs,
 /// /var/tmp bound onto itself (it keeps its contents across boots), /dev/shm
 /// (mounted by systemd before fstab is read) remounted by
-/// systemd-remount-fs with these options.
+/// systemd-remount-fs with these options, as is /dev itself (device nodes,
+/// never programs: noexec).
 pub fn fstab_lines(profile: &Profile) -> String {
     if !profile.kernel.hardening.secure_mounts {
         return String::new();
@@ -38,7 +39,8 @@ pub fn fstab_lines(profile: &Profile) -> String {
     "# rampart: [kernel] secure-mounts: no devices, set-id programs or executables in temporary directories\n\
      tmpfs\t/tmp\ttmpfs\tmode=1777,strictatime,nosuid,nodev,noexec,size=50%\t0\t0\n\
      /var/tmp\t/var/tmp\tnone\tbind,nosuid,nodev,noexec\t0\t0\n\
-     tmpfs\t/dev/shm\ttmpfs\tnosuid,nodev,noexec\t0\t0\n"
+     tmpfs\t/dev/shm\ttmpfs\tnosuid,nodev,noexec\t0\t0\n\
+     devtmpfs\t/dev\tdevtmpfs\tnosuid,noexec,mode=0755\t0\t0\n"
         .to_string()
 }
 
@@ -183,6 +185,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
             "/tmp": "tmpfs, nosuid,nodev,noexec (fstab)",
             "/var/tmp": "bind mount of itself, nosuid,nodev,noexec (fstab)",
             "/dev/shm": "nosuid,nodev,noexec (fstab, applied by systemd-remount-fs)",
+            "/dev": "nosuid,noexec (fstab, applied by systemd-remount-fs)",
         }));
     }
     if !hardening.core_dumps {

@@ -94,6 +94,16 @@ SystemMaxUse={mib}M
 /// The files rsyslog writes (see `render`), rotated by logrotate.
 pub const LOG_FILES: &[&str] = &["/var/log/syslog", "/var/log/auth.log", "/var/log/kern.log"];
 
+const LOG_FILES_TMPFILES: &str = "etc/tmpfiles.d/rampart-logs.conf";
+
+fn log_files_tmpfiles() -> String {
+    let mut text = String::from("# rampart: [logging] the files rsyslog writes, made 0640 root:adm before it starts\n");
+    for file in LOG_FILES {
+        text.push_str(&format!("f {file} 0640 root adm -\n"));
+    }
+    text
+}
+
 /// Replaces the rsyslog package's rotation (weekly only, for files this
 /// configuration does not write): weekly or at the size cap, whichever
 /// comes first, checked hourly by logrotate.timer.
@@ -111,6 +121,7 @@ fn logrotate_config(profile: &Profile) -> String {
 \tnotifempty
 \tcompress
 \tdelaycompress
+\tcreate 0640 root adm
 \tsharedscripts
 \tpostrotate
 \t\t/usr/lib/rsyslog/rsyslog-rotate
@@ -153,6 +164,10 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     ctx.install_file("etc/systemd/system/rsyslog.service.d/50-rampart.conf", rsyslog_dropin().as_bytes(), 0o644)?;
     ctx.install_file("etc/systemd/journald.conf.d/50-rampart.conf", journald_dropin(&ctx.profile).as_bytes(), 0o644)?;
     ctx.install_file("etc/logrotate.d/rsyslog", logrotate_config(&ctx.profile).as_bytes(), 0o644)?;
+    // The files exist, 0640 root:adm, before rsyslog opens them: bookworm's
+    // rsyslog (8.2302.0-1+deb12u2) leaves the files it makes root:root
+    // whatever its fileGroup says, which shuts the adm group out.
+    ctx.install_file(LOG_FILES_TMPFILES, log_files_tmpfiles().as_bytes(), 0o644)?;
     ctx.install_file("etc/systemd/system/logrotate.timer.d/50-rampart.conf", LOGROTATE_HOURLY.as_bytes(), 0o644)?;
     // The image's logrotate checks the configuration (debug mode: reads, rotates nothing).
     let output = ctx.in_root("logrotate").args(["--debug", "/etc/logrotate.conf"]).run_unchecked()?;

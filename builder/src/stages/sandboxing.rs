@@ -42,6 +42,15 @@ const BASE: &[&str] = &[
     "UMask=0077",
 ];
 
+/// For services that chown the files they make (log files root:adm): the
+/// base filter's "~@privileged" less what they need. Allowing @chown again
+/// after "~@privileged" did not give it back (seen: rsyslog's files came out
+/// root:root), so these services get a filter of their own.
+const FILTER_WITH_CHOWN: &[&str] = &[
+    "SystemCallFilter=@system-service",
+    "SystemCallFilter=~@clock @module @raw-io @reboot @swap @mount @debug @cpu-emulation @obsolete",
+];
+
 /// One service's sandbox: what it needs on top of `BASE`, and which `BASE`
 /// lines it cannot live with (matched by their key).
 pub struct Sandbox {
@@ -62,11 +71,12 @@ pub const SANDBOXES: &[Sandbox] = &[
             "CapabilityBoundingSet=CAP_SYSLOG CAP_CHOWN CAP_FOWNER CAP_DAC_OVERRIDE",
             "ReadWritePaths=/var/log /var/spool/rsyslog",
             "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
-            "SystemCallFilter=@chown",
+            FILTER_WITH_CHOWN[0],
+            FILTER_WITH_CHOWN[1],
             "ProtectKernelLogs=no",
             "UMask=0027",
         ],
-        without: &["ProtectKernelLogs", "UMask"],
+        without: &["ProtectKernelLogs", "UMask", "SystemCallFilter"],
         why: "writes /var/log and its forwarding queue, reads the kernel log, sends to the log host",
     },
     Sandbox {
@@ -85,30 +95,26 @@ pub const SANDBOXES: &[Sandbox] = &[
             "ReadWritePaths=/var/log/audit /etc/audit /run",
             "RestrictAddressFamilies=AF_NETLINK AF_UNIX",
             // it drops capabilities itself, chowns its logs, sets its priority
-            "SystemCallFilter=@chown capset setpriority setrlimit",
+            FILTER_WITH_CHOWN[0],
+            FILTER_WITH_CHOWN[1],
+            "SystemCallFilter=capset",
         ],
-        without: &[],
+        without: &["SystemCallFilter"],
         why: "talks to the kernel's audit system, writes /var/log/audit, forwards to syslog",
-    },
-    Sandbox {
-        unit: "acct.service",
-        applies: |p| p.accounting.processes,
-        needs: &["CapabilityBoundingSet=CAP_SYS_PACCT", "ReadWritePaths=/var/log/account", "RestrictAddressFamilies=AF_UNIX", "PrivateNetwork=yes", "ProcSubset=pid", "SystemCallFilter=acct"],
-        without: &[],
-        why: "turns process accounting on (accton)",
     },
     Sandbox {
         unit: "logrotate.service",
         applies: |p| p.logging.enable,
         needs: &[
-            // rotated files keep their owners; rsyslog is told by systemctl, acct by accton
-            "CapabilityBoundingSet=CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_CHOWN CAP_FOWNER CAP_KILL CAP_SYS_PACCT",
+            // rotated files keep their owners; rsyslog and acct are told by systemctl
+            "CapabilityBoundingSet=CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_CHOWN CAP_FOWNER CAP_KILL",
             "ReadWritePaths=/var/log /var/lib/logrotate",
             "RestrictAddressFamilies=AF_UNIX",
             "PrivateNetwork=yes",
-            "SystemCallFilter=@chown acct",
+            FILTER_WITH_CHOWN[0],
+            FILTER_WITH_CHOWN[1],
         ],
-        without: &[],
+        without: &["SystemCallFilter"],
         why: "rotates /var/log",
     },
     Sandbox {
@@ -122,8 +128,9 @@ pub const SANDBOXES: &[Sandbox] = &[
     Sandbox {
         unit: crate::stages::firstboot::HOST_KEYS_UNIT,
         applies: |_| true,
-        needs: &["CapabilityBoundingSet=", "ReadWritePaths=/etc/ssh", "PrivateNetwork=yes", "RestrictAddressFamilies=AF_UNIX", "ProcSubset=pid"],
-        without: &[],
+        // ssh-keygen makes the private key 0600 itself; the public one is for all.
+        needs: &["CapabilityBoundingSet=", "ReadWritePaths=/etc/ssh", "PrivateNetwork=yes", "RestrictAddressFamilies=AF_UNIX", "ProcSubset=pid", "UMask=0022"],
+        without: &["UMask"],
         why: "writes the host key into /etc/ssh",
     },
     Sandbox {
@@ -143,6 +150,7 @@ pub const NOT_SANDBOXED: &[(&str, &str)] = &[
     ("getty@", "getty starts console logins, which must be able to do what an admin does"),
     ("systemd-", "systemd's own units, confined by upstream as far as each allows"),
     ("user@", "each user's service manager, which runs their own services"),
+    ("acct.service", "process accounting writes to a file on the root's own mount: the kernel stops accounting when that mount goes away, as a sandbox's private mounts do when the oneshot exits"),
     ("apparmor.service", "loads the AppArmor policy into the kernel at boot (a oneshot that must reach the kernel's security interfaces)"),
 ];
 
