@@ -246,12 +246,9 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     let n_cis = rules.len();
 
     let privileged = privileged_programs(&ctx.root())?;
-    let mut privileged_text = "## rampart: CIS 6.3.3.6, every set-uid and set-gid program of the image at build time.\n".to_string();
-    for path in &privileged {
-        let rule = parse_rule(&privileged_rule(path)).map_err(|e| anyhow::anyhow!("the set-uid/set-gid program {path:?} cannot be named in an audit rule: {e}"))?;
-        privileged_text.push_str(&rule);
-        privileged_text.push('\n');
-        rules.push((rule, Origin::Rampart("CIS 6.3.3.6".into())));
+    let privileged_text = privileged_rules_text(&privileged)?;
+    for rule in privileged_text.lines().filter(|l| !l.starts_with('#')) {
+        rules.push((rule.to_string(), Origin::Rampart("CIS 6.3.3.6".into())));
     }
 
     let mut profile_text = format!("## rampart: auditd.rules of profile {}.\n", ctx.profile.name);
@@ -436,6 +433,17 @@ fn privileged_programs(root: &Path) -> Result<Vec<String>> {
     Ok(found)
 }
 
+/// The rules file of the set-id programs: one `-k privileged` rule each.
+fn privileged_rules_text(programs: &[String]) -> Result<String> {
+    let mut text = "## rampart: CIS 6.3.3.6, every set-uid and set-gid program of the image at build time.\n".to_string();
+    for path in programs {
+        let rule = parse_rule(&privileged_rule(path)).map_err(|e| anyhow::anyhow!("the set-uid/set-gid program {path:?} cannot be named in an audit rule: {e}"))?;
+        text.push_str(&rule);
+        text.push('\n');
+    }
+    Ok(text)
+}
+
 /// Whether a rules file holds nothing but the controls rampart's base file sets.
 fn only_controls(text: &str) -> bool {
     text.lines().map(str::trim).all(|line| {
@@ -463,9 +471,13 @@ pub fn after_overlays(ctx: &mut BuildContext) -> Result<()> {
             bail!("{}: auditd.rules: {missing} is not in the image, and the kernel cannot watch below it", rule.at);
         }
     }
+    // The overlays (and their modes) may have added set-id programs.
+    let privileged = privileged_programs(&ctx.root())?;
+    ctx.install_file(PRIVILEGED_RULES, privileged_rules_text(&privileged)?.as_bytes(), 0o640)?;
     let n_rules = write_merged_rules(ctx)?;
     if let Some(record) = ctx.records.iter_mut().rev().find(|r| r.stage == "auditd") {
         record.settings["merged"]["rules"] = json!(n_rules);
+        record.settings["privileged-programs"] = json!(privileged);
     }
     Ok(())
 }
