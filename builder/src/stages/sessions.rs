@@ -41,7 +41,7 @@ pub fn su_pam_text(debian: &str, group: &str) -> Result<String> {
     let mut placed = false;
     for existing in debian.lines() {
         let words: Vec<&str> = existing.split_whitespace().collect();
-        if words.first() == Some(&"auth") && words.iter().any(|w| *w == "pam_wheel.so") {
+        if words.first() == Some(&"auth") && words.contains(&"pam_wheel.so") {
             continue;
         }
         out.push_str(existing);
