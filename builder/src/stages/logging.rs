@@ -26,7 +26,11 @@ pub fn render(profile: &Profile) -> String {
     let mut text = format!(
         "# rampart: [logging] of profile {name}. This file is on the read-only
 # configuration partition ({CONFIG_MOUNT}); changing it takes a visible remount.
-global(workDirectory=\"/var/spool/rsyslog\")
+# rsyslog's own messages (its start, a forwarding failure, a full queue) are
+# written by rsyslog itself, to these files and the remote log host. Sent
+# through the journal instead, they come back on the syslog socket as
+# rsyslog's own, and imuxsock drops them more often than not.
+global(workDirectory=\"/var/spool/rsyslog\" processInternalMessages=\"on\")
 
 # What journald receives from services comes over the syslog socket; the
 # kernel's messages (firewall drops, AppArmor denials) are read from the

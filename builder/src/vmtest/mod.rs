@@ -843,7 +843,11 @@ fn run_check(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Result<Opt
             let output = ssh(machine, &script, check.timeout)?;
             let text = output.stdout_text();
             if !output.status.success() || text.contains("SILENT") || !text.contains(" logs as ") {
-                return Err(failed("a running service of the profile has no lines of its own in /var/log/syslog or auth.log", show(&script, &output)));
+                let silent: Vec<&str> = text.lines().filter_map(|line| line.strip_prefix("SILENT ")).collect();
+                return Err(failed(
+                    format!("running services of the profile with no lines of their own in /var/log/syslog or auth.log: {}", silent.join(", ")),
+                    show(&script, &output),
+                ));
             }
             Ok(None)
         }
