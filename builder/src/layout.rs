@@ -21,6 +21,50 @@ pub const BOOT_DISK_LINKS: &str = "/dev/disk/rampart";
 /// Partitions start at 1 MiB, aligned.
 pub const FIRST_LBA_MIB: u64 = 1;
 
+/// GPT partition types (the Discoverable Partitions Specification's where
+/// one exists, so systemd-repart and systemd-dissect know them).
+pub const TYPE_ROOT_X86_64: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
+pub const TYPE_LINUX_DATA: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
+pub const TYPE_VAR: &str = "4D21B016-B534-45C2-A9FB-5C16E091FD2D";
+
+/// A file system of its own at a mount point below the root (CIS Debian 12
+/// 1.1.2), mounted by its GPT name on the boot disk.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DataPartition {
+    pub mount: &'static str,
+    /// The GPT partition name, and the file system's label after "rampart-".
+    pub name: &'static str,
+    pub type_guid: &'static str,
+    /// The mount options CIS asks for this mount point.
+    pub options: &'static str,
+    pub cis: &'static str,
+}
+
+/// Every partition rampart can separate, parents before children (fstab's
+/// order). /var, when separate, is last on the disk and grows to fill it.
+pub const DATA_PARTITIONS: &[DataPartition] = &[
+    DataPartition { mount: "/home", name: "home", type_guid: "933AC7E1-2EB4-4F13-B844-0E14E2AEF915", options: "nodev,nosuid", cis: "1.1.2.3" },
+    DataPartition { mount: "/var", name: "var", type_guid: TYPE_VAR, options: "nodev,nosuid", cis: "1.1.2.4" },
+    DataPartition { mount: "/var/tmp", name: "var-tmp", type_guid: "7EC6F557-3BC5-4ACA-B293-16EF5DF639D1", options: "nodev,nosuid,noexec", cis: "1.1.2.5" },
+    DataPartition { mount: "/var/log", name: "var-log", type_guid: TYPE_LINUX_DATA, options: "nodev,nosuid,noexec", cis: "1.1.2.6" },
+    DataPartition { mount: "/var/log/audit", name: "var-log-audit", type_guid: TYPE_LINUX_DATA, options: "nodev,nosuid,noexec", cis: "1.1.2.7" },
+];
+
+/// The fixed identifiers of one separate partition of a profile's image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataIdentifiers {
+    pub partuuid: String,
+    pub fs_uuid: String,
+    pub hash_seed: String,
+}
+
+impl DataIdentifiers {
+    pub fn for_partition(profile_name: &str, partition: &DataPartition) -> DataIdentifiers {
+        let uuid = |what: &str| derived_uuid(profile_name, &format!("{}-{what}", partition.name));
+        DataIdentifiers { partuuid: uuid("partition"), fs_uuid: uuid("filesystem"), hash_seed: uuid("hash-seed") }
+    }
+}
+
 /// The fixed identifiers of one profile's image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identifiers {
@@ -34,6 +78,8 @@ pub struct Identifiers {
     pub config_hash_seed: String,
     /// FAT volume id, 8 hex digits.
     pub esp_volume_id: String,
+    /// Those of each partition `DATA_PARTITIONS` names, by its name.
+    pub data: Vec<(&'static str, DataIdentifiers)>,
 }
 
 impl Identifiers {
@@ -50,6 +96,7 @@ impl Identifiers {
             config_fs_uuid: uuid("config-filesystem"),
             config_hash_seed: uuid("config-hash-seed"),
             esp_volume_id: volume,
+            data: DATA_PARTITIONS.iter().map(|p| (p.name, DataIdentifiers::for_partition(name, p))).collect(),
         }
     }
 }
@@ -78,5 +125,8 @@ mod tests {
         assert_eq!(a.root_partuuid.len(), 36);
         assert_eq!(&a.root_partuuid[14..15], "4");
         assert_eq!(a.esp_volume_id.len(), 8);
+        let var = DataIdentifiers::for_partition("baseline", &DATA_PARTITIONS[1]);
+        assert_ne!(var, DataIdentifiers::for_partition("baseline", &DATA_PARTITIONS[0]));
+        assert!(![&a.root_partuuid, &a.root_fs_uuid, &a.root_hash_seed].contains(&&var.partuuid));
     }
 }

@@ -1,7 +1,8 @@
 //! `rampart verify IMAGE --baseline FILE`: an offline tamper check of a disk
 //! image (raw or qcow2) against the `<name>.baseline` of its build, without
 //! booting or mounting it. qemu-img reads the format (always told it), sfdisk
-//! the partition table, and `ext4` the root file system in place. The image
+//! the partition table, and `ext4` the root file system and the separate
+//! partitions (by their GPT names, at their mount points) in place. The image
 //! is hostile: nothing it names is ever opened or written on the host; the
 //! only file verify writes is a qcow2's raw copy in its own work directory.
 
@@ -15,9 +16,8 @@ use anyhow::{bail, Context, Result};
 use crate::baseline::{self, Record};
 use crate::ext4::{self, FileSystem};
 use crate::process::Cmd;
+use crate::layout::{DataIdentifiers, DATA_PARTITIONS};
 use crate::tree::Kind;
-/// The GPT type of a Linux x86-64 root partition (Discoverable Partitions).
-const ROOT_TYPE: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
 
 /// Entries a file system makes on its own; no build puts them there.
 const FILE_SYSTEM_ENTRIES: &[&str] = &["/lost+found"];
@@ -106,19 +106,82 @@ pub fn verify(image: &Path, baseline_file: &Path) -> Result<Differences> {
     let (name, expected) = baseline::read(baseline_file)?;
     let work = crate::fsutil::owned_tempdir(&std::env::temp_dir(), "rampart-verify-")?;
     let raw = as_raw(image, work.path())?;
-    let (offset, length) = root_partition(image, &raw)?;
+    let table = partitions(image, &raw)?;
     let file = File::open(&raw).with_context(|| format!("while opening {}", raw.display()))?;
-    // Each installed disk has UUIDs of its own; the hash seed is the image's.
-    let seed = FileSystem::open(&file, offset, length).with_context(|| format!("while reading the root file system of {}", image.display()))?.hash_seed();
-    if seed != crate::layout::Identifiers::for_profile(&name).root_hash_seed {
-        bail!(
-            "{} is the baseline of image {name}, but {} is another image (its root file system is not {name}'s)",
-            baseline_file.display(),
-            image.display()
-        );
+    // Each installed disk has UUIDs of its own; the hash seeds are the image's.
+    let read = |partition: &Partition, what: &str, seed: &str| -> Result<BTreeMap<String, Record>> {
+        let found_seed = FileSystem::open(&file, partition.offset, partition.length)
+            .with_context(|| format!("while reading the {what} file system of {}", image.display()))?
+            .hash_seed();
+        if found_seed != seed {
+            bail!(
+                "{} is the baseline of image {name}, but {} is another image (its {what} file system is not {name}'s)",
+                baseline_file.display(),
+                image.display()
+            );
+        }
+        read_root(&file, partition.offset, partition.length).with_context(|| format!("while reading the {what} file system of {}", image.display()))
+    };
+    let roots: Vec<&Partition> = table.iter().filter(|p| p.type_guid.eq_ignore_ascii_case(crate::layout::TYPE_ROOT_X86_64)).collect();
+    let root = match roots.as_slice() {
+        [root] => *root,
+        [] => bail!("{}: no Linux root partition; not a rampart disk image", image.display()),
+        _ => bail!("{}: {} Linux root partitions; a rampart disk has one", image.display(), roots.len()),
+    };
+    let mut found = read(root, "root", &crate::layout::Identifiers::for_profile(&name).root_hash_seed)?;
+    let mut extra = Differences::default();
+    // The separate partitions (image.partitions), found by their GPT names,
+    // parents first, each read in place at its mount point.
+    for data in DATA_PARTITIONS {
+        let named: Vec<&Partition> = table.iter().filter(|p| p.name == data.name).collect();
+        let partition = match named.as_slice() {
+            [] => continue,
+            [one] => *one,
+            _ => bail!("{}: {} partitions named {}; a rampart disk has at most one", image.display(), named.len(), data.name),
+        };
+        let what = format!("{} ({})", data.name, data.mount);
+        let records = read(partition, &what, &DataIdentifiers::for_partition(&name, data).hash_seed)?;
+        graft(&mut found, records, data.mount, &mut extra);
     }
-    let found = read_root(&file, offset, length).with_context(|| format!("while reading the root file system of {}", image.display()))?;
-    Ok(compare(&expected, &found))
+    let mut differences = compare(&expected, &found);
+    differences.added.extend(extra.added);
+    differences.changed.extend(extra.changed);
+    differences.added.sort();
+    differences.changed.sort();
+    Ok(differences)
+}
+
+/// Puts a partition's records at its mount point. What the file systems
+/// read so far hold below the mount point is hidden by the mount on a
+/// running system, so it is reported, never compared; the partition's top
+/// directory must match the mount point's record.
+fn graft(found: &mut BTreeMap<String, Record>, records: BTreeMap<String, Record>, mount: &str, extra: &mut Differences) {
+    let below = format!("{mount}/");
+    let hidden: Vec<String> = found.keys().filter(|path| path.starts_with(&below)).cloned().collect();
+    for path in hidden {
+        found.remove(&path);
+        extra.added.push(format!("{path} (on the file system below, hidden under the {mount} partition)"));
+    }
+    for (path, mut record) in records {
+        if path == "/" {
+            if let Some(point) = found.get(mount) {
+                let one = |r: &Record| BTreeMap::from([(mount.to_string(), r.clone())]);
+                let mut top = record.clone();
+                top.path = mount.to_string();
+                for (_, what) in compare(&one(point), &one(&top)).changed {
+                    extra.changed.push((format!("{mount} (the top directory of its partition)"), what));
+                }
+            }
+            continue;
+        }
+        // Every ext4 file system makes its own lost+found; what is in it is not exempt.
+        if path == "/lost+found" && record.kind == "d" {
+            continue;
+        }
+        let grafted = format!("{mount}{path}");
+        record.path = grafted.clone();
+        found.insert(grafted, record);
+    }
 }
 
 /// The records of an ext4 file system, in the baseline's terms.
@@ -259,31 +322,43 @@ fn data_file_name(file: &File, header_length: u64) -> Option<String> {
     None
 }
 
-/// The byte offset and length of the root partition: the one x86-64 root
-/// partition, found by its type (its UUID is each installed disk's own).
-fn root_partition(image: &Path, raw: &Path) -> Result<(u64, u64)> {
+/// One entry of the image's partition table, bounds checked.
+struct Partition {
+    name: String,
+    type_guid: String,
+    offset: u64,
+    length: u64,
+}
+
+/// The partition table as sfdisk reads it; every partition's bounds are
+/// checked against the disk before any is read.
+fn partitions(image: &Path, raw: &Path) -> Result<Vec<Partition>> {
     let output = Cmd::new("sfdisk").arg("--json").arg(raw).run_unchecked()?;
     let table: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
-    let Some(partitions) = table["partitiontable"]["partitions"].as_array() else {
+    let Some(entries) = table["partitiontable"]["partitions"].as_array() else {
         bail!("{}: no partition table; not a rampart disk image", image.display());
     };
     let sector = table["partitiontable"]["sectorsize"].as_u64().unwrap_or(512);
-    let roots: Vec<_> = partitions.iter().filter(|p| p["type"].as_str().is_some_and(|t| t.eq_ignore_ascii_case(ROOT_TYPE))).collect();
-    let root = match roots.as_slice() {
-        [root] => *root,
-        [] => bail!("{}: no Linux root partition; not a rampart disk image", image.display()),
-        _ => bail!("{}: {} Linux root partitions; a rampart disk has one", image.display(), roots.len()),
-    };
-    let start = root["start"].as_u64().context("the root partition has no start")?;
-    let size = root["size"].as_u64().context("the root partition has no size")?;
-    let (Some(offset), Some(length)) = (start.checked_mul(sector), size.checked_mul(sector)) else {
-        bail!("{}: the root partition's bounds overflow", image.display());
-    };
     let file_length = std::fs::metadata(raw)?.len();
-    if offset.checked_add(length).is_none_or(|end| end > file_length) {
-        bail!("{}: the root partition reaches past the end of the disk", image.display());
+    let mut found = Vec::new();
+    for (number, entry) in entries.iter().enumerate() {
+        let which = format!("partition {}", number + 1);
+        let start = entry["start"].as_u64().with_context(|| format!("{}: {which} has no start", image.display()))?;
+        let size = entry["size"].as_u64().with_context(|| format!("{}: {which} has no size", image.display()))?;
+        let (Some(offset), Some(length)) = (start.checked_mul(sector), size.checked_mul(sector)) else {
+            bail!("{}: the bounds of {which} overflow", image.display());
+        };
+        if offset.checked_add(length).is_none_or(|end| end > file_length) {
+            bail!("{}: {which} reaches past the end of the disk", image.display());
+        }
+        found.push(Partition {
+            name: entry["name"].as_str().unwrap_or_default().to_string(),
+            type_guid: entry["type"].as_str().unwrap_or_default().to_string(),
+            offset,
+            length,
+        });
     }
-    Ok((offset, length))
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -292,6 +367,19 @@ mod tests {
 
     fn record(path: &str, mode: u32, content: &str) -> (String, Record) {
         (path.to_string(), Record { path: path.into(), kind: "f".into(), mode, uid: 0, gid: 0, size: 3, content: content.into(), xattrs: BTreeMap::new() })
+    }
+
+    #[test]
+    fn a_partition_is_read_at_its_mount_point_and_what_its_mount_hides_is_reported() {
+        let dir = |path: &str, mode: u32| (path.to_string(), Record { path: path.into(), kind: "d".into(), mode, uid: 0, gid: 0, size: 0, content: "-".into(), xattrs: BTreeMap::new() });
+        let mut found: BTreeMap<_, _> = [dir("/", 0o755), dir("/var", 0o755), record("/var/hidden", 0o644, "aa")].into();
+        let partition: BTreeMap<_, _> = [dir("/", 0o700), dir("/lost+found", 0o700), record("/lost+found/#12", 0o644, "bb"), record("/lib/x", 0o644, "cc")].into();
+        let mut extra = Differences::default();
+        graft(&mut found, partition, "/var", &mut extra);
+        // The partition's own lost+found is not compared; what is in it is.
+        assert_eq!(found.keys().collect::<Vec<_>>(), ["/", "/var", "/var/lib/x", "/var/lost+found/#12"]);
+        assert_eq!(extra.added, ["/var/hidden (on the file system below, hidden under the /var partition)"]);
+        assert_eq!(extra.changed, [("/var (the top directory of its partition)".to_string(), vec!["mode 0755 -> 0700".to_string()])]);
     }
 
     #[test]

@@ -190,6 +190,23 @@ fn su_group_that_already_grants_other_rights_is_refused() {
 }
 
 #[test]
+fn audit_partition_smaller_than_auditds_logs_is_refused() {
+    check("audit-partition-too-small");
+}
+
+#[test]
+fn partition_for_a_mount_point_cis_does_not_name_is_refused() {
+    check("partition-not-cis");
+}
+
+#[test]
 fn ntp_server_with_a_port_is_refused() {
     check("ntp-server-with-port");
+}
+
+#[test]
+fn unknown_sandboxing_directive_is_refused_naming_the_field_and_nothing_is_written() {
+    check("unknown-sandboxing-directive");
+    let lock = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cases/unknown-sandboxing-directive.lock");
+    assert!(!lock.exists(), "a refused profile gets no lock");
 }

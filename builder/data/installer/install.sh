@@ -4,8 +4,8 @@
 #
 # Writes the golden image kept on this medium to the target disk, reads it
 # back to check it, gives the disk identifiers of its own (disk GUID,
-# partition and file-system UUIDs), grows the root partition and file
-# system to the disk, and powers off. Every check (target found, empty or allowed to be
+# partition and file-system UUIDs), grows the last partition (/var, or the
+# root) and its file system to the disk, and powers off. Every check (target found, empty or allowed to be
 # replaced, large enough, image intact) comes before the first write; if a
 # write fails, what was written is wiped, so no half-installed disk is left.
 set -u
@@ -107,19 +107,20 @@ for disk in $(lsblk -dnpo NAME,TYPE | awk '$2 == "disk" { print $1 }'); do
     [ "$disk" = "$target" ] && continue
     [ "$(lsblk -rndo PTUUID "$disk")" = "$disk_guid" ] && fail "$disk carries the disk GUID just given to $target ($disk_guid)"
 done
-say "growing the root partition to the disk (systemd-repart)"
-systemd-repart --dry-run=no --no-pager --definitions=/usr/lib/rampart-installer/repart.d "$target" || fail "systemd-repart could not grow the root partition on $target"
+say "growing $GROWS to the disk (systemd-repart)"
+systemd-repart --dry-run=no --no-pager --definitions=/usr/lib/rampart-installer/repart.d "$target" || fail "systemd-repart could not grow the $GROWS partition on $target"
 udevadm settle --timeout=60 || true
-# The x86-64 root partition (discoverable partitions type), as the initramfs finds it.
-root_of() { lsblk -rnpo NAME,PARTTYPE "$target" | awk 'tolower($2) == "4f68bce3-e8cd-4db1-96e7-fbcaf984b709" { print $1 }'; }
+# The partition that grows (the x86-64 root, or /var), found by its type as
+# systemd-repart found it.
+grows_of() { lsblk -rnpo NAME,PARTTYPE "$target" | awk -v type="$GROWS_TYPE" 'tolower($2) == tolower(type) { print $1 }'; }
 waited=0
-root=$(root_of)
-while [ -z "$root" ] && [ "$waited" -lt 30 ]; do sleep 1; udevadm settle --timeout=5 || true; waited=$((waited + 1)); root=$(root_of); done
-[ -n "$root" ] && [ -b "$root" ] || fail "the root partition did not appear on $target"
-e2fsck -f -p "$root" >/dev/null
-[ "$?" -le 1 ] || fail "e2fsck found errors on the installed root file system"
-resize2fs "$root" >/dev/null 2>&1 || fail "resize2fs could not grow the root file system on $target"
+part=$(grows_of)
+while [ -z "$part" ] && [ "$waited" -lt 30 ]; do sleep 1; udevadm settle --timeout=5 || true; waited=$((waited + 1)); part=$(grows_of); done
+[ -n "$part" ] && [ -b "$part" ] || fail "the $GROWS partition did not appear on $target"
+e2fsck -f -p "$part" >/dev/null
+[ "$?" -le 1 ] || fail "e2fsck found errors on the installed $GROWS file system"
+resize2fs "$part" >/dev/null 2>&1 || fail "resize2fs could not grow the $GROWS file system on $target"
 sync
-root_mib=$(( $(blockdev --getsize64 "$root") / 1048576 ))
+part_mib=$(( $(blockdev --getsize64 "$part") / 1048576 ))
 writing=0
-say "done: $NAME installed on $target, root partition $root_mib MiB; powering off"
+say "done: $NAME installed on $target, $GROWS partition $part_mib MiB; powering off"

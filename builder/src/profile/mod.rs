@@ -8,9 +8,11 @@ pub mod auditd;
 pub mod backups;
 pub mod controls;
 pub mod monitoring;
+pub mod partitions;
 pub mod elf_audit;
 pub mod kernel;
 pub mod raw;
+pub mod sandboxes;
 pub mod sessions;
 pub mod time;
 pub mod types;
@@ -72,8 +74,10 @@ pub const DEFAULT_INITRAMFS_MODULES: &[&str] =
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageSpec {
     pub hostname: Hostname,
-    /// The raw disk's size; `None`: just large enough (the root grows on first boot).
+    /// The raw disk's size; `None`: just large enough (the last partition grows on first boot).
     pub size: Option<ImageSize>,
+    /// The file systems of their own below the root (CIS 1.1.2), in fstab order.
+    pub partitions: Vec<partitions::PartitionSpec>,
 }
 
 /// `[toolchain]`: what anything compiled on the image gets by default.
@@ -213,6 +217,7 @@ struct Layer {
     accounting: accounting::AccountingLayer,
     monitoring: monitoring::MonitoringLayer,
     auditd: auditd::AuditdLayer,
+    partitions: partitions::PartitionsLayer,
     backups: backups::BackupsLayer,
     elf_audit: elf_audit::ElfAuditLayer,
     toolchain_hardened: Option<bool>,
@@ -264,7 +269,9 @@ pub fn load(path: &Path) -> Result<Profile, ProfileError> {
     for (_, _, layer) in chain.into_iter().rev() {
         merge(&mut merged, layer);
     }
-    finish(path, files, top_name, merged)
+    let profile = finish(path, files, top_name, merged)?;
+    crate::stages::sandboxing::check_profile_units(&profile)?;
+    Ok(profile)
 }
 
 fn io_reason(error: &std::io::Error) -> String {
@@ -333,6 +340,7 @@ fn validate_layer(source: &Source, raw: raw::RawProfile) -> Result<Layer, Profil
         if let Some(size) = &image.size {
             layer.size = Some(source.check(size, "image.size", |s| ImageSize::parse(s))?);
         }
+        layer.partitions = partitions::validate(source, image.partitions.as_ref())?;
     }
     layer.controls = controls::validate(source, raw.ssh.as_ref(), raw.services, raw.passwords, raw.firewall)?;
     layer.sessions = sessions::validate(source, raw.sessions)?;
@@ -460,6 +468,7 @@ fn merge(base: &mut Layer, child: Layer) {
     accounting::merge(&mut base.accounting, child.accounting);
     monitoring::merge(&mut base.monitoring, child.monitoring);
     auditd::merge(&mut base.auditd, child.auditd);
+    partitions::merge(&mut base.partitions, child.partitions);
     backups::merge(&mut base.backups, child.backups);
     elf_audit::merge(&mut base.elf_audit, child.elf_audit);
     take(&mut base.toolchain_hardened, child.toolchain_hardened);
@@ -500,6 +509,7 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
     let controls = controls::finish(layer.controls).map_err(at_file)?;
     let (logging, integrity) = monitoring::finish(layer.monitoring);
     let auditd = auditd::finish(layer.auditd);
+    let partitions = partitions::finish(layer.partitions, &auditd)?;
     let backups = backups::finish(layer.backups)?;
     let mut elf_audit = elf_audit::finish(layer.elf_audit);
     if backups.enable {
@@ -599,7 +609,7 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
             }),
             hardening: kernel_hardening,
         },
-        image: ImageSpec { hostname, size: layer.size },
+        image: ImageSpec { hostname, size: layer.size, partitions },
         ssh: SshSpec {
             port: layer.ssh_port.unwrap_or(Port::SSH),
             allow_from: layer

@@ -181,6 +181,8 @@ impl<'de> Deserialize<'de> for RawSysctlEntry {
 pub struct RawImage {
     pub hostname: Option<Spanned<String>>,
     pub size: Option<Spanned<String>>,
+    /// Per mount point (CIS 1.1.2): a size, or "none".
+    pub partitions: Option<BTreeMap<String, Spanned<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -208,6 +210,9 @@ pub struct RawServices {
     pub gettys: Option<Vec<Spanned<String>>>,
     /// rampart's systemd hardening drop-ins for the services it enables.
     pub sandbox: Option<bool>,
+    /// `[services.sandboxes."nginx.service"]`: systemd sandboxing directive = value (or a list of values).
+    #[serde(default)]
+    pub sandboxes: BTreeMap<Spanned<String>, BTreeMap<Spanned<String>, Spanned<toml::Value>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

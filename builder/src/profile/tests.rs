@@ -40,7 +40,7 @@ fn bad_toml_names_file_line_and_column() {
 fn unknown_field_lists_the_expected_ones() {
     check_error(
         &[("web.toml", "name = \"web\"\n\n[image]\n  hostnme = \"x\"\n")],
-        "$DIR/profiles/web.toml:4:3: unknown field `hostnme`, expected `hostname` or `size`",
+        "$DIR/profiles/web.toml:4:3: unknown field `hostnme`, expected one of `hostname`, `size`, `partitions`",
     );
 }
 
@@ -510,4 +510,91 @@ fn bad_backups_settings_are_refused_where_written() {
         "enable = true\ndevice = \"/dev/vdb\"\nretention = 3\n",
         "$DIR/profiles/web.toml:5:1: unknown field `retention`, expected one of `enable`, `paths`, `device`, `directory`, `schedule`, `keep-daily`, `keep-weekly`, `keep-monthly`",
     );
+}
+
+/// A profile that runs nginx, with `sandbox` as its nginx sandbox table.
+fn nginx_profile(sandbox: &str) -> String {
+    format!("name = \"web\"\n[services]\nenable = [\"ssh.service\", \"nginx.service\"]\n[services.sandboxes.\"nginx.service\"]\n{sandbox}")
+}
+
+#[test]
+fn unknown_sandboxing_directive_names_the_place_and_the_closest_one() {
+    check_error(
+        &[("web.toml", &nginx_profile("ProtectSystm = \"strict\"\n"))],
+        "$DIR/profiles/web.toml:5:1: services.sandboxes.\"nginx.service\": unknown directive \"ProtectSystm\": not one of systemd 252's sandboxing directives that rampart takes (did you mean ProtectSystem?); README's profile reference lists them",
+    );
+    check_error(
+        &[("web.toml", &nginx_profile("ExecStartPre = \"/bin/true\"\n"))],
+        "$DIR/profiles/web.toml:5:1: services.sandboxes.\"nginx.service\": unknown directive \"ExecStartPre\": not one of systemd 252's sandboxing directives that rampart takes; README's profile reference lists them",
+    );
+}
+
+#[test]
+fn sandboxing_values_are_single_lines_of_the_right_shape() {
+    check_error(
+        &[("web.toml", &nginx_profile("ProtectSystem = [\"strict\"]\n"))],
+        "$DIR/profiles/web.toml:5:17: services.sandboxes.\"nginx.service\".ProtectSystem: takes one value, not a list",
+    );
+    check_error(
+        &[("web.toml", &nginx_profile("ReadWritePaths = \"/srv\\nExecStartPre=/bin/sh -c id\"\n"))],
+        "$DIR/profiles/web.toml:5:18: services.sandboxes.\"nginx.service\".ReadWritePaths: a value is one line of printable text (it becomes one line of a systemd drop-in)",
+    );
+    check_error(
+        &[("web.toml", &nginx_profile("UMask = 77\n"))],
+        "$DIR/profiles/web.toml:5:9: services.sandboxes.\"nginx.service\".UMask: give the value as a string, as systemd reads it (e.g. UMask = \"0077\", not 0077)",
+    );
+    check_error(
+        &[("web.toml", "name = \"web\"\n[services.sandboxes.\"nginx.socket\"]\nPrivateTmp = true\n")],
+        "$DIR/profiles/web.toml:2:21: services.sandboxes: nginx.socket: sandboxing directives belong to a .service unit",
+    );
+}
+
+#[test]
+fn sandbox_for_a_service_the_profile_does_not_run_is_refused() {
+    check_error(
+        &[("web.toml", "name = \"web\"\n[services]\nenable = [\"ssh.service\"]\n[services.sandboxes.\"nginx.service\"]\nPrivateTmp = true\n")],
+        "$DIR/profiles/web.toml:4:21: services.sandboxes.\"nginx.service\": the profile does not run nginx.service: list it (or its .socket, .timer or .path) in services.enable",
+    );
+    // rampart runs rsyslog only with [logging] on
+    check_error(
+        &[("web.toml", "name = \"web\"\n[logging]\nenable = false\n[services.sandboxes.\"rsyslog.service\"]\nPrivateTmp = true\n")],
+        "$DIR/profiles/web.toml:4:21: services.sandboxes.\"rsyslog.service\": the profile does not run rsyslog.service: list it (or its .socket, .timer or .path) in services.enable",
+    );
+    check_error(
+        &[("web.toml", "name = \"web\"\n[services]\nenable = [\"ssh.service\"]\n[services.sandboxes.\"ssh.service\"]\nPrivateTmp = true\n")],
+        "$DIR/profiles/web.toml:4:21: services.sandboxes.\"ssh.service\": rampart leaves ssh.service unsandboxed on purpose: sshd starts the users' sessions: every restriction of its unit would be theirs too (its own privilege separation and AppArmor confine it instead)",
+    );
+}
+
+#[test]
+fn sandboxes_are_allowed_for_rampart_s_services_and_those_the_allow_list_starts() {
+    let profile = check_ok(&[(
+        "web.toml",
+        "name = \"web\"\n[services]\nenable = [\"report.timer\"]\n[services.sandboxes.\"report.service\"]\nPrivateNetwork = true\n[services.sandboxes.\"rsyslog.service\"]\nReadWritePaths = [\"/var/log\", \"/srv/log\"]\n",
+    )]);
+    assert_eq!(profile.services.sandboxes.keys().collect::<Vec<_>>(), ["report.service", "rsyslog.service"]);
+    assert_eq!(profile.services.sandboxes["rsyslog.service"].directives["ReadWritePaths"].value, ["/var/log", "/srv/log"]);
+    assert_eq!(profile.services.sandboxes["report.service"].directives["PrivateNetwork"].value, ["yes"]);
+}
+
+#[test]
+fn sandboxes_merge_by_unit_then_by_directive() {
+    let profile = check_ok(&[
+        (
+            "web.toml",
+            "name = \"web\"\nextends = \"base.toml\"\n[services.sandboxes.\"nginx.service\"]\nReadWritePaths = [\"/var/cache/nginx\", \"/var/log/nginx\"]\n[services.sandboxes.\"rsyslog.service\"]\nUMask = \"0027\"\n",
+        ),
+        (
+            "base.toml",
+            "name = \"base\"\n[services]\nenable = [\"ssh.service\", \"nginx.service\"]\n[services.sandboxes.\"nginx.service\"]\nCapabilityBoundingSet = \"CAP_NET_BIND_SERVICE\"\nReadWritePaths = \"/var/log/nginx\"\n",
+        ),
+    ]);
+    let nginx = &profile.services.sandboxes["nginx.service"];
+    let directives: Vec<(&str, Vec<&str>)> =
+        nginx.directives.iter().map(|(k, v)| (k.as_str(), v.value.iter().map(String::as_str).collect())).collect();
+    assert_eq!(directives, [("CapabilityBoundingSet", vec!["CAP_NET_BIND_SERVICE"]), ("ReadWritePaths", vec!["/var/cache/nginx", "/var/log/nginx"])]);
+    assert!(nginx.directives["CapabilityBoundingSet"].at.ends_with("base.toml:5:1"));
+    assert!(nginx.directives["ReadWritePaths"].at.ends_with("web.toml:4:1"));
+    assert!(nginx.at.ends_with("web.toml:3:21"), "the unit's place is where the child names it");
+    assert!(profile.services.sandboxes.contains_key("rsyslog.service"));
 }

@@ -1,5 +1,8 @@
 //! Disk stage: assembles `<name>.raw` (GPT: EFI system partition, a small
-//! configuration partition, the ext4 root last so it can grow) and
+//! configuration partition, the ext4 root, and the profile's separate
+//! partitions (CIS 1.1.2: /home, /var/tmp, /var/log, /var/log/audit, and
+//! /var last so that it grows; without a separate /var the root is last and
+//! grows) and
 //! `<name>.qcow2`, without loop devices or mounts: file systems are made from
 //! files (`mkfs.ext4 -d`, mtools) and written at partition offsets. Boots by
 //! systemd-boot through UEFI; the root found on the disk systemd-boot was
@@ -25,47 +28,66 @@ pub(crate) const MIB: u64 = 1 << 20;
 /// so in the manifest, the SBOM and the inputs digest), never the host's.
 pub(crate) const SYSTEMD_BOOT: &str = "usr/lib/systemd/boot/efi/systemd-bootx64.efi";
 pub(crate) const TYPE_ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
-pub(crate) const TYPE_LINUX_DATA: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
-/// The discoverable-partitions type of an x86-64 root: systemd-repart finds it.
-const TYPE_ROOT_X86_64: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
+pub(crate) use crate::layout::TYPE_LINUX_DATA;
+use crate::layout::{DataIdentifiers, DATA_PARTITIONS, TYPE_ROOT_X86_64};
 
 pub fn run(ctx: &mut BuildContext) -> Result<()> {
     let timer = ui::Timed::start("disk stage: assembling the UEFI disk");
-    let ids = Identifiers::for_profile(ctx.profile.name.as_str());
+    let name = ctx.profile.name.to_string();
+    let ids = Identifiers::for_profile(&name);
     let epoch = ctx.source_date_epoch.to_string();
     let root = ctx.root();
     let work = ctx.work();
     let (kernel, initrd) = find_kernel(&root)?;
 
-    let root_start_mib = FIRST_LBA_MIB + ESP_SIZE_MIB + CONFIG_SIZE_MIB;
-    let (needed_mib, n_entries) = root_needs(&root)?;
+    // Each separate partition is made from a hard-linked copy of its part of
+    // the finished root; the root's copy keeps only the empty mount points.
+    let separate = &ctx.profile.image.partitions;
+    let mounts: Vec<&str> = separate.iter().map(|p| p.partition.mount).collect();
+    let split = work.join("partitions");
+    let root_tree = if separate.is_empty() { root.clone() } else { split_tree(&root, "/", &mounts, &split.join("root"))? };
+    let mut file_systems = Vec::new();
+    let (root_needs_mib, root_entries) = root_needs(&root_tree)?;
+    file_systems.push(Planned { name: ROOT_PARTITION, mount: "/", type_guid: TYPE_ROOT_X86_64, tree: root_tree, needs_mib: root_needs_mib, entries: root_entries, size_mib: root_needs_mib, field: None, label: ROOT_LABEL.to_string(), uuid: ids.root_fs_uuid.clone(), partuuid: ids.root_partuuid.clone(), hash_seed: ids.root_hash_seed.clone() });
+    for spec in separate {
+        let partition = spec.partition;
+        let tree = split_tree(&root, partition.mount, &mounts, &split.join(partition.name))?;
+        let (needs_mib, entries) = root_needs(&tree)?;
+        let field = format!("image.partitions.\"{}\" ({})", partition.mount, spec.at.as_deref().unwrap_or("rampart's default"));
+        if needs_mib > spec.size_mib && partition.mount != GROWS_WHEN_SEPARATE {
+            bail!("{field}: {} MiB is too small: the image's {} needs about {needs_mib} MiB; raise it in {}", spec.size_mib, partition.mount, ctx.profile.path.display());
+        }
+        let data = DataIdentifiers::for_partition(&name, partition);
+        file_systems.push(Planned { name: partition.name, mount: partition.mount, type_guid: partition.type_guid, tree, needs_mib, entries, size_mib: spec.size_mib.max(needs_mib), field: Some(field), label: partition.name.to_string(), uuid: data.fs_uuid, partuuid: data.partuuid, hash_seed: data.hash_seed });
+    }
+    // The partition that grows is last on the disk: /var when separate (a
+    // server's data grows there), else the root.
+    let grows = file_systems.iter().position(|f| f.mount == GROWS_WHEN_SEPARATE).unwrap_or(0);
+    let last = file_systems.remove(grows);
+    file_systems.push(last);
+
+    let first_mib = FIRST_LBA_MIB + ESP_SIZE_MIB + CONFIG_SIZE_MIB;
+    let fixed_mib: u64 = file_systems[..file_systems.len() - 1].iter().map(|f| f.size_mib).sum();
+    let growing = file_systems.last_mut().expect("the root at least");
     // The backup GPT takes the last 1 MiB.
     let disk_bytes = match ctx.profile.image.size {
         Some(size) => size.bytes(),
-        None => (root_start_mib + needed_mib + 1) * MIB,
+        None => (first_mib + fixed_mib + growing.size_mib + 1) * MIB,
     };
-    let root_size_mib = (disk_bytes / MIB).saturating_sub(root_start_mib + 1);
-    if root_size_mib < needed_mib {
+    let rest_mib = (disk_bytes / MIB).saturating_sub(first_mib + fixed_mib + 1);
+    if rest_mib < growing.size_mib {
         bail!(
-            "image.size of {} is too small: the root file system needs about {} MiB plus {} MiB for the boot and configuration partitions; raise image.size",
+            "image.size of {} is too small: the partitions need {} MiB ({} MiB for the boot and configuration partitions, {} MiB for the fixed ones, at least {} MiB for {}, which grows); raise image.size or make image.partitions smaller",
             ctx.profile.path.display(),
-            needed_mib,
-            root_start_mib + 1
+            first_mib + fixed_mib + growing.size_mib + 1,
+            first_mib + 1,
+            fixed_mib,
+            growing.size_mib,
+            growing.mount
         );
     }
+    growing.size_mib = rest_mib;
 
-    let root_image = work.join("root.ext4");
-    let root_fs = Ext4 {
-        what: "root",
-        tree: root.clone(),
-        size_mib: root_size_mib,
-        inodes: (n_entries * 2).max(65536),
-        label: ROOT_LABEL,
-        uuid: &ids.root_fs_uuid,
-        hash_seed: &ids.root_hash_seed,
-        journal: true,
-    };
-    make_ext4(ctx, &root_image, &root_fs, &epoch)?;
     // Read-only where mounted: no journal to replay.
     let config_image = work.join("config.ext4");
     let config_fs = Ext4 {
@@ -88,17 +110,54 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     make_esp(&work.join("esp"), &esp_image, &esp, &epoch)?;
 
     let raw = ctx.artifact("raw");
-    let partitions = [
+    let mut partitions = vec![
         GptPartition { start_mib: FIRST_LBA_MIB, size_mib: ESP_SIZE_MIB, type_guid: TYPE_ESP, uuid: &ids.esp_partuuid, name: "esp" },
         GptPartition { start_mib: FIRST_LBA_MIB + ESP_SIZE_MIB, size_mib: CONFIG_SIZE_MIB, type_guid: TYPE_LINUX_DATA, uuid: &ids.config_partuuid, name: CONFIG_PARTITION },
-        GptPartition { start_mib: root_start_mib, size_mib: root_size_mib, type_guid: TYPE_ROOT_X86_64, uuid: &ids.root_partuuid, name: ROOT_PARTITION },
     ];
+    let mut start_mib = first_mib;
+    let mut starts = Vec::new();
+    for fs in &file_systems {
+        partitions.push(GptPartition { start_mib, size_mib: fs.size_mib, type_guid: fs.type_guid, uuid: &fs.partuuid, name: fs.name });
+        starts.push(start_mib);
+        start_mib += fs.size_mib;
+    }
     write_partition_table(&raw, &work, disk_bytes, &ids.disk_guid, &partitions)?;
     copy_sparse(&esp_image, &raw, FIRST_LBA_MIB * MIB)?;
     copy_sparse(&config_image, &raw, (FIRST_LBA_MIB + ESP_SIZE_MIB) * MIB)?;
-    copy_sparse(&root_image, &raw, root_start_mib * MIB)?;
-    std::fs::remove_file(&root_image)?;
     std::fs::remove_file(&config_image)?;
+    let mut records = vec![
+        json!({"name": "esp", "label": ESP_LABEL, "size-mib": ESP_SIZE_MIB, "partuuid": ids.esp_partuuid, "type": TYPE_ESP}),
+        json!({"name": CONFIG_PARTITION, "label": CONFIG_LABEL, "size-mib": CONFIG_SIZE_MIB, "partuuid": ids.config_partuuid, "fs-uuid": ids.config_fs_uuid, "type": TYPE_LINUX_DATA, "mount": format!("{CONFIG_MOUNT} (read-only)")}),
+    ];
+    for (fs, start) in file_systems.iter().zip(starts) {
+        let image = work.join(format!("{}.ext4", fs.name));
+        let what = format!("{} ({})", fs.name, fs.mount);
+        let ext4 = Ext4 {
+            what: &what,
+            tree: fs.tree.clone(),
+            size_mib: fs.size_mib,
+            inodes: (fs.entries * 2).max(if fs.mount == "/" { 65536 } else { 16384 }),
+            label: &fs.label,
+            uuid: &fs.uuid,
+            hash_seed: &fs.hash_seed,
+            journal: true,
+        };
+        make_ext4(ctx, &image, &ext4, &epoch).with_context(|| match &fs.field {
+            Some(field) => format!("the partition of {field} does not hold what the image keeps there"),
+            None => "the root partition does not hold what the image keeps there".to_string(),
+        })?;
+        copy_sparse(&image, &raw, start * MIB)?;
+        std::fs::remove_file(&image)?;
+        let mut record = json!({"name": fs.name, "label": fs.label, "size-mib": fs.size_mib, "partuuid": fs.partuuid, "fs-uuid": fs.uuid, "type": fs.type_guid, "mount": fs.mount, "content-mib": fs.needs_mib});
+        if let Some(partition) = DATA_PARTITIONS.iter().find(|p| p.mount == fs.mount) {
+            record["options"] = json!(partition.options);
+            record["cis"] = json!(partition.cis);
+        }
+        records.push(record);
+    }
+    if split.exists() {
+        std::fs::remove_dir_all(&split)?;
+    }
 
     let qcow2 = ctx.artifact("qcow2");
     Cmd::new("qemu-img")
@@ -108,16 +167,14 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
         .run()
         .context("while converting the disk to qcow2")?;
 
+    let grows = file_systems.last().map(|f| f.mount).unwrap_or("/");
     ctx.record(
         "disk",
         true,
         json!({
             "size": disk_bytes,
-            "partitions": [
-                {"name": "esp", "label": ESP_LABEL, "size-mib": ESP_SIZE_MIB, "partuuid": ids.esp_partuuid, "type": TYPE_ESP},
-                {"name": CONFIG_PARTITION, "label": CONFIG_LABEL, "size-mib": CONFIG_SIZE_MIB, "partuuid": ids.config_partuuid, "fs-uuid": ids.config_fs_uuid, "type": TYPE_LINUX_DATA, "mount": format!("{CONFIG_MOUNT} (read-only)")},
-                {"name": ROOT_PARTITION, "label": ROOT_LABEL, "size-mib": root_size_mib, "partuuid": ids.root_partuuid, "fs-uuid": ids.root_fs_uuid, "type": TYPE_ROOT_X86_64},
-            ],
+            "partitions": records,
+            "grows on first boot": grows,
             "disk-guid": ids.disk_guid,
             "bootloader": "systemd-boot (UEFI), boot entries not editable",
             "kernel": kernel.file_name().map(|n| n.to_string_lossy().into_owned()),
@@ -127,6 +184,67 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     );
     timer.done();
     Ok(())
+}
+
+/// The separate partition that, when the profile has it, is last on the disk
+/// and grows to fill it.
+pub const GROWS_WHEN_SEPARATE: &str = "/var";
+
+/// One file system of the disk, planned before any is made.
+struct Planned {
+    name: &'static str,
+    mount: &'static str,
+    type_guid: &'static str,
+    tree: PathBuf,
+    needs_mib: u64,
+    entries: u64,
+    size_mib: u64,
+    /// The profile field behind its size; `None` for the root.
+    field: Option<String>,
+    label: String,
+    uuid: String,
+    partuuid: String,
+    hash_seed: String,
+}
+
+/// A hard-linked copy of the image root's `mount` at `target`, in which the
+/// other partitions' mount points below it are kept as empty directories
+/// with their own owner, mode and times. Files are never written through
+/// (mkfs.ext4 -d only reads them), so the links cost no copies.
+fn split_tree(root: &Path, mount: &str, mounts: &[&str], target: &Path) -> Result<PathBuf> {
+    let source = crate::fsutil::resolve_in_root(root, Path::new(mount.trim_start_matches('/')))?;
+    if !source.is_dir() {
+        bail!("the image has no directory {mount} for its partition");
+    }
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    Cmd::new("cp").arg("-a").arg("-l").arg("--no-target-directory").arg(&source).arg(target).run().with_context(|| format!("while copying the image's {mount} for its partition"))?;
+    // The mount points directly below: one below those is emptied with them.
+    let directly = |m: &&&str| **m != mount && is_below(m, mount) && !mounts.iter().any(|between| *between != mount && is_below(between, mount) && is_below(m, between));
+    for below in mounts.iter().filter(directly) {
+        let relative = below.strip_prefix(mount).unwrap_or(below).trim_start_matches('/');
+        let point = target.join(relative);
+        let meta = std::fs::symlink_metadata(&point).with_context(|| format!("the image has no directory {below} to mount its partition on"))?;
+        if !meta.is_dir() {
+            bail!("the image's {below} is not a directory; its partition cannot be mounted there");
+        }
+        for entry in std::fs::read_dir(&point)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                std::fs::remove_dir_all(entry.path())?;
+            } else {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+        crate::stages::seal::set_times(&point, meta.mtime())?;
+    }
+    Ok(target.to_path_buf())
+}
+
+/// Whether mount point `a` lies below `b` ("/" holds everything).
+fn is_below(a: &str, b: &str) -> bool {
+    b == "/" || a.strip_prefix(b).is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// The newest kernel in /boot and its initrd.
@@ -215,8 +333,11 @@ pub(crate) fn make_ext4(ctx: &BuildContext, image: &Path, fs: &Ext4, epoch: &str
         .env("E2FSPROGS_FAKE_TIME", epoch)
         .run()
         .with_context(|| format!("while making the {} file system", fs.what))?;
-    // mkfs.ext4 -d copies atime and ctime from the build tree; pin them.
-    let mut commands = String::new();
+    // mkfs.ext4 -d copies atime and ctime from the build tree; pin them. It
+    // makes the file system's top directory 0755 root's: give it the tree's
+    // (a separate /var/tmp is 1777, /var/log/audit 0750 root:adm).
+    let top = std::fs::metadata(&fs.tree)?;
+    let mut commands = format!("sif / mode 0{:o}\nsif / uid {}\nsif / gid {}\n", top.mode(), top.uid(), top.gid());
     for entry in walk(&fs.tree)? {
         if entry.image_path.contains('"') || entry.image_path.contains('\n') {
             bail!("the image holds a path debugfs cannot address: {:?}", entry.image_path);

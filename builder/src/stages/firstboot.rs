@@ -12,6 +12,8 @@ use serde_json::json;
 
 use crate::build::context::BuildContext;
 use crate::layout::{BOOT_DISK_LINKS, CONFIG_MOUNT, CONFIG_PARTITION, ROOT_PARTITION};
+use crate::profile::Profile;
+use crate::stages::disk::GROWS_WHEN_SEPARATE;
 
 /// Only an Ed25519 host key: modern, and generated in milliseconds even
 /// under emulation (RSA 3072 takes ~18 s under TCG). Its public half goes to
@@ -109,23 +111,52 @@ RequiredBy=ssh.service
     )
 }
 
+/// systemd-repart's rule for the partition that grows to fill the disk;
+/// the installer reads it too.
+pub const GROW_RULE: &str = "etc/repart.d/50-grow.conf";
+
+/// The file systems in fstab, and the mount point that grows.
+pub fn fstab(profile: &Profile) -> (String, &'static str) {
+    let grows = if profile.image.partitions.iter().any(|p| p.partition.mount == GROWS_WHEN_SEPARATE) { GROWS_WHEN_SEPARATE } else { "/" };
+    let growfs = |mount: &str| if mount == grows { ",x-systemd.growfs" } else { "" };
+    let mut text = format!(
+        "# rampart layout: partitions by name on the disk this machine booted from\n\
+         # (/dev/disk/rampart/<partition name>); {grows} grows to the disk on boot\n\
+         {BOOT_DISK_LINKS}/{ROOT_PARTITION}\t/\text4\tdefaults,errors=remount-ro{}\t0\t1\n\
+         # the configuration partition (logging, integrity): read-only, mounted by the initramfs with the root\n\
+         {BOOT_DISK_LINKS}/{CONFIG_PARTITION}\t{CONFIG_MOUNT}\text4\tro,nodev,nosuid,noexec,x-initrd.mount\t0\t0\n",
+        growfs("/")
+    );
+    if !profile.image.partitions.is_empty() {
+        text.push_str("# image.partitions: file systems of their own, with the options CIS Debian 12 1.1.2 asks\n");
+    }
+    for spec in &profile.image.partitions {
+        let p = spec.partition;
+        text.push_str(&format!("{BOOT_DISK_LINKS}/{}\t{}\text4\t{},errors=remount-ro{}\t0\t2\n", p.name, p.mount, p.options, growfs(p.mount)));
+    }
+    text.push_str(&crate::stages::kernel::fstab_lines(profile));
+    (text, grows)
+}
+
+/// systemd-repart grows the last partition, of this mount point's type.
+pub fn grow_rule(mount: &str) -> String {
+    let kind = if mount == "/" { "root" } else { "var" };
+    format!("# rampart: grow the {mount} partition, last on the disk, to fill it (systemd-repart)\n[Partition]\nType={kind}\n")
+}
+
 pub fn run(ctx: &mut BuildContext) -> Result<()> {
     let mut done = Vec::new();
 
     // Partitions by their names on the disk the machine booted from (a udev
     // rule the initramfs writes), never by an identifier: each installed
     // disk has its own, and other disks from the same image may be attached.
-    let fstab = format!(
-        "# rampart layout: partitions by name on the disk this machine booted from\n\
-         # (/dev/disk/rampart/<partition name>); the root is grown to the disk on boot\n\
-         {BOOT_DISK_LINKS}/{ROOT_PARTITION}\t/\text4\tdefaults,errors=remount-ro,x-systemd.growfs\t0\t1\n\
-         # the configuration partition (logging, integrity): read-only, mounted by the initramfs with the root\n\
-         {BOOT_DISK_LINKS}/{CONFIG_PARTITION}\t{CONFIG_MOUNT}\text4\tro,nodev,nosuid,noexec,x-initrd.mount\t0\t0\n{}",
-        crate::stages::kernel::fstab_lines(&ctx.profile)
-    );
+    let (fstab, grows) = fstab(&ctx.profile);
     ctx.install_file("etc/fstab", fstab.as_bytes(), 0o644)?;
-    ctx.install_file("etc/repart.d/50-root.conf", b"# grow the root partition to fill the disk (systemd-repart)\n[Partition]\nType=root\n", 0o644)?;
-    done.push("root partition grown to the disk (systemd-repart), file system grown online (x-systemd.growfs)".to_string());
+    ctx.install_file(GROW_RULE, grow_rule(grows).as_bytes(), 0o644)?;
+    done.push(format!("{grows} grown to the disk: its partition, which is last, by systemd-repart; its file system online (x-systemd.growfs)"));
+    for spec in &ctx.profile.image.partitions {
+        done.push(format!("{} a partition of its own, mounted {} (CIS {})", spec.partition.mount, spec.partition.options, spec.partition.cis));
+    }
     done.push("a copy's first boot gives its disk its own GUID, partition UUIDs and file-system UUIDs (initramfs); the root is found on the disk the boot loader was loaded from, the other partitions by name on it".to_string());
 
     if ctx.root().join("lib/systemd/system/ssh.service").exists() {
@@ -139,7 +170,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
             "# rampart: one modern host key, generated on first boot. Authorized keys come from\n# root-owned files only: provisioned at first boot ({PROVISIONED_KEYS_DIR}/<user>)\n# and the profile's ({IMAGE_KEYS_DIR}/<user>){}.\nHostKey /etc/ssh/ssh_host_ed25519_key\nAuthorizedKeysFile {PROVISIONED_KEYS_DIR}/%u {IMAGE_KEYS_DIR}/%u{user_keys}\n",
             if user_keys.is_empty() { "; the users' own ~/.ssh/authorized_keys are not read" } else { ", and ~/.ssh/authorized_keys (ssh.user-keys)" }
         );
-        ctx.install_file("etc/ssh/sshd_config.d/10-rampart-firstboot.conf", sshd.as_bytes(), 0o644)?;
+        ctx.install_file("etc/ssh/sshd_config.d/10-rampart-firstboot.conf", sshd.as_bytes(), 0o600)?;
         done.push("ssh host key (ed25519) generated on first boot before sshd starts".to_string());
 
         let mut tmpfiles = String::from(

@@ -19,7 +19,8 @@ use serde_json::json;
 
 use crate::build::context::BuildContext;
 use crate::fsutil::{resolve_in_root, sha256_file};
-use crate::layout::{Identifiers, ESP_SIZE_MIB, FIRST_LBA_MIB};
+use crate::layout::{Identifiers, ESP_SIZE_MIB, FIRST_LBA_MIB, TYPE_ROOT_X86_64, TYPE_VAR};
+use crate::stages::firstboot::GROW_RULE;
 use crate::process::Cmd;
 use crate::stages::disk::{self, Esp, Ext4, GptPartition, MIB, TYPE_ESP, TYPE_LINUX_DATA};
 use crate::ui;
@@ -98,10 +99,10 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     };
     // Nothing of the installed system is mounted from the medium, and the
     // medium is never grown: the growth rule is for the target only.
-    let repart_rule = std::fs::read(ctx.root().join("etc/repart.d/50-root.conf")).context("the image has no /etc/repart.d/50-root.conf")?;
-    std::fs::remove_file(resolve_in_root(&tree, Path::new("etc/repart.d/50-root.conf"))?)?;
+    let repart_rule = std::fs::read(ctx.root().join(GROW_RULE)).with_context(|| format!("the image has no /{GROW_RULE}"))?;
+    std::fs::remove_file(resolve_in_root(&tree, Path::new(GROW_RULE))?)?;
     place("etc/fstab", b"# rampart installer: the root file system stays read-only; nothing else is mounted\n", 0o644)?;
-    place(&format!("{DIR}/repart.d/50-root.conf"), &repart_rule, 0o644)?;
+    place(&format!("{DIR}/repart.d/50-grow.conf"), &repart_rule, 0o644)?;
     place(&format!("{DIR}/install"), SCRIPT.as_bytes(), 0o755)?;
     place(&format!("{DIR}/make-disk-unique"), crate::stages::packages::MAKE_DISK_UNIQUE.as_bytes(), 0o755)?;
     let image_path = format!("/{DIR}/{name}.raw");
@@ -170,7 +171,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
             "target": target.as_deref().unwrap_or("the only empty disk"),
             "overwrite": ctx.profile.installer.overwrite,
             "checks before writing": ["target found, a whole disk, not the installer's own", "empty, or installer.overwrite", "large enough", "image sha256 on the medium"],
-            "after writing": ["read back and compared", "identifiers of its own (disk GUID, partition and file-system UUIDs, FAT volume ID)", "root partition grown (systemd-repart)", "root file system checked and grown (e2fsck, resize2fs)", "power off"],
+            "after writing": ["read back and compared", "identifiers of its own (disk GUID, partition and file-system UUIDs, FAT volume ID)", "the last partition (/var, or the root) grown (systemd-repart)", "its file system checked and grown (e2fsck, resize2fs)", "power off"],
             "on error": "nothing written, or what was written wiped; the reason on the console; the machine halts",
             "kernel-cmdline": cmdline,
         }),
@@ -182,8 +183,10 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
 /// The installer's settings, sourced by its script. Every value is one the
 /// profile validated (a /dev path without quotes) or rampart computed.
 fn render_config(profile: &crate::profile::Profile, image: &str, bytes: u64, sha256: &str) -> String {
+    let (_, grows) = crate::stages::firstboot::fstab(profile);
+    let grows_type = if grows == "/" { TYPE_ROOT_X86_64 } else { TYPE_VAR };
     format!(
-        "# rampart installer settings (from profile {name})\nNAME='{name}'\nIMAGE='{image}'\nIMAGE_BYTES={bytes}\nIMAGE_SHA256={sha256}\nTARGET='{target}'\nOVERWRITE={overwrite}\n",
+        "# rampart installer settings (from profile {name})\nNAME='{name}'\nIMAGE='{image}'\nIMAGE_BYTES={bytes}\nIMAGE_SHA256={sha256}\nTARGET='{target}'\nOVERWRITE={overwrite}\n# the partition that grows to fill the disk, last on it\nGROWS='{grows}'\nGROWS_TYPE={grows_type}\n",
         name = profile.name,
         target = profile.installer.target.as_deref().unwrap_or(""),
         overwrite = if profile.installer.overwrite { "yes" } else { "no" },

@@ -81,6 +81,7 @@ const RUN_TIME_PATHS: &[(&str, &str)] = &[
     ("/tmp", "temporary files"),
     ("/var/tmp", "temporary files"),
     ("/lost+found", "made with each file system"),
+    ("/var/lost+found", "made with the /var file system (image.partitions; the other partitions' are below paths left out here)"),
     ("/var/log", "logs, kept and forwarded by [logging]"),
     ("/var/cache", "caches"),
     ("/var/spool/rsyslog", "the log forwarding queue"),

@@ -36,12 +36,19 @@ pub fn fstab_lines(profile: &Profile) -> String {
     if !profile.kernel.hardening.secure_mounts {
         return String::new();
     }
-    "# rampart: [kernel] secure-mounts: no devices, set-id programs or executables in temporary directories\n\
-     tmpfs\t/tmp\ttmpfs\tmode=1777,strictatime,nosuid,nodev,noexec,size=50%\t0\t0\n\
-     /var/tmp\t/var/tmp\tnone\tbind,nosuid,nodev,noexec\t0\t0\n\
-     tmpfs\t/dev/shm\ttmpfs\tnosuid,nodev,noexec\t0\t0\n\
-     devtmpfs\t/dev\tdevtmpfs\tnosuid,noexec,mode=0755\t0\t0\n"
-        .to_string()
+    // A /var/tmp partition of its own is mounted with these options already.
+    let var_tmp = if profile.image.partitions.iter().any(|p| p.partition.mount == "/var/tmp") {
+        ""
+    } else {
+        "/var/tmp\t/var/tmp\tnone\tbind,nosuid,nodev,noexec\t0\t0\n"
+    };
+    format!(
+        "# rampart: [kernel] secure-mounts: no devices, set-id programs or executables in temporary directories\n\
+         tmpfs\t/tmp\ttmpfs\tmode=1777,strictatime,nosuid,nodev,noexec,size=50%\t0\t0\n\
+         {var_tmp}\
+         tmpfs\t/dev/shm\ttmpfs\tnosuid,nodev,noexec\t0\t0\n\
+         devtmpfs\t/dev\tdevtmpfs\tnosuid,noexec,mode=0755\t0\t0\n"
+    )
 }
 
 /// Every sysctl the booted image must show, by key: the firewall's, then
@@ -183,7 +190,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     if hardening.secure_mounts {
         settings.insert("mounts".into(), json!({
             "/tmp": "tmpfs, nosuid,nodev,noexec (fstab)",
-            "/var/tmp": "bind mount of itself, nosuid,nodev,noexec (fstab)",
+            "/var/tmp": if ctx.profile.image.partitions.iter().any(|p| p.partition.mount == "/var/tmp") { "a partition of its own, nosuid,nodev,noexec (fstab)" } else { "bind mount of itself, nosuid,nodev,noexec (fstab)" },
             "/dev/shm": "nosuid,nodev,noexec (fstab, applied by systemd-remount-fs)",
             "/dev": "nosuid,noexec (fstab, applied by systemd-remount-fs)",
         }));

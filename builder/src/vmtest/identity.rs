@@ -87,9 +87,9 @@ pub fn judge(output: &str, ids: &Identifiers, copy_attached: bool) -> Result<Str
 }
 
 /// Every identifier an image's disk starts with, by what it is.
-fn image_identifiers(ids: &Identifiers) -> Vec<(&'static str, String)> {
+fn image_identifiers(ids: &Identifiers) -> Vec<(String, String)> {
     let volume = ids.esp_volume_id.to_uppercase();
-    vec![
+    let mut all: Vec<(String, String)> = [
         ("disk GUID", ids.disk_guid.clone()),
         ("ESP partition UUID", ids.esp_partuuid.clone()),
         ("root partition UUID", ids.root_partuuid.clone()),
@@ -98,6 +98,14 @@ fn image_identifiers(ids: &Identifiers) -> Vec<(&'static str, String)> {
         ("configuration file-system UUID", ids.config_fs_uuid.clone()),
         ("ESP volume ID", format!("{}-{}", &volume[..4], &volume[4..])),
     ]
+    .into_iter()
+    .map(|(what, id)| (what.to_string(), id))
+    .collect();
+    for (name, data) in &ids.data {
+        all.push((format!("{name} partition UUID"), data.partuuid.clone()));
+        all.push((format!("{name} file-system UUID"), data.fs_uuid.clone()));
+    }
+    all
 }
 
 #[cfg(test)]
