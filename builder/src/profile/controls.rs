@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::raw;
+use super::sandboxes::{self, SandboxesLayer, UnitSandbox};
 use super::types::{Cidr, Port};
 use crate::located::{LocatedError, SourceText};
 
@@ -33,6 +34,8 @@ pub struct ServicesSpec {
     pub gettys: Vec<String>,
     /// rampart's systemd hardening drop-ins (stages/sandboxing.rs).
     pub sandbox: bool,
+    /// The profile's own sandboxing directives, by service.
+    pub sandboxes: BTreeMap<String, UnitSandbox>,
 }
 
 /// A systemd unit name of a kind the allow-list governs.
@@ -66,6 +69,14 @@ impl ServicesSpec {
         } else {
             format!("serial-getty@{tty}.service")
         }
+    }
+
+    /// Whether the allow-list starts `service`: it is listed, or its
+    /// socket, timer or path unit (of the same name) is.
+    pub fn enables_service(&self, service: &str) -> bool {
+        let stem = service.strip_suffix(".service").unwrap_or(service);
+        let activators = [".service", ".socket", ".timer", ".path"].map(|kind| format!("{stem}{kind}"));
+        self.enable.iter().any(|unit| activators.contains(&unit.value))
     }
 }
 
@@ -285,6 +296,7 @@ pub struct ControlsLayer {
     services_enable: Option<Vec<Sited<String>>>,
     gettys: Option<Vec<String>>,
     sandbox: Option<bool>,
+    sandboxes: SandboxesLayer,
     passwords: PasswordLayer,
     firewall_enable: Option<bool>,
     icmp_echo_per_second: Option<u32>,
@@ -366,6 +378,7 @@ pub fn validate(
             layer.gettys = Some(parsed);
         }
         layer.sandbox = services.sandbox;
+        layer.sandboxes = sandboxes::validate(source, &services.sandboxes)?;
     }
     if let Some(p) = passwords {
         let l = &mut layer.passwords;
@@ -444,7 +457,7 @@ pub fn validate(
 }
 
 /// The child's values win field by field; allowed ports, extra rules and
-/// sshd options add up (options by keyword).
+/// sshd options add up (options by keyword), sandboxes by unit and directive.
 pub fn merge(base: &mut ControlsLayer, child: ControlsLayer) {
     macro_rules! take {
         ($($field:ident).+) => {
@@ -484,6 +497,7 @@ pub fn merge(base: &mut ControlsLayer, child: ControlsLayer) {
     }
     base.input_rules.extend(child.input_rules);
     base.ssh_options.extend(child.ssh_options);
+    sandboxes::merge(&mut base.sandboxes, child.sandboxes);
 }
 
 /// The merged sections with their defaults.
@@ -529,6 +543,7 @@ pub fn finish(layer: ControlsLayer) -> Result<Controls, String> {
             enable: layer.services_enable.unwrap_or_default(),
             gettys: layer.gettys.unwrap_or_else(|| vec!["ttyS0".to_string()]),
             sandbox: layer.sandbox.unwrap_or(true),
+            sandboxes: layer.sandboxes,
         },
         passwords,
         firewall: FirewallSpec {

@@ -163,7 +163,7 @@ pub fn normalise_key(key: &str) -> Result<String, String> {
 }
 
 /// The number of single-character edits between two keys, to suggest one.
-fn edit_distance(a: &str, b: &str) -> usize {
+pub(super) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut row: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {
