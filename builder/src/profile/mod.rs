@@ -509,7 +509,7 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
     let controls = controls::finish(layer.controls).map_err(at_file)?;
     let (logging, integrity) = monitoring::finish(layer.monitoring);
     let auditd = auditd::finish(layer.auditd);
-    let partitions = partitions::finish(layer.partitions, &auditd)?;
+    let partitions = partitions::finish(layer.partitions, &auditd, &logging)?;
     let backups = backups::finish(layer.backups)?;
     let mut elf_audit = elf_audit::finish(layer.elf_audit);
     if backups.enable {

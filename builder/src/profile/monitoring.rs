@@ -209,8 +209,8 @@ pub fn finish(layer: MonitoringLayer) -> (LoggingSpec, IntegritySpec) {
         enable: layer.logging_enable.unwrap_or(true),
         remote: layer.remote.flatten(),
         queue_max_mib: layer.queue_max_mib.unwrap_or(1024),
-        journal_max_mib: layer.journal_max_mib.unwrap_or(512),
-        file_max_mib: layer.file_max_mib.unwrap_or(100),
+        journal_max_mib: layer.journal_max_mib.unwrap_or(256),
+        file_max_mib: layer.file_max_mib.unwrap_or(32),
         files_kept: layer.files_kept.unwrap_or(4),
     };
     let integrity = IntegritySpec {

@@ -11,6 +11,7 @@ use super::types::ImageSize;
 use crate::layout::{DataPartition, DATA_PARTITIONS};
 use crate::located::{LocatedError, SourceText};
 use crate::profile::auditd::AuditdSpec;
+use crate::profile::monitoring::LoggingSpec;
 
 /// One separate partition: its place in the layout and its size in MiB (for
 /// /var, the least: it grows to fill the disk).
@@ -34,13 +35,17 @@ const LEAST_MIB: u64 = 32;
 /// space_left (75 MiB in Debian's auditd.conf) and the file system's own.
 const AUDIT_RESERVE_MIB: u64 = 128;
 
+/// What the log partition keeps beyond the caps: wtmp, btmp, lastlog,
+/// process accounting, and journald's own free space (SystemKeepFree).
+const LOG_RESERVE_MIB: u64 = 128;
+
 /// Default sizes, MiB. /var is the least it gets: it takes the rest of the disk.
-fn default_mib(mount: &str, auditd: &AuditdSpec) -> u64 {
+fn default_mib(mount: &str, auditd: &AuditdSpec, logging: &LoggingSpec) -> u64 {
     match mount {
         "/home" => 256,
         "/var" => 512,
         "/var/tmp" => 256,
-        "/var/log" => 512,
+        "/var/log" => log_least_mib(logging).div_ceil(64) * 64,
         "/var/log/audit" => audit_least_mib(auditd).div_ceil(64) * 64,
         _ => unreachable!("a mount point of DATA_PARTITIONS"),
     }
@@ -50,6 +55,19 @@ fn default_mib(mount: &str, auditd: &AuditdSpec) -> u64 {
 /// which auditd acts (space_left, then admin_space_left: single user).
 pub fn audit_least_mib(auditd: &AuditdSpec) -> u64 {
     u64::from(auditd.max_log_file_mib) * u64::from(auditd.num_logs) + AUDIT_RESERVE_MIB
+}
+
+/// The log partition holds the journal at its cap and rsyslog's three files
+/// at theirs: the current one and the newest rotated one uncompressed
+/// (delaycompress), the older ones compressed at least 4 to 1.
+pub fn log_least_mib(logging: &LoggingSpec) -> u64 {
+    let files = if logging.enable {
+        let each = u64::from(logging.file_max_mib);
+        crate::stages::logging::LOG_FILES.len() as u64 * (2 * each + u64::from(logging.files_kept.saturating_sub(1)) * each.div_ceil(4))
+    } else {
+        0
+    };
+    u64::from(logging.journal_max_mib) + files + LOG_RESERVE_MIB
 }
 
 pub fn validate(source: &SourceText, raw: Option<&BTreeMap<String, toml::Spanned<String>>>) -> Result<PartitionsLayer, LocatedError> {
@@ -80,15 +98,15 @@ pub fn merge(base: &mut PartitionsLayer, child: PartitionsLayer) {
     base.sizes.extend(child.sizes);
 }
 
-/// The partitions of the image, in `DATA_PARTITIONS` order; the auditd
-/// partition checked against auditd's log settings.
-pub fn finish(layer: PartitionsLayer, auditd: &AuditdSpec) -> Result<Vec<PartitionSpec>, LocatedError> {
+/// The partitions of the image, in `DATA_PARTITIONS` order; the log and
+/// auditd partitions checked against the caps of what they hold.
+pub fn finish(layer: PartitionsLayer, auditd: &AuditdSpec, logging: &LoggingSpec) -> Result<Vec<PartitionSpec>, LocatedError> {
     let mut partitions = Vec::new();
     for partition in DATA_PARTITIONS {
         let (size_mib, at) = match layer.sizes.get(partition.mount) {
             Some(None) => continue,
             Some(Some(size)) => (size.value, Some(size.at.clone())),
-            None => (default_mib(partition.mount, auditd), None),
+            None => (default_mib(partition.mount, auditd, logging), None),
         };
         if partition.mount == "/var/log/audit" && auditd.enable && size_mib < audit_least_mib(auditd) {
             return Err(LocatedError {
@@ -98,6 +116,18 @@ pub fn finish(layer: PartitionsLayer, auditd: &AuditdSpec) -> Result<Vec<Partiti
                     auditd.num_logs,
                     auditd.max_log_file_mib,
                     audit_least_mib(auditd)
+                ),
+            });
+        }
+        if partition.mount == "/var/log" && size_mib < log_least_mib(logging) {
+            return Err(LocatedError {
+                location: at.clone().unwrap_or_default(),
+                message: format!(
+                    "image.partitions.\"/var/log\": {size_mib} MiB cannot hold the journal at its cap ({} MiB, logging.journal-max-mib), syslog, auth.log and kern.log at theirs ({} MiB before rotation, {} kept: logging.file-max-mib, logging.files-kept) and {LOG_RESERVE_MIB} MiB for the rest; give at least {}M or lower the caps",
+                    logging.journal_max_mib,
+                    logging.file_max_mib,
+                    logging.files_kept,
+                    log_least_mib(logging)
                 ),
             });
         }
@@ -127,20 +157,26 @@ mod tests {
         crate::profile::auditd::finish(Default::default())
     }
 
+    fn logging() -> LoggingSpec {
+        crate::profile::monitoring::finish(Default::default()).0
+    }
+
     #[test]
     fn the_cis_layout_is_the_default_and_sizes_audit_for_auditd() {
-        let parts = finish(PartitionsLayer::default(), &auditd()).unwrap();
+        let parts = finish(PartitionsLayer::default(), &auditd(), &logging()).unwrap();
         let mounts: Vec<&str> = parts.iter().map(|p| p.partition.mount).collect();
         assert_eq!(mounts, ["/home", "/var", "/var/tmp", "/var/log", "/var/log/audit"]);
         let audit = parts.iter().find(|p| p.partition.mount == "/var/log/audit").unwrap();
         assert!(audit.size_mib >= audit_least_mib(&auditd()));
+        let log = parts.iter().find(|p| p.partition.mount == "/var/log").unwrap();
+        assert_eq!((log_least_mib(&logging()), log.size_mib), (648, 704));
     }
 
     #[test]
     fn a_child_resizes_or_drops_partitions() {
         let mut base = parse("[partitions]\n\"/home\" = \"1G\"\n").unwrap();
         merge(&mut base, parse("[partitions]\n\"/var/tmp\" = \"none\"\n\"/var\" = \"2G\"\n").unwrap());
-        let parts = finish(base, &auditd()).unwrap();
+        let parts = finish(base, &auditd(), &logging()).unwrap();
         let sizes: Vec<(&str, u64)> = parts.iter().map(|p| (p.partition.mount, p.size_mib)).collect();
         assert_eq!(&sizes[..2], [("/home", 1024), ("/var", 2048)]);
         assert!(!sizes.iter().any(|(m, _)| *m == "/var/tmp"));
@@ -155,8 +191,10 @@ mod tests {
         assert!(e.message.contains("at least 32M"), "{}", e.message);
         let e = parse("[partitions]\n\"/var\" = \"lots\"\n").unwrap_err();
         assert!(e.message.contains("image.partitions.\"/var\": \"lots\" is not a size"), "{}", e.message);
-        let e = finish(parse("[partitions]\n\"/var/log/audit\" = \"64M\"\n").unwrap(), &auditd()).unwrap_err();
+        let e = finish(parse("[partitions]\n\"/var/log/audit\" = \"64M\"\n").unwrap(), &auditd(), &logging()).unwrap_err();
         assert_eq!(e.location, "p.toml:2:20");
         assert!(e.message.contains("cannot hold auditd's 8 logs of 32 MiB"), "{}", e.message);
+        let e = finish(parse("[partitions]\n\"/var/log\" = \"256M\"\n").unwrap(), &auditd(), &logging()).unwrap_err();
+        assert!(e.message.contains("cannot hold the journal at its cap (256 MiB"), "{}", e.message);
     }
 }

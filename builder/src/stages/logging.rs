@@ -166,7 +166,8 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     // writing through the link fails like writing the file itself.
     ctx.install_symlink("etc/rsyslog.conf", &config)?;
     ctx.install_file("etc/systemd/system/rsyslog.service.d/50-rampart.conf", rsyslog_dropin().as_bytes(), 0o644)?;
-    ctx.install_file("etc/systemd/journald.conf.d/50-rampart.conf", journald_dropin(&ctx.profile).as_bytes(), 0o644)?;
+    // The main file, not a drop-in: compliance scanners read only this one.
+    ctx.install_file("etc/systemd/journald.conf", journald_dropin(&ctx.profile).as_bytes(), 0o644)?;
     ctx.install_file("etc/logrotate.d/rsyslog", logrotate_config(&ctx.profile).as_bytes(), 0o644)?;
     // The files exist, 0640 root:adm, before rsyslog opens them: bookworm's
     // rsyslog (8.2302.0-1+deb12u2) leaves the files it makes root:root
@@ -224,7 +225,7 @@ mod tests {
         }
         assert!(journald_dropin(&bastion).contains("\nSystemMaxUse=16M\n"));
         let base = crate::profile::load(&path.with_file_name("baseline.toml")).unwrap();
-        assert!(logrotate_config(&base).contains("\tmaxsize 100M\n\trotate 4\n"));
-        assert!(journald_dropin(&base).contains("\nSystemMaxUse=512M\n"));
+        assert!(logrotate_config(&base).contains("\tmaxsize 32M\n\trotate 4\n"));
+        assert!(journald_dropin(&base).contains("\nSystemMaxUse=256M\n"));
     }
 }

@@ -126,7 +126,8 @@ pub fn set_keys(text: &str, settings: &[(&str, String)], separator: &str) -> Str
 
 pub fn run(ctx: &mut BuildContext) -> Result<()> {
     let policy = ctx.profile.passwords.clone();
-    ctx.install_file("etc/security/pwquality.conf.d/50-rampart.conf", pwquality_conf(&policy).as_bytes(), 0o644)?;
+    // The main file, not a drop-in: compliance scanners read only this one.
+    ctx.install_file("etc/security/pwquality.conf", pwquality_conf(&policy).as_bytes(), 0o644)?;
     ctx.install_file("etc/security/faillock.conf", faillock_conf(&policy).as_bytes(), 0o644)?;
     ctx.install_file("usr/share/pam-configs/rampart-unix", PAM_UNIX.as_bytes(), 0o644)?;
     ctx.install_file("usr/share/pam-configs/rampart-faillock", PAM_FAILLOCK.as_bytes(), 0o644)?;

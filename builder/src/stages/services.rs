@@ -72,6 +72,9 @@ pub const CORE_SERVICES: &[&str] = &[
     "systemd-hostnamed.service",
     "systemd-timedated.service",
     "systemd-localed.service",
+    // fsck's progress channel: started by the checks of the separate
+    // partitions at boot, it exits once idle for 30 s.
+    "systemd-fsckd.service",
 ];
 
 /// The services a booted image may run: allow-list, implied units, gettys
