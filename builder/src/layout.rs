@@ -27,6 +27,10 @@ pub const TYPE_ROOT_X86_64: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
 pub const TYPE_LINUX_DATA: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
 pub const TYPE_VAR: &str = "4D21B016-B534-45C2-A9FB-5C16E091FD2D";
 
+/// The separate partition that, when the profile has it, is last on the disk
+/// and grows to fill it (else the root does).
+pub const GROWS_WHEN_SEPARATE: &str = "/var";
+
 /// A file system of its own at a mount point below the root (CIS Debian 12
 /// 1.1.2), mounted by its GPT name on the boot disk.
 #[derive(Debug, PartialEq, Eq)]

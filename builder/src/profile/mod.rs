@@ -80,6 +80,22 @@ pub struct ImageSpec {
     pub partitions: Vec<partitions::PartitionSpec>,
 }
 
+impl ImageSpec {
+    /// Whether `mount` is a partition of its own.
+    pub fn separates(&self, mount: &str) -> bool {
+        self.partitions.iter().any(|p| p.partition.mount == mount)
+    }
+
+    /// The mount point whose partition is last on the disk and grows.
+    pub fn grows(&self) -> &'static str {
+        if self.separates(crate::layout::GROWS_WHEN_SEPARATE) {
+            crate::layout::GROWS_WHEN_SEPARATE
+        } else {
+            "/"
+        }
+    }
+}
+
 /// `[toolchain]`: what anything compiled on the image gets by default.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToolchainSpec {

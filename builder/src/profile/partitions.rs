@@ -108,27 +108,30 @@ pub fn finish(layer: PartitionsLayer, auditd: &AuditdSpec, logging: &LoggingSpec
             Some(Some(size)) => (size.value, Some(size.at.clone())),
             None => (default_mib(partition.mount, auditd, logging), None),
         };
-        if partition.mount == "/var/log/audit" && auditd.enable && size_mib < audit_least_mib(auditd) {
+        // What the log partitions must hold: the least size, and what it is.
+        let holds = match partition.mount {
+            "/var/log/audit" if auditd.enable => Some((
+                audit_least_mib(auditd),
+                format!(
+                    "hold auditd's {} logs of {} MiB (auditd.num-logs, auditd.max-log-file-mib) and keep the {AUDIT_RESERVE_MIB} MiB free that auditd's space_left and admin_space_left watch (below the latter it takes the machine to single user)",
+                    auditd.num_logs, auditd.max_log_file_mib
+                ),
+                "",
+            )),
+            "/var/log" => Some((
+                log_least_mib(logging),
+                format!(
+                    "hold the journal at its cap ({} MiB, logging.journal-max-mib), syslog, auth.log and kern.log at theirs ({} MiB before rotation, {} kept: logging.file-max-mib, logging.files-kept) and {LOG_RESERVE_MIB} MiB for the rest",
+                    logging.journal_max_mib, logging.file_max_mib, logging.files_kept
+                ),
+                " or lower the caps",
+            )),
+            _ => None,
+        };
+        if let Some((least, what, or)) = holds.filter(|(least, _, _)| size_mib < *least) {
             return Err(LocatedError {
                 location: at.clone().unwrap_or_default(),
-                message: format!(
-                    "image.partitions.\"/var/log/audit\": {size_mib} MiB cannot hold auditd's {} logs of {} MiB (auditd.num-logs, auditd.max-log-file-mib) and keep the {AUDIT_RESERVE_MIB} MiB free that auditd's space_left and admin_space_left watch (below the latter it takes the machine to single user); give at least {}M",
-                    auditd.num_logs,
-                    auditd.max_log_file_mib,
-                    audit_least_mib(auditd)
-                ),
-            });
-        }
-        if partition.mount == "/var/log" && size_mib < log_least_mib(logging) {
-            return Err(LocatedError {
-                location: at.clone().unwrap_or_default(),
-                message: format!(
-                    "image.partitions.\"/var/log\": {size_mib} MiB cannot hold the journal at its cap ({} MiB, logging.journal-max-mib), syslog, auth.log and kern.log at theirs ({} MiB before rotation, {} kept: logging.file-max-mib, logging.files-kept) and {LOG_RESERVE_MIB} MiB for the rest; give at least {}M or lower the caps",
-                    logging.journal_max_mib,
-                    logging.file_max_mib,
-                    logging.files_kept,
-                    log_least_mib(logging)
-                ),
+                message: format!("image.partitions.\"{}\": {size_mib} MiB cannot {what}; give at least {least}M{or}", partition.mount),
             });
         }
         partitions.push(PartitionSpec { partition, size_mib, at });

@@ -29,7 +29,7 @@ pub(crate) const MIB: u64 = 1 << 20;
 pub(crate) const SYSTEMD_BOOT: &str = "usr/lib/systemd/boot/efi/systemd-bootx64.efi";
 pub(crate) const TYPE_ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 pub(crate) use crate::layout::TYPE_LINUX_DATA;
-use crate::layout::{DataIdentifiers, DATA_PARTITIONS, TYPE_ROOT_X86_64};
+use crate::layout::{DataIdentifiers, DATA_PARTITIONS, GROWS_WHEN_SEPARATE, TYPE_ROOT_X86_64};
 
 pub fn run(ctx: &mut BuildContext) -> Result<()> {
     let timer = ui::Timed::start("disk stage: assembling the UEFI disk");
@@ -62,7 +62,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     }
     // The partition that grows is last on the disk: /var when separate (a
     // server's data grows there), else the root.
-    let grows = file_systems.iter().position(|f| f.mount == GROWS_WHEN_SEPARATE).unwrap_or(0);
+    let grows = file_systems.iter().position(|f| f.mount == ctx.profile.image.grows()).unwrap_or(0);
     let last = file_systems.remove(grows);
     file_systems.push(last);
 
@@ -185,10 +185,6 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     timer.done();
     Ok(())
 }
-
-/// The separate partition that, when the profile has it, is last on the disk
-/// and grows to fill it.
-pub const GROWS_WHEN_SEPARATE: &str = "/var";
 
 /// One file system of the disk, planned before any is made.
 struct Planned {

@@ -13,7 +13,6 @@ use serde_json::json;
 use crate::build::context::BuildContext;
 use crate::layout::{BOOT_DISK_LINKS, CONFIG_MOUNT, CONFIG_PARTITION, ROOT_PARTITION};
 use crate::profile::Profile;
-use crate::stages::disk::GROWS_WHEN_SEPARATE;
 
 /// Only an Ed25519 host key: modern, and generated in milliseconds even
 /// under emulation (RSA 3072 takes ~18 s under TCG). Its public half goes to
@@ -115,9 +114,9 @@ RequiredBy=ssh.service
 /// the installer reads it too.
 pub const GROW_RULE: &str = "etc/repart.d/50-grow.conf";
 
-/// The file systems in fstab, and the mount point that grows.
-pub fn fstab(profile: &Profile) -> (String, &'static str) {
-    let grows = if profile.image.partitions.iter().any(|p| p.partition.mount == GROWS_WHEN_SEPARATE) { GROWS_WHEN_SEPARATE } else { "/" };
+/// The file systems in fstab.
+pub fn fstab(profile: &Profile) -> String {
+    let grows = profile.image.grows();
     let growfs = |mount: &str| if mount == grows { ",x-systemd.growfs" } else { "" };
     let mut text = format!(
         "# rampart layout: partitions by name on the disk this machine booted from\n\
@@ -135,7 +134,7 @@ pub fn fstab(profile: &Profile) -> (String, &'static str) {
         text.push_str(&format!("{BOOT_DISK_LINKS}/{}\t{}\text4\t{},errors=remount-ro{}\t0\t2\n", p.name, p.mount, p.options, growfs(p.mount)));
     }
     text.push_str(&crate::stages::kernel::fstab_lines(profile));
-    (text, grows)
+    text
 }
 
 /// systemd-repart grows the last partition, of this mount point's type.
@@ -150,8 +149,8 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     // Partitions by their names on the disk the machine booted from (a udev
     // rule the initramfs writes), never by an identifier: each installed
     // disk has its own, and other disks from the same image may be attached.
-    let (fstab, grows) = fstab(&ctx.profile);
-    ctx.install_file("etc/fstab", fstab.as_bytes(), 0o644)?;
+    let grows = ctx.profile.image.grows();
+    ctx.install_file("etc/fstab", fstab(&ctx.profile).as_bytes(), 0o644)?;
     ctx.install_file(GROW_RULE, grow_rule(grows).as_bytes(), 0o644)?;
     done.push(format!("{grows} grown to the disk: its partition, which is last, by systemd-repart; its file system online (x-systemd.growfs)"));
     for spec in &ctx.profile.image.partitions {

@@ -183,7 +183,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
 /// The installer's settings, sourced by its script. Every value is one the
 /// profile validated (a /dev path without quotes) or rampart computed.
 fn render_config(profile: &crate::profile::Profile, image: &str, bytes: u64, sha256: &str) -> String {
-    let (_, grows) = crate::stages::firstboot::fstab(profile);
+    let grows = profile.image.grows();
     let grows_type = if grows == "/" { TYPE_ROOT_X86_64 } else { TYPE_VAR };
     format!(
         "# rampart installer settings (from profile {name})\nNAME='{name}'\nIMAGE='{image}'\nIMAGE_BYTES={bytes}\nIMAGE_SHA256={sha256}\nTARGET='{target}'\nOVERWRITE={overwrite}\n# the partition that grows to fill the disk, last on it\nGROWS='{grows}'\nGROWS_TYPE={grows_type}\n",

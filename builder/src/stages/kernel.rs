@@ -37,7 +37,7 @@ pub fn fstab_lines(profile: &Profile) -> String {
         return String::new();
     }
     // A /var/tmp partition of its own is mounted with these options already.
-    let var_tmp = if profile.image.partitions.iter().any(|p| p.partition.mount == "/var/tmp") {
+    let var_tmp = if profile.image.separates("/var/tmp") {
         ""
     } else {
         "/var/tmp\t/var/tmp\tnone\tbind,nosuid,nodev,noexec\t0\t0\n"
@@ -190,7 +190,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     if hardening.secure_mounts {
         settings.insert("mounts".into(), json!({
             "/tmp": "tmpfs, nosuid,nodev,noexec (fstab)",
-            "/var/tmp": if ctx.profile.image.partitions.iter().any(|p| p.partition.mount == "/var/tmp") { "a partition of its own, nosuid,nodev,noexec (fstab)" } else { "bind mount of itself, nosuid,nodev,noexec (fstab)" },
+            "/var/tmp": if ctx.profile.image.separates("/var/tmp") { "a partition of its own, nosuid,nodev,noexec (fstab)" } else { "bind mount of itself, nosuid,nodev,noexec (fstab)" },
             "/dev/shm": "nosuid,nodev,noexec (fstab, applied by systemd-remount-fs)",
             "/dev": "nosuid,noexec (fstab, applied by systemd-remount-fs)",
         }));
