@@ -14,6 +14,8 @@ pub const CONFIG_MOUNT: &str = "/etc/rampart";
 /// The GPT names of the root and configuration partitions: fstab finds them
 /// by these names on the boot disk.
 pub const ROOT_PARTITION: &str = "root";
+/// The GPT name of the EFI system partition.
+pub const ESP_PARTITION: &str = "esp";
 pub const CONFIG_PARTITION: &str = "rampart-config";
 /// Where udev links the partitions of the disk the machine booted from, by
 /// their GPT names (a rule the initramfs writes, each boot).

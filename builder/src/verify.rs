@@ -143,12 +143,26 @@ pub fn verify(image: &Path, baseline_file: &Path) -> Result<Differences> {
         let records = read(partition, &what, &DataIdentifiers::for_partition(&name, data).hash_seed)?;
         graft(&mut found, records, data.mount, &mut extra);
     }
+    extra.added.extend(foreign_partitions(&table));
     let mut differences = compare(&expected, &found);
     differences.added.extend(extra.added);
     differences.changed.extend(extra.changed);
     differences.added.sort();
     differences.changed.sort();
     Ok(differences)
+}
+
+/// The partitions a rampart image never has, named. They change no file,
+/// yet a booted system may mount one (systemd's gpt-auto generator mounts
+/// a /srv-type partition it finds on the boot disk).
+fn foreign_partitions(table: &[Partition]) -> Vec<String> {
+    let known = |name: &str| [crate::layout::ESP_PARTITION, crate::layout::CONFIG_PARTITION, crate::layout::ROOT_PARTITION].contains(&name) || DATA_PARTITIONS.iter().any(|d| d.name == name);
+    table
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| !known(&p.name))
+        .map(|(number, p)| format!("partition {} {:?} of type {} (not one a rampart image has)", number + 1, p.name, p.type_guid))
+        .collect()
 }
 
 /// Puts a partition's records at its mount point. What the file systems
@@ -367,6 +381,13 @@ mod tests {
 
     fn record(path: &str, mode: u32, content: &str) -> (String, Record) {
         (path.to_string(), Record { path: path.into(), kind: "f".into(), mode, uid: 0, gid: 0, size: 3, content: content.into(), xattrs: BTreeMap::new() })
+    }
+
+    #[test]
+    fn partitions_a_rampart_image_never_has_are_named() {
+        let partition = |name: &str| Partition { name: name.into(), type_guid: "T".into(), offset: 0, length: 0 };
+        let table: Vec<Partition> = ["esp", "rampart-config", "root", "home", "var-log-audit", "var", "srv"].into_iter().map(partition).collect();
+        assert_eq!(foreign_partitions(&table), ["partition 7 \"srv\" of type T (not one a rampart image has)"]);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use crate::build::context::BuildContext;
-use crate::layout::{Identifiers, CONFIG_LABEL, CONFIG_PARTITION, ROOT_PARTITION, CONFIG_MOUNT, CONFIG_SIZE_MIB, ESP_LABEL, ESP_SIZE_MIB, FIRST_LBA_MIB, ROOT_LABEL};
+use crate::layout::{Identifiers, ESP_PARTITION, CONFIG_LABEL, CONFIG_PARTITION, ROOT_PARTITION, CONFIG_MOUNT, CONFIG_SIZE_MIB, ESP_LABEL, ESP_SIZE_MIB, FIRST_LBA_MIB, ROOT_LABEL};
 use crate::process::Cmd;
 use crate::tree::{walk, Kind};
 use crate::ui;
@@ -111,7 +111,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
 
     let raw = ctx.artifact("raw");
     let mut partitions = vec![
-        GptPartition { start_mib: FIRST_LBA_MIB, size_mib: ESP_SIZE_MIB, type_guid: TYPE_ESP, uuid: &ids.esp_partuuid, name: "esp" },
+        GptPartition { start_mib: FIRST_LBA_MIB, size_mib: ESP_SIZE_MIB, type_guid: TYPE_ESP, uuid: &ids.esp_partuuid, name: ESP_PARTITION },
         GptPartition { start_mib: FIRST_LBA_MIB + ESP_SIZE_MIB, size_mib: CONFIG_SIZE_MIB, type_guid: TYPE_LINUX_DATA, uuid: &ids.config_partuuid, name: CONFIG_PARTITION },
     ];
     let mut start_mib = first_mib;
@@ -126,7 +126,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     copy_sparse(&config_image, &raw, (FIRST_LBA_MIB + ESP_SIZE_MIB) * MIB)?;
     std::fs::remove_file(&config_image)?;
     let mut records = vec![
-        json!({"name": "esp", "label": ESP_LABEL, "size-mib": ESP_SIZE_MIB, "partuuid": ids.esp_partuuid, "type": TYPE_ESP}),
+        json!({"name": ESP_PARTITION, "label": ESP_LABEL, "size-mib": ESP_SIZE_MIB, "partuuid": ids.esp_partuuid, "type": TYPE_ESP}),
         json!({"name": CONFIG_PARTITION, "label": CONFIG_LABEL, "size-mib": CONFIG_SIZE_MIB, "partuuid": ids.config_partuuid, "fs-uuid": ids.config_fs_uuid, "type": TYPE_LINUX_DATA, "mount": format!("{CONFIG_MOUNT} (read-only)")}),
     ];
     for (fs, start) in file_systems.iter().zip(starts) {
