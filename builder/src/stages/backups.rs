@@ -22,6 +22,9 @@ pub const SCRIPT: &str = "/usr/sbin/rampart-backup";
 /// they change with every run, so they are neither backed up nor in the
 /// integrity baseline.
 pub const BORG_BASE_DIR: &str = "/var/lib/rampart-backup";
+/// The lock and the device target's mount point (the service's
+/// RuntimeDirectory, writable in its sandbox).
+pub const RUNTIME_DIR: &str = "/run/rampart-backup";
 /// Where a device target is mounted while a run lasts (tmpfs).
 pub const DEVICE_MOUNT_POINT: &str = "/run/rampart-backup/target";
 /// The label of the file system rampart-backup makes on a blank device; a
@@ -164,7 +167,10 @@ open_target() {{
         mounted=yes
         TARGET=$MOUNT_POINT
     else
-        mountpoint -q "$BACKUP_DIRECTORY" ||
+        # Another file system than its parent's: the service's sandbox
+        # bind-mounts the directory onto itself, which mountpoint(1) would
+        # take for a mount point.
+        [ -d "$BACKUP_DIRECTORY" ] && [ "$(stat -c %d "$BACKUP_DIRECTORY")" != "$(stat -c %d "$BACKUP_DIRECTORY/..")" ] ||
             die "the backup directory $BACKUP_DIRECTORY is not a mount point: the archives would land on the disk they protect; mount the backup file system there"
         TARGET=$BACKUP_DIRECTORY
     fi
@@ -241,7 +247,8 @@ restore() {{
     say "restored $* from $archive into $destination"
 }}
 
-exec 9>/run/rampart-backup.lock
+mkdir -p {runtime_dir}
+exec 9>{runtime_dir}/lock
 flock -w 3600 9 || die "another rampart-backup has been running for an hour"
 
 case "${{1:-}}" in
@@ -255,6 +262,7 @@ esac
 "##,
         config = config_path(),
         mount_point = DEVICE_MOUNT_POINT,
+        runtime_dir = RUNTIME_DIR,
         base_dir = BORG_BASE_DIR,
         repository = REPOSITORY_DIR,
     )

@@ -1,10 +1,10 @@
 //! Firewall control (seed step 5, "Firewalls and Protecting Services"):
 //! an nftables ruleset rendered from `[firewall]` and `[ssh]`, default-deny
-//! inbound and forward, checked by the image's own `nft -c` in an empty
+//! on every hook (outbound, the host's own TCP, UDP and ICMP pass), checked by the image's own `nft -c` in an empty
 //! network namespace at build time and loaded by nftables.service before the
 //! network comes up; plus the anti-spoofing and SYN-flood sysctls. It fails
 //! closed: systemd-networkd requires nftables.service, so a ruleset that does
-//! not load (or loads without rampart's default-deny input chain) leaves
+//! not load (or loads without rampart's three default-deny chains) leaves
 //! every interface but lo down, and the console and the journal say why.
 
 use anyhow::{bail, Context, Result};
@@ -59,14 +59,14 @@ After=nftables.service
 /// (its input chain with the drop policy is there), and reports a failure.
 const NFTABLES_FAIL_CLOSED_FILE: &str = "etc/systemd/system/nftables.service.d/rampart-fail-closed.conf";
 pub const FAILURE_UNIT: &str = "rampart-firewall-failed.service";
-const NFTABLES_FAIL_CLOSED: &str = "# rampart: [firewall] the loaded ruleset must hold rampart's default-deny input chain;
+const NFTABLES_FAIL_CLOSED: &str = "# rampart: [firewall] the loaded ruleset must hold rampart's three default-deny chains;
 # stopping the firewall (or restarting it with a ruleset that does not load) leaves
 # everything but loopback dropped, not an empty ruleset
 [Unit]
 OnFailure=rampart-firewall-failed.service
 
 [Service]
-ExecStartPost=/bin/sh -c '/usr/sbin/nft list chain inet rampart input | grep -q \"policy drop;\"'
+ExecStartPost=/bin/sh -c 'test \"$$(/usr/sbin/nft list table inet rampart | grep -c \"policy drop;\")\" = 3'
 ExecStop=
 ExecStop=/usr/sbin/nft -f /etc/nftables-closed.conf
 ";
@@ -214,7 +214,11 @@ pub fn render(profile: &Profile) -> TracedText {
     r.line("\t\ttype filter hook forward priority filter; policy drop;", None);
     r.line("\t}", None);
     r.line("\tchain output {", None);
-    r.line("\t\ttype filter hook output priority filter; policy accept;", None);
+    r.line("\t\ttype filter hook output priority filter; policy drop;", None);
+    r.line("\t\toif \"lo\" accept", None);
+    r.line("\t\tct state established,related accept", None);
+    r.line("\t\t# connections this host opens: TCP, UDP and ICMP; any other protocol is dropped", None);
+    r.line("\t\tmeta l4proto { tcp, udp, icmp, icmpv6 } accept", None);
     r.line("\t}", None);
     r.line("}", None);
     r
@@ -271,6 +275,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
         "engine": "nftables (nftables.service, before network-pre.target)",
         "inbound": "default deny; loopback and established allowed",
         "forward": "default deny",
+        "outbound": "default deny; loopback, established, and new TCP, UDP and ICMP connections allowed",
         "open": declared,
         "risky-ports-dropped-and-logged": RISKY_PORTS,
         "icmp-echo-per-second": firewall.icmp_echo_per_second,
@@ -278,7 +283,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
         "extra-input-rules": firewall.input_rules.iter().map(|r| r.value.clone()).collect::<Vec<_>>(),
         "sysctls": "/etc/sysctl.d/60-rampart-network.conf (rp_filter, syncookies, no redirects, no source routing, log_martians)",
         "checked-with": "nft --check (the image's own nft)",
-        "fails-closed": format!("systemd-networkd and its socket need nftables.service to have started (Requisite=, PartOf=); stopping it loads /{CLOSED_RULESET_FILE} (loopback only) instead of flushing; which fails unless rampart's input chain (policy drop) is loaded; {FAILURE_UNIT} says why on the console and in the journal"),
+        "fails-closed": format!("systemd-networkd and its socket need nftables.service to have started (Requisite=, PartOf=); stopping it loads /{CLOSED_RULESET_FILE} (loopback only) instead of flushing; which fails unless rampart's input, forward and output chains (policy drop) are loaded; {FAILURE_UNIT} says why on the console and in the journal"),
         "modules-preloaded": format!("/{MODULES_LOAD_FILE}: {}", PRELOADED_MODULES.join(", ")),
     });
     ctx.record("firewall", true, settings);

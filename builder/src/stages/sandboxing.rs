@@ -16,7 +16,7 @@ use serde_json::json;
 
 use crate::build::context::BuildContext;
 use crate::located::LocatedError;
-use crate::profile::Profile;
+use crate::profile::{BackupTarget, Profile};
 use crate::traced::{line_named_after, TracedText};
 
 /// What every sandboxed service gets, unless its entry takes a line out.
@@ -163,11 +163,76 @@ pub const SANDBOXES: &[Sandbox] = &[
         from_settings: None,
         why: "records the provisioned keys' digests in /var/lib/rampart",
     },
+    Sandbox {
+        unit: crate::stages::backups::SERVICE,
+        applies: |p| p.backups.enable,
+        needs: &[
+            // the archives go to a disk or file system of their own, never the network
+            "PrivateNetwork=yes",
+            "IPAddressDeny=any",
+            "RestrictAddressFamilies=AF_UNIX",
+        ],
+        without: &[],
+        from_settings: Some(backup_sandbox),
+        why: "reads everything it backs up; writes borg's state and the archives on the backup target, a disk it mounts in its own mount namespace while a run lasts",
+    },
 ];
+
+/// The backup service's sandbox as its settings need it. borg reads every
+/// file it backs up (CAP_DAC_READ_SEARCH; the home directories read-only
+/// when they are backed up, the kernel modules visible when they are) and
+/// writes only its state directory, its lock and mount point under /run, and
+/// the target: a directory target is made writable (a missing one is left to
+/// the script, which says so); a device target is the one device it may
+/// open, and it mounts it (CAP_SYS_ADMIN, the mount calls) in the service's
+/// own mount namespace, so nothing else sees the archives while it runs.
+fn backup_sandbox(profile: &Profile) -> SettingsLines {
+    use crate::profile::backups::is_within;
+    use crate::stages::backups::{BORG_BASE_DIR, RUNTIME_DIR};
+    let backups = &profile.backups;
+    let mut without = Vec::new();
+    let mut needs = vec![
+        format!("StateDirectory={}", BORG_BASE_DIR.trim_start_matches("/var/lib/")),
+        "StateDirectoryMode=0700".to_string(),
+        format!("RuntimeDirectory={}", RUNTIME_DIR.trim_start_matches("/run/")),
+        "RuntimeDirectoryMode=0700".to_string(),
+        // its lock: an admin's rampart-backup may hold it across the service's runs
+        "RuntimeDirectoryPreserve=yes".to_string(),
+    ];
+    let touches = |area: &str| backups.paths.iter().any(|p| is_within(area, p) || is_within(p, area));
+    if ["/home", "/root", "/run/user"].iter().any(|area| touches(area)) {
+        without.push("ProtectHome");
+        needs.push("ProtectHome=read-only".to_string());
+    }
+    if ["/usr/lib/modules", "/lib/modules"].iter().any(|area| touches(area)) {
+        without.push("ProtectKernelModules");
+    }
+    match backups.target.as_ref().map(|t| &t.value) {
+        Some(BackupTarget::Device(device)) => {
+            without.extend(["PrivateDevices", "SystemCallFilter"]);
+            needs.extend([
+                "CapabilityBoundingSet=CAP_DAC_READ_SEARCH CAP_SYS_ADMIN".to_string(),
+                "DevicePolicy=closed".to_string(),
+                format!("DeviceAllow={device} rw"),
+                "PrivateMounts=yes".to_string(),
+                // BASE's filter with @mount allowed (@system-service does
+                // not hold it): mount and umount2; chroot and pivot_root stay
+                // out with @privileged
+                "SystemCallFilter=@system-service @mount".to_string(),
+                "SystemCallFilter=~@privileged @debug @cpu-emulation @obsolete @raw-io @reboot @swap".to_string(),
+            ]);
+        }
+        Some(BackupTarget::Directory(directory)) => {
+            needs.push("CapabilityBoundingSet=CAP_DAC_READ_SEARCH".to_string());
+            needs.push(format!("ReadWritePaths=-{directory}"));
+        }
+        None => needs.push("CapabilityBoundingSet=CAP_DAC_READ_SEARCH".to_string()),
+    }
+    SettingsLines { without, needs }
+}
 
 /// Enabled services left as their packages made them, and why.
 pub const NOT_SANDBOXED: &[(&str, &str)] = &[
-    ("rampart-backup.service", "not yet: borg under a drafted sandbox (its own disk only, mounted in a private mount namespace) failed its first run in the lab-bastion scenario; it runs as its package makes it until that is found"),
     ("ssh.service", "sshd starts the users' sessions: every restriction of its unit would be theirs too (its own privilege separation and AppArmor confine it instead)"),
     ("dbus.service", "the system bus: it starts services and passes file descriptors and credentials between them"),
     ("serial-getty@", "getty starts console logins, which must be able to do what an admin does"),
@@ -469,6 +534,46 @@ mod tests {
         assert!(text.contains("UMask=0027\n"));
         let nftables = drop_in("nftables.service", rampart_sandbox(&baseline, "nftables.service"), &baseline).text;
         assert!(nftables.contains("ProtectKernelLogs=yes\n") && nftables.contains("UMask=0077\n"));
+    }
+
+    #[test]
+    fn the_backup_service_may_open_and_mount_only_its_own_disk() {
+        let bastion = profile("lab-bastion.toml", None);
+        let unit = crate::stages::backups::SERVICE;
+        let text = drop_in(unit, rampart_sandbox(&bastion, unit), &bastion).text;
+        for line in [
+            "DevicePolicy=closed",
+            "DeviceAllow=/dev/disk/by-id/virtio-rampart-backup rw",
+            "CapabilityBoundingSet=CAP_DAC_READ_SEARCH CAP_SYS_ADMIN",
+            "PrivateMounts=yes",
+            "PrivateNetwork=yes",
+            "ProtectHome=read-only",
+            "ProtectKernelModules=yes",
+            "StateDirectory=rampart-backup",
+            "RuntimeDirectory=rampart-backup",
+            "SystemCallFilter=@system-service @mount",
+            "SystemCallFilter=~@privileged @debug @cpu-emulation @obsolete @raw-io @reboot @swap",
+        ] {
+            assert!(text.contains(&format!("\n{line}\n")), "{line} missing:\n{text}");
+        }
+        assert!(!text.contains("PrivateDevices=") && !text.contains("ProtectHome=yes") && !text.contains("~@privileged @mount"), "{text}");
+        assert_eq!(format!("/run/{}", "rampart-backup"), crate::stages::backups::RUNTIME_DIR);
+        assert_eq!(format!("/var/lib/{}", "rampart-backup"), crate::stages::backups::BORG_BASE_DIR);
+        assert!(crate::stages::backups::DEVICE_MOUNT_POINT.starts_with(crate::stages::backups::RUNTIME_DIR));
+    }
+
+    #[test]
+    fn a_backup_directory_target_is_writable_and_nothing_is_mounted() {
+        let text = "name = \"dir\"\nextends = \"baseline.toml\"\n[backups]\nenable = true\ndirectory = \"/srv/backup\"\npaths = [\"/etc\", \"/usr\"]\n";
+        let dir = profile("dir.toml", Some(text));
+        let unit = crate::stages::backups::SERVICE;
+        let text = drop_in(unit, rampart_sandbox(&dir, unit), &dir).text;
+        for line in ["ReadWritePaths=-/srv/backup", "CapabilityBoundingSet=CAP_DAC_READ_SEARCH", "PrivateDevices=yes", "ProtectHome=yes"] {
+            assert!(text.contains(&format!("\n{line}\n")), "{line} missing:\n{text}");
+        }
+        // /usr holds the kernel modules, which a sandbox would hide from borg
+        assert!(!text.contains("ProtectKernelModules=") && !text.contains("CAP_SYS_ADMIN") && !text.contains("DeviceAllow="), "{text}");
+        assert!(text.contains("~@privileged @mount"), "{text}");
     }
 
     #[test]
