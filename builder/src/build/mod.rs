@@ -160,6 +160,7 @@ pub fn build(profile: Profile, mirror: Mirror, options: &BuildOptions) -> Result
         stages::firstboot::run,
         stages::ssh::run,
         stages::time::run,
+        stages::updates::run,
         stages::firewall::run,
         stages::logging::run,
         stages::accounting::run,

@@ -15,6 +15,7 @@ pub mod raw;
 pub mod sandboxes;
 pub mod sessions;
 pub mod time;
+pub mod updates;
 pub mod types;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -27,6 +28,7 @@ pub use monitoring::{IntegritySpec, LogHost, LoggingSpec};
 pub use accounting::AccountingSpec;
 pub use sessions::SessionsSpec;
 pub use time::TimeSpec;
+pub use updates::UpdatesSpec;
 pub use elf_audit::{ElfAuditSpec, HardeningProperty};
 pub use types::{Cidr, Hostname, ImageSize, PackageName, Port, ProfileName, UserName};
 
@@ -179,6 +181,7 @@ pub struct Profile {
     pub passwords: PasswordPolicy,
     pub sessions: SessionsSpec,
     pub time: TimeSpec,
+    pub updates: UpdatesSpec,
     pub accounting: AccountingSpec,
     pub firewall: FirewallSpec,
     pub logging: LoggingSpec,
@@ -230,6 +233,7 @@ struct Layer {
     controls: controls::ControlsLayer,
     sessions: sessions::SessionsLayer,
     time: time::TimeLayer,
+    updates: updates::UpdatesLayer,
     accounting: accounting::AccountingLayer,
     monitoring: monitoring::MonitoringLayer,
     auditd: auditd::AuditdLayer,
@@ -361,6 +365,7 @@ fn validate_layer(source: &Source, raw: raw::RawProfile) -> Result<Layer, Profil
     layer.controls = controls::validate(source, raw.ssh.as_ref(), raw.services, raw.passwords, raw.firewall)?;
     layer.sessions = sessions::validate(source, raw.sessions)?;
     layer.time = time::validate(source, raw.time)?;
+    layer.updates = updates::validate(raw.updates);
     layer.accounting = accounting::validate(source, raw.accounting)?;
     layer.monitoring = monitoring::validate(source, raw.logging, raw.integrity)?;
     layer.auditd = auditd::validate(source, raw.auditd)?;
@@ -481,6 +486,7 @@ fn merge(base: &mut Layer, child: Layer) {
     controls::merge(&mut base.controls, child.controls);
     sessions::merge(&mut base.sessions, child.sessions);
     time::merge(&mut base.time, child.time);
+    updates::merge(&mut base.updates, child.updates);
     accounting::merge(&mut base.accounting, child.accounting);
     monitoring::merge(&mut base.monitoring, child.monitoring);
     auditd::merge(&mut base.auditd, child.auditd);
@@ -567,6 +573,10 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
     if time.enable {
         needed.push(("time", "systemd-timesyncd"));
     }
+    let updates = updates::finish(layer.updates);
+    if updates.automatic {
+        needed.push(("updates.automatic", "unattended-upgrades"));
+    }
     let kernel_hardening = kernel::finish(layer.kernel_hardening);
     if kernel_hardening.apparmor {
         needed.push(("kernel.apparmor", "apparmor"));
@@ -642,6 +652,7 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
         passwords: controls.passwords,
         sessions,
         time,
+        updates,
         accounting,
         firewall: controls.firewall,
         logging,

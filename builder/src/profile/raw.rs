@@ -31,6 +31,7 @@ pub struct RawProfile {
     pub sessions: Option<RawSessions>,
     pub time: Option<RawTime>,
     pub accounting: Option<RawAccounting>,
+    pub updates: Option<RawUpdates>,
     #[serde(default)]
     pub users: Vec<RawUser>,
     pub overlays: Option<RawOverlays>,
@@ -378,6 +379,14 @@ pub struct RawTime {
     pub enable: Option<bool>,
     /// NTP servers (names or addresses); none: systemd-timesyncd's fallback.
     pub servers: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawUpdates {
+    /// Security updates installed by unattended-upgrades from the image's
+    /// own security suite.
+    pub automatic: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

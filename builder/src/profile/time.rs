@@ -1,6 +1,6 @@
 //! `[time]`: time synchronisation (CIS Debian 12 2.3): on by default, with
 //! the profile's NTP servers (an air-gapped site names its own) or, with
-//! none, systemd-timesyncd's built-in fallback. Pure.
+//! none, the servers Debian builds into systemd-timesyncd. Pure.
 
 use super::monitoring::is_dns_name;
 use super::raw::RawTime;

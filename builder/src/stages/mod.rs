@@ -21,9 +21,10 @@ pub mod seal;
 pub mod sandboxing;
 pub mod services;
 pub mod sessions;
-pub mod time;
 pub mod ssh;
+pub mod time;
 pub mod toolchain;
+pub mod updates;
 pub mod users;
 
 use anyhow::{bail, Result};

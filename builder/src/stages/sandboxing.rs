@@ -240,6 +240,8 @@ pub const NOT_SANDBOXED: &[(&str, &str)] = &[
     ("systemd-", "systemd's own units, confined by upstream as far as each allows"),
     ("user@", "each user's service manager, which runs their own services"),
     ("acct.service", "process accounting writes to a file on the root's own mount: the kernel stops accounting when that mount goes away, as a sandbox's private mounts do when the oneshot exits"),
+    ("apt-daily.service", "with updates.automatic: apt fetches the lists as root and turns to its own _apt user for the downloads (setuid and setgroups, the privileged calls a sandbox takes away)"),
+    ("apt-daily-upgrade.service", "with updates.automatic: installs packages, and dpkg and the packages' maintainer scripts write anywhere in the system"),
     ("apparmor.service", "loads the AppArmor policy into the kernel at boot (a oneshot that must reach the kernel's security interfaces)"),
 ];
 

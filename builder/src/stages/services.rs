@@ -57,6 +57,14 @@ pub fn implied_units(profile: &Profile) -> Vec<(String, &'static str)> {
     if profile.time.enable {
         units.push((crate::stages::time::SERVICE.to_string(), "[time]"));
     }
+    if profile.updates.automatic {
+        for unit in crate::stages::updates::TIMERS {
+            units.push((unit.to_string(), "[updates] automatic"));
+        }
+        for unit in crate::stages::updates::SERVICES {
+            units.push((unit.to_string(), "[updates] automatic, started by its timer"));
+        }
+    }
     units
 }
 
