@@ -91,8 +91,10 @@ fn pwquality_conf(policy: &PasswordPolicy) -> String {
 
 fn faillock_conf(policy: &PasswordPolicy) -> String {
     format!(
-        "# rampart: [passwords] of the profile (CIS Debian 12 5.3.3.1)\ndeny = {}\nunlock_time = {}\nfail_interval = 900\naudit\n",
-        policy.lockout_attempts, policy.lockout_seconds
+        "# rampart: [passwords] of the profile (CIS Debian 12 5.3.3.1); root too (5.3.3.1.3, Level 2), though its password is locked\ndeny = {}\nunlock_time = {}\nfail_interval = 900\neven_deny_root\nroot_unlock_time = {}\naudit\n",
+        policy.lockout_attempts,
+        policy.lockout_seconds,
+        policy.lockout_seconds.max(60)
     )
 }
 
@@ -193,7 +195,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
                 "enforce-for-root": policy.enforce_for_root,
             },
             "pwhistory-remember": policy.remember,
-            "faillock": { "deny": policy.lockout_attempts, "unlock-time": policy.lockout_seconds },
+            "faillock": { "deny": policy.lockout_attempts, "unlock-time": policy.lockout_seconds, "root": format!("locked out too, for {} s", policy.lockout_seconds.max(60)) },
             "aging": { "max-days": policy.max_days, "min-days": policy.min_days, "warn-days": policy.warn_days, "inactive-days": policy.inactive_days },
             "umask": umask,
             "empty-passwords": "refused (no nullok)",

@@ -73,6 +73,10 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     for name in ["AllowTcpForwarding", "AllowAgentForwarding", "AllowStreamLocalForwarding"] {
         keyword(&mut d, name, forwarding, "ssh.forwarding");
     }
+    if !ssh.forwarding {
+        // every kind of forwarding at once, X11 included (CIS 5.1.8, Level 2)
+        keyword(&mut d, "DisableForwarding", "yes", "ssh.forwarding");
+    }
     for (name, value) in [("X11Forwarding", "no"), ("PermitTunnel", "no"), ("GatewayPorts", "no")] {
         keyword(&mut d, name, value, "fixed by rampart");
     }
