@@ -13,9 +13,23 @@ use anyhow::{bail, Context, Result};
 use crate::fsutil::sha256_file;
 use crate::tree::{walk, Kind};
 
-/// v2 added the xattrs column; v1 files are refused (see `parse`).
-pub const HEADER: &str = "# rampart-baseline v2";
+/// v3 added the whole disk: the configuration partition's files at its
+/// mount point, the EFI system partition's (`[esp]/...`) and the partition
+/// table (`[gpt]/N`). v2 (no xattrs before it) still reads: its disks are
+/// verified over the root and the separate partitions only. v1 files are
+/// refused (see `parse`).
+pub const HEADER: &str = "# rampart-baseline v3";
+const HEADER_V2: &str = "# rampart-baseline v2";
 const HEADER_V1: &str = "# rampart-baseline v1";
+/// The version of the baseline format `HEADER` writes.
+pub const VERSION: u32 = 3;
+
+/// A baseline as read: the image's name, the format's version and the records.
+pub struct Baseline {
+    pub name: String,
+    pub version: u32,
+    pub records: BTreeMap<String, Record>,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -141,15 +155,20 @@ pub fn render(image_name: &str, records: &[Record]) -> String {
     text
 }
 
-/// Parses a baseline file; returns the image name and the records by path.
-pub fn parse(text: &str, file: &Path) -> Result<(String, BTreeMap<String, Record>)> {
+/// Parses a baseline file.
+pub fn parse(text: &str, file: &Path) -> Result<Baseline> {
     let mut lines = text.lines();
     let header = lines.next().unwrap_or("");
     if header.starts_with(HEADER_V1) {
-        bail!("{}:1: a v1 baseline, which has no xattrs to verify against; rebuild the image (rampart build) for a v2 baseline", file.display());
+        bail!("{}:1: a v1 baseline, which has no xattrs to verify against; rebuild the image (rampart build) for a v{VERSION} baseline", file.display());
     }
-    let Some(name) = header.strip_prefix(HEADER).and_then(|r| r.trim().strip_prefix("image=")) else {
-        bail!("{}:1: not a rampart baseline (expected a first line starting with {HEADER:?})", file.display());
+    let (version, rest) = match (header.strip_prefix(HEADER), header.strip_prefix(HEADER_V2)) {
+        (Some(rest), _) => (VERSION, rest),
+        (None, Some(rest)) => (2, rest),
+        (None, None) => bail!("{}:1: not a rampart baseline (expected a first line starting with {HEADER:?})", file.display()),
+    };
+    let Some(name) = rest.trim().strip_prefix("image=") else {
+        bail!("{}:1: not a rampart baseline (its first line names no image=)", file.display());
     };
     let mut records = BTreeMap::new();
     for (number, line) in text.lines().enumerate().skip(1) {
@@ -173,12 +192,25 @@ pub fn parse(text: &str, file: &Path) -> Result<(String, BTreeMap<String, Record
         };
         records.insert(record.path.clone(), record);
     }
-    Ok((name.to_string(), records))
+    Ok(Baseline { name: name.to_string(), version, records })
 }
 
-pub fn read(file: &Path) -> Result<(String, BTreeMap<String, Record>)> {
+pub fn read(file: &Path) -> Result<Baseline> {
     let text = std::fs::read_to_string(file).with_context(|| format!("while reading baseline {}", file.display()))?;
     parse(&text, file)
+}
+
+/// The records of a partition's tree at its mount point (the tree's own top
+/// directory left out: the mount point's record stands for it).
+pub fn at_mount_point(records: Vec<Record>, mount: &str) -> Vec<Record> {
+    records
+        .into_iter()
+        .filter(|r| r.path != "/")
+        .map(|mut r| {
+            r.path = format!("{mount}{}", r.path);
+            r
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -213,16 +245,18 @@ mod tests {
         let record = Record { path: path.clone(), kind: "f".into(), mode: 0o640, uid: 0, gid: 4, size: 3, content: "00".into(), xattrs };
         let text = render("img", std::slice::from_ref(&record));
         assert!(text.contains("\tsecurity.capability=,user.a\\x3db=00ff\n"), "{text}");
-        let (name, parsed) = parse(&text, Path::new("x.baseline")).unwrap();
-        assert_eq!(name, "img");
-        assert_eq!(parsed[&path], record);
+        let parsed = parse(&text, Path::new("x.baseline")).unwrap();
+        assert_eq!((parsed.name.as_str(), parsed.version), ("img", VERSION));
+        assert_eq!(parsed.records[&path], record);
+        let older = parse(&text.replacen("v3", "v2", 1), Path::new("x.baseline")).unwrap();
+        assert_eq!((older.version, older.records.len()), (2, 1), "a v2 baseline still reads");
     }
 
     #[test]
     fn non_baseline_is_refused_with_file_name() {
-        let error = parse("hello\n", Path::new("notes.txt")).unwrap_err();
+        let error = parse("hello\n", Path::new("notes.txt")).err().unwrap();
         assert!(format!("{error}").starts_with("notes.txt:1: not a rampart baseline"));
-        let error = parse("# rampart-baseline v1 image=web\n", Path::new("web.baseline")).unwrap_err();
+        let error = parse("# rampart-baseline v1 image=web\n", Path::new("web.baseline")).err().unwrap();
         assert!(format!("{error}").contains("web.baseline:1: a v1 baseline, which has no xattrs to verify against; rebuild the image"), "{error}");
     }
 

@@ -87,6 +87,10 @@ pub enum Command {
         /// [default: <out>/<name>.secrets, reused from the previous build]
         #[arg(long)]
         secrets: Option<PathBuf>,
+        /// The site's Secure Boot keys (PK, KEK, db; a directory only root reads): reused if it
+        /// exists, else made there [default: <out>/<name>.keys, reused from the previous build]
+        #[arg(long)]
+        keys: Option<PathBuf>,
         /// Also make <name>.installer.raw: boots, writes the image to the profile's installer.target
         /// (or the only empty disk), grows it and powers off
         #[arg(long)]
@@ -215,17 +219,17 @@ pub fn run(cli: Cli) -> Result<i32> {
                 summary.n_damaged
             ));
         }
-        Command::Build { profile, offline, bundle: Some(bundle), sha256, out, cache, secrets, mirror: _, installer } => {
+        Command::Build { profile, offline, bundle: Some(bundle), sha256, out, cache, secrets, keys, mirror: _, installer } => {
             if offline {
                 ui::step("--bundle builds offline in any case");
             }
-            run_build_from_bundle(&bundle, sha256.as_deref(), profile.as_deref(), out, &cache, secrets, installer)?;
+            run_build_from_bundle(&bundle, sha256.as_deref(), profile.as_deref(), out, &cache, build::OperatorFiles { secrets, keys }, installer)?;
         }
-        Command::Build { profile, offline, bundle: None, sha256: _, out, cache, mirror, secrets, installer } => {
+        Command::Build { profile, offline, bundle: None, sha256: _, out, cache, mirror, secrets, keys, installer } => {
             let profile = load(&profile.expect("clap requires a profile without --bundle"))?;
             let mirror = resolve_mirror(&profile, mirror.as_deref())?;
             let out = out.unwrap_or_else(|| default_out(&profile));
-            build::build(profile, mirror, &BuildOptions { offline, out, cache, secrets, installer })?;
+            build::build(profile, mirror, &BuildOptions { offline, out, cache, secrets, keys, installer })?;
         }
         Command::Bundle { profile, output, cache, mirror } => {
             let profile = load(&profile)?;
@@ -350,7 +354,7 @@ fn run_build_from_bundle(
     given: Option<&Path>,
     out: Option<PathBuf>,
     cache: &Path,
-    secrets: Option<PathBuf>,
+    operator: build::OperatorFiles,
     installer: bool,
 ) -> Result<()> {
     if let Some(expected) = sha256 {
@@ -393,7 +397,7 @@ fn run_build_from_bundle(
     bundle::import_debs(&unpacked, &lock, &cache).with_context(refused)?;
     timer.done();
     let mirror = unpacked.manifest.mirror.clone();
-    build::build(profile, mirror, &BuildOptions { offline: true, out, cache: cache.root().to_path_buf(), secrets, installer })
+    build::build(profile, mirror, &BuildOptions { offline: true, out, cache: cache.root().to_path_buf(), secrets: operator.secrets, keys: operator.keys, installer })
 }
 
 fn run_lock(profile: &Profile, mirror: &Mirror, update: bool, cache: &Path) -> Result<()> {

@@ -20,6 +20,7 @@ pub mod mirror;
 pub mod process;
 pub mod profile;
 pub mod secrets;
+pub mod secureboot;
 pub mod spdx;
 pub mod stages;
 pub mod traced;

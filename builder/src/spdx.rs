@@ -149,24 +149,9 @@ fn percent_encode(text: &str) -> String {
 
 /// Seconds since the epoch as `YYYY-MM-DDThh:mm:ssZ`.
 fn rfc3339_utc(epoch: i64) -> String {
-    let (year, month, day) = civil_from_days(epoch.div_euclid(86400));
+    let (year, month, day) = crate::lock::civil_from_days(epoch.div_euclid(86400));
     let seconds = epoch.rem_euclid(86400);
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", seconds / 3600, seconds % 3600 / 60, seconds % 60)
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard
-/// Hinnant's algorithm, the inverse of the lock's `days_from_civil`).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z.rem_euclid(146097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]

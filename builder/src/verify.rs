@@ -61,6 +61,7 @@ pub fn compare(expected: &BTreeMap<String, Record>, found: &BTreeMap<String, Rec
                 if wanted.content != record.content && wanted.kind == record.kind {
                     what.push(match record.kind.as_str() {
                         "l" => format!("target {} -> {}", wanted.content, record.content),
+                        "p" => format!("{} -> {}", wanted.content, record.content),
                         _ => format!("sha256 {} -> {}", short(&wanted.content), short(&record.content)),
                     });
                 }
@@ -103,11 +104,12 @@ fn short(digest: &str) -> &str {
 }
 
 pub fn verify(image: &Path, baseline_file: &Path) -> Result<Differences> {
-    let (name, expected) = baseline::read(baseline_file)?;
+    let baseline::Baseline { name, version, records: expected } = baseline::read(baseline_file)?;
     let work = crate::fsutil::owned_tempdir(&std::env::temp_dir(), "rampart-verify-")?;
     let raw = as_raw(image, work.path())?;
     let table = partitions(image, &raw)?;
     let file = File::open(&raw).with_context(|| format!("while opening {}", raw.display()))?;
+    let ids = crate::layout::Identifiers::for_profile(&name);
     // Each installed disk has UUIDs of its own; the hash seeds are the image's.
     let read = |partition: &Partition, what: &str, seed: &str| -> Result<BTreeMap<String, Record>> {
         let found_seed = FileSystem::open(&file, partition.offset, partition.length)
@@ -122,34 +124,127 @@ pub fn verify(image: &Path, baseline_file: &Path) -> Result<Differences> {
         }
         read_root(&file, partition.offset, partition.length).with_context(|| format!("while reading the {what} file system of {}", image.display()))
     };
+    let one_named = |wanted: &str| -> Result<Option<&Partition>> {
+        let named: Vec<&Partition> = table.iter().filter(|p| p.name == wanted).collect();
+        match named.as_slice() {
+            [] => Ok(None),
+            [one] => Ok(Some(*one)),
+            _ => bail!("{}: {} partitions named {wanted}; a rampart disk has at most one", image.display(), named.len()),
+        }
+    };
     let roots: Vec<&Partition> = table.iter().filter(|p| p.type_guid.eq_ignore_ascii_case(crate::layout::TYPE_ROOT_X86_64)).collect();
     let root = match roots.as_slice() {
         [root] => *root,
         [] => bail!("{}: no Linux root partition; not a rampart disk image", image.display()),
         _ => bail!("{}: {} Linux root partitions; a rampart disk has one", image.display(), roots.len()),
     };
-    let mut found = read(root, "root", &crate::layout::Identifiers::for_profile(&name).root_hash_seed)?;
+    let mut found = read(root, "root", &ids.root_hash_seed)?;
     let mut extra = Differences::default();
     // The separate partitions (image.partitions), found by their GPT names,
-    // parents first, each read in place at its mount point.
-    for data in DATA_PARTITIONS {
-        let named: Vec<&Partition> = table.iter().filter(|p| p.name == data.name).collect();
-        let partition = match named.as_slice() {
-            [] => continue,
-            [one] => *one,
-            _ => bail!("{}: {} partitions named {}; a rampart disk has at most one", image.display(), named.len(), data.name),
-        };
-        let what = format!("{} ({})", data.name, data.mount);
-        let records = read(partition, &what, &DataIdentifiers::for_partition(&name, data).hash_seed)?;
-        graft(&mut found, records, data.mount, &mut extra);
+    // parents first, each read in place at its mount point; the read-only
+    // configuration partition too (v3 baselines list its files).
+    let mut mounted: Vec<(&str, &str, String)> = Vec::new();
+    if version >= 3 {
+        mounted.push((crate::layout::CONFIG_PARTITION, crate::layout::CONFIG_MOUNT, ids.config_hash_seed.clone()));
     }
-    extra.added.extend(foreign_partitions(&table));
+    for data in DATA_PARTITIONS {
+        mounted.push((data.name, data.mount, DataIdentifiers::for_partition(&name, data).hash_seed));
+    }
+    mounted.sort_by_key(|(_, mount, _)| mount.len());
+    for (partition_name, mount, seed) in mounted {
+        let Some(partition) = one_named(partition_name)? else {
+            if partition_name == crate::layout::CONFIG_PARTITION {
+                extra.removed.push(format!("partition {partition_name} ({mount})"));
+            }
+            continue;
+        };
+        let records = read(partition, &format!("{partition_name} ({mount})"), &seed)?;
+        graft(&mut found, records, mount, &mut extra);
+    }
+    if version >= 3 {
+        match one_named(crate::layout::ESP_PARTITION)? {
+            Some(esp) => found.extend(esp_records(&raw, esp.offset).with_context(|| format!("while reading the EFI system partition of {}", image.display()))?),
+            None => extra.removed.push(format!("partition {} (the EFI system partition)", crate::layout::ESP_PARTITION)),
+        }
+        found.extend(table_records(&table));
+    } else {
+        extra.added.extend(foreign_partitions(&table));
+        crate::ui::step(&format!(
+            "{} is a v{version} baseline: the EFI system partition, the configuration partition and the partition table are not covered; rebuild the image for a v{} baseline",
+            baseline_file.display(),
+            baseline::VERSION
+        ));
+    }
     let mut differences = compare(&expected, &found);
     differences.added.extend(extra.added);
+    differences.removed.extend(extra.removed);
     differences.changed.extend(extra.changed);
     differences.added.sort();
+    differences.removed.sort();
     differences.changed.sort();
     Ok(differences)
+}
+
+/// Where the EFI system partition's records live in a baseline.
+pub const ESP_PREFIX: &str = "[esp]";
+/// Where the partition table's records live in a baseline.
+pub const GPT_PREFIX: &str = "[gpt]";
+
+/// The records of the FAT EFI system partition at `offset` of `raw`: every
+/// directory and file (hidden ones too), listed by mtools and each file's
+/// bytes streamed through a pipe for its digest; nothing is written on the
+/// host. FAT has no owners or modes: those columns are 0.
+pub fn esp_records(raw: &Path, offset: u64) -> Result<BTreeMap<String, Record>> {
+    let image = format!("{}@@{offset}", raw.display());
+    let mtools = |program: &str| Cmd::new(program).env("MTOOLS_SKIP_CHECK", "1").arg("-i").arg(&image);
+    let listing = mtools("mdir").args(["-/", "-a", "-b", "::/"]).run().context("mdir could not list it")?;
+    let mut records = BTreeMap::new();
+    let mut add = |path: String, kind: &str, size: u64, content: String| {
+        let record = Record { path: path.clone(), kind: kind.to_string(), mode: 0, uid: 0, gid: 0, size, content, xattrs: BTreeMap::new() };
+        records.insert(path, record)
+    };
+    add(format!("{ESP_PREFIX}/"), "d", 0, "-".to_string());
+    for line in String::from_utf8_lossy(&listing.stdout).lines() {
+        let Some(path) = line.strip_prefix("::") else { continue };
+        let shown = format!("{ESP_PREFIX}{}", baseline::escape(path.trim_end_matches('/').as_bytes()));
+        let fresh = if path.ends_with('/') {
+            add(shown.clone(), "d", 0, "-".to_string())
+        } else {
+            let bytes = mtools("mtype").arg(format!("::{path}")).run().with_context(|| format!("mtype could not read {shown}"))?.stdout;
+            use sha2::Digest;
+            add(shown.clone(), "f", bytes.len() as u64, hex::encode(sha2::Sha256::digest(&bytes)))
+        };
+        if fresh.is_some() {
+            bail!("{shown} is listed twice on the EFI system partition");
+        }
+    }
+    Ok(records)
+}
+
+/// The partition table's records: each partition's type, name and place.
+/// The last partition grows on first boot: its size is not compared.
+fn table_records(table: &[Partition]) -> BTreeMap<String, Record> {
+    let last = table.len().saturating_sub(1);
+    table
+        .iter()
+        .enumerate()
+        .map(|(index, p)| {
+            let path = format!("{GPT_PREFIX}/{}", index + 1);
+            let size = if index == last { 0 } else { p.length };
+            let content = format!("type={} name={} start={}", p.type_guid.to_ascii_lowercase(), baseline::escape(p.name.as_bytes()), p.offset);
+            (path.clone(), Record { path, kind: "p".to_string(), mode: 0, uid: 0, gid: 0, size, content, xattrs: BTreeMap::new() })
+        })
+        .collect()
+}
+
+/// The partition table and EFI system partition records of a disk `raw`
+/// rampart made, for its baseline.
+pub fn disk_records(raw: &Path) -> Result<Vec<Record>> {
+    let table = partitions(raw, raw)?;
+    let esp = table.iter().find(|p| p.name == crate::layout::ESP_PARTITION).context("the disk has no EFI system partition")?;
+    let mut records: Vec<Record> = esp_records(raw, esp.offset)?.into_values().collect();
+    records.extend(table_records(&table).into_values());
+    Ok(records)
 }
 
 /// The partitions a rampart image never has, named. They change no file,
@@ -401,6 +496,37 @@ mod tests {
         assert_eq!(found.keys().collect::<Vec<_>>(), ["/", "/var", "/var/lib/x", "/var/lost+found/#12"]);
         assert_eq!(extra.added, ["/var/hidden (on the file system below, hidden under the /var partition)"]);
         assert_eq!(extra.changed, [("/var (the top directory of its partition)".to_string(), vec!["mode 0755 -> 0700".to_string()])]);
+    }
+
+    #[test]
+    fn the_efi_system_partition_is_read_whole_hidden_files_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("esp.img");
+        std::fs::File::create(&image).unwrap().set_len(40 << 20).unwrap();
+        Cmd::new("mkfs.vfat").args(["-F", "32"]).arg(&image).run().unwrap();
+        let local = dir.path().join("payload");
+        std::fs::write(&local, b"signed bytes").unwrap();
+        let mtools = |program: &str| Cmd::new(program).env("MTOOLS_SKIP_CHECK", "1").arg("-i").arg(&image);
+        mtools("mmd").args(["::/EFI", "::/EFI/Linux"]).run().unwrap();
+        mtools("mcopy").arg(&local).arg("::/EFI/Linux/rampart.efi").run().unwrap();
+        mtools("mcopy").arg(&local).arg("::/EFI/stowaway.efi").run().unwrap();
+        mtools("mattrib").args(["+h", "+s", "::/EFI/stowaway.efi"]).run().unwrap();
+        let records = esp_records(&image, 0).unwrap();
+        assert_eq!(records.keys().collect::<Vec<_>>(), ["[esp]/", "[esp]/EFI", "[esp]/EFI/Linux", "[esp]/EFI/Linux/rampart.efi", "[esp]/EFI/stowaway.efi"]);
+        use sha2::Digest;
+        let uki = &records["[esp]/EFI/Linux/rampart.efi"];
+        assert_eq!((uki.kind.as_str(), uki.size, uki.content.clone()), ("f", 12, hex::encode(sha2::Sha256::digest(b"signed bytes"))));
+    }
+
+    #[test]
+    fn the_partition_table_is_recorded_but_the_last_partitions_size() {
+        let table = [
+            Partition { name: "esp".into(), type_guid: "C12A7328-F81F-11D2-BA4B-00A0C93EC93B".into(), offset: 1 << 20, length: 128 << 20 },
+            Partition { name: "root".into(), type_guid: "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709".into(), offset: 129 << 20, length: 900 << 20 },
+        ];
+        let records = table_records(&table);
+        assert_eq!(records["[gpt]/1"].content, "type=c12a7328-f81f-11d2-ba4b-00a0c93ec93b name=esp start=1048576");
+        assert_eq!((records["[gpt]/1"].size, records["[gpt]/2"].size), (128 << 20, 0), "the last partition grows on first boot");
     }
 
     #[test]

@@ -132,6 +132,18 @@ fn read_sums(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap()
 }
 
+/// `rampart build profiles/baseline.toml --offline --out out/baseline` in a
+/// network namespace of its own: the whole build without a network.
+fn offline_build_without_network(ws: &Workspace) -> Output {
+    Command::new("unshare")
+        .args(["--net", "--"])
+        .arg(env!("CARGO_BIN_EXE_rampart"))
+        .args(["build", "profiles/baseline.toml", "--offline", "--out", "out/baseline"])
+        .current_dir(ws.path(""))
+        .output()
+        .unwrap()
+}
+
 #[test]
 #[ignore = "needs root, the network and a Debian mirror: run by scripts/test"]
 fn offline_build_of_baseline_in_a_network_namespace_makes_every_artifact() {
@@ -140,13 +152,7 @@ fn offline_build_of_baseline_in_a_network_namespace_makes_every_artifact() {
     let lock = std::fs::read_to_string(ws.path("profiles/baseline.lock")).unwrap();
     assert!(lock.contains("suite = \"bookworm-security\""), "the lock records the security suite");
     // The whole build runs with the network cut, not just the package stage.
-    let output = Command::new("unshare")
-        .args(["--net", "--"])
-        .arg(env!("CARGO_BIN_EXE_rampart"))
-        .args(["build", "profiles/baseline.toml", "--offline", "--out", "out/baseline"])
-        .current_dir(ws.path(""))
-        .output()
-        .unwrap();
+    let output = offline_build_without_network(&ws);
     assert!(output.status.success(), "offline build failed:\n{}", stderr(&output));
     let out = ws.path("out/baseline");
     for artifact in ["raw", "qcow2", "rootfs.tar.gz", "etc.tar.gz", "manifest.json", "spdx.json", "baseline", "report.json"] {
@@ -228,6 +234,31 @@ fn offline_build_of_baseline_in_a_network_namespace_makes_every_artifact() {
     }
     let log = std::fs::read_to_string(ws.path("out/baseline.build.log")).unwrap();
     assert!(!log.contains(&password), "the password is in the build log");
+    // The site's Secure Boot keys: made on first use beside the artifacts,
+    // root's alone, outside SHA256SUMS and the image; the private keys are
+    // nowhere in what ships. The variable store with them enrolled ships.
+    let keys = out.join("baseline.keys");
+    assert_eq!(std::fs::metadata(&keys).unwrap().permissions().mode() & 0o777, 0o700);
+    assert!(!read_sums(&out).contains("baseline.keys"));
+    assert!(read_sums(&out).contains("  baseline.ovmf-vars.fd\n"));
+    let db_key = std::fs::read_to_string(keys.join("db.key")).unwrap();
+    let db_key_body: String = db_key.lines().nth(1).unwrap().to_string();
+    for file in ["baseline.raw", "baseline.rootfs.tar.gz", "baseline.etc.tar.gz", "baseline.report.json"] {
+        let bytes = std::fs::read(out.join(file)).unwrap();
+        assert!(!bytes.windows(db_key_body.len()).any(|w| w == db_key_body.as_bytes()), "the db key is in {file}");
+    }
+    // A second build into the same place reuses them: same bytes.
+    let sums = read_sums(&out);
+    let again = offline_build_without_network(&ws);
+    assert!(again.status.success(), "the second build failed:\n{}", stderr(&again));
+    assert_eq!(std::fs::read_to_string(keys.join("db.key")).unwrap(), db_key, "the keys were made again");
+    let differing: Vec<&str> = sums.lines().zip(read_sums(&out).lines()).filter(|(a, b)| a != b).map(|(a, _)| a).collect();
+    assert!(differing.iter().all(|l| l.ends_with("baseline.report.json")), "a rebuild with the same keys differs: {differing:?}");
+    // Keys others can read are refused before anything is built.
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let refused = ws.rampart(&["build", "profiles/baseline.toml", "--offline", "--out", "out/baseline"]);
+    assert!(!refused.status.success() && stderr(&refused).contains("can be read by others (mode 755)"), "{}", stderr(&refused));
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o700)).unwrap();
     // No trace of the build host: its host name is nowhere in /etc.
     let host = std::fs::read_to_string("/etc/hostname").unwrap().trim().to_string();
     let listing = Command::new("tar").args(["-xzOf", "baseline.rootfs.tar.gz", "etc/hostname", "etc/hosts"]).current_dir(&out).output().unwrap();
@@ -248,7 +279,10 @@ fn two_cold_builds_of_one_lock_are_byte_identical_the_second_from_a_bundle_with_
     // The first: a connected build with its own cache without a package stage.
     let first_cache = private_cache(false);
     // Both also make the offline installer, which must be bit-identical too.
-    ws.rampart_ok(&["build", "profiles/baseline.toml", "--installer", "--out", "out/one", "--cache", first_cache.path().to_str().unwrap(), "--secrets", secrets]);
+    // So are the site's Secure Boot keys.
+    let keys = ws.path("shared.keys");
+    let keys = keys.to_str().unwrap();
+    ws.rampart_ok(&["build", "profiles/baseline.toml", "--installer", "--out", "out/one", "--cache", first_cache.path().to_str().unwrap(), "--secrets", secrets, "--keys", keys]);
 
     // Bundling is deterministic.
     let started = Instant::now();
@@ -303,7 +337,7 @@ fn two_cold_builds_of_one_lock_are_byte_identical_the_second_from_a_bundle_with_
     let output = Command::new("unshare")
         .args(["--net", "--"])
         .arg(env!("CARGO_BIN_EXE_rampart"))
-        .args(["build", "--bundle", "baseline.bundle", "--sha256", &digest, "profiles/baseline.toml", "--installer", "--out", "out/two", "--cache", empty, "--secrets", secrets])
+        .args(["build", "--bundle", "baseline.bundle", "--sha256", &digest, "profiles/baseline.toml", "--installer", "--out", "out/two", "--cache", empty, "--secrets", secrets, "--keys", keys])
         .current_dir(ws.path(""))
         .output()
         .unwrap();
@@ -311,7 +345,7 @@ fn two_cold_builds_of_one_lock_are_byte_identical_the_second_from_a_bundle_with_
     let one = read_sums(&ws.path("out/one"));
     let two = read_sums(&ws.path("out/two"));
     assert_eq!(one, two, "the two builds differ");
-    for artifact in ["baseline.raw", "baseline.qcow2", "baseline.installer.raw", "baseline.rootfs.tar.gz", "baseline.etc.tar.gz", "baseline.baseline", "baseline.manifest.json", "baseline.spdx.json", "baseline.report.json"] {
+    for artifact in ["baseline.raw", "baseline.qcow2", "baseline.installer.raw", "baseline.ovmf-vars.fd", "baseline.rootfs.tar.gz", "baseline.etc.tar.gz", "baseline.baseline", "baseline.manifest.json", "baseline.spdx.json", "baseline.report.json"] {
         assert!(one.contains(artifact), "SHA256SUMS lacks {artifact}");
     }
     let etc = Command::new("tar").args(["-tzf", "out/two/baseline.etc.tar.gz"]).current_dir(ws.path("")).output().unwrap();
@@ -547,6 +581,36 @@ fn verify_passes_the_built_image_and_names_what_was_tampered_with() {
     assert!(stdout.contains("changed  /var/lib/dpkg/status: mode 0644 -> 0666"), "{stdout}");
     assert!(stdout.contains("added    /var/hidden (on the file system below, hidden under the /var partition)"), "{stdout}");
     assert!(stderr(&output).contains("1 changed, 1 added, 0 removed"), "{}", stderr(&output));
+    // The whole disk: one byte of the signed boot image on the EFI system
+    // partition, the AIDE database on the read-only configuration partition
+    // and the type of a partition are each named.
+    let tampered = ws.path("tampered-disk.raw");
+    assert!(Command::new("cp").arg("--sparse=always").arg(ws.path("out/baseline/baseline.raw")).arg(&tampered).status().unwrap().success());
+    let table = Command::new("sfdisk").arg("--json").arg(&tampered).output().unwrap();
+    let table: serde_json::Value = serde_json::from_slice(&table.stdout).unwrap();
+    let partitions = table["partitiontable"]["partitions"].as_array().unwrap().clone();
+    let index_of = |name: &str| partitions.iter().position(|p| p["name"] == name).unwrap_or_else(|| panic!("a {name} partition"));
+    let offset_of = |name: &str| partitions[index_of(name)]["start"].as_u64().unwrap() * 512;
+    let esp = format!("{}@@{}", tampered.display(), offset_of("esp"));
+    let uki = ws.path("uki.efi");
+    let mtools = |args: &[&str]| assert!(Command::new(args[0]).env("MTOOLS_SKIP_CHECK", "1").args(&args[1..]).status().unwrap().success(), "{args:?}");
+    mtools(&["mcopy", "-i", &esp, "::/EFI/Linux/rampart.efi", uki.to_str().unwrap()]);
+    let mut bytes = std::fs::read(&uki).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    std::fs::write(&uki, &bytes).unwrap();
+    mtools(&["mcopy", "-o", "-i", &esp, uki.to_str().unwrap(), "::/EFI/Linux/rampart.efi"]);
+    let config = format!("{}?offset={}", tampered.display(), offset_of("rampart-config"));
+    debugfs_write(&config, &format!("rm /aide/aide.db.gz\nwrite {} /aide/aide.db.gz", ws.path("evil").display()));
+    let home = (index_of("home") + 1).to_string();
+    assert!(Command::new("sfdisk").args(["--quiet", "--part-type"]).arg(&tampered).args([home.as_str(), "0FC63DAF-8483-4772-8E79-3D69D8477DE4"]).status().unwrap().success());
+    let output = ws.rampart(&["verify", "tampered-disk.raw", "--baseline", "out/baseline/baseline.baseline"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "a tampered disk passed");
+    assert!(stdout.contains("changed  [esp]/EFI/Linux/rampart.efi: sha256 "), "{stdout}");
+    assert!(stdout.contains("changed  /etc/rampart/aide/aide.db.gz: "), "{stdout}");
+    assert!(stdout.contains(&format!("changed  [gpt]/{home}: type=933ac7e1-2eb4-4f13-b844-0e14e2aef915 name=home ")) && stdout.contains("-> type=0fc63daf-8483-4772-8e79-3d69d8477de4 name=home "), "{stdout}");
+    assert!(stderr(&output).contains("3 changed, 0 added, 0 removed"), "{}", stderr(&output));
     // A baseline of another image, and a file that is no image.
     let other = std::fs::read_to_string(ws.path("out/baseline/baseline.baseline")).unwrap().replacen("image=baseline", "image=web", 1);
     std::fs::write(ws.path("web.baseline"), other).unwrap();

@@ -39,6 +39,8 @@ pub struct BuildContext {
     pub secrets_file: SecretsFile,
     /// Initial passwords made or reused by the users stage, by account.
     pub secrets: Vec<(String, String)>,
+    /// The site's Secure Boot keys, loaded before the first stage.
+    pub keys: Option<crate::secureboot::keys::SiteKeys>,
 }
 
 /// Where initial passwords live: a file the user named, or the one in the
@@ -81,6 +83,7 @@ impl BuildContext {
             kernel_cmdline_extra: Vec::new(),
             secrets_file,
             secrets: Vec::new(),
+            keys: None,
         })
     }
 
@@ -246,4 +249,11 @@ fn exchange(a: &Path, b: &Path) -> Result<()> {
         return Err(std::io::Error::last_os_error().into());
     }
     Ok(())
+}
+
+impl BuildContext {
+    /// The site's Secure Boot keys (loaded by `build` before any stage).
+    pub fn site_keys(&self) -> anyhow::Result<&crate::secureboot::keys::SiteKeys> {
+        self.keys.as_ref().context("the site's Secure Boot keys were not loaded")
+    }
 }

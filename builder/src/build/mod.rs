@@ -23,8 +23,16 @@ pub struct BuildOptions {
     pub cache: PathBuf,
     /// Where the accounts' initial passwords are kept; `None`: `<out>/<name>.secrets`.
     pub secrets: Option<PathBuf>,
+    /// The site's Secure Boot keys; `None`: `<out>/<name>.keys`.
+    pub keys: Option<PathBuf>,
     /// Also make `<name>.installer.raw`, the offline installer.
     pub installer: bool,
+}
+
+/// The operator's own files a build reads and keeps, never part of what ships.
+pub struct OperatorFiles {
+    pub secrets: Option<PathBuf>,
+    pub keys: Option<PathBuf>,
 }
 
 /// The lock to build from: read it, or (online) make or refresh it.
@@ -124,6 +132,12 @@ impl LabelledDigest {
 pub fn build(profile: Profile, mirror: Mirror, options: &BuildOptions) -> Result<()> {
     // Everything the profile names is checked before any work starts.
     stages::overlays::validate(&profile)?;
+    crate::secureboot::require_host_tools()?;
+    // Keys that exist are checked before any work starts too.
+    let keys_at = KeysAt::new(options, profile.name.as_str())?;
+    if keys_at.dir().exists() {
+        crate::secureboot::keys::load_or_make(keys_at.dir(), profile.name.as_str())?;
+    }
     context::check_replaceable(&options.out)?;
     let cache = Cache::open(&options.cache)?;
     if let Some(parent) = options.out.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -149,6 +163,7 @@ pub fn build(profile: Profile, mirror: Mirror, options: &BuildOptions) -> Result
         Some(path) => context::SecretsFile::Given(path.clone()),
         None => context::SecretsFile::InOut(options.out.join(format!("{}.secrets", ctx.profile.name))),
     };
+    ctx.keys = Some(keys_at.load(&ctx)?);
     type Stage = fn(&mut BuildContext) -> Result<()>;
     let pipeline: &[Stage] = &[
         stages::packages::run,
@@ -200,8 +215,10 @@ struct Digests {
 fn write_artifacts(ctx: &mut BuildContext, digests: &Digests, installer: bool) -> Result<()> {
     let timer = ui::Timed::start("writing artifacts");
     let name = ctx.profile.name.to_string();
-    let records = baseline::compute(&ctx.root())?;
-    write_atomic(&ctx.artifact("baseline"), baseline::render(&name, &records).as_bytes())?;
+    // The baseline: the root, the configuration partition at its mount
+    // point, and (once the disk is made) its EFI system partition and table.
+    let mut records = baseline::compute(&ctx.root())?;
+    records.extend(baseline::at_mount_point(baseline::compute(&ctx.config_tree())?, crate::layout::CONFIG_MOUNT));
     let manifest = manifest::render(&ctx.profile, &ctx.lock);
     write_atomic(&ctx.artifact("manifest.json"), format!("{:#}\n", manifest).as_bytes())?;
     let sbom = spdx::SbomInputs { image_name: &name, content_sha256: &digests.content };
@@ -219,6 +236,9 @@ fn write_artifacts(ctx: &mut BuildContext, digests: &Digests, installer: bool) -
     let disk_result = stages::disk::run(ctx);
     archive_thread.join().map_err(|_| anyhow::anyhow!("the archive writer panicked"))??;
     disk_result?;
+    records.extend(crate::verify::disk_records(&ctx.artifact("raw")).context("while reading the disk back for its baseline")?);
+    records.sort_by(|a, b| a.path.cmp(&b.path));
+    write_atomic(&ctx.artifact("baseline"), baseline::render(&name, &records).as_bytes())?;
     if installer {
         stages::installer::run(ctx)?;
     }
@@ -238,13 +258,66 @@ fn write_artifacts(ctx: &mut BuildContext, digests: &Digests, installer: bool) -
     Ok(())
 }
 
+/// Where the site's Secure Boot keys are kept: a directory of the
+/// operator's (`--keys`), or `<out>/<name>.keys` beside the previous build's
+/// artifacts, carried into the new ones (the output directory is replaced
+/// whole by each build).
+enum KeysAt {
+    Given(PathBuf),
+    InOut(PathBuf),
+}
+
+impl KeysAt {
+    fn new(options: &BuildOptions, name: &str) -> Result<KeysAt> {
+        let in_out = options.out.join(format!("{name}.{KEYS_SUFFIX}"));
+        match &options.keys {
+            Some(dir) if *dir != in_out => {
+                let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+                if absolute(dir).starts_with(absolute(&options.out)) {
+                    bail!("--keys {}: the keys must live outside --out {}, which each build replaces; leave --keys out to keep them at {}", dir.display(), options.out.display(), in_out.display());
+                }
+                Ok(KeysAt::Given(dir.clone()))
+            }
+            _ => Ok(KeysAt::InOut(in_out)),
+        }
+    }
+
+    fn dir(&self) -> &Path {
+        match self {
+            KeysAt::Given(dir) | KeysAt::InOut(dir) => dir,
+        }
+    }
+
+    /// Loads the keys (made on first use); kept ones are carried into the artifacts.
+    fn load(&self, ctx: &BuildContext) -> Result<crate::secureboot::keys::SiteKeys> {
+        use crate::secureboot::keys;
+        let name = ctx.profile.name.as_str();
+        let previous = match self {
+            KeysAt::Given(dir) => return keys::load_or_make(dir, name),
+            KeysAt::InOut(previous) => previous,
+        };
+        let carried = ctx.artifact(KEYS_SUFFIX);
+        if previous.exists() {
+            keys::copy_dir(previous, &carried)?;
+        }
+        let loaded = keys::load_or_make(&carried, name)?;
+        if loaded.made {
+            ui::step(&format!("made new Secure Boot keys (PK, KEK, db): {}; keep them with the secrets file", previous.display()));
+        }
+        Ok(loaded)
+    }
+}
+
+/// `<name>.keys`: the site keys' directory among the artifacts.
+pub const KEYS_SUFFIX: &str = "keys";
+
 /// SHA256SUMS over every artifact, in name order, `sha256sum -c` compatible.
 fn write_sums(dir: &Path) -> Result<()> {
     let mut names: Vec<String> = std::fs::read_dir(dir)?
         .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
         .collect::<Result<_, _>>()?;
-    // The secrets file stays with the operator; it is no part of what ships.
-    names.retain(|n| n != "SHA256SUMS" && !n.ends_with(".secrets"));
+    // The secrets file and the keys stay with the operator; they are no part of what ships.
+    names.retain(|n| n != "SHA256SUMS" && !n.ends_with(".secrets") && !n.ends_with(&format!(".{KEYS_SUFFIX}")));
     names.sort();
     // One thread per artifact: the disk images dominate.
     let digests: Vec<Result<String>> = std::thread::scope(|scope| {

@@ -106,8 +106,11 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     // loaded from, and gives a copy whose disk GUID is still this one
     // identifiers of its own on its first boot (rampart-boot-disk).
     let cmdline = format!("rw rampart.copy-of={} {}", ids.disk_guid, ctx.kernel_cmdline());
-    let esp = Esp { title: "Debian GNU/Linux 12 (rampart)", root: &root, kernel: &kernel, initrd: &initrd, cmdline: &cmdline, label: ESP_LABEL, volume_id: &ids.esp_volume_id };
+    let keys = ctx.site_keys()?;
+    let esp = Esp { title: "Debian GNU/Linux 12 (rampart)", root: &root, kernel: &kernel, initrd: &initrd, cmdline: &cmdline, label: ESP_LABEL, volume_id: &ids.esp_volume_id, keys };
     make_esp(&work.join("esp"), &esp_image, &esp, &epoch)?;
+    let vars = crate::secureboot::boot::variable_store(keys, Path::new(crate::secureboot::OVMF_VARS_BLANK), ctx.source_date_epoch)?;
+    crate::fsutil::write_atomic(&ctx.artifact(crate::secureboot::VARS_SUFFIX), &vars)?;
 
     let raw = ctx.artifact("raw");
     let mut partitions = vec![
@@ -176,7 +179,13 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
             "partitions": records,
             "grows on first boot": grows,
             "disk-guid": ids.disk_guid,
-            "bootloader": "systemd-boot (UEFI), boot entries not editable",
+            "bootloader": format!("systemd-boot (UEFI), signed with the site's db key; menu hidden, editor off, secure-boot-enroll manual (/{ENROLMENT_DIR})"),
+            "boot-image": format!("/{UKI_PATH}: a unified kernel image (systemd-stub, kernel, initrd, command line, os-release), signed with the site's db key"),
+            "secure-boot": {
+                "keys": ctx.site_keys()?.dir.file_name().map(|n| n.to_string_lossy().into_owned()),
+                "owner-guid": ctx.site_keys()?.owner,
+                "variable-store": format!("{}.{} (OVMF, 4 MiB: the site's PK, KEK and db enrolled, Secure Boot on)", name, crate::secureboot::VARS_SUFFIX),
+            },
             "kernel": kernel.file_name().map(|n| n.to_string_lossy().into_owned()),
             "kernel-cmdline": cmdline,
             "qcow2": "zstd-compressed",
@@ -361,10 +370,12 @@ pub(crate) fn make_ext4(ctx: &BuildContext, image: &Path, fs: &Ext4, epoch: &str
     Ok(())
 }
 
-/// What one EFI system partition boots: systemd-boot with a single entry.
+/// What one EFI system partition boots: systemd-boot, signed, and one
+/// signed unified kernel image (the kernel, the initrd and the command line
+/// under one signature, so none of them can be changed or swapped).
 pub(crate) struct Esp<'a> {
     pub title: &'a str,
-    /// The image root the boot loader comes from.
+    /// The image root the boot loader and the stub come from.
     pub root: &'a Path,
     pub kernel: &'a Path,
     pub initrd: &'a Path,
@@ -372,23 +383,57 @@ pub(crate) struct Esp<'a> {
     pub label: &'a str,
     /// FAT volume id, 8 hex digits.
     pub volume_id: &'a str,
+    pub keys: &'a crate::secureboot::keys::SiteKeys,
+}
+
+/// The unified kernel image on the ESP (a Type #2 boot loader entry).
+pub const UKI_PATH: &str = "EFI/Linux/rampart.efi";
+/// systemd-stub, from the image's own systemd-boot-efi.
+pub(crate) const SYSTEMD_STUB: &str = "usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+/// Where systemd-boot finds the signed enrolment files (setup mode only).
+pub const ENROLMENT_DIR: &str = "loader/keys/rampart";
+/// The menu stays hidden and cannot edit an entry; in setup mode it offers
+/// to enrol the site's keys from ENROLMENT_DIR (never on its own).
+const LOADER_CONF: &str = "default rampart.efi\ntimeout 0\neditor no\nauto-entries no\nauto-firmware no\nsecure-boot-enroll manual\n";
+
+/// `os-release` of the image with the entry's title as its PRETTY_NAME.
+fn os_release(root: &Path, title: &str) -> Result<String> {
+    let path = crate::fsutil::resolve_in_root_following(root, Path::new("usr/lib/os-release"))?;
+    let text = std::fs::read_to_string(&path).with_context(|| format!("while reading the image's {}", path.display()))?;
+    let mut out: String = text.lines().filter(|l| !l.starts_with("PRETTY_NAME=")).map(|l| format!("{l}\n")).collect();
+    out.push_str(&format!("PRETTY_NAME=\"{}\"\n", title.replace(['"', '\\', '$', '`'], "")));
+    Ok(out)
 }
 
 /// Makes the ESP image from files gathered in `staging`.
 pub(crate) fn make_esp(staging: &Path, image: &Path, esp: &Esp, epoch: &str) -> Result<()> {
+    use crate::secureboot::boot;
     std::fs::create_dir_all(staging)?;
-    let loader = "default rampart.conf\ntimeout 0\neditor no\nauto-entries no\nauto-firmware no\n";
-    let entry = format!("title {}\nlinux /EFI/rampart/vmlinuz\ninitrd /EFI/rampart/initrd.img\noptions {}\n", esp.title, esp.cmdline);
-    std::fs::write(staging.join("loader.conf"), loader)?;
-    std::fs::write(staging.join("rampart.conf"), entry)?;
-    let boot_loader = crate::fsutil::resolve_in_root(esp.root, Path::new(SYSTEMD_BOOT))?;
-    std::fs::copy(&boot_loader, staging.join("BOOTX64.EFI"))
-        .with_context(|| format!("the image has no /{SYSTEMD_BOOT}: is systemd-boot-efi in its lock?"))?;
-    std::fs::copy(esp.kernel, staging.join("vmlinuz"))?;
-    std::fs::copy(esp.initrd, staging.join("initrd.img"))?;
     let seconds: i64 = epoch.parse()?;
-    for name in ["loader.conf", "rampart.conf", "BOOTX64.EFI", "vmlinuz", "initrd.img"] {
-        crate::stages::seal::set_times(&staging.join(name), seconds)?;
+    std::fs::write(staging.join("loader.conf"), LOADER_CONF)?;
+    let boot_loader = crate::fsutil::resolve_in_root(esp.root, Path::new(SYSTEMD_BOOT))?;
+    if !boot_loader.exists() {
+        bail!("the image has no /{SYSTEMD_BOOT}: is systemd-boot-efi in its lock?");
+    }
+    boot::sign(esp.keys, &boot_loader, &staging.join("BOOTX64.EFI"))?;
+    let stub = crate::fsutil::resolve_in_root(esp.root, Path::new(SYSTEMD_STUB))?;
+    let uki = boot::Uki { stub: &stub, kernel: esp.kernel, initrd: esp.initrd, cmdline: esp.cmdline, os_release: &os_release(esp.root, esp.title)? };
+    let unsigned = staging.join("rampart-unsigned.efi");
+    boot::make_uki(&uki, &staging.join("uki-parts"), &unsigned)?;
+    boot::sign(esp.keys, &unsigned, &staging.join("rampart.efi"))?;
+    std::fs::remove_file(&unsigned)?;
+    let enrolment = staging.join("enrolment");
+    boot::enrolment_files(esp.keys, &enrolment, seconds)?;
+    let mut files = vec![
+        (staging.join("BOOTX64.EFI"), "::/EFI/BOOT/BOOTX64.EFI".to_string()),
+        (staging.join("rampart.efi"), format!("::/{UKI_PATH}")),
+        (staging.join("loader.conf"), "::/loader/loader.conf".to_string()),
+    ];
+    for role in crate::secureboot::keys::ROLES {
+        files.push((enrolment.join(format!("{role}.auth")), format!("::/{ENROLMENT_DIR}/{role}.auth")));
+    }
+    for (file, _) in &files {
+        crate::stages::seal::set_times(file, seconds)?;
     }
 
     File::create(image)?.set_len(ESP_SIZE_MIB * MIB)?;
@@ -402,22 +447,16 @@ pub(crate) fn make_esp(staging: &Path, image: &Path, esp: &Esp, epoch: &str) -> 
         Cmd::new(program).env("MTOOLS_SKIP_CHECK", "1").env("SOURCE_DATE_EPOCH", epoch).arg("-i").arg(image)
     };
     mtools("mmd")
-        .args(["::/EFI", "::/EFI/BOOT", "::/EFI/rampart", "::/loader", "::/loader/entries"])
+        .args(["::/EFI", "::/EFI/BOOT", "::/EFI/Linux", "::/loader", "::/loader/keys", &format!("::/{ENROLMENT_DIR}")])
         .run()
         .context("while making directories on the EFI system partition")?;
-    for (file, target) in [
-        ("BOOTX64.EFI", "::/EFI/BOOT/BOOTX64.EFI"),
-        ("vmlinuz", "::/EFI/rampart/vmlinuz"),
-        ("initrd.img", "::/EFI/rampart/initrd.img"),
-        ("loader.conf", "::/loader/loader.conf"),
-        ("rampart.conf", "::/loader/entries/rampart.conf"),
-    ] {
+    for (file, target) in files {
         mtools("mcopy")
             .arg("-m")
-            .arg(staging.join(file))
-            .arg(target)
+            .arg(&file)
+            .arg(&target)
             .run()
-            .with_context(|| format!("while copying {file} to the EFI system partition"))?;
+            .with_context(|| format!("while copying {} to the EFI system partition", file.display()))?;
     }
     Ok(())
 }

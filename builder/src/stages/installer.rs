@@ -144,7 +144,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     let (kernel, initrd) = disk::find_kernel(&image_root)?;
     let cmdline = format!("root=PARTUUID={} ro systemd.unit=rampart-install.target {}", ids.root_partuuid, ctx.kernel_cmdline());
     let title = format!("rampart installer: writes {name} to the target disk");
-    let esp = Esp { title: &title, root: &image_root, kernel: &kernel, initrd: &initrd, cmdline: &cmdline, label: ESP_LABEL, volume_id: &ids.esp_volume_id };
+    let esp = Esp { title: &title, root: &image_root, kernel: &kernel, initrd: &initrd, cmdline: &cmdline, label: ESP_LABEL, volume_id: &ids.esp_volume_id, keys: ctx.site_keys()? };
     let esp_image = work.join("installer-esp.vfat");
     disk::make_esp(&work.join("installer-esp"), &esp_image, &esp, &epoch_text)?;
 

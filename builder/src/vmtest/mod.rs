@@ -201,7 +201,7 @@ fn ensure_built(profile: &Profile, mirror: Mirror, options: &TestOptions, artifa
     build::build(
         profile.clone(),
         mirror,
-        &BuildOptions { offline: options.offline, out: options.out.clone(), cache: options.cache.clone(), secrets: None, installer },
+        &BuildOptions { offline: options.offline, out: options.out.clone(), cache: options.cache.clone(), secrets: None, keys: None, installer },
     )
 }
 
@@ -456,17 +456,11 @@ const UNLOADABLE_RULESET: &[u8] = b"#!/usr/sbin/nft -f\n# rampart test: a rulese
 /// network after it said so: networkd, were it started, has DHCP well before.
 const OFFLINE_WATCH: Duration = Duration::from_secs(20);
 
-/// Boots a copy of the image with an unloadable ruleset beside `machine`
-/// (the lab's spare slot) and checks that it stays off the network.
-fn firewall_fails_closed(machine: &Machine, check: &Check, env: &CheckEnv, lab: &lab::Lab) -> Result<(), CheckFailure> {
-    let name = format!("{}-{}", machine.name, check.name);
-    let disk = env.work.join(format!("{name}.qcow2"));
-    let root = crate::layout::Identifiers::for_profile(env.profile.name.as_str()).root_partuuid;
-    qemu::copy_with_replaced_file(env.image, &root, &disk, "/etc/nftables.conf", UNLOADABLE_RULESET, env.work)
-        .map_err(|e| failed("could not make a copy of the image with an unloadable ruleset", format!("{e:#}")))?;
-    let spare = env.scenario.machines.len();
-    let config = MachineConfig {
-        name: &name,
+/// A machine that boots a changed copy of the image (`disk`), made ready
+/// before; no one logs in to it (the stranger's key).
+fn copy_config<'a>(name: &'a str, disk: PathBuf, env: &'a CheckEnv) -> MachineConfig<'a> {
+    MachineConfig {
+        name,
         image: env.image,
         disk_bytes: 0,
         memory_mib: 1024,
@@ -476,11 +470,25 @@ fn firewall_fails_closed(machine: &Machine, check: &Check, env: &CheckEnv, lab: 
         user: env.admin,
         guest_ssh_port: env.profile.ssh.port.get(),
         key: env.stranger,
-        extra_args: lab::Lab::nic_args(spare),
-        netns: Some(lab.lab_ns.clone()),
+        extra_args: Vec::new(),
+        netns: None,
         prepared_disk: Some(disk),
-        serial_log: kept_console(env.out, env.scenario, &name),
-    };
+        serial_log: kept_console(env.out, env.scenario, name),
+    }
+}
+
+/// Boots a copy of the image with an unloadable ruleset beside `machine`
+/// (the lab's spare slot) and checks that it stays off the network.
+fn firewall_fails_closed(machine: &Machine, check: &Check, env: &CheckEnv, lab: &lab::Lab) -> Result<(), CheckFailure> {
+    let name = format!("{}-{}", machine.name, check.name);
+    let disk = env.work.join(format!("{name}.qcow2"));
+    let root = crate::layout::Identifiers::for_profile(env.profile.name.as_str()).root_partuuid;
+    qemu::copy_with_replaced_file(env.image, &root, &disk, "/etc/nftables.conf", UNLOADABLE_RULESET, env.work)
+        .map_err(|e| failed("could not make a copy of the image with an unloadable ruleset", format!("{e:#}")))?;
+    let spare = env.scenario.machines.len();
+    let mut config = copy_config(&name, disk, env);
+    config.extra_args = lab::Lab::nic_args(spare);
+    config.netns = Some(lab.lab_ns.clone());
     let mut copy = Machine::boot(&config, env.work).map_err(|e| failed("could not boot the copy", format!("{e:#}")))?;
     lab.attach(spare).map_err(|e| failed("could not attach the copy to the lab", format!("{e:#}")))?;
     let said = copy
@@ -502,6 +510,39 @@ fn firewall_fails_closed(machine: &Machine, check: &Check, env: &CheckEnv, lab: 
     let (own_address, _) = lab::machine_address(env.scenario.machines.iter().position(|m| m.name == machine.name).unwrap_or(0));
     if !sweep.contains(&format!("for {own_address}")) {
         return Err(failed(format!("the ARP sweep did not even find {} ({own_address}); it proves nothing", machine.name), details));
+    }
+    Ok(())
+}
+
+/// What systemd-boot prints when the firmware will not start the boot
+/// image, followed by the firmware's reason.
+const BOOT_IMAGE_NOT_LOADED: &str = "Error loading \\EFI\\Linux\\rampart.efi: ";
+/// The reasons a firmware enforcing Secure Boot gives for an image whose
+/// signature does not verify (OVMF denies execution: Access Denied).
+const SIGNATURE_REFUSALS: &[&str] = &["Access Denied", "Security Violation"];
+/// What shows that Linux started after all.
+const LINUX_STARTED: &[&str] = &["Linux version", "rampart-boot:", "systemd["];
+
+/// Boots a copy of the image whose unified kernel image has one byte
+/// changed: the firmware, enforcing Secure Boot with the site's keys,
+/// refuses it, and Linux never starts.
+fn tampered_boot_image_is_refused(machine: &Machine, check: &Check, env: &CheckEnv) -> Result<(), CheckFailure> {
+    let name = format!("{}-{}", machine.name, check.name);
+    let disk = env.work.join(format!("{name}.qcow2"));
+    qemu::copy_with_changed_boot_file(env.image, &disk, crate::stages::disk::UKI_PATH, env.work)
+        .map_err(|e| failed("could not make a copy of the image with a changed boot image", format!("{e:#}")))?;
+    let config = copy_config(&name, disk, env);
+    let mut copy = Machine::boot(&config, env.work).map_err(|e| failed("could not boot the copy", format!("{e:#}")))?;
+    let said = copy.wait_for_console(BOOT_IMAGE_NOT_LOADED, check.timeout);
+    let console = String::from_utf8_lossy(&std::fs::read(&copy.serial_log).unwrap_or_default()).into_owned();
+    let tail = copy.serial_tail(30);
+    copy.shut_down();
+    let line = said.map_err(|e| failed("the copy with a changed boot image was not refused: systemd-boot never said it could not load it", format!("{e:#}\n{tail}")))?;
+    if !SIGNATURE_REFUSALS.iter().any(|reason| line.contains(reason)) {
+        return Err(failed(format!("the copy's boot image was not loaded, but not for its signature: {line}"), tail));
+    }
+    if let Some(sign) = LINUX_STARTED.iter().find(|sign| console.contains(*sign)) {
+        return Err(failed(format!("the copy with a changed boot image started Linux ({sign:?} on its console)"), tail));
     }
     Ok(())
 }
@@ -743,6 +784,10 @@ fn run_check(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Result<Opt
                 return Err(failed("this check needs the isolated network", String::new()));
             };
             firewall_fails_closed(machine, check, env, lab)?;
+            Ok(None)
+        }
+        Action::TamperedBootImageIsRefused => {
+            tampered_boot_image_is_refused(machine, check, env)?;
             Ok(None)
         }
         Action::DiskIsItsOwn => {

@@ -13,8 +13,12 @@ use anyhow::{bail, Context, Result};
 use crate::process::{Background, Cmd, Output};
 use crate::ui;
 
-pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
-pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// OVMF with Secure Boot enforced: every machine boots with the image's own
+/// variable store (`<name>.ovmf-vars.fd`: the site's keys, Secure Boot on).
+pub const OVMF_CODE: &str = crate::secureboot::OVMF_CODE_SECURE;
+/// What the firmware's secure build needs of the machine: SMM, and the
+/// variable store's flash writable from SMM only.
+const SECURE_MACHINE: [&str; 4] = ["-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on"];
 const QEMU: &str = "qemu-system-x86_64";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -54,7 +58,7 @@ impl Accel {
 /// Checks that QEMU and OVMF are installed before anything boots.
 pub fn require_host_tools() -> Result<()> {
     crate::process::require_programs(&[(QEMU, "qemu-system-x86"), ("ssh", "openssh-client")])?;
-    for firmware in [OVMF_CODE, OVMF_VARS] {
+    for firmware in [OVMF_CODE] {
         if !Path::new(firmware).exists() {
             bail!("UEFI firmware {firmware} is missing (package ovmf); {}", crate::process::INSTALL_HINT);
         }
@@ -77,15 +81,25 @@ pub fn choose_accel(choice: AccelChoice, raw_image: &Path, work: &Path) -> Resul
         return Ok(Accel::Tcg);
     }
     let kernel = work.join("probe-vmlinuz");
+    let uki = work.join("probe-uki.efi");
     Cmd::new("mcopy")
         .env("MTOOLS_SKIP_CHECK", "1")
         .arg("-o")
         .arg("-i")
         .arg(format!("{}@@{}", raw_image.display(), crate::layout::FIRST_LBA_MIB << 20))
-        .arg("::/EFI/rampart/vmlinuz")
-        .arg(&kernel)
+        .arg(format!("::/{}", crate::stages::disk::UKI_PATH))
+        .arg(&uki)
         .run()
-        .context("while taking the kernel out of the image for the KVM probe")?;
+        .context("while taking the boot image out of the disk for the KVM probe")?;
+    let mut dump = std::ffi::OsString::from(".linux=");
+    dump.push(&kernel);
+    Cmd::new("objcopy")
+        .arg("--dump-section")
+        .arg(dump)
+        .arg(&uki)
+        .arg(work.join("probe-uki-copy.efi"))
+        .run()
+        .context("while taking the kernel out of the boot image for the KVM probe")?;
     let log = work.join("kvm-probe.log");
     let started = Instant::now();
     let output = Cmd::new(QEMU)
@@ -211,7 +225,7 @@ impl Machine {
                 scratch
             }
         };
-        let vars = fresh_vars(dir, config.name)?;
+        let vars = fresh_vars(dir, config.name, config.image)?;
         let ssh_port = free_loopback_port()?;
         let serial_log = config.serial_log.clone();
         // An earlier run's console must not be read as this one's (its host key above all).
@@ -222,7 +236,8 @@ impl Machine {
         // Commas in an SMBIOS value must be doubled for QEMU's option parser.
         let credential = format!("io.systemd.credential:ssh.authorized_keys.{}={}", config.user, config.key.public_line).replace(',', ",,");
         let mut command = in_netns(&config.netns, QEMU)
-            .args(["-machine", "q35", "-accel", config.accel.name(), "-cpu", config.accel.cpu(), "-smp", "2"])
+            .args(SECURE_MACHINE)
+            .args(["-accel", config.accel.name(), "-cpu", config.accel.cpu(), "-smp", "2"])
             .arg("-m")
             .arg(config.memory_mib.to_string())
             .args(["-nodefaults", "-display", "none", "-no-reboot"])
@@ -510,10 +525,20 @@ fn console_tail(log: &Path, machine: &str, n: usize) -> String {
     )
 }
 
-/// A machine's own copy of the UEFI variable store.
-fn fresh_vars(dir: &Path, name: &str) -> Result<PathBuf> {
+/// The variable store built with an artifact (`<name>.qcow2`, `<name>.raw`,
+/// `<name>.installer.raw`): `<name>.ovmf-vars.fd` beside it.
+pub fn vars_beside(artifact: &Path) -> PathBuf {
+    let file = artifact.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = [".installer.raw", ".qcow2", ".raw"].iter().find_map(|suffix| file.strip_suffix(suffix)).unwrap_or(&file);
+    artifact.with_file_name(format!("{name}.{}", crate::secureboot::VARS_SUFFIX))
+}
+
+/// A machine's own copy of the variable store built with `artifact`.
+fn fresh_vars(dir: &Path, name: &str, artifact: &Path) -> Result<PathBuf> {
+    let template = vars_beside(artifact);
     let vars = dir.join(format!("{name}.OVMF_VARS.fd"));
-    std::fs::copy(OVMF_VARS, &vars).with_context(|| format!("while copying {OVMF_VARS}"))?;
+    std::fs::copy(&template, &vars)
+        .with_context(|| format!("{} has no variable store {} beside it (the site's keys, Secure Boot on): rebuild it with this rampart", artifact.display(), template.display()))?;
     Ok(vars)
 }
 
@@ -547,6 +572,27 @@ pub fn copy_with_replaced_file(image: &Path, root_partuuid: &str, copy: &Path, i
     Ok(())
 }
 
+/// A qcow2 copy of the qcow2 `image` with one byte of the file `esp_path`
+/// on its EFI system partition changed (the byte in the middle, inverted):
+/// taken out and written back with mtools at the partition's offset.
+pub fn copy_with_changed_boot_file(image: &Path, copy: &Path, esp_path: &str, work: &Path) -> Result<()> {
+    let raw = copy.with_extension("raw");
+    Cmd::new("qemu-img").args(["convert", "-f", "qcow2", "-O", "raw"]).arg(image).arg(&raw).run().context("while copying the image")?;
+    let esp = format!("{}@@{}", raw.display(), crate::layout::FIRST_LBA_MIB << 20);
+    let local = work.join(format!("{}.boot-file", copy.file_name().and_then(|n| n.to_str()).unwrap_or("copy")));
+    let mtools = |program: &str| Cmd::new(program).env("MTOOLS_SKIP_CHECK", "1").arg("-o").arg("-i").arg(&esp);
+    mtools("mcopy").arg(format!("::/{esp_path}")).arg(&local).run().with_context(|| format!("while taking {esp_path} off the copy's ESP"))?;
+    let mut bytes = std::fs::read(&local)?;
+    let middle = bytes.len() / 2;
+    bytes[middle] = !bytes[middle];
+    std::fs::write(&local, &bytes)?;
+    mtools("mcopy").arg(&local).arg(format!("::/{esp_path}")).run().with_context(|| format!("while writing {esp_path} back to the copy's ESP"))?;
+    Cmd::new("qemu-img").args(["convert", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(copy).run().context("while converting the copy")?;
+    std::fs::remove_file(&raw)?;
+    std::fs::remove_file(&local)?;
+    Ok(())
+}
+
 /// Makes an empty qcow2 disk of `bytes`.
 pub fn blank_disk(path: &Path, bytes: u64) -> Result<()> {
     Cmd::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(path).arg(bytes.to_string()).run().context("while making an empty disk")?;
@@ -575,10 +621,11 @@ pub struct InstallRun {
 #[allow(clippy::too_many_arguments)]
 pub fn run_installer(installer: &Path, target: &Path, attached: &[Attached], accel: Accel, dir: &Path, name: &str, serial_log: &Path, timeout: Duration) -> Result<InstallRun> {
     use crate::stages::installer::{DONE_MARKER, FAILED_MARKER};
-    let vars = fresh_vars(dir, &format!("{name}-installer"))?;
+    let vars = fresh_vars(dir, &format!("{name}-installer"), installer)?;
     let qemu_log = dir.join(format!("qemu-{name}-installer.log"));
     let mut process = Cmd::new(QEMU)
-        .args(["-machine", "q35", "-accel", accel.name(), "-cpu", accel.cpu(), "-smp", "2", "-m", "1024", "-nodefaults", "-display", "none", "-no-reboot", "-nic", "none"])
+        .args(SECURE_MACHINE)
+        .args(["-accel", accel.name(), "-cpu", accel.cpu(), "-smp", "2", "-m", "1024", "-nodefaults", "-display", "none", "-no-reboot", "-nic", "none"])
         .arg("-drive")
         .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
         .arg("-drive")

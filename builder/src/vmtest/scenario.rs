@@ -90,6 +90,9 @@ struct RawCheck {
     /// every interface but lo down: its console says why, and the second
     /// host finds no trace of it on the network.
     firewall_fails_closed: Option<bool>,
+    /// A copy of the image with one byte of its signed boot image changed
+    /// does not boot: the firmware's Secure Boot refuses it.
+    tampered_boot_image_is_refused: Option<bool>,
     /// The disk the machine booted from holds its root and configuration
     /// partition, and none of its identifiers is the image's.
     disk_is_its_own: Option<bool>,
@@ -196,6 +199,8 @@ pub enum Action {
     /// firewall did not load, and neither gets a DHCP lease nor answers the
     /// second host's ARP sweep of the subnet.
     FirewallFailsClosed,
+    /// A copy whose signed boot image has one byte changed does not boot.
+    TamperedBootImageIsRefused,
     /// The root, the configuration partition and the partition the boot
     /// loader was loaded from are on the disk the machine booted, and no
     /// identifier on it (disk GUID, partition UUIDs, file-system UUIDs) is
@@ -431,6 +436,9 @@ fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec]) 
     if raw.firewall_fails_closed == Some(true) {
         actions.push(Action::FirewallFailsClosed);
     }
+    if raw.tampered_boot_image_is_refused == Some(true) {
+        actions.push(Action::TamperedBootImageIsRefused);
+    }
     if raw.disk_is_its_own == Some(true) {
         actions.push(Action::DiskIsItsOwn);
     }
@@ -448,7 +456,7 @@ fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec]) 
     }
     let action = match actions.len() {
         1 => actions.remove(0),
-        0 => return Err(source.error(&raw.name, format!("check {name}: no action; give one of succeed, fail, wait-until-succeeds, wait-for-unit, wait-for-port, differ, ssh-refuses-wrong-key, ssh-refuses, outside-succeed, outside-fail, open-tcp-ports, open-udp-ports, running-services-match-profile, listening-sockets-match-profile, sysctls-match-profile, first-login-forced-password-change, remote-log-receives, remote-log-survives-outage, profile-services-log, installer-refuses-disk-of, firewall-fails-closed, disk-is-its-own"))),
+        0 => return Err(source.error(&raw.name, format!("check {name}: no action; give one of succeed, fail, wait-until-succeeds, wait-for-unit, wait-for-port, differ, ssh-refuses-wrong-key, ssh-refuses, outside-succeed, outside-fail, open-tcp-ports, open-udp-ports, running-services-match-profile, listening-sockets-match-profile, sysctls-match-profile, first-login-forced-password-change, remote-log-receives, remote-log-survives-outage, profile-services-log, installer-refuses-disk-of, firewall-fails-closed, tampered-boot-image-is-refused, disk-is-its-own"))),
         _ => return Err(source.error(&raw.name, format!("check {name}: give exactly one action"))),
     };
     let uses_expect = matches!(
@@ -521,7 +529,7 @@ mod tests {
     fn unknown_check_kind_is_refused() {
         check_error(
             "profile = \"baseline\"\n[[check]]\nname = \"x\"\nsucceeds = \"true\"\n",
-            "$DIR/vm-tests/t.toml:4:1: unknown field `succeeds`, expected one of `name`, `machine`, `timeout`, `succeed`, `fail`, `wait-until-succeeds`, `wait-for-unit`, `wait-for-port`, `differ`, `ssh-refuses-wrong-key`, `outside-succeed`, `outside-fail`, `open-tcp-ports`, `open-udp-ports`, `scan-from`, `ssh-refuses`, `ssh-user`, `running-services-match-profile`, `listening-sockets-match-profile`, `sysctls-match-profile`, `first-login-forced-password-change`, `remote-log-receives`, `remote-log-survives-outage`, `profile-services-log`, `installer-refuses-disk-of`, `firewall-fails-closed`, `disk-is-its-own`, `as-root`, `expect`, `expect-contains`",
+            "$DIR/vm-tests/t.toml:4:1: unknown field `succeeds`, expected one of `name`, `machine`, `timeout`, `succeed`, `fail`, `wait-until-succeeds`, `wait-for-unit`, `wait-for-port`, `differ`, `ssh-refuses-wrong-key`, `outside-succeed`, `outside-fail`, `open-tcp-ports`, `open-udp-ports`, `scan-from`, `ssh-refuses`, `ssh-user`, `running-services-match-profile`, `listening-sockets-match-profile`, `sysctls-match-profile`, `first-login-forced-password-change`, `remote-log-receives`, `remote-log-survives-outage`, `profile-services-log`, `installer-refuses-disk-of`, `firewall-fails-closed`, `tampered-boot-image-is-refused`, `disk-is-its-own`, `as-root`, `expect`, `expect-contains`",
         );
     }
 

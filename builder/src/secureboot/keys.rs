@@ -1,0 +1,206 @@
+//! The site's Secure Boot keys: PK, KEK and db, each an RSA key and its
+//! self-signed certificate, and the GUID that owns their entries. A build
+//! input like the secrets file: kept in a directory only root can read
+//! (`build --keys DIR`, by default `<out>/<name>.keys/`), made on first use
+//! with the host's openssl and reused after, so the same inputs give the
+//! same bytes. Never in the image and never in SHA256SUMS.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::process::Cmd;
+
+/// The three roles, in the order firmware trusts them.
+pub const ROLES: [&str; 3] = ["PK", "KEK", "db"];
+const OWNER_FILE: &str = "owner.guid";
+
+pub struct KeyPair {
+    pub key: PathBuf,
+    pub cert: PathBuf,
+    /// The certificate, DER.
+    pub der: Vec<u8>,
+}
+
+pub struct SiteKeys {
+    pub dir: PathBuf,
+    pub pk: KeyPair,
+    pub kek: KeyPair,
+    pub db: KeyPair,
+    pub owner: String,
+    /// Whether this build made them.
+    pub made: bool,
+}
+
+fn pair_paths(dir: &Path, role: &str) -> (PathBuf, PathBuf) {
+    (dir.join(format!("{role}.key")), dir.join(format!("{role}.crt")))
+}
+
+/// Keys and certificates must be readable by their owner alone.
+fn check_private(path: &Path, what: &str) -> Result<()> {
+    let meta = std::fs::metadata(path).with_context(|| format!("{what} {} is missing", path.display()))?;
+    if meta.mode() & 0o077 != 0 {
+        bail!(
+            "{what} {} can be read by others (mode {:o}); fix it (chmod go= on the directory and its keys) or remove the directory and let rampart make new keys",
+            path.display(),
+            meta.mode() & 0o777
+        );
+    }
+    Ok(())
+}
+
+fn is_guid(text: &str) -> bool {
+    text.len() == 36 && text.chars().enumerate().all(|(i, c)| if [8, 13, 18, 23].contains(&i) { c == '-' } else { c.is_ascii_hexdigit() })
+}
+
+/// Reads the keys in `dir`, or makes them there if it does not exist.
+/// `name` goes into the certificates' subjects.
+pub fn load_or_make(dir: &Path, name: &str) -> Result<SiteKeys> {
+    let made = !dir.exists();
+    if made {
+        make(dir, name)?;
+    }
+    check_private(dir, "the Secure Boot keys directory")?;
+    let owner = std::fs::read_to_string(dir.join(OWNER_FILE)).with_context(|| format!("{} has no {OWNER_FILE}", dir.display()))?;
+    let owner = owner.trim().to_ascii_lowercase();
+    if !is_guid(&owner) {
+        bail!("{}: {owner:?} is not a GUID", dir.join(OWNER_FILE).display());
+    }
+    let mut pairs = Vec::new();
+    for role in ROLES {
+        let (key, cert) = pair_paths(dir, role);
+        check_private(&key, &format!("the {role} key"))?;
+        pairs.push(load_pair(role, key, cert)?);
+    }
+    let db = pairs.pop().expect("three");
+    let kek = pairs.pop().expect("three");
+    let pk = pairs.pop().expect("three");
+    Ok(SiteKeys { dir: dir.to_path_buf(), pk, kek, db, owner, made })
+}
+
+/// Copies a keys directory (its keys, certificates and owner GUID) to `to`,
+/// private from the first byte.
+pub fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    check_private(from, "the Secure Boot keys directory")?;
+    std::fs::create_dir(to).with_context(|| format!("while creating {}", to.display()))?;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700))?;
+    let mut names = vec![OWNER_FILE.to_string()];
+    for role in ROLES {
+        names.push(format!("{role}.key"));
+        names.push(format!("{role}.crt"));
+    }
+    for name in names {
+        let bytes = std::fs::read(from.join(&name)).with_context(|| format!("{} has no {name}", from.display()))?;
+        crate::fsutil::write_atomic_private(&to.join(&name), &bytes)?;
+    }
+    Ok(())
+}
+
+/// A key and its certificate: the certificate parses, is valid now, and
+/// holds the key's public half.
+fn load_pair(role: &str, key: PathBuf, cert: PathBuf) -> Result<KeyPair> {
+    let der = Cmd::new("openssl")
+        .args(["x509", "-outform", "DER", "-in"])
+        .arg(&cert)
+        .run()
+        .with_context(|| format!("the {role} certificate {} is not an X.509 certificate", cert.display()))?
+        .stdout;
+    let expired = Cmd::new("openssl").args(["x509", "-noout", "-checkend", "0", "-in"]).arg(&cert).run_unchecked()?;
+    if !expired.status.success() {
+        bail!("the {role} certificate {} has expired (or is not valid yet); replace the pair", cert.display());
+    }
+    let from_cert = Cmd::new("openssl").args(["x509", "-noout", "-pubkey", "-in"]).arg(&cert).run()?.stdout;
+    let from_key = Cmd::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&key)
+        .run()
+        .with_context(|| format!("the {role} key {} is not a private key openssl reads", key.display()))?
+        .stdout;
+    if from_cert != from_key {
+        bail!("the {role} key {} and certificate {} do not match: the certificate holds another key", key.display(), cert.display());
+    }
+    Ok(KeyPair { key, cert, der })
+}
+
+/// Makes the three pairs and the owner GUID in a fresh directory, and moves
+/// it into place whole: an interrupted run leaves no half set.
+fn make(dir: &Path, name: &str) -> Result<()> {
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("while creating {}", parent.display()))?;
+    let staging = tempfile::Builder::new().prefix(".rampart-keys-").tempdir_in(parent).with_context(|| format!("while making a directory in {}", parent.display()))?;
+    let work = staging.path();
+    std::fs::set_permissions(work, std::fs::Permissions::from_mode(0o700))?;
+    for role in ROLES {
+        let (key, cert) = pair_paths(work, role);
+        Cmd::new("openssl")
+            .args(["req", "-new", "-x509", "-newkey", "rsa:3072", "-nodes", "-sha256", "-days", "7300"])
+            .arg("-subj")
+            .arg(format!("/CN=rampart {name} {role}/"))
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .run()
+            .with_context(|| format!("while making the {role} key pair"))?;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::set_permissions(&cert, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let owner = uuid_v4()?;
+    crate::fsutil::write_atomic_private(&work.join(OWNER_FILE), format!("{owner}\n").as_bytes())?;
+    std::fs::rename(work, dir).with_context(|| format!("while moving the new keys to {}", dir.display()))?;
+    Ok(())
+}
+
+fn uuid_v4() -> Result<String> {
+    let mut b = [0u8; 16];
+    let mut urandom = std::fs::File::open("/dev/urandom").context("while opening /dev/urandom")?;
+    std::io::Read::read_exact(&mut urandom, &mut b)?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_made_once_then_reused_and_bad_ones_are_refused() {
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path().join("site.keys");
+        let made = load_or_make(&dir, "web").unwrap();
+        assert!(made.made);
+        assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+        assert_eq!(std::fs::metadata(&made.db.key).unwrap().mode() & 0o777, 0o600);
+        let again = load_or_make(&dir, "web").unwrap();
+        assert!(!again.made);
+        assert_eq!((again.owner.clone(), again.db.der.clone()), (made.owner.clone(), made.db.der.clone()), "reused, not made again");
+
+        let copy = scratch.path().join("copy.keys");
+        copy_dir(&dir, &copy).unwrap();
+        assert_eq!(load_or_make(&copy, "web").unwrap().pk.der, made.pk.der);
+
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let error = format!("{:#}", load_or_make(&dir, "web").err().unwrap());
+        assert!(error.contains("can be read by others (mode 755)"), "{error}");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+        std::fs::copy(dir.join("KEK.crt"), dir.join("db.crt")).unwrap();
+        let error = format!("{:#}", load_or_make(&dir, "web").err().unwrap());
+        assert!(error.contains("the db key") && error.contains("do not match"), "{error}");
+
+        std::fs::write(dir.join("db.crt"), "not a certificate\n").unwrap();
+        let error = format!("{:#}", load_or_make(&dir, "web").err().unwrap());
+        assert!(error.contains("is not an X.509 certificate"), "{error}");
+    }
+
+    #[test]
+    fn owner_guids_are_checked() {
+        assert!(is_guid("11111111-2222-3333-4444-555555555555"));
+        assert!(!is_guid("11111111-2222-3333-4444-55555555555"));
+        assert!(!is_guid("1111111122223333444455555555555555555"));
+        assert!(is_guid(&uuid_v4().unwrap()));
+    }
+}
