@@ -332,6 +332,17 @@ fn two_cold_builds_of_one_lock_are_byte_identical_the_second_from_a_bundle_with_
     assert!(!output.status.success() && message.contains(&format!("but --sha256 says {digest}")), "{message}");
     assert!(!message.contains("is damaged"), "the digest is checked before any member: {message}");
 
+    // The second signs as a site whose db key lives in an HSM does: the
+    // keys directory holds the db certificate and a signing command, not
+    // the key (the stand-in "HSM" is sbsign with the key kept elsewhere).
+    // RSA signatures are deterministic, so the bytes are the same.
+    let hsm = ws.path("hsm");
+    std::fs::create_dir(&hsm).unwrap();
+    std::fs::rename(Path::new(keys).join("db.key"), hsm.join("db.key")).unwrap();
+    let command = Path::new(keys).join("db.sign");
+    std::fs::write(&command, format!("#!/bin/sh\nset -eu\nexec sbsign --key {} --cert \"$RAMPART_DB_CERT\" --output \"$2\" \"$1\"\n", hsm.join("db.key").display())).unwrap();
+    std::fs::set_permissions(&command, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+
     // The second: from the bundle alone, checked by its digest, into an
     // empty cache, with the whole build's network cut.
     let output = Command::new("unshare")

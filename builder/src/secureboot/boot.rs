@@ -10,7 +10,7 @@ use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
 
-use super::keys::SiteKeys;
+use super::keys::{Signer, SiteKeys};
 use crate::process::Cmd;
 
 /// Where the sections go: after the stub's own, and the initrd after the
@@ -81,24 +81,34 @@ pub fn make_uki(uki: &Uki, work: &Path, output: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Signs a PE file with the db key: firmware with the site's db runs it.
+/// Signs a PE file with the db key (sbsign, or the site's own signing
+/// command): firmware with the site's db runs it. Either way the signature
+/// must verify with the db certificate.
 pub fn sign(keys: &SiteKeys, input: &Path, output: &Path) -> Result<()> {
-    Cmd::new("sbsign")
-        .arg("--key")
-        .arg(&keys.db.key)
-        .arg("--cert")
-        .arg(&keys.db.cert)
-        .arg("--output")
-        .arg(output)
-        .arg(input)
-        .run()
-        .with_context(|| format!("while signing {} with the db key (sbsign)", input.display()))?;
+    match &keys.db.signer {
+        Signer::Key(key) => Cmd::new("sbsign")
+            .arg("--key")
+            .arg(key)
+            .arg("--cert")
+            .arg(&keys.db.cert)
+            .arg("--output")
+            .arg(output)
+            .arg(input)
+            .run()
+            .with_context(|| format!("while signing {} with the db key (sbsign)", input.display()))?,
+        Signer::Command(command) => Cmd::new(&command.to_string_lossy())
+            .arg(input)
+            .arg(output)
+            .env("RAMPART_DB_CERT", &keys.db.cert)
+            .run()
+            .with_context(|| format!("while signing {} with the site's signing command {}", input.display(), command.display()))?,
+    };
     Cmd::new("sbverify")
         .arg("--cert")
         .arg(&keys.db.cert)
         .arg(output)
         .run()
-        .with_context(|| format!("the signature of {} does not verify with the db certificate", output.display()))?;
+        .with_context(|| format!("the signature of {} does not verify with the db certificate {}", output.display(), keys.db.cert.display()))?;
     Ok(())
 }
 
@@ -109,9 +119,9 @@ pub fn enrolment_files(keys: &SiteKeys, dir: &Path, epoch: i64) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let (year, month, day, hour, minute, second) = super::efivars::civil_time(epoch);
     let stamp = format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02}");
-    for (role, pair, signer) in [("PK", &keys.pk, &keys.pk), ("KEK", &keys.kek, &keys.pk), ("db", &keys.db, &keys.kek)] {
+    for (role, cert, signer) in [("PK", &keys.pk.cert, &keys.pk), ("KEK", &keys.kek.cert, &keys.pk), ("db", &keys.db.cert, &keys.kek)] {
         let list = dir.join(format!("{role}.esl"));
-        Cmd::new("cert-to-efi-sig-list").args(["-g", &keys.owner]).arg(&pair.cert).arg(&list).run().with_context(|| format!("while making the {role} signature list"))?;
+        Cmd::new("cert-to-efi-sig-list").args(["-g", &keys.owner]).arg(cert).arg(&list).run().with_context(|| format!("while making the {role} signature list"))?;
         Cmd::new("sign-efi-sig-list")
             .args(["-t", &stamp, "-g", &keys.owner, "-k"])
             .arg(&signer.key)

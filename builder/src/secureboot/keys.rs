@@ -4,6 +4,12 @@
 //! (`build --keys DIR`, by default `<out>/<name>.keys/`), made on first use
 //! with the host's openssl and reused after, so the same inputs give the
 //! same bytes. Never in the image and never in SHA256SUMS.
+//!
+//! A site whose db key never leaves a hardware security module gives the
+//! db certificate and, instead of `db.key`, its own signing command
+//! `db.sign` (run as `db.sign UNSIGNED SIGNED`, the certificate's path in
+//! `RAMPART_DB_CERT`); what it returns is verified against the certificate
+//! like sbsign's output.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -15,9 +21,27 @@ use crate::process::Cmd;
 /// The three roles, in the order firmware trusts them.
 pub const ROLES: [&str; 3] = ["PK", "KEK", "db"];
 const OWNER_FILE: &str = "owner.guid";
+/// The site's signing command, in place of `db.key`.
+pub const SIGN_COMMAND: &str = "db.sign";
 
 pub struct KeyPair {
     pub key: PathBuf,
+    pub cert: PathBuf,
+    /// The certificate, DER.
+    pub der: Vec<u8>,
+}
+
+/// What signs with the db key.
+pub enum Signer {
+    /// The key file, read by sbsign.
+    Key(PathBuf),
+    /// The site's signing command (`db.sign`).
+    Command(PathBuf),
+}
+
+/// The db certificate and what signs for it.
+pub struct DbKey {
+    pub signer: Signer,
     pub cert: PathBuf,
     /// The certificate, DER.
     pub der: Vec<u8>,
@@ -27,7 +51,7 @@ pub struct SiteKeys {
     pub dir: PathBuf,
     pub pk: KeyPair,
     pub kek: KeyPair,
-    pub db: KeyPair,
+    pub db: DbKey,
     pub owner: String,
     /// Whether this build made them.
     pub made: bool,
@@ -67,15 +91,30 @@ pub fn load_or_make(dir: &Path, name: &str) -> Result<SiteKeys> {
     if !is_guid(&owner) {
         bail!("{}: {owner:?} is not a GUID", dir.join(OWNER_FILE).display());
     }
-    let mut pairs = Vec::new();
-    for role in ROLES {
+    let pair = |role: &str| -> Result<KeyPair> {
         let (key, cert) = pair_paths(dir, role);
         check_private(&key, &format!("the {role} key"))?;
-        pairs.push(load_pair(role, key, cert)?);
-    }
-    let db = pairs.pop().expect("three");
-    let kek = pairs.pop().expect("three");
-    let pk = pairs.pop().expect("three");
+        load_pair(role, key, cert)
+    };
+    let (pk, kek) = (pair("PK")?, pair("KEK")?);
+    let (key, cert) = pair_paths(dir, "db");
+    let command = dir.join(SIGN_COMMAND);
+    let db = match (key.exists(), command.exists()) {
+        (true, true) => bail!("{} holds both db.key and {SIGN_COMMAND}: keep the one that signs", dir.display()),
+        (true, false) => {
+            let pair = pair("db")?;
+            DbKey { signer: Signer::Key(pair.key), cert: pair.cert, der: pair.der }
+        }
+        (false, true) => {
+            check_private(&command, "the signing command")?;
+            if std::fs::metadata(&command)?.mode() & 0o100 == 0 {
+                bail!("the signing command {} is not executable (chmod 0700 it)", command.display());
+            }
+            let der = load_certificate("db", &cert)?;
+            DbKey { signer: Signer::Command(command), cert, der }
+        }
+        (false, false) => bail!("{} has neither db.key nor a signing command {SIGN_COMMAND}", dir.display()),
+    };
     Ok(SiteKeys { dir: dir.to_path_buf(), pk, kek, db, owner, made })
 }
 
@@ -90,26 +129,40 @@ pub fn copy_dir(from: &Path, to: &Path) -> Result<()> {
         names.push(format!("{role}.key"));
         names.push(format!("{role}.crt"));
     }
+    // A site that signs with its own command has no db.key.
+    if from.join(SIGN_COMMAND).exists() {
+        names.retain(|name| name != "db.key");
+        names.push(SIGN_COMMAND.to_string());
+    }
     for name in names {
         let bytes = std::fs::read(from.join(&name)).with_context(|| format!("{} has no {name}", from.display()))?;
         crate::fsutil::write_atomic_private(&to.join(&name), &bytes)?;
     }
+    if from.join(SIGN_COMMAND).exists() {
+        std::fs::set_permissions(to.join(SIGN_COMMAND), std::fs::Permissions::from_mode(0o700))?;
+    }
     Ok(())
+}
+
+/// A certificate that parses and is valid now, as DER.
+fn load_certificate(role: &str, cert: &Path) -> Result<Vec<u8>> {
+    let der = Cmd::new("openssl")
+        .args(["x509", "-outform", "DER", "-in"])
+        .arg(cert)
+        .run()
+        .with_context(|| format!("the {role} certificate {} is not an X.509 certificate", cert.display()))?
+        .stdout;
+    let expired = Cmd::new("openssl").args(["x509", "-noout", "-checkend", "0", "-in"]).arg(cert).run_unchecked()?;
+    if !expired.status.success() {
+        bail!("the {role} certificate {} has expired (or is not valid yet); replace the pair", cert.display());
+    }
+    Ok(der)
 }
 
 /// A key and its certificate: the certificate parses, is valid now, and
 /// holds the key's public half.
 fn load_pair(role: &str, key: PathBuf, cert: PathBuf) -> Result<KeyPair> {
-    let der = Cmd::new("openssl")
-        .args(["x509", "-outform", "DER", "-in"])
-        .arg(&cert)
-        .run()
-        .with_context(|| format!("the {role} certificate {} is not an X.509 certificate", cert.display()))?
-        .stdout;
-    let expired = Cmd::new("openssl").args(["x509", "-noout", "-checkend", "0", "-in"]).arg(&cert).run_unchecked()?;
-    if !expired.status.success() {
-        bail!("the {role} certificate {} has expired (or is not valid yet); replace the pair", cert.display());
-    }
+    let der = load_certificate(role, &cert)?;
     let from_cert = Cmd::new("openssl").args(["x509", "-noout", "-pubkey", "-in"]).arg(&cert).run()?.stdout;
     let from_key = Cmd::new("openssl")
         .args(["pkey", "-pubout", "-in"])
@@ -173,7 +226,7 @@ mod tests {
         let made = load_or_make(&dir, "web").unwrap();
         assert!(made.made);
         assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
-        assert_eq!(std::fs::metadata(&made.db.key).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(dir.join("db.key")).unwrap().mode() & 0o777, 0o600);
         let again = load_or_make(&dir, "web").unwrap();
         assert!(!again.made);
         assert_eq!((again.owner.clone(), again.db.der.clone()), (made.owner.clone(), made.db.der.clone()), "reused, not made again");
@@ -194,6 +247,38 @@ mod tests {
         std::fs::write(dir.join("db.crt"), "not a certificate\n").unwrap();
         let error = format!("{:#}", load_or_make(&dir, "web").err().unwrap());
         assert!(error.contains("is not an X.509 certificate"), "{error}");
+    }
+
+    #[test]
+    fn a_signing_command_stands_in_for_the_db_key_and_is_checked() {
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path().join("site.keys");
+        load_or_make(&dir, "web").unwrap();
+        let command = dir.join(SIGN_COMMAND);
+        std::fs::write(&command, "#!/bin/sh\nexit 1\n").unwrap();
+        std::fs::set_permissions(&command, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let error = format!("{:#}", load_or_make(&dir, "web").err().unwrap());
+        assert!(error.contains("holds both db.key and db.sign"), "{error}");
+
+        std::fs::rename(dir.join("db.key"), scratch.path().join("db.key")).unwrap();
+        let keys = load_or_make(&dir, "web").unwrap();
+        assert!(matches!(&keys.db.signer, Signer::Command(path) if *path == command));
+        let copy = scratch.path().join("copy.keys");
+        copy_dir(&dir, &copy).unwrap();
+        assert!(!copy.join("db.key").exists());
+        assert_eq!(std::fs::metadata(copy.join(SIGN_COMMAND)).unwrap().mode() & 0o777, 0o700);
+        assert!(matches!(load_or_make(&copy, "web").unwrap().db.signer, Signer::Command(_)));
+
+        std::fs::set_permissions(&command, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let error = format!("{:#}", load_or_make(&dir, "web").err().unwrap());
+        assert!(error.contains("is not executable"), "{error}");
+        std::fs::set_permissions(&command, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let error = format!("{:#}", load_or_make(&dir, "web").err().unwrap());
+        assert!(error.contains("the signing command") && error.contains("can be read by others"), "{error}");
+
+        std::fs::remove_file(&command).unwrap();
+        let error = format!("{:#}", load_or_make(&dir, "web").err().unwrap());
+        assert!(error.contains("has neither db.key nor a signing command db.sign"), "{error}");
     }
 
     #[test]

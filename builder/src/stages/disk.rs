@@ -171,6 +171,15 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
         .context("while converting the disk to qcow2")?;
 
     let grows = file_systems.last().map(|f| f.mount).unwrap_or("/");
+    let keys = ctx.site_keys()?;
+    let fingerprint = |der: &[u8]| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(der));
+    let secure_boot = json!({
+        "keys": keys.dir.file_name().map(|n| n.to_string_lossy().into_owned()),
+        "owner-guid": keys.owner,
+        // So a reviewer can tell which keys the machines trust.
+        "certificates-sha256": { "PK": fingerprint(&keys.pk.der), "KEK": fingerprint(&keys.kek.der), "db": fingerprint(&keys.db.der) },
+        "variable-store": format!("{}.{} (OVMF, 4 MiB: the site's PK, KEK and db enrolled, Secure Boot on)", name, crate::secureboot::VARS_SUFFIX),
+    });
     ctx.record(
         "disk",
         true,
@@ -181,11 +190,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
             "disk-guid": ids.disk_guid,
             "bootloader": format!("systemd-boot (UEFI), signed with the site's db key; menu hidden, editor off, secure-boot-enroll manual (/{ENROLMENT_DIR})"),
             "boot-image": format!("/{UKI_PATH}: a unified kernel image (systemd-stub, kernel, initrd, command line, os-release), signed with the site's db key"),
-            "secure-boot": {
-                "keys": ctx.site_keys()?.dir.file_name().map(|n| n.to_string_lossy().into_owned()),
-                "owner-guid": ctx.site_keys()?.owner,
-                "variable-store": format!("{}.{} (OVMF, 4 MiB: the site's PK, KEK and db enrolled, Secure Boot on)", name, crate::secureboot::VARS_SUFFIX),
-            },
+            "secure-boot": secure_boot,
             "kernel": kernel.file_name().map(|n| n.to_string_lossy().into_owned()),
             "kernel-cmdline": cmdline,
             "qcow2": "zstd-compressed",

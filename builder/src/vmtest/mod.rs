@@ -529,7 +529,7 @@ const LINUX_STARTED: &[&str] = &["Linux version", "rampart-boot:", "systemd["];
 fn tampered_boot_image_is_refused(machine: &Machine, check: &Check, env: &CheckEnv) -> Result<(), CheckFailure> {
     let name = format!("{}-{}", machine.name, check.name);
     let disk = env.work.join(format!("{name}.qcow2"));
-    qemu::copy_with_changed_boot_file(env.image, &disk, crate::stages::disk::UKI_PATH, env.work)
+    qemu::copy_with_changed_esp(env.image, &disk, qemu::EspChange::FlipByte(crate::stages::disk::UKI_PATH), env.work)
         .map_err(|e| failed("could not make a copy of the image with a changed boot image", format!("{e:#}")))?;
     let config = copy_config(&name, disk, env);
     let mut copy = Machine::boot(&config, env.work).map_err(|e| failed("could not boot the copy", format!("{e:#}")))?;
@@ -544,6 +544,42 @@ fn tampered_boot_image_is_refused(machine: &Machine, check: &Check, env: &CheckE
     if let Some(sign) = LINUX_STARTED.iter().find(|sign| console.contains(*sign)) {
         return Err(failed(format!("the copy with a changed boot image started Linux ({sign:?} on its console)"), tail));
     }
+    Ok(())
+}
+
+/// The title of the loader entry an attacker adds to a copy of the image.
+const INJECTED_ENTRY_TITLE: &str = "rampart-test-injected-entry";
+
+/// What the attacker writes to the copy's ESP: a loader entry that starts
+/// the signed boot image with a root shell for init (what the editor would
+/// type), made the default, with the menu shown and the editor on.
+fn injected_entry_files() -> [(&'static str, Vec<u8>); 2] {
+    let entry = format!("title {INJECTED_ENTRY_TITLE}\nefi /{}\noptions console=ttyS0 init=/bin/sh\n", crate::stages::disk::UKI_PATH);
+    let loader = "default injected.conf\ntimeout 1\neditor yes\n".to_string();
+    [("loader/entries/injected.conf", entry.into_bytes()), ("loader/loader.conf", loader.into_bytes())]
+}
+
+/// Boots a copy of the image whose loader (unsigned: anyone with the disk
+/// can edit it) starts the signed boot image with `init=/bin/sh`: the stub
+/// ignores a command line from outside while Secure Boot is on, so systemd
+/// runs as init and prints the first boot's host key, as ever.
+fn injected_command_line_is_ignored(machine: &Machine, check: &Check, env: &CheckEnv) -> Result<(), CheckFailure> {
+    let name = format!("{}-{}", machine.name, check.name);
+    let disk = env.work.join(format!("{name}.qcow2"));
+    let files = injected_entry_files();
+    let files: Vec<(&str, &[u8])> = files.iter().map(|(path, contents)| (*path, contents.as_slice())).collect();
+    qemu::copy_with_changed_esp(env.image, &disk, qemu::EspChange::Write(&files), env.work)
+        .map_err(|e| failed("could not make a copy of the image with an injected loader entry", format!("{e:#}")))?;
+    let config = copy_config(&name, disk, env);
+    let mut copy = Machine::boot(&config, env.work).map_err(|e| failed("could not boot the copy", format!("{e:#}")))?;
+    let said = copy.wait_for_console(crate::stages::firstboot::HOST_KEY_MARKER, check.timeout);
+    let console = String::from_utf8_lossy(&std::fs::read(&copy.serial_log).unwrap_or_default()).into_owned();
+    let tail = copy.serial_tail(30);
+    copy.shut_down();
+    if !console.contains(INJECTED_ENTRY_TITLE) {
+        return Err(failed("the copy's loader never showed the injected entry in its menu: the check proves nothing", tail));
+    }
+    said.map_err(|e| failed("the copy whose loader asks for init=/bin/sh did not start systemd (no host key line on its console)", format!("{e:#}\n{tail}")))?;
     Ok(())
 }
 
@@ -784,6 +820,10 @@ fn run_check(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Result<Opt
                 return Err(failed("this check needs the isolated network", String::new()));
             };
             firewall_fails_closed(machine, check, env, lab)?;
+            Ok(None)
+        }
+        Action::InjectedCommandLineIsIgnored => {
+            injected_command_line_is_ignored(machine, check, env)?;
             Ok(None)
         }
         Action::TamperedBootImageIsRefused => {

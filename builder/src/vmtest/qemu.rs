@@ -572,21 +572,45 @@ pub fn copy_with_replaced_file(image: &Path, root_partuuid: &str, copy: &Path, i
     Ok(())
 }
 
-/// A qcow2 copy of the qcow2 `image` with one byte of the file `esp_path`
-/// on its EFI system partition changed (the byte in the middle, inverted):
-/// taken out and written back with mtools at the partition's offset.
-pub fn copy_with_changed_boot_file(image: &Path, copy: &Path, esp_path: &str, work: &Path) -> Result<()> {
+/// How a copy's EFI system partition is changed, as an attacker with the
+/// disk in hand would change it.
+pub enum EspChange<'a> {
+    /// The byte in the middle of this file inverted.
+    FlipByte(&'a str),
+    /// These files written (made, or replaced), their directories made.
+    Write(&'a [(&'a str, &'a [u8])]),
+}
+
+/// A qcow2 copy of the qcow2 `image` with its EFI system partition changed:
+/// files taken out and written back with mtools at the partition's offset.
+pub fn copy_with_changed_esp(image: &Path, copy: &Path, change: EspChange, work: &Path) -> Result<()> {
     let raw = copy.with_extension("raw");
     Cmd::new("qemu-img").args(["convert", "-f", "qcow2", "-O", "raw"]).arg(image).arg(&raw).run().context("while copying the image")?;
     let esp = format!("{}@@{}", raw.display(), crate::layout::FIRST_LBA_MIB << 20);
     let local = work.join(format!("{}.boot-file", copy.file_name().and_then(|n| n.to_str()).unwrap_or("copy")));
-    let mtools = |program: &str| Cmd::new(program).env("MTOOLS_SKIP_CHECK", "1").arg("-o").arg("-i").arg(&esp);
-    mtools("mcopy").arg(format!("::/{esp_path}")).arg(&local).run().with_context(|| format!("while taking {esp_path} off the copy's ESP"))?;
-    let mut bytes = std::fs::read(&local)?;
-    let middle = bytes.len() / 2;
-    bytes[middle] = !bytes[middle];
-    std::fs::write(&local, &bytes)?;
-    mtools("mcopy").arg(&local).arg(format!("::/{esp_path}")).run().with_context(|| format!("while writing {esp_path} back to the copy's ESP"))?;
+    let mtools = |program: &str| Cmd::new(program).env("MTOOLS_SKIP_CHECK", "1").arg("-i").arg(&esp);
+    let put = |path: &str| mtools("mcopy").arg("-o").arg(&local).arg(format!("::/{path}")).run().with_context(|| format!("while writing {path} to the copy's ESP"));
+    match change {
+        EspChange::FlipByte(path) => {
+            mtools("mcopy").arg("-o").arg(format!("::/{path}")).arg(&local).run().with_context(|| format!("while taking {path} off the copy's ESP"))?;
+            let mut bytes = std::fs::read(&local)?;
+            let middle = bytes.len() / 2;
+            bytes[middle] = !bytes[middle];
+            std::fs::write(&local, &bytes)?;
+            put(path)?;
+        }
+        EspChange::Write(files) => {
+            for (path, contents) in files {
+                // Each parent directory, skipped where it exists.
+                let parents: Vec<&str> = path.match_indices('/').map(|(at, _)| &path[..at]).collect();
+                for parent in parents {
+                    mtools("mmd").args(["-D", "s"]).arg(format!("::/{parent}")).run().with_context(|| format!("while making {parent} on the copy's ESP"))?;
+                }
+                std::fs::write(&local, contents)?;
+                put(path)?;
+            }
+        }
+    }
     Cmd::new("qemu-img").args(["convert", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(copy).run().context("while converting the copy")?;
     std::fs::remove_file(&raw)?;
     std::fs::remove_file(&local)?;

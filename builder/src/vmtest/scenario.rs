@@ -93,6 +93,9 @@ struct RawCheck {
     /// A copy of the image with one byte of its signed boot image changed
     /// does not boot: the firmware's Secure Boot refuses it.
     tampered_boot_image_is_refused: Option<bool>,
+    /// A copy of the image whose loader entry asks for `init=/bin/sh` boots
+    /// the command line signed into the boot image all the same.
+    injected_command_line_is_ignored: Option<bool>,
     /// The disk the machine booted from holds its root and configuration
     /// partition, and none of its identifiers is the image's.
     disk_is_its_own: Option<bool>,
@@ -201,6 +204,9 @@ pub enum Action {
     FirewallFailsClosed,
     /// A copy whose signed boot image has one byte changed does not boot.
     TamperedBootImageIsRefused,
+    /// A copy whose unsigned loader configuration asks for `init=/bin/sh`
+    /// runs systemd as init all the same.
+    InjectedCommandLineIsIgnored,
     /// The root, the configuration partition and the partition the boot
     /// loader was loaded from are on the disk the machine booted, and no
     /// identifier on it (disk GUID, partition UUIDs, file-system UUIDs) is
@@ -439,6 +445,9 @@ fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec]) 
     if raw.tampered_boot_image_is_refused == Some(true) {
         actions.push(Action::TamperedBootImageIsRefused);
     }
+    if raw.injected_command_line_is_ignored == Some(true) {
+        actions.push(Action::InjectedCommandLineIsIgnored);
+    }
     if raw.disk_is_its_own == Some(true) {
         actions.push(Action::DiskIsItsOwn);
     }
@@ -456,7 +465,7 @@ fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec]) 
     }
     let action = match actions.len() {
         1 => actions.remove(0),
-        0 => return Err(source.error(&raw.name, format!("check {name}: no action; give one of succeed, fail, wait-until-succeeds, wait-for-unit, wait-for-port, differ, ssh-refuses-wrong-key, ssh-refuses, outside-succeed, outside-fail, open-tcp-ports, open-udp-ports, running-services-match-profile, listening-sockets-match-profile, sysctls-match-profile, first-login-forced-password-change, remote-log-receives, remote-log-survives-outage, profile-services-log, installer-refuses-disk-of, firewall-fails-closed, tampered-boot-image-is-refused, disk-is-its-own"))),
+        0 => return Err(source.error(&raw.name, format!("check {name}: no action; give one of succeed, fail, wait-until-succeeds, wait-for-unit, wait-for-port, differ, ssh-refuses-wrong-key, ssh-refuses, outside-succeed, outside-fail, open-tcp-ports, open-udp-ports, running-services-match-profile, listening-sockets-match-profile, sysctls-match-profile, first-login-forced-password-change, remote-log-receives, remote-log-survives-outage, profile-services-log, installer-refuses-disk-of, firewall-fails-closed, tampered-boot-image-is-refused, injected-command-line-is-ignored, disk-is-its-own"))),
         _ => return Err(source.error(&raw.name, format!("check {name}: give exactly one action"))),
     };
     let uses_expect = matches!(
@@ -529,7 +538,7 @@ mod tests {
     fn unknown_check_kind_is_refused() {
         check_error(
             "profile = \"baseline\"\n[[check]]\nname = \"x\"\nsucceeds = \"true\"\n",
-            "$DIR/vm-tests/t.toml:4:1: unknown field `succeeds`, expected one of `name`, `machine`, `timeout`, `succeed`, `fail`, `wait-until-succeeds`, `wait-for-unit`, `wait-for-port`, `differ`, `ssh-refuses-wrong-key`, `outside-succeed`, `outside-fail`, `open-tcp-ports`, `open-udp-ports`, `scan-from`, `ssh-refuses`, `ssh-user`, `running-services-match-profile`, `listening-sockets-match-profile`, `sysctls-match-profile`, `first-login-forced-password-change`, `remote-log-receives`, `remote-log-survives-outage`, `profile-services-log`, `installer-refuses-disk-of`, `firewall-fails-closed`, `tampered-boot-image-is-refused`, `disk-is-its-own`, `as-root`, `expect`, `expect-contains`",
+            "$DIR/vm-tests/t.toml:4:1: unknown field `succeeds`, expected one of `name`, `machine`, `timeout`, `succeed`, `fail`, `wait-until-succeeds`, `wait-for-unit`, `wait-for-port`, `differ`, `ssh-refuses-wrong-key`, `outside-succeed`, `outside-fail`, `open-tcp-ports`, `open-udp-ports`, `scan-from`, `ssh-refuses`, `ssh-user`, `running-services-match-profile`, `listening-sockets-match-profile`, `sysctls-match-profile`, `first-login-forced-password-change`, `remote-log-receives`, `remote-log-survives-outage`, `profile-services-log`, `installer-refuses-disk-of`, `firewall-fails-closed`, `tampered-boot-image-is-refused`, `injected-command-line-is-ignored`, `disk-is-its-own`, `as-root`, `expect`, `expect-contains`",
         );
     }
 
