@@ -169,7 +169,7 @@ fn offline_build_of_baseline_in_a_network_namespace_makes_every_artifact() {
     assert_eq!(spdx["packages"].as_array().unwrap().len(), packages.len() + 1, "one SPDX package per .deb and one for the image");
     assert!(spdx["packages"].as_array().unwrap().iter().any(|p| p["SPDXID"] == "SPDXRef-Package-deb-openssh-server-amd64"));
     let baseline = std::fs::read_to_string(out.join("baseline.baseline")).unwrap();
-    assert!(baseline.starts_with("# rampart-baseline v2 image=baseline"));
+    assert!(baseline.starts_with("# rampart-baseline v3 image=baseline"));
     assert!(baseline.lines().any(|l| l.starts_with("/etc/machine-id\tf\t0444\t0\t0\t0\t")), "machine-id is empty");
     assert!(!baseline.contains("/etc/ssh/ssh_host_"), "no SSH host keys in the image");
     assert!(!baseline.lines().any(|l| l.starts_with("/var/lib/apt/lists/") && !l.ends_with("\t-")), "apt lists are emptied");
@@ -335,12 +335,13 @@ fn two_cold_builds_of_one_lock_are_byte_identical_the_second_from_a_bundle_with_
     // The second signs as a site whose db key lives in an HSM does: the
     // keys directory holds the db certificate and a signing command, not
     // the key (the stand-in "HSM" is sbsign with the key kept elsewhere).
-    // RSA signatures are deterministic, so the bytes are the same.
+    // RSA signatures are deterministic, and the command signs at the time
+    // rampart gives it, so the bytes are the same.
     let hsm = ws.path("hsm");
     std::fs::create_dir(&hsm).unwrap();
     std::fs::rename(Path::new(keys).join("db.key"), hsm.join("db.key")).unwrap();
     let command = Path::new(keys).join("db.sign");
-    std::fs::write(&command, format!("#!/bin/sh\nset -eu\nexec sbsign --key {} --cert \"$RAMPART_DB_CERT\" --output \"$2\" \"$1\"\n", hsm.join("db.key").display())).unwrap();
+    std::fs::write(&command, format!("#!/bin/sh\nset -eu\nexec faketime \"$RAMPART_SIGNING_TIME\" sbsign --key {} --cert \"$RAMPART_DB_CERT\" --output \"$2\" \"$1\"\n", hsm.join("db.key").display())).unwrap();
     std::fs::set_permissions(&command, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
 
     // The second: from the bundle alone, checked by its digest, into an
@@ -660,7 +661,7 @@ fn debugfs_write(device: &str, commands: &str) {
 /// first verify passed) read identically from the image.
 fn verify_covers_xattrs_in_baseline_and_archive(ws: &Workspace) {
     let baseline = std::fs::read_to_string(ws.path("out/baseline/baseline.baseline")).unwrap();
-    assert!(baseline.starts_with("# rampart-baseline v2 image=baseline\n"));
+    assert!(baseline.starts_with("# rampart-baseline v3 image=baseline\n"));
     let journal = baseline.lines().find(|l| l.starts_with("/var/log/journal\t")).expect("/var/log/journal in the baseline");
     let xattrs = journal.rsplit('\t').next().unwrap();
     assert!(xattrs.contains("system.posix_acl_access="), "{journal}");

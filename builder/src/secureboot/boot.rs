@@ -57,8 +57,10 @@ pub struct Uki<'a> {
     pub os_release: &'a str,
 }
 
-/// Joins the UKI's parts into `output` (unsigned), in `work`.
-pub fn make_uki(uki: &Uki, work: &Path, output: &Path) -> Result<()> {
+/// Joins the UKI's parts into `output` (unsigned), in `work`. objcopy
+/// writes the time into the PE header: it runs with the clock stopped at
+/// `epoch`, as sbsign does.
+pub fn make_uki(uki: &Uki, work: &Path, output: &Path, epoch: i64) -> Result<()> {
     let stub = std::fs::read(uki.stub).with_context(|| format!("while reading the systemd stub {}", uki.stub.display()))?;
     let stub_end = pe_end(&stub).with_context(|| format!("the systemd stub {}", uki.stub.display()))?;
     std::fs::create_dir_all(work)?;
@@ -71,7 +73,7 @@ pub fn make_uki(uki: &Uki, work: &Path, output: &Path) -> Result<()> {
     let cmdline_at = round_up(osrel_at + uki.os_release.len() as u64, SECTION_ALIGN);
     let linux_at = round_up(cmdline_at + uki.cmdline.len() as u64, BIG_SECTION_ALIGN);
     let initrd_at = round_up(linux_at + kernel_size, BIG_SECTION_ALIGN);
-    let mut objcopy = Cmd::new("objcopy");
+    let mut objcopy = Cmd::new("faketime").env("TZ", "UTC").arg(stamp(epoch)).arg("objcopy");
     for (section, file, at) in [(".osrel", osrel.as_path(), osrel_at), (".cmdline", cmdline.as_path(), cmdline_at), (".linux", uki.kernel, linux_at), (".initrd", uki.initrd, initrd_at)] {
         let mut add = std::ffi::OsString::from(format!("{section}="));
         add.push(file);
@@ -81,12 +83,26 @@ pub fn make_uki(uki: &Uki, work: &Path, output: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The time a signature says it was made, `YYYY-MM-DD hh:mm:ss` (UTC).
+fn stamp(epoch: i64) -> String {
+    let (year, month, day, hour, minute, second) = super::efivars::civil_time(epoch);
+    format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02}")
+}
+
 /// Signs a PE file with the db key (sbsign, or the site's own signing
 /// command): firmware with the site's db runs it. Either way the signature
-/// must verify with the db certificate.
-pub fn sign(keys: &SiteKeys, input: &Path, output: &Path) -> Result<()> {
+/// must verify with the db certificate. An Authenticode signature carries
+/// its signing time: sbsign runs with the clock stopped at `epoch` (the
+/// lock's date, through faketime), so the same inputs sign the same bytes;
+/// a signing command gets that time too (`RAMPART_SIGNING_TIME`, UTC, and
+/// `SOURCE_DATE_EPOCH`).
+pub fn sign(keys: &SiteKeys, input: &Path, output: &Path, epoch: i64) -> Result<()> {
+    let time = stamp(epoch);
     match &keys.db.signer {
-        Signer::Key(key) => Cmd::new("sbsign")
+        Signer::Key(key) => Cmd::new("faketime")
+            .env("TZ", "UTC")
+            .arg(&time)
+            .arg("sbsign")
             .arg("--key")
             .arg(key)
             .arg("--cert")
@@ -100,6 +116,9 @@ pub fn sign(keys: &SiteKeys, input: &Path, output: &Path) -> Result<()> {
             .arg(input)
             .arg(output)
             .env("RAMPART_DB_CERT", &keys.db.cert)
+            .env("RAMPART_SIGNING_TIME", &time)
+            .env("SOURCE_DATE_EPOCH", epoch.to_string())
+            .env("TZ", "UTC")
             .run()
             .with_context(|| format!("while signing {} with the site's signing command {}", input.display(), command.display()))?,
     };
@@ -117,8 +136,7 @@ pub fn sign(keys: &SiteKeys, input: &Path, output: &Path) -> Result<()> {
 /// systemd-boot to enrol on a machine in setup mode.
 pub fn enrolment_files(keys: &SiteKeys, dir: &Path, epoch: i64) -> Result<()> {
     std::fs::create_dir_all(dir)?;
-    let (year, month, day, hour, minute, second) = super::efivars::civil_time(epoch);
-    let stamp = format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02}");
+    let stamp = stamp(epoch);
     for (role, cert, signer) in [("PK", &keys.pk.cert, &keys.pk), ("KEK", &keys.kek.cert, &keys.pk), ("db", &keys.db.cert, &keys.kek)] {
         let list = dir.join(format!("{role}.esl"));
         Cmd::new("cert-to-efi-sig-list").args(["-g", &keys.owner]).arg(cert).arg(&list).run().with_context(|| format!("while making the {role} signature list"))?;

@@ -19,6 +19,7 @@ pub fn require_host_tools() -> anyhow::Result<()> {
         ("objcopy", "binutils"),
         ("sbsign", "sbsigntool"),
         ("sbverify", "sbsigntool"),
+        ("faketime", "faketime"),
         ("cert-to-efi-sig-list", "efitools"),
         ("sign-efi-sig-list", "efitools"),
     ])?;

@@ -420,12 +420,12 @@ pub(crate) fn make_esp(staging: &Path, image: &Path, esp: &Esp, epoch: &str) -> 
     if !boot_loader.exists() {
         bail!("the image has no /{SYSTEMD_BOOT}: is systemd-boot-efi in its lock?");
     }
-    boot::sign(esp.keys, &boot_loader, &staging.join("BOOTX64.EFI"))?;
+    boot::sign(esp.keys, &boot_loader, &staging.join("BOOTX64.EFI"), seconds)?;
     let stub = crate::fsutil::resolve_in_root(esp.root, Path::new(SYSTEMD_STUB))?;
     let uki = boot::Uki { stub: &stub, kernel: esp.kernel, initrd: esp.initrd, cmdline: esp.cmdline, os_release: &os_release(esp.root, esp.title)? };
     let unsigned = staging.join("rampart-unsigned.efi");
-    boot::make_uki(&uki, &staging.join("uki-parts"), &unsigned)?;
-    boot::sign(esp.keys, &unsigned, &staging.join("rampart.efi"))?;
+    boot::make_uki(&uki, &staging.join("uki-parts"), &unsigned, seconds)?;
+    boot::sign(esp.keys, &unsigned, &staging.join("rampart.efi"), seconds)?;
     std::fs::remove_file(&unsigned)?;
     let enrolment = staging.join("enrolment");
     boot::enrolment_files(esp.keys, &enrolment, seconds)?;
