@@ -604,7 +604,9 @@ pub fn copy_with_changed_esp(image: &Path, copy: &Path, change: EspChange, work:
                 // Each parent directory, skipped where it exists.
                 let parents: Vec<&str> = path.match_indices('/').map(|(at, _)| &path[..at]).collect();
                 for parent in parents {
-                    mtools("mmd").args(["-D", "s"]).arg(format!("::/{parent}")).run().with_context(|| format!("while making {parent} on the copy's ESP"))?;
+                    if !mtools("mdir").arg("-b").arg(format!("::/{parent}")).run_unchecked()?.status.success() {
+                        mtools("mmd").arg(format!("::/{parent}")).run().with_context(|| format!("while making {parent} on the copy's ESP"))?;
+                    }
                 }
                 std::fs::write(&local, contents)?;
                 put(path)?;
