@@ -178,16 +178,18 @@ fn offline_build_of_baseline_in_a_network_namespace_makes_every_artifact() {
     assert_eq!(
         stages,
         [
-            "packages", "configure", "kernel", "passwords", "users", "sessions", "firstboot", "ssh", "time", "firewall", "logging", "accounting", "auditd", "integrity",
+            "packages", "configure", "kernel", "passwords", "users", "sessions", "firstboot", "ssh", "time", "updates", "firewall", "logging", "accounting", "auditd", "integrity",
             "backups", "toolchain", "overlays", "services", "sandboxing", "seal", "elf-audit", "config-partition", "disk"
         ]
     );
     // The integrity baseline was made at build time, and lives on the
-    // configuration partition, not in the root file system.
+    // configuration partition, which the image's baseline covers at its
+    // mount point, with the ESP's files and the partition table.
     let integrity = report["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "integrity").unwrap();
     assert!(integrity["settings"]["database-entries"].as_u64().unwrap() > 3000, "{integrity}");
-    assert!(!baseline.lines().any(|l| l.starts_with("/etc/rampart/")), "the configuration partition's files are not in the root");
-    assert!(baseline.lines().any(|l| l.starts_with("/etc/rampart\td\t")), "its mount point is");
+    for record in ["/etc/rampart/aide/aide.db.gz\tf\t0600\t", "[esp]/EFI/Linux/rampart.efi\tf\t", "[esp]/EFI/BOOT/BOOTX64.EFI\tf\t", "[gpt]/1\tp\t"] {
+        assert!(baseline.lines().any(|l| l.starts_with(record)), "the baseline has no {record:?} record");
+    }
     let partition = report["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "config-partition").unwrap();
     let files = partition["settings"]["files"].to_string();
     assert!(files.contains("/etc/rampart/aide/aide.db.gz") && files.contains("/etc/rampart/rsyslog/rsyslog.conf"), "{files}");
@@ -247,13 +249,20 @@ fn offline_build_of_baseline_in_a_network_namespace_makes_every_artifact() {
         let bytes = std::fs::read(out.join(file)).unwrap();
         assert!(!bytes.windows(db_key_body.len()).any(|w| w == db_key_body.as_bytes()), "the db key is in {file}");
     }
-    // A second build into the same place reuses them: same bytes.
-    let sums = read_sums(&out);
+    // A second build into the same place reuses them: the same signed boot
+    // files and variable store (its accounts get new initial passwords, so
+    // the root file system differs).
+    let boot_records = |out: &Path| -> Vec<String> {
+        let baseline = std::fs::read_to_string(out.join("baseline.baseline")).unwrap();
+        baseline.lines().filter(|l| l.starts_with("[esp]/")).map(str::to_string).collect()
+    };
+    let (sums, boot) = (read_sums(&out), boot_records(&out));
     let again = offline_build_without_network(&ws);
     assert!(again.status.success(), "the second build failed:\n{}", stderr(&again));
     assert_eq!(std::fs::read_to_string(keys.join("db.key")).unwrap(), db_key, "the keys were made again");
-    let differing: Vec<&str> = sums.lines().zip(read_sums(&out).lines()).filter(|(a, b)| a != b).map(|(a, _)| a).collect();
-    assert!(differing.iter().all(|l| l.ends_with("baseline.report.json")), "a rebuild with the same keys differs: {differing:?}");
+    assert!(boot.len() >= 5 && boot == boot_records(&out), "a rebuild with the same keys signs other boot files");
+    let vars = |sums: &str| sums.lines().find(|l| l.ends_with("  baseline.ovmf-vars.fd")).map(str::to_string);
+    assert_eq!(vars(&sums), vars(&read_sums(&out)), "a rebuild with the same keys made another variable store");
     // Keys others can read are refused before anything is built.
     std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o755)).unwrap();
     let refused = ws.rampart(&["build", "profiles/baseline.toml", "--offline", "--out", "out/baseline"]);
