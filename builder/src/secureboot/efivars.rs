@@ -15,7 +15,7 @@ const SECURE_BOOT_ENABLE: &str = "f0a30bc7-af08-4556-99c4-001009c93a44";
 const CUSTOM_MODE: &str = "c076ec0c-7028-4399-a072-71ee5c448b9f";
 const CERT_X509: &str = "a5c059a1-94e4-4aa7-87b5-ab155c2bf072";
 const CERT_SHA256: &str = "c1c41626-504c-4092-aca9-41f936934328";
-/// OVMF's owner of its own default entries (the placeholder dbx entry).
+/// OVMF's owner of its own default entries (the dbx entry that revokes nothing).
 const OVMF_ENROLL_DEFAULT_KEYS: &str = "a0baa8a3-041d-48a8-bc87-c36d121b5e3d";
 
 const NON_VOLATILE: u32 = 0x1;
@@ -146,7 +146,7 @@ pub fn enrolled_store(template: &[u8], keys: &Enrolment) -> Result<Vec<u8>> {
         database("PK", GLOBAL_VARIABLE, signature_list(CERT_X509, keys.owner, keys.pk)?),
         Variable { name: "SecureBootEnable", guid: SECURE_BOOT_ENABLE, attributes: PLATFORM_SETTING, time: None, data: vec![1] },
         database("db", IMAGE_SECURITY_DATABASE, signature_list(CERT_X509, keys.owner, keys.db)?),
-        // a placeholder entry (the digest of nothing): OVMF wants a dbx
+        // dbx holds one entry, the SHA-256 of nothing (revokes no real image): OVMF wants a dbx
         database("dbx", IMAGE_SECURITY_DATABASE, signature_list(CERT_SHA256, OVMF_ENROLL_DEFAULT_KEYS, &EMPTY_SHA256)?),
     ];
     variables.sort_by(|a, b| a.name.cmp(b.name));
