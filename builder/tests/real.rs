@@ -350,7 +350,7 @@ fn two_cold_builds_of_one_lock_are_byte_identical_the_second_from_a_bundle_with_
     std::fs::create_dir(&hsm).unwrap();
     std::fs::rename(Path::new(keys).join("db.key"), hsm.join("db.key")).unwrap();
     let command = Path::new(keys).join("db.sign");
-    std::fs::write(&command, format!("#!/bin/sh\nset -eu\nexec faketime \"$RAMPART_SIGNING_TIME\" sbsign --key {} --cert \"$RAMPART_DB_CERT\" --output \"$2\" \"$1\"\n", hsm.join("db.key").display())).unwrap();
+    std::fs::write(&command, format!("#!/bin/sh\nset -eu\nexec faketime -f \"$RAMPART_SIGNING_TIME\" sbsign --key {} --cert \"$RAMPART_DB_CERT\" --output \"$2\" \"$1\"\n", hsm.join("db.key").display())).unwrap();
     std::fs::set_permissions(&command, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
 
     // The second: from the bundle alone, checked by its digest, into an

@@ -73,7 +73,7 @@ pub fn make_uki(uki: &Uki, work: &Path, output: &Path, epoch: i64) -> Result<()>
     let cmdline_at = round_up(osrel_at + uki.os_release.len() as u64, SECTION_ALIGN);
     let linux_at = round_up(cmdline_at + uki.cmdline.len() as u64, BIG_SECTION_ALIGN);
     let initrd_at = round_up(linux_at + kernel_size, BIG_SECTION_ALIGN);
-    let mut objcopy = Cmd::new("faketime").env("TZ", "UTC").arg(stamp(epoch)).arg("objcopy");
+    let mut objcopy = Cmd::new("faketime").env("TZ", "UTC").arg("-f").arg(stamp(epoch)).arg("objcopy");
     for (section, file, at) in [(".osrel", osrel.as_path(), osrel_at), (".cmdline", cmdline.as_path(), cmdline_at), (".linux", uki.kernel, linux_at), (".initrd", uki.initrd, initrd_at)] {
         let mut add = std::ffi::OsString::from(format!("{section}="));
         add.push(file);
@@ -84,6 +84,9 @@ pub fn make_uki(uki: &Uki, work: &Path, output: &Path, epoch: i64) -> Result<()>
 }
 
 /// The time a signature says it was made, `YYYY-MM-DD hh:mm:ss` (UTC).
+/// Given to `faketime -f`, which stops the clock there; without `-f` the
+/// clock starts there and runs, and a signature made a second later than
+/// the last build's differs from it.
 fn stamp(epoch: i64) -> String {
     let (year, month, day, hour, minute, second) = super::efivars::civil_time(epoch);
     format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02}")
@@ -101,6 +104,7 @@ pub fn sign(keys: &SiteKeys, input: &Path, output: &Path, epoch: i64) -> Result<
     match &keys.db.signer {
         Signer::Key(key) => Cmd::new("faketime")
             .env("TZ", "UTC")
+            .arg("-f")
             .arg(&time)
             .arg("sbsign")
             .arg("--key")
