@@ -178,7 +178,7 @@ fn offline_build_of_baseline_in_a_network_namespace_makes_every_artifact() {
     assert_eq!(
         stages,
         [
-            "packages", "configure", "kernel", "passwords", "users", "sessions", "firstboot", "ssh", "time", "updates", "firewall", "logging", "accounting", "auditd", "integrity",
+            "packages", "configure", "kernel", "passwords", "users", "sessions", "firstboot", "encryption", "ssh", "time", "updates", "firewall", "logging", "accounting", "auditd", "integrity",
             "backups", "toolchain", "overlays", "services", "sandboxing", "seal", "elf-audit", "config-partition", "disk"
         ]
     );
@@ -1212,6 +1212,23 @@ fn build_host_scenario_proves_the_hardened_toolchain_defaults_in_qemu() {
     // This scenario's own QEMU (named after the profile), not another test's.
     let stray = Command::new("pgrep").args(["-f", "rampart-test-build-host"]).output().unwrap();
     assert!(!stray.status.success(), "a QEMU outlived the test");
+}
+
+#[test]
+#[ignore = "needs root, the network and QEMU: run by scripts/test"]
+fn sealed_scenario_encrypts_the_data_to_the_machines_tpm() {
+    let ws = Workspace::new();
+    ws.rampart_ok(&["lock", "profiles/sealed.toml"]);
+    ws.rampart_ok(&["fetch", "profiles/sealed.toml"]);
+    let output = ws.rampart(&["test", "profiles/sealed.toml", "--out", "out/sealed"]);
+    eprintln!("{}", String::from_utf8_lossy(&output.stdout));
+    assert!(output.status.success(), "the sealed scenario failed:\n{}", stderr(&output));
+    let junit = std::fs::read_to_string(ws.path("out/sealed/sealed.junit.xml")).unwrap();
+    assert!(junit.contains("failures=\"0\""));
+    assert!(junit.contains("the_data_is_sealed_to_this_machines_tpm"));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(ws.path("out/sealed/sealed.report.json")).unwrap()).unwrap();
+    let encryption = report["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "encryption").unwrap();
+    assert_eq!(encryption["applied"], true);
 }
 
 #[test]

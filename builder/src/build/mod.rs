@@ -173,6 +173,7 @@ pub fn build(profile: Profile, mirror: Mirror, options: &BuildOptions) -> Result
         stages::users::run,
         stages::sessions::run,
         stages::firstboot::run,
+        stages::encryption::run,
         stages::ssh::run,
         stages::time::run,
         stages::updates::run,

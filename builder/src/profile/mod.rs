@@ -16,6 +16,7 @@ pub mod sandboxes;
 pub mod sessions;
 pub mod time;
 pub mod updates;
+pub mod encryption;
 pub mod types;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,6 +30,7 @@ pub use accounting::AccountingSpec;
 pub use sessions::SessionsSpec;
 pub use time::TimeSpec;
 pub use updates::UpdatesSpec;
+pub use encryption::EncryptionSpec;
 pub use elf_audit::{ElfAuditSpec, HardeningProperty};
 pub use types::{Cidr, Hostname, ImageSize, PackageName, Port, ProfileName, UserName};
 
@@ -182,6 +184,7 @@ pub struct Profile {
     pub sessions: SessionsSpec,
     pub time: TimeSpec,
     pub updates: UpdatesSpec,
+    pub encryption: EncryptionSpec,
     pub accounting: AccountingSpec,
     pub firewall: FirewallSpec,
     pub logging: LoggingSpec,
@@ -234,6 +237,7 @@ struct Layer {
     sessions: sessions::SessionsLayer,
     time: time::TimeLayer,
     updates: updates::UpdatesLayer,
+    encryption: encryption::EncryptionLayer,
     accounting: accounting::AccountingLayer,
     monitoring: monitoring::MonitoringLayer,
     auditd: auditd::AuditdLayer,
@@ -366,6 +370,7 @@ fn validate_layer(source: &Source, raw: raw::RawProfile) -> Result<Layer, Profil
     layer.sessions = sessions::validate(source, raw.sessions)?;
     layer.time = time::validate(source, raw.time)?;
     layer.updates = updates::validate(raw.updates);
+    layer.encryption = encryption::validate(raw.encryption);
     layer.accounting = accounting::validate(source, raw.accounting)?;
     layer.monitoring = monitoring::validate(source, raw.logging, raw.integrity)?;
     layer.auditd = auditd::validate(source, raw.auditd)?;
@@ -487,6 +492,7 @@ fn merge(base: &mut Layer, child: Layer) {
     sessions::merge(&mut base.sessions, child.sessions);
     time::merge(&mut base.time, child.time);
     updates::merge(&mut base.updates, child.updates);
+    encryption::merge(&mut base.encryption, child.encryption);
     accounting::merge(&mut base.accounting, child.accounting);
     monitoring::merge(&mut base.monitoring, child.monitoring);
     auditd::merge(&mut base.auditd, child.auditd);
@@ -577,6 +583,18 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
     if updates.automatic {
         needed.push(("updates.automatic", "unattended-upgrades"));
     }
+    let encryption = encryption::finish(layer.encryption);
+    if encryption.data && partitions.is_empty() {
+        return Err(at_file("encryption.data: the image has no data partition to encrypt (image.partitions keeps every mount point on the root)".into()));
+    }
+    if encryption.data {
+        // cryptsetup encrypts in place; systemd's cryptenroll and
+        // cryptsetup reach the TPM through tpm2-tss; openssl seals the
+        // recovery key to the site's certificate.
+        for package in ["cryptsetup-bin", "libtss2-esys-3.0.2-0", "libtss2-rc0", "libtss2-tcti-device0", "openssl"] {
+            needed.push(("encryption.data", package));
+        }
+    }
     let kernel_hardening = kernel::finish(layer.kernel_hardening);
     if kernel_hardening.apparmor {
         needed.push(("kernel.apparmor", "apparmor"));
@@ -653,6 +671,7 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
         sessions,
         time,
         updates,
+        encryption,
         accounting,
         firewall: controls.firewall,
         logging,

@@ -32,6 +32,7 @@ pub struct RawProfile {
     pub time: Option<RawTime>,
     pub accounting: Option<RawAccounting>,
     pub updates: Option<RawUpdates>,
+    pub encryption: Option<RawEncryption>,
     #[serde(default)]
     pub users: Vec<RawUser>,
     pub overlays: Option<RawOverlays>,
@@ -387,6 +388,14 @@ pub struct RawUpdates {
     /// Security updates installed by unattended-upgrades from the image's
     /// own security suite.
     pub automatic: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawEncryption {
+    /// The separate data partitions encrypted on first boot, bound to the
+    /// machine's TPM.
+    pub data: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

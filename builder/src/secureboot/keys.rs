@@ -20,6 +20,10 @@ use crate::process::Cmd;
 
 /// The three roles, in the order firmware trusts them.
 pub const ROLES: [&str; 3] = ["PK", "KEK", "db"];
+/// The pair machines seal their disk recovery keys to (`[encryption]`):
+/// only its certificate goes into an image. Made on first use, in a keys
+/// directory made before it existed too.
+pub const RECOVERY: &str = "recovery";
 const OWNER_FILE: &str = "owner.guid";
 /// The site's signing command, in place of `db.key`.
 pub const SIGN_COMMAND: &str = "db.sign";
@@ -52,9 +56,17 @@ pub struct SiteKeys {
     pub pk: KeyPair,
     pub kek: KeyPair,
     pub db: DbKey,
+    pub recovery: Recovery,
     pub owner: String,
     /// Whether this build made them.
     pub made: bool,
+}
+
+/// The certificate machines seal their recovery keys to; its key may be
+/// in the directory or kept offline.
+#[derive(Debug, Clone)]
+pub struct Recovery {
+    pub cert: PathBuf,
 }
 
 fn pair_paths(dir: &Path, role: &str) -> (PathBuf, PathBuf) {
@@ -97,6 +109,18 @@ pub fn load_or_make(dir: &Path, name: &str) -> Result<SiteKeys> {
         load_pair(role, key, cert)
     };
     let (pk, kek) = (pair("PK")?, pair("KEK")?);
+    let (recovery_key, recovery_cert) = pair_paths(dir, RECOVERY);
+    if !recovery_key.exists() && !recovery_cert.exists() {
+        make_pair(dir, RECOVERY, name)?;
+    }
+    // Only the certificate goes into images: the key opens every machine's
+    // escrowed recovery key, and a site keeps it offline.
+    let recovery = if recovery_key.exists() {
+        Recovery { cert: pair(RECOVERY)?.cert }
+    } else {
+        load_certificate(RECOVERY, &recovery_cert)?;
+        Recovery { cert: recovery_cert }
+    };
     let (key, cert) = pair_paths(dir, "db");
     let command = dir.join(SIGN_COMMAND);
     let db = match (key.exists(), command.exists()) {
@@ -115,7 +139,7 @@ pub fn load_or_make(dir: &Path, name: &str) -> Result<SiteKeys> {
         }
         (false, false) => bail!("{} has neither db.key nor a signing command {SIGN_COMMAND}", dir.display()),
     };
-    Ok(SiteKeys { dir: dir.to_path_buf(), pk, kek, db, owner, made })
+    Ok(SiteKeys { dir: dir.to_path_buf(), pk, kek, db, recovery, owner, made })
 }
 
 /// Copies a keys directory (its keys, certificates and owner GUID) to `to`,
@@ -125,7 +149,7 @@ pub fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir(to).with_context(|| format!("while creating {}", to.display()))?;
     std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700))?;
     let mut names = vec![OWNER_FILE.to_string()];
-    for role in ROLES {
+    for role in ROLES.iter().chain(&[RECOVERY]) {
         names.push(format!("{role}.key"));
         names.push(format!("{role}.crt"));
     }
@@ -133,6 +157,10 @@ pub fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     if from.join(SIGN_COMMAND).exists() {
         names.retain(|name| name != "db.key");
         names.push(SIGN_COMMAND.to_string());
+    }
+    // A site that keeps the recovery key offline has its certificate alone.
+    if !from.join(format!("{RECOVERY}.key")).exists() {
+        names.retain(|name| *name != format!("{RECOVERY}.key"));
     }
     for name in names {
         let bytes = std::fs::read(from.join(&name)).with_context(|| format!("{} has no {name}", from.display()))?;
@@ -184,24 +212,33 @@ fn make(dir: &Path, name: &str) -> Result<()> {
     let staging = tempfile::Builder::new().prefix(".rampart-keys-").tempdir_in(parent).with_context(|| format!("while making a directory in {}", parent.display()))?;
     let work = staging.path();
     std::fs::set_permissions(work, std::fs::Permissions::from_mode(0o700))?;
-    for role in ROLES {
-        let (key, cert) = pair_paths(work, role);
-        Cmd::new("openssl")
-            .args(["req", "-new", "-x509", "-newkey", "rsa:3072", "-nodes", "-sha256", "-days", "7300"])
-            .arg("-subj")
-            .arg(format!("/CN=rampart {name} {role}/"))
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .run()
-            .with_context(|| format!("while making the {role} key pair"))?;
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
-        std::fs::set_permissions(&cert, std::fs::Permissions::from_mode(0o600))?;
+    for role in ROLES.iter().chain(&[RECOVERY]) {
+        make_pair(work, role, name)?;
     }
     let owner = uuid_v4()?;
     crate::fsutil::write_atomic_private(&work.join(OWNER_FILE), format!("{owner}\n").as_bytes())?;
     std::fs::rename(work, dir).with_context(|| format!("while moving the new keys to {}", dir.display()))?;
+    Ok(())
+}
+
+/// A self-signed RSA pair for `role` in `dir`: the key is written under a
+/// temporary name and moved last, so a pair is whole or absent.
+fn make_pair(dir: &Path, role: &str, name: &str) -> Result<()> {
+    let (key, cert) = pair_paths(dir, role);
+    let partial = dir.join(format!(".{role}.key.partial"));
+    Cmd::new("openssl")
+        .args(["req", "-new", "-x509", "-newkey", "rsa:3072", "-nodes", "-sha256", "-days", "7300"])
+        .arg("-subj")
+        .arg(format!("/CN=rampart {name} {role}/"))
+        .arg("-keyout")
+        .arg(&partial)
+        .arg("-out")
+        .arg(&cert)
+        .run()
+        .with_context(|| format!("while making the {role} key pair"))?;
+    std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::set_permissions(&cert, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::rename(&partial, &key)?;
     Ok(())
 }
 
@@ -234,6 +271,23 @@ mod tests {
         let copy = scratch.path().join("copy.keys");
         copy_dir(&dir, &copy).unwrap();
         assert_eq!(load_or_make(&copy, "web").unwrap().pk.der, made.pk.der);
+        assert_eq!(std::fs::read(load_or_make(&copy, "web").unwrap().recovery.cert).unwrap(), std::fs::read(&made.recovery.cert).unwrap());
+
+        // A directory made before the recovery pair existed gets one.
+        std::fs::remove_file(copy.join("recovery.key")).unwrap();
+        std::fs::remove_file(copy.join("recovery.crt")).unwrap();
+        let grown = load_or_make(&copy, "web").unwrap();
+        let grown_cert = std::fs::read(&grown.recovery.cert).unwrap();
+        assert!(grown_cert != std::fs::read(&made.recovery.cert).unwrap() && !grown.made);
+        // The recovery key kept offline: the certificate alone does, and is still checked.
+        std::fs::remove_file(copy.join("recovery.key")).unwrap();
+        assert_eq!(std::fs::read(load_or_make(&copy, "web").unwrap().recovery.cert).unwrap(), grown_cert);
+        let offline = scratch.path().join("offline.keys");
+        copy_dir(&copy, &offline).unwrap();
+        assert!(!offline.join("recovery.key").exists() && offline.join("recovery.crt").exists());
+        std::fs::write(copy.join("recovery.crt"), "not a certificate\n").unwrap();
+        let error = format!("{:#}", load_or_make(&copy, "web").err().unwrap());
+        assert!(error.contains("the recovery certificate") && error.contains("is not an X.509 certificate"), "{error}");
 
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let error = format!("{:#}", load_or_make(&dir, "web").err().unwrap());

@@ -131,7 +131,8 @@ pub fn fstab(profile: &Profile) -> String {
     }
     for spec in &profile.image.partitions {
         let p = spec.partition;
-        text.push_str(&format!("{BOOT_DISK_LINKS}/{}\t{}\text4\t{},errors=remount-ro{}\t0\t2\n", p.name, p.mount, p.options, growfs(p.mount)));
+        let device = crate::stages::encryption::mount_device(profile, p.name);
+        text.push_str(&format!("{device}\t{}\text4\t{},errors=remount-ro{}\t0\t2\n", p.mount, p.options, growfs(p.mount)));
     }
     text.push_str(&crate::stages::kernel::fstab_lines(profile));
     text

@@ -160,6 +160,10 @@ pub fn render(profile: &Profile) -> TracedText {
         };
         t.line(&format!("!{}{suffix}", regex_quoted(path)), None);
     }
+    if profile.encryption.data {
+        t.line("# [encryption]: the machine's recovery key, sealed on its first boot", None);
+        t.line(&format!("!{}$", regex_quoted(crate::stages::encryption::ESCROW)), None);
+    }
     for (path, why) in crate::stages::backups::integrity_exclusions(profile) {
         t.line(&format!("# {why}"), None);
         t.line(&format!("!{}(/|$)", regex_quoted(&path)), None);

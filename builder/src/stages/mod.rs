@@ -8,6 +8,7 @@ pub mod config_partition;
 pub mod configure;
 pub mod disk;
 pub mod elf_audit;
+pub mod encryption;
 pub mod firewall;
 pub mod firstboot;
 pub mod installer;

@@ -242,6 +242,7 @@ pub const NOT_SANDBOXED: &[(&str, &str)] = &[
     ("acct.service", "process accounting writes to a file on the root's own mount: the kernel stops accounting when that mount goes away, as a sandbox's private mounts do when the oneshot exits"),
     ("apt-daily.service", "with updates.automatic: apt fetches the lists as root and turns to its own _apt user for the downloads (setuid and setgroups, the privileged calls a sandbox takes away)"),
     ("apt-daily-upgrade.service", "with updates.automatic: installs packages, and dpkg and the packages' maintainer scripts write anywhere in the system"),
+    ("rampart-encrypt-data.service", "with encryption.data: encrypts the data partitions in place before they are opened, writing block devices and the TPM as root, before any file system a sandbox would build on is mounted"),
     ("apparmor.service", "loads the AppArmor policy into the kernel at boot (a oneshot that must reach the kernel's security interfaces)"),
 ];
 

@@ -57,6 +57,9 @@ pub fn implied_units(profile: &Profile) -> Vec<(String, &'static str)> {
     if profile.time.enable {
         units.push((crate::stages::time::SERVICE.to_string(), "[time]"));
     }
+    if profile.encryption.data {
+        units.push((crate::stages::encryption::SERVICE.to_string(), "[encryption] data, at every boot before the volumes open"));
+    }
     if profile.updates.automatic {
         for unit in crate::stages::updates::TIMERS {
             units.push((unit.to_string(), "[updates] automatic"));

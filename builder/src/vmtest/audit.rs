@@ -108,6 +108,8 @@ pub fn run(profile: Profile, mirror: Mirror, options: &AuditOptions) -> Result<l
         netns: None,
         prepared_disk: None,
         serial_log,
+        tpm: None,
+        console_input: false,
     };
     ui::step(&format!("audit ({}): booting {} with Lynis {} on a read-only disk beside it", accel.name(), artifacts.image.display(), lock.auditor.iter().map(|p| p.version.as_str()).collect::<Vec<_>>().join(" ")));
     let mut machine = Machine::boot(&config, work.path())?;

@@ -10,6 +10,7 @@ pub mod junit;
 pub mod lab;
 pub mod qemu;
 pub mod scenario;
+mod sealed;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -288,6 +289,8 @@ fn run_scenario(
             netns: lab.as_ref().map(|l| l.lab_ns.clone()),
             prepared_disk,
             serial_log: kept_console(out, scenario, &spec.name),
+            tpm: spec.tpm.then(|| work.join(format!("{}.tpm", spec.name))),
+            console_input: false,
         };
         let mut machine = Machine::boot(&config, work)?;
         if let Some(lab) = &lab {
@@ -304,6 +307,7 @@ fn run_scenario(
             Ok((elapsed, session)) => {
                 cases.push(CaseResult { name: "boots_to_ssh".into(), machine: spec.name.clone(), seconds: elapsed.as_secs_f64(), failure: None });
                 let env = CheckEnv {
+                    admin_key: &key,
                     stranger: &stranger,
                     outside: outside.as_ref().map(|(l, a)| (*l, a.as_str())),
                     profile,
@@ -433,6 +437,8 @@ fn matches_expectation(output: &str, expect: &Expect) -> bool {
 
 /// What checks of one machine can use besides the machine itself.
 struct CheckEnv<'a> {
+    /// The admin's key (the machines') and one the image never saw.
+    admin_key: &'a TestKey,
     stranger: &'a TestKey,
     outside: Option<(&'a lab::Lab, &'a str)>,
     profile: &'a Profile,
@@ -474,6 +480,8 @@ fn copy_config<'a>(name: &'a str, disk: PathBuf, env: &'a CheckEnv) -> MachineCo
         netns: None,
         prepared_disk: Some(disk),
         serial_log: kept_console(env.out, env.scenario, name),
+        tpm: None,
+        console_input: false,
     }
 }
 
@@ -820,6 +828,10 @@ fn run_check(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Result<Opt
                 return Err(failed("this check needs the isolated network", String::new()));
             };
             firewall_fails_closed(machine, check, env, lab)?;
+            Ok(None)
+        }
+        Action::DataIsSealedToTheTpm => {
+            sealed::data_is_sealed_to_the_tpm(machine, check, env)?;
             Ok(None)
         }
         Action::InjectedCommandLineIsIgnored => {

@@ -178,12 +178,20 @@ pub struct MachineConfig<'a> {
     /// Where QEMU writes the serial console: next to the artifacts, so the
     /// path a failure names is still there after the run.
     pub serial_log: PathBuf,
+    /// A TPM 2.0 (swtpm) whose state lives in this directory: the same
+    /// directory is the same TPM, across restarts.
+    pub tpm: Option<PathBuf>,
+    /// The serial console also takes input (`type_on_console`), through a
+    /// socket in the work directory; what it prints still goes to `serial_log`.
+    pub console_input: bool,
 }
 
 /// A running VM. QEMU is killed when this drops (and if rampart dies).
 pub struct Machine {
     pub name: String,
     pub serial_log: PathBuf,
+    /// The disk it boots (the scratch disk over the image, or the one made ready).
+    pub disk: PathBuf,
     /// The run's private work directory (the probes' logs go there).
     work: PathBuf,
     process: Background,
@@ -192,6 +200,11 @@ pub struct Machine {
     user: String,
     key: PathBuf,
     netns: Option<String>,
+    /// QEMU's command, to start the machine again with its disk, variable
+    /// store and TPM as they are (`restart`).
+    command: Cmd,
+    tpm: Option<Tpm>,
+    console_socket: Option<PathBuf>,
     /// The guest's host key, as its console showed it on first boot: ssh
     /// accepts no other (a process that took the forwarded port first gets
     /// no password).
@@ -255,8 +268,12 @@ impl Machine {
             .args(["-device", "virtio-rng-pci"])
             .arg("-smbios")
             .arg(format!("type=11,value={credential}"))
-            .arg("-serial")
-            .arg(format!("file:{}", serial_log.display()));
+            .arg("-serial");
+        let console_socket = config.console_input.then(|| dir.join(format!("{}.console", config.name)));
+        command = match &console_socket {
+            Some(socket) => command.arg("chardev:console").arg("-chardev").arg(format!("socket,id=console,path={},server=on,wait=off,logfile={}", socket.display(), serial_log.display())),
+            None => command.arg(format!("file:{}", serial_log.display())),
+        };
         for disk in config.extra_disks {
             let file = dir.join(format!("{}.{}.qcow2", config.name, disk.serial));
             Cmd::new("qemu-img")
@@ -275,10 +292,18 @@ impl Machine {
         for extra in &config.extra_args {
             command = command.arg(extra);
         }
+        let tpm = match &config.tpm {
+            Some(state) => {
+                command = command.args(Tpm::qemu_args(state));
+                Some(Tpm::start(state, dir, config.name)?)
+            }
+            None => None,
+        };
         let process = command.spawn_background(&qemu_log)?;
         Ok(Machine {
             name: config.name.to_string(),
             serial_log,
+            disk: scratch.clone(),
             work: dir.to_path_buf(),
             process,
             qemu_log,
@@ -286,6 +311,9 @@ impl Machine {
             user: config.user.to_string(),
             key: config.key.private.clone(),
             netns: config.netns.clone(),
+            command,
+            tpm,
+            console_socket,
             known_hosts: dir.join(format!("{}.known_hosts", config.name)),
             started: Instant::now(),
         })
@@ -328,9 +356,22 @@ impl Machine {
         format!("rampart-test-{}", self.name)
     }
 
+    /// Pins the host key `other` pinned: a copy of its disk is the same
+    /// host, and prints no host key line again.
+    pub fn pin_host_key_of(&self, other: &Machine) -> Result<()> {
+        let pinned = std::fs::read_to_string(&other.known_hosts).with_context(|| format!("{} has no pinned host key", other.name))?;
+        let key = pinned.split_once(' ').map(|(_, key)| key).with_context(|| format!("{} is malformed", other.known_hosts.display()))?;
+        std::fs::write(&self.known_hosts, format!("{} {key}", self.host_key_alias()))?;
+        Ok(())
+    }
+
     /// Waits for the host key line on the console (printed once, before
-    /// sshd first starts) and pins that key for every later connection.
+    /// sshd first starts) and pins that key for every later connection; a
+    /// machine started again keeps the key pinned on its first boot.
     fn pin_host_key(&mut self, timeout: Duration) -> Result<()> {
+        if self.known_hosts.exists() {
+            return Ok(());
+        }
         let deadline = self.started + timeout;
         use crate::stages::firstboot::HOST_KEY_MARKER;
         loop {
@@ -500,6 +541,32 @@ impl Machine {
         }
     }
 
+    /// Waits until the console shows one of `texts` after its first `from`
+    /// bytes, on a complete line or not (a prompt waits at the end of its
+    /// line): which one showed first, and where it ends, to wait for the
+    /// next from there.
+    pub fn wait_for_console_text(&mut self, texts: &[&str], from: usize, timeout: Duration) -> Result<(usize, usize)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.ensure_running()?;
+            crate::process::check_interrupted()?;
+            let console = std::fs::read(&self.serial_log).unwrap_or_default();
+            let rest = console.get(from..).unwrap_or_default();
+            let first = texts
+                .iter()
+                .enumerate()
+                .filter_map(|(which, text)| rest.windows(text.len()).position(|w| w == text.as_bytes()).map(|at| (at, which, from + at + text.len())))
+                .min();
+            if let Some((_, which, end)) = first {
+                return Ok((which, end));
+            }
+            if Instant::now() >= deadline {
+                bail!("{} showed none of {texts:?} on its console within {} s\n{}", self.name, timeout.as_secs(), self.serial_tail(30));
+            }
+            crate::process::pause(Duration::from_millis(500));
+        }
+    }
+
     /// The last `n` lines of the serial console, for failure reports.
     pub fn serial_tail(&self, n: usize) -> String {
         console_tail(&self.serial_log, &self.name, n)
@@ -507,6 +574,113 @@ impl Machine {
 
     pub fn shut_down(mut self) {
         self.process.kill();
+    }
+
+    pub fn has_tpm(&self) -> bool {
+        self.tpm.is_some()
+    }
+
+    /// Types `line` and Enter on the serial console (a machine made with
+    /// `console_input`), as someone at the console would.
+    pub fn type_on_console(&self, line: &str) -> Result<()> {
+        use std::io::Write;
+        let socket = self.console_socket.as_ref().with_context(|| format!("{} has no console input", self.name))?;
+        let mut stream = std::os::unix::net::UnixStream::connect(socket).with_context(|| format!("while connecting to the console of {} ({})", self.name, socket.display()))?;
+        stream.write_all(format!("{line}\r").as_bytes())?;
+        stream.flush()?;
+        // QEMU reads what was sent before it sees the connection close.
+        crate::process::pause(Duration::from_millis(500));
+        Ok(())
+    }
+
+    /// Waits until QEMU has exited (the guest powered off) within `timeout`.
+    pub fn wait_for_power_off(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while self.process.try_wait()?.is_none() {
+            crate::process::check_interrupted()?;
+            if Instant::now() >= deadline {
+                bail!("{} did not power off within {} s\n{}", self.name, timeout.as_secs(), self.serial_tail(20));
+            }
+            crate::process::pause(Duration::from_millis(500));
+        }
+        Ok(())
+    }
+
+    /// Starts the machine again after it powered off: the same disk,
+    /// variable store and TPM, as a real machine switched on again. The
+    /// last boot's console is kept beside the new one (`.previous`).
+    pub fn restart(&mut self) -> Result<()> {
+        self.process.kill();
+        let previous = self.serial_log.with_extension("previous.log");
+        std::fs::rename(&self.serial_log, &previous).with_context(|| format!("while keeping {}", self.serial_log.display()))?;
+        if let Some(tpm) = &mut self.tpm {
+            tpm.restart()?;
+        }
+        self.process = self.command.clone().spawn_background(&self.qemu_log)?;
+        self.started = Instant::now();
+        Ok(())
+    }
+}
+
+/// A machine's TPM 2.0: bookworm's swtpm, its state in a directory.
+struct Tpm {
+    state: PathBuf,
+    log: PathBuf,
+    process: Background,
+}
+
+impl Tpm {
+    fn socket(state: &Path) -> PathBuf {
+        state.join("swtpm.sock")
+    }
+
+    fn qemu_args(state: &Path) -> Vec<String> {
+        vec![
+            "-chardev".into(),
+            format!("socket,id=tpm-socket,path={}", Tpm::socket(state).display()),
+            "-tpmdev".into(),
+            "emulator,id=tpm,chardev=tpm-socket".into(),
+            "-device".into(),
+            "tpm-crb,tpmdev=tpm".into(),
+        ]
+    }
+
+    fn start(state: &Path, dir: &Path, name: &str) -> Result<Tpm> {
+        let log = dir.join(format!("swtpm-{name}.log"));
+        let process = Tpm::spawn(state, &log)?;
+        Ok(Tpm { state: state.to_path_buf(), log, process })
+    }
+
+    fn restart(&mut self) -> Result<()> {
+        self.process.kill();
+        self.process = Tpm::spawn(&self.state, &self.log)?;
+        Ok(())
+    }
+
+    /// Starts swtpm and waits for its socket (QEMU connects at once).
+    fn spawn(state: &Path, log: &Path) -> Result<Background> {
+        std::fs::create_dir_all(state)?;
+        let socket = Tpm::socket(state);
+        if socket.exists() {
+            std::fs::remove_file(&socket)?;
+        }
+        let mut process = Cmd::new("swtpm")
+            .args(["socket", "--tpm2", "--tpmstate"])
+            .arg(format!("dir={}", state.display()))
+            .args(["--ctrl"])
+            .arg(format!("type=unixio,path={}", socket.display()))
+            .spawn_background(log)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            if let Some(status) = process.try_wait()? {
+                bail!("swtpm exited ({}): {}", crate::process::describe_status(status), std::fs::read_to_string(log).unwrap_or_default().trim());
+            }
+            if Instant::now() >= deadline {
+                bail!("swtpm made no socket {} within 10 s", socket.display());
+            }
+            crate::process::pause(Duration::from_millis(100));
+        }
+        Ok(process)
     }
 }
 

@@ -40,6 +40,8 @@ struct RawMachine {
     /// Blank disks attached besides the system disk.
     #[serde(default)]
     extra_disks: Vec<RawExtraDisk>,
+    /// The machine has a TPM 2.0 of its own (swtpm), kept across restarts.
+    tpm: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +98,9 @@ struct RawCheck {
     /// A copy of the image whose loader entry asks for `init=/bin/sh` boots
     /// the command line signed into the boot image all the same.
     injected_command_line_is_ignored: Option<bool>,
+    /// `[encryption] data`: the data partitions are sealed to the machine's
+    /// TPM (see `Action::DataIsSealedToTheTpm`).
+    data_is_sealed_to_the_tpm: Option<bool>,
     /// The disk the machine booted from holds its root and configuration
     /// partition, and none of its identifiers is the image's.
     disk_is_its_own: Option<bool>,
@@ -115,6 +120,8 @@ pub struct MachineSpec {
     /// A never-booted copy of the image stays attached (installer machines).
     pub image_copy_attached: bool,
     pub extra_disks: Vec<ExtraDisk>,
+    /// A TPM 2.0 of its own (swtpm).
+    pub tpm: bool,
 }
 
 /// A blank virtio disk: the guest finds it at /dev/disk/by-id/virtio-SERIAL.
@@ -207,6 +214,13 @@ pub enum Action {
     /// A copy whose unsigned loader configuration asks for `init=/bin/sh`
     /// runs systemd as init all the same.
     InjectedCommandLineIsIgnored,
+    /// What the machine writes to /var and /home is not on its disk in the
+    /// clear; each data partition is a LUKS2 volume with a TPM token that
+    /// the recovery key (its escrow opened with the site's key) opens; the
+    /// machine restarted opens them with its TPM alone; the disk in a
+    /// machine with another TPM stops at the recovery prompt; a copy of the
+    /// image without a TPM says so. Powers the machine off and on.
+    DataIsSealedToTheTpm,
     /// The root, the configuration partition and the partition the boot
     /// loader was loaded from are on the disk the machine booted, and no
     /// identifier on it (disk GUID, partition UUIDs, file-system UUIDs) is
@@ -322,10 +336,10 @@ pub fn load(path: &Path) -> Result<Scenario, LocatedError> {
             Some(flag) => *flag.get_ref(),
             None => false,
         };
-        machines.push(MachineSpec { name, disk_size, memory_mib, installer, image_copy_attached, extra_disks });
+        machines.push(MachineSpec { name, disk_size, memory_mib, installer, image_copy_attached, extra_disks, tpm: machine.tpm.unwrap_or(false) });
     }
     if machines.is_empty() {
-        machines.push(MachineSpec { name: "machine".into(), disk_size: ImageSize::from_bytes(4 << 30), memory_mib: 1024, installer: false, image_copy_attached: false, extra_disks: Vec::new() });
+        machines.push(MachineSpec { name: "machine".into(), disk_size: ImageSize::from_bytes(4 << 30), memory_mib: 1024, installer: false, image_copy_attached: false, extra_disks: Vec::new(), tpm: false });
     }
     let isolated_network = raw.isolated_network.unwrap_or(false);
     let mut checks = Vec::new();
@@ -448,6 +462,9 @@ fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec]) 
     if raw.injected_command_line_is_ignored == Some(true) {
         actions.push(Action::InjectedCommandLineIsIgnored);
     }
+    if raw.data_is_sealed_to_the_tpm == Some(true) {
+        actions.push(Action::DataIsSealedToTheTpm);
+    }
     if raw.disk_is_its_own == Some(true) {
         actions.push(Action::DiskIsItsOwn);
     }
@@ -465,7 +482,7 @@ fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec]) 
     }
     let action = match actions.len() {
         1 => actions.remove(0),
-        0 => return Err(source.error(&raw.name, format!("check {name}: no action; give one of succeed, fail, wait-until-succeeds, wait-for-unit, wait-for-port, differ, ssh-refuses-wrong-key, ssh-refuses, outside-succeed, outside-fail, open-tcp-ports, open-udp-ports, running-services-match-profile, listening-sockets-match-profile, sysctls-match-profile, first-login-forced-password-change, remote-log-receives, remote-log-survives-outage, profile-services-log, installer-refuses-disk-of, firewall-fails-closed, tampered-boot-image-is-refused, injected-command-line-is-ignored, disk-is-its-own"))),
+        0 => return Err(source.error(&raw.name, format!("check {name}: no action; give one of succeed, fail, wait-until-succeeds, wait-for-unit, wait-for-port, differ, ssh-refuses-wrong-key, ssh-refuses, outside-succeed, outside-fail, open-tcp-ports, open-udp-ports, running-services-match-profile, listening-sockets-match-profile, sysctls-match-profile, first-login-forced-password-change, remote-log-receives, remote-log-survives-outage, profile-services-log, installer-refuses-disk-of, firewall-fails-closed, tampered-boot-image-is-refused, injected-command-line-is-ignored, data-is-sealed-to-the-tpm, disk-is-its-own"))),
         _ => return Err(source.error(&raw.name, format!("check {name}: give exactly one action"))),
     };
     let uses_expect = matches!(
@@ -538,7 +555,7 @@ mod tests {
     fn unknown_check_kind_is_refused() {
         check_error(
             "profile = \"baseline\"\n[[check]]\nname = \"x\"\nsucceeds = \"true\"\n",
-            "$DIR/vm-tests/t.toml:4:1: unknown field `succeeds`, expected one of `name`, `machine`, `timeout`, `succeed`, `fail`, `wait-until-succeeds`, `wait-for-unit`, `wait-for-port`, `differ`, `ssh-refuses-wrong-key`, `outside-succeed`, `outside-fail`, `open-tcp-ports`, `open-udp-ports`, `scan-from`, `ssh-refuses`, `ssh-user`, `running-services-match-profile`, `listening-sockets-match-profile`, `sysctls-match-profile`, `first-login-forced-password-change`, `remote-log-receives`, `remote-log-survives-outage`, `profile-services-log`, `installer-refuses-disk-of`, `firewall-fails-closed`, `tampered-boot-image-is-refused`, `injected-command-line-is-ignored`, `disk-is-its-own`, `as-root`, `expect`, `expect-contains`",
+            "$DIR/vm-tests/t.toml:4:1: unknown field `succeeds`, expected one of `name`, `machine`, `timeout`, `succeed`, `fail`, `wait-until-succeeds`, `wait-for-unit`, `wait-for-port`, `differ`, `ssh-refuses-wrong-key`, `outside-succeed`, `outside-fail`, `open-tcp-ports`, `open-udp-ports`, `scan-from`, `ssh-refuses`, `ssh-user`, `running-services-match-profile`, `listening-sockets-match-profile`, `sysctls-match-profile`, `first-login-forced-password-change`, `remote-log-receives`, `remote-log-survives-outage`, `profile-services-log`, `installer-refuses-disk-of`, `firewall-fails-closed`, `tampered-boot-image-is-refused`, `injected-command-line-is-ignored`, `data-is-sealed-to-the-tpm`, `disk-is-its-own`, `as-root`, `expect`, `expect-contains`",
         );
     }
 
