@@ -110,6 +110,25 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// Runs `profiles/<name>.toml`'s scenario into `out/<name>` (locked and
+/// fetched before); asserts it passed with no failure and returns its
+/// JUnit report.
+fn passing_scenario(ws: &Workspace, name: &str) -> String {
+    let (profile, out) = (format!("profiles/{name}.toml"), format!("out/{name}"));
+    let output = ws.rampart(&["test", &profile, "--out", &out]);
+    eprintln!("{}", String::from_utf8_lossy(&output.stdout));
+    assert!(output.status.success(), "the {name} scenario failed:\n{}", stderr(&output));
+    let junit = std::fs::read_to_string(ws.path(&format!("{out}/{name}.junit.xml"))).unwrap();
+    assert!(junit.contains("failures=\"0\""));
+    junit
+}
+
+/// The record of one stage in a build's report.
+fn stage_record(ws: &Workspace, report: &str, stage: &str) -> serde_json::Value {
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(ws.path(report)).unwrap()).unwrap();
+    report["stages"].as_array().unwrap().iter().find(|s| s["stage"] == stage).unwrap().clone()
+}
+
 /// A cache holding hard links to the shared cache's .debs (and, if asked,
 /// package-stage trees), so a test can damage or drop entries of its own.
 fn private_cache(with_package_stage: bool) -> tempfile::TempDir {
@@ -1079,11 +1098,7 @@ fn build_stopped_or_killed_during_mmdebstrap_leaves_nothing_and_the_next_build_s
 fn baseline_scenario_passes_in_qemu() {
     let ws = Workspace::new();
     ws.lock_and_fetch();
-    let output = ws.rampart(&["test", "profiles/baseline.toml", "--out", "out/baseline"]);
-    eprintln!("{}", String::from_utf8_lossy(&output.stdout));
-    assert!(output.status.success(), "the baseline scenario failed:\n{}", stderr(&output));
-    let junit = std::fs::read_to_string(ws.path("out/baseline/baseline.junit.xml")).unwrap();
-    assert!(junit.contains("failures=\"0\""));
+    let junit = passing_scenario(&ws, "baseline");
     assert!(junit.contains("machine_ids_differ_between_machines"));
     // The second machine was installed by the offline installer, which the
     // test built because the scenario asks for it, and a too small disk
@@ -1174,11 +1189,7 @@ fn audit_waivers(readme: &str) -> Vec<(String, String)> {
 fn lab_bastion_scenario_proves_source_ranges_from_two_addresses() {
     let ws = Workspace::new();
     ws.lock_and_fetch();
-    let output = ws.rampart(&["test", "profiles/lab-bastion.toml", "--out", "out/lab-bastion"]);
-    eprintln!("{}", String::from_utf8_lossy(&output.stdout));
-    assert!(output.status.success(), "the lab-bastion scenario failed:\n{}", stderr(&output));
-    let junit = std::fs::read_to_string(ws.path("out/lab-bastion/lab-bastion.junit.xml")).unwrap();
-    assert!(junit.contains("failures=\"0\""));
+    let junit = passing_scenario(&ws, "lab-bastion");
     assert!(junit.contains("from_outside_the_ranges_no_tcp_port_answers"));
     // [backups] on the machine's second disk: restore, rotation, full and missing target.
     for case in [
@@ -1199,14 +1210,9 @@ fn build_host_scenario_proves_the_hardened_toolchain_defaults_in_qemu() {
     let ws = Workspace::new();
     ws.rampart_ok(&["lock", "profiles/build-host.toml"]);
     ws.rampart_ok(&["fetch", "profiles/build-host.toml"]);
-    let output = ws.rampart(&["test", "profiles/build-host.toml", "--out", "out/build-host"]);
-    eprintln!("{}", String::from_utf8_lossy(&output.stdout));
-    assert!(output.status.success(), "the build-host scenario failed:\n{}", stderr(&output));
-    let junit = std::fs::read_to_string(ws.path("out/build-host/build-host.junit.xml")).unwrap();
-    assert!(junit.contains("failures=\"0\""));
+    let junit = passing_scenario(&ws, "build-host");
     assert!(junit.contains("stack_smash_is_stopped_at_run_time"));
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(ws.path("out/build-host/build-host.report.json")).unwrap()).unwrap();
-    let toolchain = report["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "toolchain").unwrap();
+    let toolchain = stage_record(&ws, "out/build-host/build-host.report.json", "toolchain");
     assert_eq!(toolchain["applied"], true);
     assert_eq!(toolchain["settings"]["specs"][0], "/usr/lib/gcc/x86_64-linux-gnu/12/specs");
     // This scenario's own QEMU (named after the profile), not another test's.
@@ -1220,15 +1226,9 @@ fn sealed_scenario_encrypts_the_data_to_the_machines_tpm() {
     let ws = Workspace::new();
     ws.rampart_ok(&["lock", "profiles/sealed.toml"]);
     ws.rampart_ok(&["fetch", "profiles/sealed.toml"]);
-    let output = ws.rampart(&["test", "profiles/sealed.toml", "--out", "out/sealed"]);
-    eprintln!("{}", String::from_utf8_lossy(&output.stdout));
-    assert!(output.status.success(), "the sealed scenario failed:\n{}", stderr(&output));
-    let junit = std::fs::read_to_string(ws.path("out/sealed/sealed.junit.xml")).unwrap();
-    assert!(junit.contains("failures=\"0\""));
+    let junit = passing_scenario(&ws, "sealed");
     assert!(junit.contains("the_data_is_sealed_to_this_machines_tpm"));
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(ws.path("out/sealed/sealed.report.json")).unwrap()).unwrap();
-    let encryption = report["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "encryption").unwrap();
-    assert_eq!(encryption["applied"], true);
+    assert_eq!(stage_record(&ws, "out/sealed/sealed.report.json", "encryption")["applied"], true);
 }
 
 #[test]
