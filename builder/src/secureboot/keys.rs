@@ -121,6 +121,11 @@ pub fn load_or_make(dir: &Path, name: &str) -> Result<SiteKeys> {
         load_certificate(RECOVERY, &recovery_cert)?;
         Recovery { cert: recovery_cert }
     };
+    // Machines seal to it with RSA-OAEP.
+    let text = Cmd::new("openssl").args(["x509", "-noout", "-text", "-in"]).arg(&recovery.cert).run()?.stdout_text();
+    if !text.contains("Public Key Algorithm: rsaEncryption") {
+        bail!("the recovery certificate {} does not hold an RSA key: machines seal their recovery keys to it with RSA-OAEP", recovery.cert.display());
+    }
     let (key, cert) = pair_paths(dir, "db");
     let command = dir.join(SIGN_COMMAND);
     let db = match (key.exists(), command.exists()) {
@@ -285,6 +290,16 @@ mod tests {
         let offline = scratch.path().join("offline.keys");
         copy_dir(&copy, &offline).unwrap();
         assert!(!offline.join("recovery.key").exists() && offline.join("recovery.crt").exists());
+        // An EC certificate: machines could not seal to it.
+        Cmd::new("openssl")
+            .args(["req", "-new", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "30", "-subj", "/CN=ec/", "-keyout"])
+            .arg(scratch.path().join("ec.key"))
+            .arg("-out")
+            .arg(copy.join("recovery.crt"))
+            .run()
+            .unwrap();
+        let error = format!("{:#}", load_or_make(&copy, "web").err().unwrap());
+        assert!(error.contains("does not hold an RSA key"), "{error}");
         std::fs::write(copy.join("recovery.crt"), "not a certificate\n").unwrap();
         let error = format!("{:#}", load_or_make(&copy, "web").err().unwrap());
         assert!(error.contains("the recovery certificate") && error.contains("is not an X.509 certificate"), "{error}");

@@ -12,7 +12,7 @@
 //! Every later boot opens the volumes with systemd-cryptsetup (crypttab,
 //! `tpm2-device=auto`); fstab mounts the opened volumes.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use crate::build::context::BuildContext;
@@ -96,7 +96,8 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
             bail!("[encryption] of {}: the image has no /{tool}", ctx.profile.path.display());
         }
     }
-    let site_cert = std::fs::read(&ctx.site_keys()?.recovery.cert)?;
+    let cert_path = ctx.site_keys()?.recovery.cert.clone();
+    let site_cert = std::fs::read(&cert_path).with_context(|| format!("while reading the site's recovery certificate {}", cert_path.display()))?;
     let script = SCRIPT_TEXT.replace("@ESCROW@", ESCROW).replace("@SITE_CERT@", &format!("/{SITE_CERT}"));
     ctx.install_file(SCRIPT, script.as_bytes(), 0o755)?;
     ctx.install_file(SITE_CERT, &site_cert, 0o644)?;

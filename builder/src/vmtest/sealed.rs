@@ -13,7 +13,7 @@ use super::qemu::Machine;
 use super::scenario::Check;
 use super::{copy_config, failed, CheckEnv, CheckFailure};
 use crate::process::Cmd;
-use crate::stages::encryption::{CONSOLE_MARKER, ESCROW};
+use crate::stages::encryption::{CONSOLE_MARKER, ESCROW, SERVICE};
 
 /// The LUKS2 header and key slots: everything `--test-passphrase` reads
 /// (cryptsetup's default data offset with `--reduce-device-size 32M`).
@@ -50,10 +50,11 @@ fn printf_escaped(text: &str) -> String {
     text.bytes().map(|b| format!("\\{b:03o}")).collect()
 }
 
-/// Whether the file holds `needle` anywhere (grep reads a sparse disk's
-/// holes quickly).
-fn file_holds(file: &Path, needle: &str) -> anyhow::Result<bool> {
-    let output = Cmd::new("grep").args(["-c", "-a", "-F", "--", needle]).arg(file).run_unchecked()?;
+/// Whether the file holds the bytes `needle` anywhere (grep reads a sparse
+/// disk's holes quickly; each byte given as `\xHH`, in the C locale).
+fn file_holds(file: &Path, needle: &[u8]) -> anyhow::Result<bool> {
+    let pattern: String = needle.iter().map(|b| format!("\\x{b:02x}")).collect();
+    let output = Cmd::new("grep").env("LC_ALL", "C").args(["-c", "-a", "-P", "--", &pattern]).arg(file).run_unchecked()?;
     match output.status.code() {
         Some(0) => Ok(true),
         Some(1) => Ok(false),
@@ -121,25 +122,42 @@ pub(super) fn data_is_sealed_to_the_tpm(machine: &mut Machine, check: &Check, en
         machine,
         env,
         &format!(
-            "umask 077; printf '{0}' >/var/lib/rampart-test-marker; printf '{0}' >{home}/.rampart-test-marker; printf '{1}' >/root/rampart-test-control; sync; cat {ESCROW}",
+            "umask 077; printf '{0}' >/var/lib/rampart-test-marker; printf '{0}' >{home}/.rampart-test-marker; printf '{1}' >/root/rampart-test-control; sync; cat {ESCROW}; for n in {2}; do blkid -s UUID -o value /dev/mapper/rampart-$n; done",
             printf_escaped(&marker),
-            printf_escaped(&in_clear)
+            printf_escaped(&in_clear),
+            names.join(" ")
         ),
     )?;
-    let escrow = written.trim().to_string();
+    let mut lines = written.lines();
+    let escrow = lines.next().unwrap_or_default().trim().to_string();
+    // Each volume's file system UUID, as its superblock holds it: found in
+    // the clear, it would be metadata cryptsetup moved and left behind.
+    let uuids: Vec<(String, Vec<u8>)> = lines.map(|l| (l.trim().to_string(), hex::decode(l.trim().replace('-', "")).unwrap_or_default())).collect();
+    if uuids.len() != names.len() || uuids.iter().any(|(_, bytes)| bytes.len() != 16) {
+        return Err(failed("could not read the UUID of every volume's file system", written));
+    }
     // Off, as a disk taken out of the machine is.
     let _ = root(machine, env, "systemctl poweroff");
     machine.wait_for_power_off(POWER_OFF).map_err(error("the machine did not power off"))?;
     let raw = env.work.join(format!("{}-sealed.raw", machine.name));
     Cmd::new("qemu-img").args(["convert", "-f", "qcow2", "-O", "raw"]).arg(&machine.disk).arg(&raw).run().map_err(error("could not read the machine's disk"))?;
-    if !file_holds(&raw, &in_clear).map_err(error("could not scan the disk"))? {
+    if !file_holds(&raw, in_clear.as_bytes()).map_err(error("could not scan the disk"))? {
         return Err(failed("the file written to the root file system is not on the disk in the clear: the scan proves nothing", String::new()));
     }
-    if file_holds(&raw, &marker).map_err(error("could not scan the disk"))? {
+    if file_holds(&raw, marker.as_bytes()).map_err(error("could not scan the disk"))? {
         return Err(failed("what the machine wrote to /var and /home is on its disk in the clear", format!("marker {marker} found in {}", raw.display())));
+    }
+    for (uuid, bytes) in &uuids {
+        if file_holds(&raw, bytes).map_err(error("could not scan the disk"))? {
+            return Err(failed(format!("the superblock of file system {uuid}, inside a volume, is on the disk in the clear: cryptsetup's moved copy was not overwritten"), String::new()));
+        }
     }
     let recovery = unseal_recovery_key(&escrow, &env.out.join(format!("{}.{}", env.profile.name, crate::build::KEYS_SUFFIX)))
         .map_err(error(&format!("the escrow in {ESCROW} does not open with the site's recovery key")))?;
+    // The recovery key itself was never written to the disk (only sealed).
+    if file_holds(&raw, &recovery).map_err(error("could not scan the disk"))? {
+        return Err(failed("the machine's recovery key is on its disk in the clear", String::new()));
+    }
     let headers = partition_headers(&raw, &names, env.work).map_err(error("could not read the partitions' headers"))?;
     for (name, header) in &headers {
         let dump = Cmd::new("cryptsetup").arg("luksDump").arg(header).run().map_err(error(&format!("{name} is not a LUKS volume")))?.stdout_text();
@@ -159,9 +177,10 @@ pub(super) fn data_is_sealed_to_the_tpm(machine: &mut Machine, check: &Check, en
     // Switched on again: its own TPM opens every volume, unattended.
     machine.restart().map_err(error("could not start the machine again"))?;
     machine.wait_for_ssh(check.timeout).map_err(error("the machine did not come back with its TPM"))?;
-    let read = root(machine, env, &format!("cat /var/lib/rampart-test-marker; echo; cat {home}/.rampart-test-marker"))?;
-    if read != format!("{marker}\n{marker}") {
-        return Err(failed("after a restart the data partitions do not hold what was written", read));
+    // The first-boot unit runs at every boot, and finds nothing left to do.
+    let read = root(machine, env, &format!("cat /var/lib/rampart-test-marker; echo; cat {home}/.rampart-test-marker; echo; systemctl is-active {SERVICE}"))?;
+    if read.trim_end() != format!("{marker}\n{marker}\nactive") {
+        return Err(failed("after a restart the data partitions do not hold what was written, or the encryption unit failed", read));
     }
 
     let _ = root(machine, env, "systemctl poweroff");
