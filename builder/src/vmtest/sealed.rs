@@ -19,7 +19,8 @@ use crate::stages::encryption::{CONSOLE_MARKER, ESCROW, SERVICE};
 /// (cryptsetup's default data offset with `--reduce-device-size 32M`).
 const HEADER_BYTES: usize = 16 << 20;
 /// What systemd-cryptsetup asks on the console when the TPM does not unseal.
-const RECOVERY_PROMPT: &str = "Please enter";
+/// Every volume carries systemd's recovery token, so every prompt names it.
+const RECOVERY_PROMPT: &str = "Please enter recovery key for disk ";
 const POWER_OFF: Duration = Duration::from_secs(180);
 /// What the check types at the first prompt, and what systemd-cryptsetup
 /// says of it.
