@@ -54,6 +54,11 @@ pub enum Command {
     Outdated {
         /// The profile file (profiles/NAME.toml)
         profile: PathBuf,
+        /// Compare a machine's packages with the lock instead of the lock with the mirror: FILE
+        /// is what `rampart-patch --report` (dpkg-query -W) printed on it; lists the security
+        /// updates it lacks first. Needs no network
+        #[arg(long, value_name = "FILE")]
+        installed: Option<PathBuf>,
         /// Debian mirror URL, overriding the profile and the host's apt sources
         #[arg(long)]
         mirror: Option<String>,
@@ -110,6 +115,35 @@ pub enum Command {
         /// Debian mirror URL, overriding the profile and the host's apt sources
         #[arg(long)]
         mirror: Option<String>,
+    },
+    /// Make an offline patch medium that brings machines installed from the image of OLD.lock
+    /// to the profile's current lock: its changed packages as an apt repository, the new signed
+    /// boot image, all sealed with the site's archive key; `rampart-patch DEVICE` applies it
+    Patch {
+        /// The profile file (profiles/NAME.toml); its current lock is the one patched to
+        profile: PathBuf,
+        /// The lock the machines run (the lock their image was built from)
+        #[arg(long, value_name = "OLD.lock")]
+        from: PathBuf,
+        /// The medium to write (a GPT disk image: write it to a USB stick or attach it as a disk)
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+        /// The build of the current lock, made there if it is not current [default: out/<profile-name>]
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Build (if needed) from the cache alone
+        #[arg(long)]
+        offline: bool,
+        /// Content-addressed package cache, shared by every profile and run
+        #[arg(long, default_value = DEFAULT_CACHE)]
+        cache: PathBuf,
+        /// Debian mirror URL, overriding the profile and the host's apt sources
+        #[arg(long)]
+        mirror: Option<String>,
+        /// The site's keys (the db key signs the boot image, the archive key the medium)
+        /// [default: <out>/<name>.keys]
+        #[arg(long)]
+        keys: Option<PathBuf>,
     },
     /// Check a disk image (raw or qcow2) against the baseline of its build, without booting
     /// it: lists added, removed and changed files; exit 0 only if none
@@ -198,7 +232,11 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
             ui::step(&format!("{} matches {}", image.display(), baseline.display()));
         }
-        Command::Outdated { profile, mirror } => {
+        Command::Outdated { profile, installed: Some(installed), mirror: _ } => {
+            let profile = load(&profile)?;
+            run_outdated_installed(&profile, &installed)?;
+        }
+        Command::Outdated { profile, installed: None, mirror } => {
             let profile = load(&profile)?;
             let mirror = resolve_mirror(&profile, mirror.as_deref())?;
             run_outdated(&profile, &mirror)?;
@@ -229,12 +267,18 @@ pub fn run(cli: Cli) -> Result<i32> {
             let profile = load(&profile.expect("clap requires a profile without --bundle"))?;
             let mirror = resolve_mirror(&profile, mirror.as_deref())?;
             let out = out.unwrap_or_else(|| default_out(&profile));
-            build::build(profile, mirror, &BuildOptions { offline, out, cache, secrets, keys, installer })?;
+            build::build(profile, mirror, &BuildOptions { offline, out, cache, secrets, keys, installer, lock: None })?;
         }
         Command::Bundle { profile, output, cache, mirror } => {
             let profile = load(&profile)?;
             let mirror = resolve_mirror(&profile, mirror.as_deref())?;
             run_bundle(&profile, &mirror, &output, &cache)?;
+        }
+        Command::Patch { profile, from, output, out, offline, cache, mirror, keys } => {
+            let profile = load(&profile)?;
+            let mirror = resolve_mirror(&profile, mirror.as_deref())?;
+            let out = out.unwrap_or_else(|| default_out(&profile));
+            crate::patch::make(profile, mirror, &crate::patch::PatchOptions { from, output, out, cache, offline, keys })?;
         }
         Command::Test { profile, scenario, machine } => {
             let profile = load(&profile)?;
@@ -320,6 +364,52 @@ fn run_outdated(profile: &Profile, mirror: &Mirror) -> Result<()> {
     Ok(())
 }
 
+/// What a machine lacks against the profile's lock, from its package report.
+fn run_outdated_installed(profile: &Profile, installed: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(installed).with_context(|| format!("while reading --installed {}", installed.display()))?;
+    let machine = lock::parse_installed(&text, &installed.display().to_string())?;
+    let path = profile.lock_path();
+    if !path.exists() {
+        anyhow::bail!("{} has no lock ({}); run `rampart lock {}` first", profile.path.display(), path.display(), profile.path.display());
+    }
+    let locked = Lock::read(&path)?;
+    let lacking = lock::outdated(&machine, &locked);
+    let n_security = lacking.iter().filter(|u| u.security).count();
+    for (heading, security) in [("security updates the machine lacks", true), ("other versions that differ from the lock", false)] {
+        let group: Vec<&lock::Update> = lacking.iter().filter(|u| u.security == security).collect();
+        if group.is_empty() {
+            continue;
+        }
+        println!("{heading} ({}):", group.len());
+        for update in group {
+            println!("  {} {} -> {}", update.name, update.locked, update.available);
+        }
+    }
+    let changes = lock::describe_changes(&machine, &locked);
+    let missing: Vec<&String> = changes.iter().filter(|l| l.starts_with('+')).collect();
+    let extra: Vec<&String> = changes.iter().filter(|l| l.starts_with('-')).collect();
+    for (heading, lines) in [("in the lock, not installed", &missing), ("installed, not in the lock", &extra)] {
+        if !lines.is_empty() {
+            println!("{heading} ({}):", lines.len());
+            for line in lines {
+                println!("  {}", &line[2..]);
+            }
+        }
+    }
+    if lacking.is_empty() && missing.is_empty() {
+        ui::step(&format!("{} runs every package of {} at its locked version", installed.display(), path.display()));
+    } else {
+        ui::step(&format!(
+            "{} lacks {n_security} security updates of {}, {} other versions differ, {} packages are missing; bring it a medium made by `rampart patch`",
+            installed.display(),
+            path.display(),
+            lacking.len() - n_security,
+            missing.len()
+        ));
+    }
+    Ok(())
+}
+
 fn run_bundle(profile: &Profile, mirror: &Mirror, output: &Path, cache: &Path) -> Result<()> {
     crate::stages::overlays::validate(profile)?;
     let cache = Cache::open(cache)?;
@@ -397,7 +487,7 @@ fn run_build_from_bundle(
     bundle::import_debs(&unpacked, &lock, &cache).with_context(refused)?;
     timer.done();
     let mirror = unpacked.manifest.mirror.clone();
-    build::build(profile, mirror, &BuildOptions { offline: true, out, cache: cache.root().to_path_buf(), secrets: operator.secrets, keys: operator.keys, installer })
+    build::build(profile, mirror, &BuildOptions { offline: true, out, cache: cache.root().to_path_buf(), secrets: operator.secrets, keys: operator.keys, installer, lock: None })
 }
 
 fn run_lock(profile: &Profile, mirror: &Mirror, update: bool, cache: &Path) -> Result<()> {

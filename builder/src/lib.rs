@@ -17,6 +17,7 @@ pub mod lock;
 pub mod lynis;
 pub mod manifest;
 pub mod mirror;
+pub mod patch;
 pub mod process;
 pub mod profile;
 pub mod secrets;

@@ -82,6 +82,12 @@ impl Lock {
         ))
     }
 
+    /// sha256 of the lock as `render` writes it: what an image records as the
+    /// lock it runs, and a patch medium names as the lock it starts from.
+    pub fn digest(&self, profile_name: &str) -> Result<String> {
+        Ok(hex::encode(Sha256::digest(self.render(profile_name)?.as_bytes())))
+    }
+
     /// The image's packages and the auditor's: everything fetched and bundled.
     pub fn every_package(&self) -> impl Iterator<Item = &LockedPackage> {
         self.packages.iter().chain(&self.auditor)
@@ -174,6 +180,17 @@ pub fn resolve(profile: &Profile, mirror: &Mirror, log: &Path, cache: Option<&cr
     Ok(Lock { lock_version: LOCK_VERSION, request_sha256: request_digest(profile), source_date_epoch: epoch, sources, packages, auditor })
 }
 
+/// The profile's package set as the point release alone gives it (the
+/// mirror's security suite left out): the lock of a golden image made
+/// before the security updates the profile's own lock holds, which
+/// `rampart test` patches (`[[machine]] image-lock = "point-release"`).
+pub fn resolve_point_release(profile: &Profile, mirror: &Mirror, log: &Path, cache: Option<&crate::cache::Cache>) -> Result<Lock> {
+    let mut point_release = mirror.clone();
+    point_release.security_suite = None;
+    point_release.security_url = None;
+    resolve(profile, &point_release, log, cache).context("while locking the point release alone")
+}
+
 /// apt's choices, each with the stanza of the verified index that lists it.
 fn locked_packages(resolved: Vec<(String, String, String)>, indices: &[VerifiedIndex]) -> Result<Vec<LockedPackage>> {
     let mut packages = Vec::new();
@@ -260,6 +277,44 @@ pub fn outdated(locked: &Lock, fresh: &Lock) -> Vec<Update> {
         .collect();
     updates.sort_by(|a, b| b.security.cmp(&a.security).then_with(|| a.name.cmp(&b.name)));
     updates
+}
+
+/// What a machine reports (`dpkg-query -W`, which `rampart-patch --report`
+/// prints: `name[:arch]<TAB>version` per line; known but not installed
+/// packages have no version) as a lock of that machine's packages, so
+/// `outdated` and `describe_changes` compare it with the profile's lock.
+/// `origin` names the file in errors.
+pub fn parse_installed(text: &str, origin: &str) -> Result<Lock> {
+    let mut packages = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let Some((name, version)) = line.split_once('\t') else {
+            bail!("{origin}:{}: {line:?} is not a line of `dpkg-query -W` (name, a tab, the version)", number + 1);
+        };
+        let name = name.split_once(':').map(|(n, _)| n).unwrap_or(name);
+        let name_ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+        if !name_ok || version.chars().any(char::is_whitespace) {
+            bail!("{origin}:{}: {line:?} is not a line of `dpkg-query -W` (name, a tab, the version)", number + 1);
+        }
+        if version.is_empty() {
+            continue;
+        }
+        packages.push(LockedPackage {
+            name: name.to_string(),
+            version: version.to_string(),
+            arch: String::new(),
+            suite: "installed".into(),
+            filename: String::new(),
+            size: 0,
+            sha256: String::new(),
+        });
+    }
+    if packages.is_empty() {
+        bail!("{origin} lists no installed package: give the output of `rampart-patch --report` (or `dpkg-query -W`) on the machine");
+    }
+    Ok(Lock { lock_version: LOCK_VERSION, request_sha256: String::new(), source_date_epoch: 0, sources: Vec::new(), packages, auditor: Vec::new() })
 }
 
 /// Parses an RFC 2822 date as used in Release files ("Sat, 10 May 2025 09:22:01 UTC").
@@ -371,6 +426,24 @@ mod tests {
         assert_eq!(parse_release_date("Thu, 01 Jan 1970 00:00:00 UTC").unwrap(), 0);
         assert_eq!(parse_release_date("Sat, 10 May 2025 09:22:01 UTC").unwrap(), 1746868921);
         assert!(parse_release_date("Sat, 10 May 2025 09:22:01 CEST").is_err());
+    }
+
+    #[test]
+    fn a_machines_report_is_compared_with_the_lock() {
+        let installed = parse_installed("openssl\t3.0.1-1\nlibc6:amd64\t2.36-9\nold-tool\t1.0\nremoved\t\n", "m1.txt").unwrap();
+        let mut lock = sample();
+        lock.packages = vec![
+            LockedPackage { name: "openssl".into(), version: "3.0.2-1".into(), arch: "amd64".into(), suite: "bookworm-security".into(), filename: String::new(), size: 1, sha256: String::new() },
+            LockedPackage { name: "libc6".into(), version: "2.36-9".into(), arch: "amd64".into(), suite: "bookworm".into(), filename: String::new(), size: 1, sha256: String::new() },
+            LockedPackage { name: "curl".into(), version: "7.88".into(), arch: "amd64".into(), suite: "bookworm".into(), filename: String::new(), size: 1, sha256: String::new() },
+        ];
+        let lacking = outdated(&installed, &lock);
+        assert_eq!(lacking, [Update { name: "openssl".into(), locked: "3.0.1-1".into(), available: "3.0.2-1".into(), security: true }]);
+        let changes = describe_changes(&installed, &lock);
+        assert!(changes.contains(&"+ curl 7.88".to_string()) && changes.contains(&"- old-tool 1.0".to_string()), "{changes:?}");
+        let error = format!("{:#}", parse_installed("openssl 3.0.1\n", "m1.txt").err().unwrap());
+        assert!(error.starts_with("m1.txt:1: "), "{error}");
+        assert!(parse_installed("\n", "m1.txt").is_err());
     }
 
     #[test]

@@ -210,3 +210,32 @@ fn unknown_sandboxing_directive_is_refused_naming_the_field_and_nothing_is_writt
     let lock = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cases/unknown-sandboxing-directive.lock");
     assert!(!lock.exists(), "a refused profile gets no lock");
 }
+
+fn rampart(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_rampart")).args(args).current_dir(Path::new(env!("CARGO_MANIFEST_DIR"))).output().expect("rampart runs")
+}
+
+#[test]
+fn patch_from_a_file_that_is_not_a_lock_is_refused_naming_it_and_writes_nothing() {
+    let scratch = tempfile::tempdir().unwrap();
+    let from = scratch.path().join("old.lock");
+    std::fs::write(&from, "lock-version = 1\nnot a lock\n").unwrap();
+    let medium = scratch.path().join("medium.img");
+    let out = scratch.path().join("out");
+    let output = rampart(&["patch", "../profiles/baseline.toml", "--from", from.to_str().unwrap(), "-o", medium.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains(&format!("--from {}", from.display())) && stderr.contains("is not a valid rampart lock"), "{stderr}");
+    assert!(!medium.exists() && !out.exists(), "nothing is written");
+}
+
+#[test]
+fn a_machines_package_report_with_a_bad_line_is_refused_naming_file_and_line() {
+    let scratch = tempfile::tempdir().unwrap();
+    let report = scratch.path().join("m1.txt");
+    std::fs::write(&report, "bash\t5.2.15-2+b8\nopenssl 3.0.2\n").unwrap();
+    let output = rampart(&["outdated", "../profiles/baseline.toml", "--installed", report.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains(&format!("{}:2: \"openssl 3.0.2\" is not a line of `dpkg-query -W`", report.display())), "{stderr}");
+}

@@ -1113,6 +1113,11 @@ fn baseline_scenario_passes_in_qemu() {
     let installer_log = std::fs::read_to_string(ws.path("out/baseline/baseline-second-installer.serial.log")).unwrap();
     assert!(installer_log.contains("rampart-install: done: baseline installed on /dev/vdb"), "{installer_log}");
     assert!(ws.path("out/baseline/baseline-first.serial.log").exists());
+    // vm-tests/patch.toml ran in the same `rampart test`: a machine of the
+    // point release's image, patched offline to the profile's lock.
+    let patch = std::fs::read_to_string(ws.path("out/baseline/patch.junit.xml")).unwrap();
+    assert!(patch.contains("failures=\"0\"") && patch.contains("the_patch_medium_brings_the_machine_to_the_profiles_lock"), "{patch}");
+    assert!(ws.path("out/baseline.point-release/baseline.qcow2").exists() && ws.path("out/baseline.point-release.lock").exists());
     let stray = Command::new("pgrep").args(["-f", "rampart-test-"]).output().unwrap();
     assert!(!stray.status.success(), "a QEMU outlived the test");
 

@@ -27,6 +27,9 @@ pub struct BuildOptions {
     pub keys: Option<PathBuf>,
     /// Also make `<name>.installer.raw`, the offline installer.
     pub installer: bool,
+    /// Build from this lock of the profile instead of PROFILE's .lock
+    /// (which is neither read nor written).
+    pub lock: Option<PathBuf>,
 }
 
 /// The operator's own files a build reads and keeps, never part of what ships.
@@ -66,6 +69,10 @@ pub fn ensure_lock(profile: &Profile, mirror: &Mirror, offline: bool, log: &Path
 /// everything `content_digest` covers. `rampart test` rebuilds only when it
 /// changes.
 pub fn inputs_digest(profile: &Profile, mirror: &Mirror) -> Result<String> {
+    inputs_digest_of(profile, mirror, &profile.lock_path())
+}
+
+fn inputs_digest_of(profile: &Profile, mirror: &Mirror, lock: &Path) -> Result<String> {
     let mut digest = LabelledDigest::new();
     // The program itself: a rampart that builds differently is another input.
     let program = std::env::current_exe().and_then(std::fs::read).context("while reading rampart's own executable")?;
@@ -73,7 +80,7 @@ pub fn inputs_digest(profile: &Profile, mirror: &Mirror) -> Result<String> {
     for source in mirror.sources() {
         digest.add("apt source", format!("{} {} {}", source.url, source.suite, source.components.join(" ")).as_bytes());
     }
-    add_content_inputs(&mut digest, profile)?;
+    add_content_inputs(&mut digest, profile, lock)?;
     Ok(digest.finish())
 }
 
@@ -81,19 +88,18 @@ pub fn inputs_digest(profile: &Profile, mirror: &Mirror) -> Result<String> {
 /// rampart's version, the profile files, the lock and the overlay trees. It
 /// may go into an artifact (it names the SPDX document) because, unlike
 /// `inputs_digest`, it depends on neither the host's mirror nor the executable.
-pub fn content_digest(profile: &Profile) -> Result<String> {
+pub fn content_digest(profile: &Profile, lock: &Path) -> Result<String> {
     let mut digest = LabelledDigest::new();
-    add_content_inputs(&mut digest, profile)?;
+    add_content_inputs(&mut digest, profile, lock)?;
     Ok(digest.finish())
 }
 
-fn add_content_inputs(digest: &mut LabelledDigest, profile: &Profile) -> Result<()> {
+fn add_content_inputs(digest: &mut LabelledDigest, profile: &Profile, lock: &Path) -> Result<()> {
     digest.add("rampart", env!("CARGO_PKG_VERSION").as_bytes());
     for file in &profile.files {
         digest.add("profile", &std::fs::read(file).with_context(|| format!("while reading {}", file.display()))?);
     }
-    let lock = profile.lock_path();
-    digest.add("lock", &std::fs::read(&lock).with_context(|| format!("while reading {}", lock.display()))?);
+    digest.add("lock", &std::fs::read(lock).with_context(|| format!("while reading {}", lock.display()))?);
     for tree in &profile.overlays {
         for entry in crate::tree::walk(&tree.dir)? {
             use std::os::unix::fs::MetadataExt;
@@ -129,6 +135,24 @@ impl LabelledDigest {
     }
 }
 
+/// Builds unless the artifacts in `options.out` were made from exactly these
+/// inputs (and include the offline installer if it is asked for).
+pub fn ensure_built(profile: &Profile, mirror: Mirror, options: &BuildOptions) -> Result<()> {
+    let name = profile.name.as_str();
+    let report_path = options.out.join(format!("{name}.report.json"));
+    let has_installer = !options.installer || options.out.join(format!("{name}.installer.raw")).exists();
+    let made = ["qcow2", "raw"].iter().all(|suffix| options.out.join(format!("{name}.{suffix}")).exists());
+    if profile.lock_path().exists() && made && report_path.exists() && has_installer {
+        let wanted = inputs_digest(profile, &mirror)?;
+        let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report_path)?)?;
+        if report["inputs-sha256"].as_str() == Some(wanted.as_str()) {
+            ui::step(&format!("artifacts in {} are current; not rebuilding", options.out.display()));
+            return Ok(());
+        }
+    }
+    build(profile.clone(), mirror, options)
+}
+
 pub fn build(profile: Profile, mirror: Mirror, options: &BuildOptions) -> Result<()> {
     // Everything the profile names is checked before any work starts.
     stages::overlays::validate(&profile)?;
@@ -149,15 +173,24 @@ pub fn build(profile: Profile, mirror: Mirror, options: &BuildOptions) -> Result
     std::fs::write(&log, "").with_context(|| format!("while creating {}", log.display()))?;
     ui::step(&format!("log: {}", log.display()));
 
-    let lock = ensure_lock(&profile, &mirror, options.offline, &log, &cache)?;
+    let (lock, lock_path) = match &options.lock {
+        Some(path) => {
+            let given = Lock::read(path)?;
+            if !given.is_current_for(&profile) {
+                bail!("{} is not a lock of {}'s package selection", path.display(), profile.path.display());
+            }
+            (given, path.clone())
+        }
+        None => (ensure_lock(&profile, &mirror, options.offline, &log, &cache)?, profile.lock_path()),
+    };
     if options.offline {
         fetch::require_cached(&lock, &cache, &profile.path)?;
     } else {
         fetch::fetch(&lock, &mirror, &cache, &log)?;
     }
 
-    let inputs = inputs_digest(&profile, &mirror)?;
-    let content = content_digest(&profile)?;
+    let inputs = inputs_digest_of(&profile, &mirror, &lock_path)?;
+    let content = content_digest(&profile, &lock_path)?;
     let mut ctx = BuildContext::new(profile, lock, mirror, cache, &options.out, log)?;
     ctx.secrets_file = match &options.secrets {
         Some(path) => context::SecretsFile::Given(path.clone()),
@@ -188,6 +221,7 @@ pub fn build(profile: Profile, mirror: Mirror, options: &BuildOptions) -> Result
         stages::auditd::after_overlays,
         stages::services::run,
         stages::sandboxing::run,
+        stages::patching::run,
         stages::kernel::compile_apparmor_policy,
         stages::seal::run,
         stages::elf_audit::run,

@@ -57,6 +57,8 @@ pub struct SiteKeys {
     pub kek: KeyPair,
     pub db: DbKey,
     pub recovery: Recovery,
+    /// The OpenPGP pair that signs patch media; made on first use too.
+    pub archive: super::archive::ArchiveKey,
     pub owner: String,
     /// Whether this build made them.
     pub made: bool,
@@ -126,6 +128,11 @@ pub fn load_or_make(dir: &Path, name: &str) -> Result<SiteKeys> {
     if !text.contains("Public Key Algorithm: rsaEncryption") {
         bail!("the recovery certificate {} does not hold an RSA key: machines seal their recovery keys to it with RSA-OAEP", recovery.cert.display());
     }
+    super::archive::make_if_missing(dir, name)?;
+    if dir.join(super::archive::SECRET).exists() {
+        check_private(&dir.join(super::archive::SECRET), "the archive signing key")?;
+    }
+    let archive = super::archive::load(dir)?;
     let (key, cert) = pair_paths(dir, "db");
     let command = dir.join(SIGN_COMMAND);
     let db = match (key.exists(), command.exists()) {
@@ -144,7 +151,7 @@ pub fn load_or_make(dir: &Path, name: &str) -> Result<SiteKeys> {
         }
         (false, false) => bail!("{} has neither db.key nor a signing command {SIGN_COMMAND}", dir.display()),
     };
-    Ok(SiteKeys { dir: dir.to_path_buf(), pk, kek, db, recovery, owner, made })
+    Ok(SiteKeys { dir: dir.to_path_buf(), pk, kek, db, recovery, archive, owner, made })
 }
 
 /// Copies a keys directory (its keys, certificates and owner GUID) to `to`,
@@ -153,7 +160,7 @@ pub fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     check_private(from, "the Secure Boot keys directory")?;
     std::fs::create_dir(to).with_context(|| format!("while creating {}", to.display()))?;
     std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700))?;
-    let mut names = vec![OWNER_FILE.to_string()];
+    let mut names = vec![OWNER_FILE.to_string(), super::archive::SECRET.to_string(), super::archive::PUBLIC.to_string()];
     for role in ROLES.iter().chain(&[RECOVERY]) {
         names.push(format!("{role}.key"));
         names.push(format!("{role}.crt"));
@@ -164,8 +171,11 @@ pub fn copy_dir(from: &Path, to: &Path) -> Result<()> {
         names.push(SIGN_COMMAND.to_string());
     }
     // A site that keeps the recovery key offline has its certificate alone.
-    if !from.join(format!("{RECOVERY}.key")).exists() {
-        names.retain(|name| *name != format!("{RECOVERY}.key"));
+    // So may the archive key, whose public half alone goes into images.
+    for kept_offline in [format!("{RECOVERY}.key"), super::archive::SECRET.to_string()] {
+        if !from.join(&kept_offline).exists() {
+            names.retain(|name| *name != kept_offline);
+        }
     }
     for name in names {
         let bytes = std::fs::read(from.join(&name)).with_context(|| format!("{} has no {name}", from.display()))?;
@@ -220,6 +230,7 @@ fn make(dir: &Path, name: &str) -> Result<()> {
     for role in ROLES.iter().chain(&[RECOVERY]) {
         make_pair(work, role, name)?;
     }
+    super::archive::make_if_missing(work, name)?;
     let owner = uuid_v4()?;
     crate::fsutil::write_atomic_private(&work.join(OWNER_FILE), format!("{owner}\n").as_bytes())?;
     std::fs::rename(work, dir).with_context(|| format!("while moving the new keys to {}", dir.display()))?;

@@ -1,6 +1,7 @@
 //! Secure Boot: the site's keys, the signed boot path and the firmware's
 //! variable store with the keys enrolled.
 
+pub mod archive;
 pub mod boot;
 pub mod efivars;
 pub mod keys;
@@ -20,6 +21,7 @@ pub fn require_host_tools() -> anyhow::Result<()> {
         ("sbsign", "sbsigntool"),
         ("sbverify", "sbsigntool"),
         ("faketime", "faketime"),
+        ("gpg", "gnupg"),
         ("cert-to-efi-sig-list", "efitools"),
         ("sign-efi-sig-list", "efitools"),
     ])?;

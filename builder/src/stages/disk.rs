@@ -48,7 +48,10 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     let root_tree = if separate.is_empty() { root.clone() } else { split_tree(&root, "/", &mounts, &split.join("root"))? };
     let mut file_systems = Vec::new();
     let (root_needs_mib, root_entries) = root_needs(&root_tree)?;
-    file_systems.push(Planned { name: ROOT_PARTITION, mount: "/", type_guid: TYPE_ROOT_X86_64, tree: root_tree, needs_mib: root_needs_mib, entries: root_entries, size_mib: root_needs_mib, field: None, label: ROOT_LABEL.to_string(), uuid: ids.root_fs_uuid.clone(), partuuid: ids.root_partuuid.clone(), hash_seed: ids.root_hash_seed.clone() });
+    // Room for a second kernel beside this one: a machine patched later
+    // keeps the kernel it ran as the fallback until the next patch.
+    let root_size_mib = root_needs_mib + kernel_room_mib(&root)?;
+    file_systems.push(Planned { name: ROOT_PARTITION, mount: "/", type_guid: TYPE_ROOT_X86_64, tree: root_tree, needs_mib: root_needs_mib, entries: root_entries, size_mib: root_size_mib, field: None, label: ROOT_LABEL.to_string(), uuid: ids.root_fs_uuid.clone(), partuuid: ids.root_partuuid.clone(), hash_seed: ids.root_hash_seed.clone() });
     for spec in separate {
         let partition = spec.partition;
         let tree = split_tree(&root, partition.mount, &mounts, &split.join(partition.name))?;
@@ -100,12 +103,12 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
         hash_seed: &ids.config_hash_seed,
         journal: false,
     };
-    make_ext4(ctx, &config_image, &config_fs, &epoch)?;
+    make_ext4(&ctx.work(), &config_image, &config_fs, &epoch)?;
     let esp_image = work.join("esp.vfat");
     // No root=: the initramfs finds the root on the disk systemd-boot was
     // loaded from, and gives a copy whose disk GUID is still this one
     // identifiers of its own on its first boot (rampart-boot-disk).
-    let cmdline = format!("rw rampart.copy-of={} {}", ids.disk_guid, ctx.kernel_cmdline());
+    let cmdline = boot_cmdline(ctx);
     let keys = ctx.site_keys()?;
     let esp = Esp { title: "Debian GNU/Linux 12 (rampart)", root: &root, kernel: &kernel, initrd: &initrd, cmdline: &cmdline, label: ESP_LABEL, volume_id: &ids.esp_volume_id, keys };
     make_esp(&work.join("esp"), &esp_image, &esp, &epoch)?;
@@ -145,7 +148,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
             hash_seed: &fs.hash_seed,
             journal: true,
         };
-        make_ext4(ctx, &image, &ext4, &epoch).with_context(|| match &fs.field {
+        make_ext4(&ctx.work(), &image, &ext4, &epoch).with_context(|| match &fs.field {
             Some(field) => format!("the partition of {field} does not hold what the image keeps there"),
             None => "the root partition does not hold what the image keeps there".to_string(),
         })?;
@@ -155,6 +158,9 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
         if let Some(partition) = DATA_PARTITIONS.iter().find(|p| p.mount == fs.mount) {
             record["options"] = json!(partition.options);
             record["cis"] = json!(partition.cis);
+        }
+        if fs.name == ROOT_PARTITION {
+            record["room-for-a-kernel-update-mib"] = json!(fs.size_mib.saturating_sub(fs.needs_mib));
         }
         records.push(record);
     }
@@ -282,6 +288,30 @@ pub(crate) fn boot_kernel_version(root: &Path) -> Result<String> {
     kernels.pop().context("the image has no kernel in /boot; set kernel.package in the profile")
 }
 
+/// The kernel command line the unified kernel image carries (and
+/// /etc/kernel/cmdline, for entries a machine without Secure Boot makes).
+pub(crate) fn boot_cmdline(ctx: &BuildContext) -> String {
+    let ids = Identifiers::for_profile(ctx.profile.name.as_str());
+    format!("rw rampart.copy-of={} {}", ids.disk_guid, ctx.kernel_cmdline())
+}
+
+/// MiB for one more kernel like the image's: its modules, its files in
+/// /boot and the initrd made for it, with a quarter more, in 4 MiB steps.
+pub(crate) fn kernel_room_mib(root: &Path) -> Result<u64> {
+    let version = boot_kernel_version(root)?;
+    let mut bytes: u64 = 0;
+    for entry in walk(&root.join("usr/lib/modules").join(&version))? {
+        bytes += entry.meta.size().div_ceil(4096) * 4096;
+    }
+    for entry in std::fs::read_dir(root.join("boot"))? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().ends_with(&format!("-{version}")) {
+            bytes += entry.metadata()?.len();
+        }
+    }
+    Ok((bytes * 5 / 4 / MIB).div_ceil(4) * 4)
+}
+
 /// Splits a version into numeric and text runs, compared piecewise.
 fn version_key(version: &str) -> Vec<(u64, String)> {
     let mut parts = Vec::new();
@@ -326,7 +356,7 @@ pub(crate) struct Ext4<'a> {
     pub journal: bool,
 }
 
-pub(crate) fn make_ext4(ctx: &BuildContext, image: &Path, fs: &Ext4, epoch: &str) -> Result<()> {
+pub(crate) fn make_ext4(work: &Path, image: &Path, fs: &Ext4, epoch: &str) -> Result<()> {
     File::create(image)?.set_len(fs.size_mib * MIB)?;
     Cmd::new("mkfs.ext4")
         .args(["-q", "-F", "-T", "default", "-b", "4096"])
@@ -354,7 +384,7 @@ pub(crate) fn make_ext4(ctx: &BuildContext, image: &Path, fs: &Ext4, epoch: &str
         }
         commands.push_str(&format!("sif \"{0}\" atime @{epoch}\nsif \"{0}\" ctime @{epoch}\n", entry.image_path));
     }
-    let script = ctx.work().join(format!("debugfs-times-{}.cmds", fs.label));
+    let script = work.join(format!("debugfs-times-{}.cmds", fs.label));
     std::fs::write(&script, commands)?;
     let output = Cmd::new("debugfs")
         .arg("-w")

@@ -137,7 +137,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
         hash_seed: &ids.root_hash_seed,
         journal: false,
     };
-    disk::make_ext4(ctx, &root_image, &root_fs, &epoch_text)?;
+    disk::make_ext4(&ctx.work(), &root_image, &root_fs, &epoch_text)?;
     std::fs::remove_dir_all(&tree)?;
 
     let image_root = ctx.root();

@@ -101,6 +101,7 @@ const RUN_TIME_PATHS: &[(&str, &str)] = &[
     ("/etc/subgid-", "shadow-utils' backup of the previous version"),
     ("/etc/security/opasswd.old", "pam_pwhistory's backup of the previous version"),
     (CONFIG_MOUNT, "the read-only partition, which holds this database"),
+    (crate::stages::patching::IN_PROGRESS, "rampart-patch's marker of a patch in progress (removed after the database is made again)"),
 ];
 
 /// Files whose contents change by design: their type, owner and mode are

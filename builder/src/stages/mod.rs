@@ -18,6 +18,7 @@ pub mod logging;
 pub mod overlays;
 pub mod packages;
 pub mod passwords;
+pub mod patching;
 pub mod seal;
 pub mod sandboxing;
 pub mod services;

@@ -70,7 +70,7 @@ pub fn run(profile: Profile, mirror: Mirror, options: &AuditOptions) -> Result<l
     let name = profile.name.to_string();
     let artifacts = Artifacts::in_dir(&options.out, &name);
     let test_options = TestOptions { scenario: None, out: options.out.clone(), cache: options.cache.clone(), accel: options.accel, offline: options.offline };
-    ensure_built(&profile, mirror.clone(), &test_options, &artifacts, false)?;
+    ensure_built(&profile, mirror.clone(), &test_options, false)?;
     let lock = Lock::read(&profile.lock_path())?;
     if lock.auditor.is_empty() {
         bail!("{} locks no auditor (Lynis); run `rampart lock --update {}`", profile.lock_path().display(), profile.path.display());

@@ -10,6 +10,7 @@ pub mod junit;
 pub mod lab;
 pub mod qemu;
 pub mod scenario;
+mod patch;
 mod sealed;
 
 use std::collections::BTreeMap;
@@ -100,7 +101,8 @@ pub fn run(profile: Profile, mirror: Mirror, options: &TestOptions) -> Result<()
     let needs_installer = scenarios.iter().any(Scenario::needs_installer);
     let name = profile.name.to_string();
     let artifacts = Artifacts::in_dir(&options.out, &name);
-    ensure_built(&profile, mirror, options, &artifacts, needs_installer)?;
+    let mirror_for_patch = mirror.clone();
+    ensure_built(&profile, mirror, options, needs_installer)?;
     // From here on a signal shuts the machines down and removes the test
     // network and the work directory before rampart exits.
     crate::process::stop_on_signals()?;
@@ -115,6 +117,7 @@ pub fn run(profile: Profile, mirror: Mirror, options: &TestOptions) -> Result<()
         ("rampart", env!("CARGO_PKG_VERSION").to_string()),
     ];
     let installer_sha256 = if needs_installer { Some(crate::fsutil::sha256_file(&artifacts.installer)?) } else { None };
+    let patch_setup = if scenarios.iter().any(Scenario::needs_point_release) { Some(patch::prepare(&profile, &mirror_for_patch, options, work.path())?) } else { None };
     crate::process::check_interrupted()?;
 
     let mut n_failed = 0;
@@ -126,7 +129,7 @@ pub fn run(profile: Profile, mirror: Mirror, options: &TestOptions) -> Result<()
         if junit_path.exists() {
             std::fs::remove_file(&junit_path).with_context(|| format!("while removing the earlier report {}", junit_path.display()))?;
         }
-        let cases = run_scenario(scenario, &profile, &artifacts, &admin, accel, work.path(), &options.out)?;
+        let cases = run_scenario(scenario, &profile, &artifacts, &admin, accel, work.path(), &options.out, patch_setup.as_ref())?;
         let mut scenario_properties = properties.to_vec();
         if let (true, Some(digest)) = (scenario.needs_installer(), &installer_sha256) {
             // Its machines boot a disk the installer wrote, not the qcow2.
@@ -188,21 +191,11 @@ fn kept_console(out: &Path, scenario: &Scenario, what: &str) -> PathBuf {
 
 /// Builds unless the artifacts in `out` were made from exactly these inputs
 /// (and include the offline installer if a scenario boots it).
-fn ensure_built(profile: &Profile, mirror: Mirror, options: &TestOptions, artifacts: &Artifacts, installer: bool) -> Result<()> {
-    let report_path = options.out.join(format!("{}.report.json", profile.name));
-    let has_installer = !installer || artifacts.installer.exists();
-    if profile.lock_path().exists() && artifacts.image.exists() && report_path.exists() && has_installer {
-        let wanted = build::inputs_digest(profile, &mirror)?;
-        let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report_path)?)?;
-        if report["inputs-sha256"].as_str() == Some(wanted.as_str()) {
-            ui::step(&format!("artifacts in {} are current; not rebuilding", options.out.display()));
-            return Ok(());
-        }
-    }
-    build::build(
-        profile.clone(),
+fn ensure_built(profile: &Profile, mirror: Mirror, options: &TestOptions, installer: bool) -> Result<()> {
+    build::ensure_built(
+        profile,
         mirror,
-        &BuildOptions { offline: options.offline, out: options.out.clone(), cache: options.cache.clone(), secrets: None, keys: None, installer },
+        &BuildOptions { offline: options.offline, out: options.out.clone(), cache: options.cache.clone(), secrets: None, keys: None, installer, lock: None },
     )
 }
 
@@ -237,6 +230,7 @@ fn run_scenario(
     accel: Accel,
     work: &Path,
     out: &Path,
+    patch_setup: Option<&patch::PatchSetup>,
 ) -> Result<Vec<CaseResult>> {
     let guest_ssh_port = profile.ssh.port.get();
     let key = TestKey::generate(work, &format!("{}-admin", scenario.name))?;
@@ -251,7 +245,13 @@ fn run_scenario(
     for (index, spec) in scenario.machines.iter().enumerate() {
         crate::process::check_interrupted()?;
         let mut prepared_disk = None;
-        let attached = if spec.image_copy_attached { vec![qemu::image_copy(&artifacts.image, &work.join(format!("{}.image-copy.qcow2", spec.name)))?] } else { Vec::new() };
+        let mut attached = if spec.image_copy_attached { vec![qemu::image_copy(&artifacts.image, &work.join(format!("{}.image-copy.qcow2", spec.name)))?] } else { Vec::new() };
+        let mut image = artifacts.image.as_path();
+        if spec.point_release {
+            let setup = patch_setup.context("a point-release machine without its patch media")?;
+            image = &setup.image;
+            attached.extend(setup.media());
+        }
         if spec.installer {
             let disk = work.join(format!("{}.installed.qcow2", spec.name));
             let started = Instant::now();
@@ -276,7 +276,7 @@ fn run_scenario(
         }
         let config = MachineConfig {
             name: &spec.name,
-            image: &artifacts.image,
+            image,
             disk_bytes: spec.disk_size.bytes(),
             memory_mib: spec.memory_mib,
             extra_disks: &spec.extra_disks,
@@ -319,6 +319,7 @@ fn run_scenario(
                     work,
                     out,
                     scenario,
+                    patch: patch_setup,
                 };
                 for (check_index, check) in scenario.checks.iter().enumerate() {
                     let applies = matches!(check.target, Target::All) || check.target == Target::One(index);
@@ -452,6 +453,8 @@ struct CheckEnv<'a> {
     work: &'a Path,
     out: &'a Path,
     scenario: &'a Scenario,
+    /// The point release's image and its patch media, if a machine boots it.
+    patch: Option<&'a patch::PatchSetup>,
 }
 
 /// What an image's firewall stage writes to /etc/nftables.conf, replaced in
@@ -832,6 +835,11 @@ fn run_check(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Result<Opt
         }
         Action::DataIsSealedToTheTpm => {
             sealed::data_is_sealed_to_the_tpm(machine, check, env)?;
+            Ok(None)
+        }
+        Action::PatchMediumApplies => {
+            let setup = env.patch.ok_or_else(|| failed("patch-medium-applies needs a machine with image-lock = \"point-release\"", String::new()))?;
+            patch::patch_medium_applies(machine, check, env, setup)?;
             Ok(None)
         }
         Action::InjectedCommandLineIsIgnored => {

@@ -42,6 +42,11 @@ struct RawMachine {
     extra_disks: Vec<RawExtraDisk>,
     /// The machine has a TPM 2.0 of its own (swtpm), kept across restarts.
     tpm: Option<bool>,
+    /// "point-release": the machine boots the profile's image built from the
+    /// point release's lock (its security suite left out), with the patch
+    /// medium from that lock to the profile's attached (see
+    /// `Action::PatchMediumApplies`).
+    image_lock: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,6 +109,9 @@ struct RawCheck {
     /// The disk the machine booted from holds its root and configuration
     /// partition, and none of its identifiers is the image's.
     disk_is_its_own: Option<bool>,
+    /// `rampart patch` brings the machine (image-lock = "point-release") to
+    /// the profile's lock (see `Action::PatchMediumApplies`).
+    patch_medium_applies: Option<bool>,
     /// Run the command as root, through sudo with the admin's password.
     as_root: Option<bool>,
     expect: Option<String>,
@@ -122,6 +130,8 @@ pub struct MachineSpec {
     pub extra_disks: Vec<ExtraDisk>,
     /// A TPM 2.0 of its own (swtpm).
     pub tpm: bool,
+    /// Boots the image of the point release's lock, the patch media attached.
+    pub point_release: bool,
 }
 
 /// A blank virtio disk: the guest finds it at /dev/disk/by-id/virtio-SERIAL.
@@ -226,6 +236,13 @@ pub enum Action {
     /// identifier on it (disk GUID, partition UUIDs, file-system UUIDs) is
     /// the image's; a copy attached beside it still carries the image's.
     DiskIsItsOwn,
+    /// On a machine of the point release's image: the patch medium with one
+    /// byte flipped is refused and changes nothing; the medium `rampart
+    /// patch` made is applied; restarted, the machine runs the new lock's
+    /// kernel and every package at the new lock's version, AIDE is clean
+    /// but for a file changed after the patch, and each step was logged.
+    /// Powers the machine off and on.
+    PatchMediumApplies,
 }
 
 impl Action {
@@ -278,6 +295,10 @@ pub struct Scenario {
 
 impl Scenario {
     /// Some machine or check boots the offline installer.
+    pub fn needs_point_release(&self) -> bool {
+        self.machines.iter().any(|m| m.point_release)
+    }
+
     pub fn needs_installer(&self) -> bool {
         self.machines.iter().any(|m| m.installer) || self.checks.iter().any(|c| c.action.needs_installer())
     }
@@ -336,10 +357,18 @@ pub fn load(path: &Path) -> Result<Scenario, LocatedError> {
             Some(flag) => *flag.get_ref(),
             None => false,
         };
-        machines.push(MachineSpec { name, disk_size, memory_mib, installer, image_copy_attached, extra_disks, tpm: machine.tpm.unwrap_or(false) });
+        let point_release = match &machine.image_lock {
+            Some(lock) if lock.get_ref() != "point-release" => {
+                return Err(source.error(lock, format!("machine.image-lock: {:?} is not a lock the harness makes; the one is \"point-release\"", lock.get_ref())));
+            }
+            Some(lock) if installer => return Err(source.error(lock, "machine.image-lock: a machine installed by the offline installer boots the profile's own image")),
+            Some(_) => true,
+            None => false,
+        };
+        machines.push(MachineSpec { name, disk_size, memory_mib, installer, image_copy_attached, extra_disks, tpm: machine.tpm.unwrap_or(false), point_release });
     }
     if machines.is_empty() {
-        machines.push(MachineSpec { name: "machine".into(), disk_size: ImageSize::from_bytes(4 << 30), memory_mib: 1024, installer: false, image_copy_attached: false, extra_disks: Vec::new(), tpm: false });
+        machines.push(MachineSpec { name: "machine".into(), disk_size: ImageSize::from_bytes(4 << 30), memory_mib: 1024, installer: false, image_copy_attached: false, extra_disks: Vec::new(), tpm: false, point_release: false });
     }
     let isolated_network = raw.isolated_network.unwrap_or(false);
     let mut checks = Vec::new();
@@ -348,6 +377,15 @@ pub fn load(path: &Path) -> Result<Scenario, LocatedError> {
         let check = validate_check(&source, check, &machines)?;
         if check.action.needs_isolated_network() && !isolated_network {
             return Err(source.error(&name, format!("check {}: checks from outside need isolated-network = true", check.name)));
+        }
+        if check.action == Action::PatchMediumApplies {
+            let on_point_release = match check.target {
+                Target::One(index) => machines[index].point_release,
+                Target::All => machines.iter().all(|m| m.point_release),
+            };
+            if !on_point_release {
+                return Err(source.error(&name, format!("check {}: patch-medium-applies runs on machines with image-lock = \"point-release\"", check.name)));
+            }
         }
         checks.push(check);
     }
@@ -468,6 +506,9 @@ fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec]) 
     if raw.disk_is_its_own == Some(true) {
         actions.push(Action::DiskIsItsOwn);
     }
+    if raw.patch_medium_applies == Some(true) {
+        actions.push(Action::PatchMediumApplies);
+    }
     if raw.first_login_forced_password_change == Some(true) {
         actions.push(Action::FirstLoginForcedPasswordChange);
     }
@@ -482,7 +523,7 @@ fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec]) 
     }
     let action = match actions.len() {
         1 => actions.remove(0),
-        0 => return Err(source.error(&raw.name, format!("check {name}: no action; give one of succeed, fail, wait-until-succeeds, wait-for-unit, wait-for-port, differ, ssh-refuses-wrong-key, ssh-refuses, outside-succeed, outside-fail, open-tcp-ports, open-udp-ports, running-services-match-profile, listening-sockets-match-profile, sysctls-match-profile, first-login-forced-password-change, remote-log-receives, remote-log-survives-outage, profile-services-log, installer-refuses-disk-of, firewall-fails-closed, tampered-boot-image-is-refused, injected-command-line-is-ignored, data-is-sealed-to-the-tpm, disk-is-its-own"))),
+        0 => return Err(source.error(&raw.name, format!("check {name}: no action; give one of succeed, fail, wait-until-succeeds, wait-for-unit, wait-for-port, differ, ssh-refuses-wrong-key, ssh-refuses, outside-succeed, outside-fail, open-tcp-ports, open-udp-ports, running-services-match-profile, listening-sockets-match-profile, sysctls-match-profile, first-login-forced-password-change, remote-log-receives, remote-log-survives-outage, profile-services-log, installer-refuses-disk-of, firewall-fails-closed, tampered-boot-image-is-refused, injected-command-line-is-ignored, data-is-sealed-to-the-tpm, disk-is-its-own, patch-medium-applies"))),
         _ => return Err(source.error(&raw.name, format!("check {name}: give exactly one action"))),
     };
     let uses_expect = matches!(
@@ -555,7 +596,7 @@ mod tests {
     fn unknown_check_kind_is_refused() {
         check_error(
             "profile = \"baseline\"\n[[check]]\nname = \"x\"\nsucceeds = \"true\"\n",
-            "$DIR/vm-tests/t.toml:4:1: unknown field `succeeds`, expected one of `name`, `machine`, `timeout`, `succeed`, `fail`, `wait-until-succeeds`, `wait-for-unit`, `wait-for-port`, `differ`, `ssh-refuses-wrong-key`, `outside-succeed`, `outside-fail`, `open-tcp-ports`, `open-udp-ports`, `scan-from`, `ssh-refuses`, `ssh-user`, `running-services-match-profile`, `listening-sockets-match-profile`, `sysctls-match-profile`, `first-login-forced-password-change`, `remote-log-receives`, `remote-log-survives-outage`, `profile-services-log`, `installer-refuses-disk-of`, `firewall-fails-closed`, `tampered-boot-image-is-refused`, `injected-command-line-is-ignored`, `data-is-sealed-to-the-tpm`, `disk-is-its-own`, `as-root`, `expect`, `expect-contains`",
+            "$DIR/vm-tests/t.toml:4:1: unknown field `succeeds`, expected one of `name`, `machine`, `timeout`, `succeed`, `fail`, `wait-until-succeeds`, `wait-for-unit`, `wait-for-port`, `differ`, `ssh-refuses-wrong-key`, `outside-succeed`, `outside-fail`, `open-tcp-ports`, `open-udp-ports`, `scan-from`, `ssh-refuses`, `ssh-user`, `running-services-match-profile`, `listening-sockets-match-profile`, `sysctls-match-profile`, `first-login-forced-password-change`, `remote-log-receives`, `remote-log-survives-outage`, `profile-services-log`, `installer-refuses-disk-of`, `firewall-fails-closed`, `tampered-boot-image-is-refused`, `injected-command-line-is-ignored`, `data-is-sealed-to-the-tpm`, `disk-is-its-own`, `patch-medium-applies`, `as-root`, `expect`, `expect-contains`",
         );
     }
 

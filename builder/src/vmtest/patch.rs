@@ -1,0 +1,243 @@
+//! Patching a machine installed from an older golden image: a machine with
+//! `image-lock = "point-release"` boots the profile's image built from the
+//! point release's lock (the profile's package set without the security
+//! suite), with two disks attached: the medium `rampart patch` made from
+//! that lock to the profile's, and a copy of it with one byte flipped. The
+//! `patch-medium-applies` check applies them with `rampart-patch` and
+//! proves the machine patched.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use super::qemu::{Attached, Machine};
+use super::scenario::Check;
+use super::{failed, show, CheckEnv, CheckFailure, TestOptions};
+use crate::build::{self, BuildOptions};
+use crate::lock::{self, Lock};
+use crate::mirror::Mirror;
+use crate::patch::{self, PatchOptions};
+use crate::profile::Profile;
+use crate::ui;
+
+pub const MEDIUM_SERIAL: &str = "rampart-patch";
+pub const DAMAGED_SERIAL: &str = "rampart-damaged";
+const POWER_OFF: Duration = Duration::from_secs(180);
+
+/// The point release's image and the two media.
+pub struct PatchSetup {
+    /// `<name>.qcow2` of the point release's build.
+    pub image: PathBuf,
+    pub medium: PathBuf,
+    pub damaged: PathBuf,
+    /// The profile's lock, which the machine must run once patched.
+    pub to: Lock,
+    pub kernel: String,
+}
+
+impl PatchSetup {
+    pub fn media(&self) -> Vec<Attached> {
+        [(&self.medium, MEDIUM_SERIAL), (&self.damaged, DAMAGED_SERIAL)]
+            .into_iter()
+            .map(|(file, serial)| Attached { file: file.clone(), serial, format: "raw", read_only: true })
+            .collect()
+    }
+}
+
+/// Locks the point release, builds its image beside `--out` (with the
+/// profile's keys and secrets), and makes the media. The profile's own
+/// build in `--out` must be current.
+pub fn prepare(profile: &Profile, mirror: &Mirror, options: &TestOptions, work: &Path) -> Result<PatchSetup> {
+    if options.offline {
+        bail!("a machine with image-lock = \"point-release\" needs the mirror to lock the point release; it cannot run --offline");
+    }
+    let name = profile.name.as_str();
+    let mut old_name = options.out.file_name().context("--out has no name")?.to_os_string();
+    old_name.push(".point-release");
+    let old_out = options.out.with_file_name(&old_name);
+    old_name.push(".lock");
+    let lock_path = options.out.with_file_name(old_name);
+    let cache = crate::cache::Cache::open(&options.cache)?;
+    let timer = ui::Timed::start("locking the point release (the profile's packages without the security suite)");
+    let point_release = crate::cli::with_private_log("test", |log| lock::resolve_point_release(profile, mirror, log, Some(&cache)))?;
+    point_release.write(&lock_path, name)?;
+    timer.done();
+    let to = Lock::read(&profile.lock_path())?;
+    ui::step(&format!("the point release's lock differs from {} in {} packages", profile.lock_path().display(), patch::changed_packages(&point_release, &to).len()));
+    build::build(
+        profile.clone(),
+        mirror.clone(),
+        &BuildOptions {
+            offline: false,
+            out: old_out.clone(),
+            cache: options.cache.clone(),
+            secrets: Some(options.out.join(format!("{name}.secrets"))),
+            keys: Some(options.out.join(format!("{name}.{}", build::KEYS_SUFFIX))),
+            installer: false,
+            lock: Some(lock_path.clone()),
+        },
+    )
+    .context("while building the point release's image")?;
+    let medium = work.join("patch-medium.img");
+    patch::make(
+        profile.clone(),
+        mirror.clone(),
+        &PatchOptions { from: lock_path, output: medium.clone(), out: options.out.clone(), cache: options.cache.clone(), offline: false, keys: None },
+    )?;
+    let damaged = work.join("patch-medium-damaged.img");
+    std::fs::copy(&medium, &damaged)?;
+    flip_byte(&damaged, patch::PAYLOAD_OFFSET + (std::fs::metadata(&damaged)?.len() - patch::PAYLOAD_OFFSET) / 2)?;
+    Ok(PatchSetup { image: old_out.join(format!("{name}.qcow2")), medium, damaged, kernel: patch::kernel_release(&to)?, to })
+}
+
+fn flip_byte(file: &Path, offset: u64) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(file)?;
+    let mut byte = [0u8; 1];
+    f.seek(SeekFrom::Start(offset))?;
+    f.read_exact(&mut byte)?;
+    byte[0] ^= 0x01;
+    f.seek(SeekFrom::Start(offset))?;
+    f.write_all(&byte)?;
+    Ok(())
+}
+
+/// A root command's output (stdout and stderr together, then `exit N`):
+/// the check judges the status itself.
+fn root_status(machine: &Machine, env: &CheckEnv, command: &str, timeout: Duration) -> Result<String, CheckFailure> {
+    let password = env.session.sudo_password.as_deref().ok_or_else(|| failed("the check needs the admin's password for sudo, and the secrets file has none", String::new()))?;
+    let wrapped = format!("{{ {command}; }} 2>&1; echo \"exit $?\"");
+    match machine.ssh_as_root(&wrapped, password, timeout) {
+        Ok(Some(output)) if output.status.success() => Ok(output.stdout_text()),
+        Ok(Some(output)) => Err(failed(format!("`{command}` could not be run as root"), show(&wrapped, &output))),
+        Ok(None) => Err(failed(format!("`{command}` timed out after {} s", timeout.as_secs()), String::new())),
+        Err(error) => Err(failed("could not run ssh", format!("{error:#}"))),
+    }
+}
+
+/// Which packages of `lock` the machine does not hold at the locked
+/// version, from `dpkg-query -W -f '${Package} ${Version} ${db:Status-Abbrev}\n'`.
+pub fn packages_not_at_lock(lock: &Lock, installed: &str) -> Vec<String> {
+    let held: std::collections::BTreeMap<&str, (&str, &str)> = installed
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.splitn(3, ' ');
+            Some((fields.next()?, (fields.next()?, fields.next()?.trim_end())))
+        })
+        .collect();
+    lock.packages
+        .iter()
+        .filter(|p| held.get(p.name.as_str()) != Some(&(p.version.as_str(), "ii")))
+        .map(|p| format!("{} {} (machine: {})", p.name, p.version, held.get(p.name.as_str()).map(|(v, s)| format!("{v} {s}")).unwrap_or_else(|| "not installed".into())))
+        .collect()
+}
+
+/// The paths AIDE reports as added, removed or changed.
+pub fn aide_reported_paths(report: &str) -> std::collections::BTreeSet<String> {
+    report
+        .lines()
+        .filter(|line| line.starts_with(|c: char| c.is_ascii_lowercase()))
+        .filter_map(|line| line.split_once(": /").map(|(_, path)| format!("/{}", path.trim_end())))
+        .collect()
+}
+
+const INSTALLED: &str = "dpkg-query -W -f '${Package} ${Version} ${db:Status-Abbrev}\\n'";
+const AIDE_CHECK: &str = "aide --check --config /etc/rampart/aide/aide.conf";
+/// A file no patch touches, changed after the patch.
+const TAMPERED: &str = "/usr/bin/false";
+
+pub fn patch_medium_applies(machine: &mut Machine, check: &Check, env: &CheckEnv, setup: &PatchSetup) -> Result<(), CheckFailure> {
+    let error = |what: &str| {
+        let what = what.to_string();
+        move |e: anyhow::Error| failed(what.clone(), format!("{e:#}"))
+    };
+    let short = Duration::from_secs(120);
+    let state = format!("{INSTALLED}; sha256sum /etc/rampart/aide/aide.db.gz");
+    let before = root_status(machine, env, &state, short)?;
+
+    // The flipped byte: refused before anything changes.
+    let refused = root_status(machine, env, &format!("rampart-patch /dev/disk/by-id/virtio-{DAMAGED_SERIAL}"), short)?;
+    if !refused.trim_end().ends_with("exit 1") || !refused.contains("does not match its seal") {
+        return Err(failed("rampart-patch did not refuse the medium with one byte flipped as damaged", refused));
+    }
+    let after_refusal = root_status(machine, env, &state, short)?;
+    if after_refusal != before {
+        return Err(failed("refusing the damaged medium changed the packages or the AIDE database", format!("before:\n{before}\nafter:\n{after_refusal}")));
+    }
+
+    // The medium rampart patch made.
+    let started = std::time::Instant::now();
+    let applied = root_status(machine, env, &format!("rampart-patch /dev/disk/by-id/virtio-{MEDIUM_SERIAL}"), check.timeout)?;
+    if !applied.trim_end().ends_with("exit 0") || !applied.contains("reboot required") {
+        return Err(failed("rampart-patch did not apply the medium (or did not ask for the reboot its new kernel needs)", applied));
+    }
+    ui::step(&format!("{}: patched, ready for reboot {:.1} s after rampart-patch started", machine.name, started.elapsed().as_secs_f64()));
+    let again = root_status(machine, env, &format!("rampart-patch /dev/disk/by-id/virtio-{MEDIUM_SERIAL}"), short)?;
+    if !again.trim_end().ends_with("exit 0") || !again.contains("already runs lock") {
+        return Err(failed("the same medium applied twice did something the second time", again));
+    }
+
+    let _ = root_status(machine, env, "systemctl poweroff", short);
+    machine.wait_for_power_off(POWER_OFF).map_err(error("the machine did not power off"))?;
+    machine.restart().map_err(error("could not start the machine again"))?;
+    machine.wait_for_ssh(check.timeout).map_err(error("the patched machine did not come back"))?;
+
+    let running = root_status(machine, env, "uname -r", short)?;
+    if running.lines().next() != Some(setup.kernel.as_str()) {
+        return Err(failed(format!("the patched machine does not run kernel {}", setup.kernel), running));
+    }
+    let installed = root_status(machine, env, INSTALLED, short)?;
+    let wrong = packages_not_at_lock(&setup.to, &installed);
+    if !wrong.is_empty() {
+        return Err(failed(format!("{} packages are not at the new lock's version", wrong.len()), wrong.join("\n")));
+    }
+    const ESP_FILES: &str = "mount -o ro /dev/disk/rampart/esp /mnt && find /mnt -type f | sort && cat /mnt/loader/loader.conf; umount /mnt";
+    let esp = root_status(machine, env, ESP_FILES, short)?;
+    if !esp.contains("/mnt/EFI/Linux/rampart.efi\n") || !esp.contains("/mnt/EFI/Linux/rampart-previous.efi\n") {
+        return Err(failed("the ESP does not hold the new boot image and the previous one as its fallback", esp));
+    }
+    // A kernel dpkg installs with Secure Boot on: the hook says why it will
+    // not boot and writes nothing unsigned to the ESP.
+    let hook = root_status(machine, env, &format!("/etc/kernel/postinst.d/zz-rampart-boot {}", setup.kernel), short)?;
+    if !hook.trim_end().ends_with("exit 0") || !hook.contains("will not boot") || !hook.contains("rampart-patch DEVICE") {
+        return Err(failed("with Secure Boot on, the kernel hook did not say why a kernel from dpkg will not boot", hook));
+    }
+    let esp_after = root_status(machine, env, ESP_FILES, short)?;
+    if esp_after != esp {
+        return Err(failed("with Secure Boot on, the kernel hook changed the ESP", format!("before:\n{esp}\nafter:\n{esp_after}")));
+    }
+    let logged = root_status(
+        machine,
+        env,
+        "journalctl -t rampart-patch -o cat --no-pager | grep -c 'patched to lock'; grep -c 'rampart-patch: patched to lock' /var/log/audit/audit.log; grep -c 'rampart-patch: patched to lock' /var/log/auth.log",
+        short,
+    )?;
+    let counts: Vec<&str> = logged.lines().take(3).collect();
+    if counts.len() != 3 || counts.iter().any(|c| *c == "0") {
+        return Err(failed("the patch is not in the journal, the audit log and syslog (counts: journal, audit, auth.log)", logged));
+    }
+
+    // AIDE, against the database the patch made: exactly the file changed
+    // after it is reported.
+    // The original waits in /run, which AIDE does not watch.
+    let aide = root_status(machine, env, &format!("cp -p {TAMPERED} /run/tampered.orig; cp /usr/bin/true {TAMPERED}; {AIDE_CHECK}; s=$?; cp -p /run/tampered.orig {TAMPERED}; rm /run/tampered.orig; (exit $s)"), check.timeout)?;
+    let reported = aide_reported_paths(&aide);
+    if !aide.trim_end().ends_with("exit 4") || reported.iter().collect::<Vec<_>>() != [TAMPERED] {
+        return Err(failed(format!("after the patch AIDE should report {TAMPERED} alone, changed"), aide));
+    }
+    ui::step(&format!("{}: patched to kernel {}, {} packages at the new lock's versions, AIDE reports {TAMPERED} alone", machine.name, setup.kernel, setup.to.packages.len()));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aide_reports_are_read_for_their_paths() {
+        let report = "Start timestamp: 2026-12-05\nSummary:\n  Total number of entries:\t1000\n  Changed entries:\t1\n\n---------------------------------------------------\nChanged entries:\n---------------------------------------------------\n\nf   ...    .C... : /usr/bin/false\n\nDetailed information about changes:\nFile: /usr/bin/false\n  SHA512    : abc | def\n";
+        assert_eq!(aide_reported_paths(report).into_iter().collect::<Vec<_>>(), ["/usr/bin/false"]);
+        assert!(aide_reported_paths("AIDE found NO differences\n").is_empty());
+    }
+}
