@@ -154,6 +154,7 @@ pub fn make(profile: Profile, mirror: Mirror, options: &PatchOptions) -> Result<
     write_payload_tree(&top, &name, &to, &changed, &cache, &keys.archive, &raw)?;
 
     let epoch = to.source_date_epoch;
+    crate::stages::seal::clamp_times(&tree, epoch)?;
     let (size_mib, _) = disk::root_needs(&tree)?;
     let payload = work.path().join("payload.ext4");
     let uuid = derived_uuid(&to_digest, "payload");

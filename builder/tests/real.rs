@@ -1118,6 +1118,22 @@ fn baseline_scenario_passes_in_qemu() {
     let patch = std::fs::read_to_string(ws.path("out/baseline/patch.junit.xml")).unwrap();
     assert!(patch.contains("failures=\"0\"") && patch.contains("the_patch_medium_brings_the_machine_to_the_profiles_lock"), "{patch}");
     assert!(ws.path("out/baseline.point-release/baseline.qcow2").exists() && ws.path("out/baseline.point-release.lock").exists());
+    // The same locks and keys make the same medium, its seal signed by the
+    // site's archive key.
+    let media: Vec<Vec<u8>> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            let medium = format!("patch-{n}.img");
+            let output = ws.rampart(&["patch", "profiles/baseline.toml", "--from", "out/baseline.point-release.lock", "-o", &medium, "--out", "out/baseline"]);
+            assert!(output.status.success(), "rampart patch failed:\n{}", stderr(&output));
+            std::fs::read(ws.path(&medium)).unwrap()
+        })
+        .collect();
+    assert!(media[0] == media[1], "two media of the same locks differ");
+    let seal = String::from_utf8_lossy(&media[0][1 << 20..2 << 20]).trim_end_matches('\0').to_string();
+    std::fs::write(ws.path("seal.asc"), &seal).unwrap();
+    let verified = Command::new("gpgv").arg("--keyring").arg(ws.path("out/baseline/baseline.keys/archive.pgp")).arg(ws.path("seal.asc")).output().unwrap();
+    assert!(verified.status.success() && seal.contains("Format: rampart-patch 1\n"), "{seal}\n{}", String::from_utf8_lossy(&verified.stderr));
     let stray = Command::new("pgrep").args(["-f", "rampart-test-"]).output().unwrap();
     assert!(!stray.status.success(), "a QEMU outlived the test");
 

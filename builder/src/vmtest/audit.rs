@@ -110,6 +110,7 @@ pub fn run(profile: Profile, mirror: Mirror, options: &AuditOptions) -> Result<l
         serial_log,
         tpm: None,
         console_input: false,
+        secure_boot: true,
     };
     ui::step(&format!("audit ({}): booting {} with Lynis {} on a read-only disk beside it", accel.name(), artifacts.image.display(), lock.auditor.iter().map(|p| p.version.as_str()).collect::<Vec<_>>().join(" ")));
     let mut machine = Machine::boot(&config, work.path())?;

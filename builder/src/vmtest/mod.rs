@@ -291,6 +291,7 @@ fn run_scenario(
             serial_log: kept_console(out, scenario, &spec.name),
             tpm: spec.tpm.then(|| work.join(format!("{}.tpm", spec.name))),
             console_input: false,
+            secure_boot: spec.secure_boot,
         };
         let mut machine = Machine::boot(&config, work)?;
         if let Some(lab) = &lab {
@@ -485,6 +486,7 @@ fn copy_config<'a>(name: &'a str, disk: PathBuf, env: &'a CheckEnv) -> MachineCo
         serial_log: kept_console(env.out, env.scenario, name),
         tpm: None,
         console_input: false,
+        secure_boot: true,
     }
 }
 
@@ -840,6 +842,11 @@ fn run_check(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Result<Opt
         Action::PatchMediumApplies => {
             let setup = env.patch.ok_or_else(|| failed("patch-medium-applies needs a machine with image-lock = \"point-release\"", String::new()))?;
             patch::patch_medium_applies(machine, check, env, setup)?;
+            Ok(None)
+        }
+        Action::KernelFromAptBoots => {
+            let setup = env.patch.ok_or_else(|| failed("kernel-from-apt-boots needs a machine with image-lock = \"point-release\"", String::new()))?;
+            patch::kernel_from_apt_boots(machine, check, env, setup)?;
             Ok(None)
         }
         Action::InjectedCommandLineIsIgnored => {

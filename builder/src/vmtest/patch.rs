@@ -142,16 +142,37 @@ pub fn aide_reported_paths(report: &str) -> std::collections::BTreeSet<String> {
         .collect()
 }
 
+/// A guest command: rampart-patch from the disk `serial`, in a session of
+/// its own, killed whole (SIGKILL) once dpkg has begun unpacking its third
+/// package (dpkg.log); prints what it printed.
+fn cut_off_run(serial: &str) -> String {
+    format!(
+        "n=$(wc -l < /var/log/dpkg.log); \
+         setsid sh -c 'echo $$ > /run/cut.pid; exec rampart-patch /dev/disk/by-id/virtio-{serial}' > /run/cut.log 2>&1 < /dev/null & \
+         i=0; until [ \"$(tail -n +$((n + 1)) /var/log/dpkg.log | grep -c ' unpack ')\" -ge 3 ]; do i=$((i+1)); [ $i -lt 900 ] || break; sleep 1; done; \
+         kill -KILL -- -$(cat /run/cut.pid); sleep 2; cat /run/cut.log; rm -f /run/cut.log /run/cut.pid"
+    )
+}
+
+/// Runs `before` (if any), powers the machine off and on again, and waits
+/// until it answers SSH.
+fn power_cycle(machine: &mut Machine, env: &CheckEnv, before: &str, timeout: Duration) -> Result<(), CheckFailure> {
+    let fail = |what: &'static str| move |e: anyhow::Error| failed(what, format!("{e:#}"));
+    let command = if before.is_empty() { "systemctl poweroff".to_string() } else { format!("{before}; systemctl poweroff") };
+    // The connection drops as the machine goes down: its status says nothing.
+    let _ = root_status(machine, env, &command, Duration::from_secs(120));
+    machine.wait_for_power_off(POWER_OFF).map_err(fail("the machine did not power off"))?;
+    machine.restart().map_err(fail("could not start the machine again"))?;
+    machine.wait_for_ssh(timeout).map_err(fail("the machine did not come back after its restart"))?;
+    Ok(())
+}
+
 const INSTALLED: &str = "dpkg-query -W -f '${Package} ${Version} ${db:Status-Abbrev}\\n'";
 const AIDE_CHECK: &str = "aide --check --config /etc/rampart/aide/aide.conf";
 /// A file no patch touches, changed after the patch.
 const TAMPERED: &str = "/usr/bin/false";
 
 pub fn patch_medium_applies(machine: &mut Machine, check: &Check, env: &CheckEnv, setup: &PatchSetup) -> Result<(), CheckFailure> {
-    let error = |what: &str| {
-        let what = what.to_string();
-        move |e: anyhow::Error| failed(what.clone(), format!("{e:#}"))
-    };
     let short = Duration::from_secs(120);
     let state = format!("{INSTALLED}; sha256sum /etc/rampart/aide/aide.db.gz");
     let before = root_status(machine, env, &state, short)?;
@@ -166,22 +187,27 @@ pub fn patch_medium_applies(machine: &mut Machine, check: &Check, env: &CheckEnv
         return Err(failed("refusing the damaged medium changed the packages or the AIDE database", format!("before:\n{before}\nafter:\n{after_refusal}")));
     }
 
-    // The medium rampart patch made.
+    // The medium rampart patch made, its run cut off (every process of it
+    // killed) while dpkg unpacks, as a crash would: the machine is between
+    // the two locks, its boot path untouched.
     let started = std::time::Instant::now();
-    let applied = root_status(machine, env, &format!("rampart-patch /dev/disk/by-id/virtio-{MEDIUM_SERIAL}"), check.timeout)?;
-    if !applied.trim_end().ends_with("exit 0") || !applied.contains("reboot required") {
-        return Err(failed("rampart-patch did not apply the medium (or did not ask for the reboot its new kernel needs)", applied));
+    let cut = root_status(machine, env, &format!("{}; {INSTALLED}", cut_off_run(MEDIUM_SERIAL)), check.timeout)?;
+    let halfway = packages_not_at_lock(&setup.to, &cut);
+    if !cut.contains("apt: installing") || cut.contains("packages installed") || halfway.is_empty() {
+        return Err(failed("the run meant to be cut off during apt was not", cut));
     }
-    ui::step(&format!("{}: patched, ready for reboot {:.1} s after rampart-patch started", machine.name, started.elapsed().as_secs_f64()));
+    // Run again with the same medium, it resumes and finishes.
+    let applied = root_status(machine, env, &format!("rampart-patch /dev/disk/by-id/virtio-{MEDIUM_SERIAL}"), check.timeout)?;
+    if !applied.trim_end().ends_with("exit 0") || !applied.contains("resuming the interrupted patch") || !applied.contains("reboot required") {
+        return Err(failed("rampart-patch did not resume the cut-off patch and finish it (or did not ask for the reboot its new kernel needs)", applied));
+    }
+    ui::step(&format!("{}: patched, ready for reboot {:.1} s after rampart-patch first started (cut off once while {} packages were not yet at the new lock)", machine.name, started.elapsed().as_secs_f64(), halfway.len()));
     let again = root_status(machine, env, &format!("rampart-patch /dev/disk/by-id/virtio-{MEDIUM_SERIAL}"), short)?;
     if !again.trim_end().ends_with("exit 0") || !again.contains("already runs lock") {
         return Err(failed("the same medium applied twice did something the second time", again));
     }
 
-    let _ = root_status(machine, env, "systemctl poweroff", short);
-    machine.wait_for_power_off(POWER_OFF).map_err(error("the machine did not power off"))?;
-    machine.restart().map_err(error("could not start the machine again"))?;
-    machine.wait_for_ssh(check.timeout).map_err(error("the patched machine did not come back"))?;
+    power_cycle(machine, env, "", check.timeout)?;
 
     let running = root_status(machine, env, "uname -r", short)?;
     if running.lines().next() != Some(setup.kernel.as_str()) {
@@ -217,6 +243,16 @@ pub fn patch_medium_applies(machine: &mut Machine, check: &Check, env: &CheckEnv
     if counts.len() != 3 || counts.iter().any(|c| *c == "0") {
         return Err(failed("the patch is not in the journal, the audit log and syslog (counts: journal, audit, auth.log)", logged));
     }
+    // And at the remote log host, when the profile forwards to the lab's.
+    if let Some(collector) = env.outside.and_then(|(lab, _)| lab.collector.as_ref()) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !collector.received().contains("rampart-patch: patched to lock") {
+            if std::time::Instant::now() >= deadline {
+                return Err(failed("the patch's log lines did not reach the remote log host", collector.received().lines().rev().take(20).collect::<Vec<_>>().join("\n")));
+            }
+            crate::process::pause(Duration::from_secs(1));
+        }
+    }
 
     // AIDE, against the database the patch made: exactly the file changed
     // after it is reported.
@@ -227,6 +263,45 @@ pub fn patch_medium_applies(machine: &mut Machine, check: &Check, env: &CheckEnv
         return Err(failed(format!("after the patch AIDE should report {TAMPERED} alone, changed"), aide));
     }
     ui::step(&format!("{}: patched to kernel {}, {} packages at the new lock's versions, AIDE reports {TAMPERED} alone", machine.name, setup.kernel, setup.to.packages.len()));
+    Ok(())
+}
+
+/// A local repository in the guest: the medium's, read from its payload
+/// partition with debugfs (signed with the site's archive key, which the
+/// image trusts), and apt pointed at it alone.
+const LOCAL_REPOSITORY: &str = "rm -rf /var/cache/local-repo && mkdir -p /var/cache/local-repo/lists/partial \
+    && debugfs -R 'rdump /rampart-patch/repo /var/cache/local-repo' /dev/disk/by-id/virtio-rampart-patch-part2 2>/dev/null \
+    && echo 'deb [signed-by=/etc/rampart/patch/archive.pgp] file:/var/cache/local-repo/repo rampart main' > /run/local-repo.list";
+const LOCAL_APT: &str = "apt-get -o Dir::Etc::SourceList=/run/local-repo.list -o Dir::Etc::SourceParts=/dev/null -o Dir::State::Lists=/var/cache/local-repo/lists -o Acquire::Languages=none";
+
+pub fn kernel_from_apt_boots(machine: &mut Machine, check: &Check, env: &CheckEnv, setup: &PatchSetup) -> Result<(), CheckFailure> {
+    let short = Duration::from_secs(120);
+    let secure_boot = root_status(machine, env, "od -An -tu1 -j4 -N1 /sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c", short)?;
+    if secure_boot.split_whitespace().next() != Some("0") {
+        return Err(failed("kernel-from-apt-boots needs a machine with Secure Boot off (secure-boot = false)", secure_boot));
+    }
+    let old = root_status(machine, env, "uname -r", short)?;
+    if old.lines().next() == Some(setup.kernel.as_str()) {
+        return Err(failed(format!("the machine already runs kernel {}: nothing to prove", setup.kernel), old));
+    }
+    let meta = setup.to.packages.iter().find(|p| p.name == env.profile.kernel.package.to_string()).ok_or_else(|| failed("the new lock has no kernel package", String::new()))?;
+    let install = format!(
+        "{LOCAL_REPOSITORY} && DEBIAN_FRONTEND=noninteractive {LOCAL_APT} update -q && DEBIAN_FRONTEND=noninteractive {LOCAL_APT} install -y --no-install-recommends {}={}",
+        meta.name, meta.version
+    );
+    let installed = root_status(machine, env, &install, check.timeout)?;
+    if !installed.trim_end().ends_with("exit 0") || !installed.contains(&format!("kernel {} is the default boot entry", setup.kernel)) {
+        return Err(failed("apt did not install the new kernel, or its hook did not make it the default boot entry", installed));
+    }
+    power_cycle(machine, env, "rm -rf /var/cache/local-repo /run/local-repo.list", check.timeout)?;
+    let running = root_status(machine, env, "uname -r; mount -o ro /dev/disk/rampart/esp /mnt && cat /mnt/loader/loader.conf && ls /mnt/EFI/Linux; umount /mnt", short)?;
+    if running.lines().next() != Some(setup.kernel.as_str()) {
+        return Err(failed(format!("after the restart the machine does not run kernel {} from its boot loader entry", setup.kernel), running));
+    }
+    if !running.contains(&format!("default rampart-{}.conf", setup.kernel)) || !running.contains("rampart.efi") {
+        return Err(failed("the loader does not default to the new entry with the signed image kept as the fallback", running));
+    }
+    ui::step(&format!("{}: kernel {} from apt booted through its boot loader entry (Secure Boot off)", machine.name, setup.kernel));
     Ok(())
 }
 

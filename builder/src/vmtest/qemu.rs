@@ -153,6 +153,12 @@ impl TestKey {
     }
 }
 
+/// The test machines' disks are throwaway files: the guest's flushes need
+/// not reach the host's disk (what the guest wrote is in the host's page
+/// cache, which every later reader of the file sees). dpkg's and the first
+/// boot's fsyncs would otherwise each wait for the host's disk.
+const THROWAWAY: &str = "cache=unsafe";
+
 pub struct MachineConfig<'a> {
     pub name: &'a str,
     pub image: &'a Path,
@@ -184,6 +190,9 @@ pub struct MachineConfig<'a> {
     /// The serial console also takes input (`type_on_console`), through a
     /// socket in the work directory; what it prints still goes to `serial_log`.
     pub console_input: bool,
+    /// Firmware with the site's keys enrolled (Secure Boot on), or OVMF's
+    /// blank store (no keys, setup mode: Secure Boot off).
+    pub secure_boot: bool,
 }
 
 /// A running VM. QEMU is killed when this drops (and if rampart dies).
@@ -238,7 +247,13 @@ impl Machine {
                 scratch
             }
         };
-        let vars = fresh_vars(dir, config.name, config.image)?;
+        let vars = if config.secure_boot {
+            fresh_vars(dir, config.name, config.image)?
+        } else {
+            let vars = dir.join(format!("{}.OVMF_VARS.fd", config.name));
+            std::fs::copy(crate::secureboot::OVMF_VARS_BLANK, &vars).with_context(|| format!("while copying {}", crate::secureboot::OVMF_VARS_BLANK))?;
+            vars
+        };
         let ssh_port = free_loopback_port()?;
         let serial_log = config.serial_log.clone();
         // An earlier run's console must not be read as this one's (its host key above all).
@@ -259,7 +274,7 @@ impl Machine {
             .arg("-drive")
             .arg(format!("if=pflash,format=raw,file={}", vars.display()))
             .arg("-drive")
-            .arg(format!("file={},if=none,id=system,format=qcow2", scratch.display()))
+            .arg(format!("file={},if=none,id=system,format=qcow2,{THROWAWAY}", scratch.display()))
             .arg("-device")
             .arg(format!("virtio-blk-pci,drive=system,serial={},bootindex=0", super::identity::SYSTEM_SERIAL))
             .args(attached_args(&config.attached))
@@ -285,7 +300,7 @@ impl Machine {
             // The serial is a property of the device (QEMU no longer takes it on -drive).
             command = command
                 .arg("-drive")
-                .arg(format!("file={},if=none,id=disk-{},format=qcow2", file.display(), disk.serial))
+                .arg(format!("file={},if=none,id=disk-{},format=qcow2,{THROWAWAY}", file.display(), disk.serial))
                 .arg("-device")
                 .arg(format!("virtio-blk-pci,drive=disk-{},serial={}", disk.serial, disk.serial));
         }
@@ -834,7 +849,7 @@ pub fn run_installer(installer: &Path, target: &Path, attached: &[Attached], acc
         .arg(format!("file={},if=none,id=installer,format=raw,readonly=on", installer.display()))
         .args(["-device", "virtio-blk-pci,drive=installer,bootindex=0"])
         .arg("-drive")
-        .arg(format!("file={},if=none,id=target,format=qcow2", target.display()))
+        .arg(format!("file={},if=none,id=target,format=qcow2,{THROWAWAY}", target.display()))
         .arg("-device")
         .arg(format!("virtio-blk-pci,drive=target,serial={}", super::identity::SYSTEM_SERIAL))
         .args(attached_args(attached))
@@ -881,7 +896,7 @@ pub struct Attached {
 fn attached_args(disks: &[Attached]) -> Vec<String> {
     let mut args = Vec::new();
     for disk in disks {
-        let read_only = if disk.read_only { ",readonly=on" } else { "" };
+        let read_only = if disk.read_only { ",readonly=on".to_string() } else { format!(",{THROWAWAY}") };
         args.push("-drive".to_string());
         args.push(format!("file={},if=none,id=attached-{},format={}{read_only}", disk.file.display(), disk.serial, disk.format));
         args.push("-device".to_string());

@@ -47,6 +47,9 @@ struct RawMachine {
     /// medium from that lock to the profile's attached (see
     /// `Action::PatchMediumApplies`).
     image_lock: Option<Spanned<String>>,
+    /// false: the firmware has no keys enrolled (setup mode), so Secure Boot
+    /// is off; default true (the site's keys, Secure Boot on).
+    secure_boot: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,6 +115,9 @@ struct RawCheck {
     /// `rampart patch` brings the machine (image-lock = "point-release") to
     /// the profile's lock (see `Action::PatchMediumApplies`).
     patch_medium_applies: Option<bool>,
+    /// A kernel apt installs reaches the boot path of a machine without
+    /// Secure Boot (see `Action::KernelFromAptBoots`).
+    kernel_from_apt_boots: Option<bool>,
     /// Run the command as root, through sudo with the admin's password.
     as_root: Option<bool>,
     expect: Option<String>,
@@ -132,6 +138,8 @@ pub struct MachineSpec {
     pub tpm: bool,
     /// Boots the image of the point release's lock, the patch media attached.
     pub point_release: bool,
+    /// The site's keys enrolled in the firmware (Secure Boot on).
+    pub secure_boot: bool,
 }
 
 /// A blank virtio disk: the guest finds it at /dev/disk/by-id/virtio-SERIAL.
@@ -243,6 +251,11 @@ pub enum Action {
     /// but for a file changed after the patch, and each step was logged.
     /// Powers the machine off and on.
     PatchMediumApplies,
+    /// On a point-release machine with Secure Boot off: the new lock's
+    /// kernel, installed by plain apt from a local repository (the patch
+    /// medium's, read in the guest), gets a boot loader entry from the
+    /// kernel hook; restarted, the machine runs it. Powers it off and on.
+    KernelFromAptBoots,
 }
 
 impl Action {
@@ -365,10 +378,10 @@ pub fn load(path: &Path) -> Result<Scenario, LocatedError> {
             Some(_) => true,
             None => false,
         };
-        machines.push(MachineSpec { name, disk_size, memory_mib, installer, image_copy_attached, extra_disks, tpm: machine.tpm.unwrap_or(false), point_release });
+        machines.push(MachineSpec { name, disk_size, memory_mib, installer, image_copy_attached, extra_disks, tpm: machine.tpm.unwrap_or(false), point_release, secure_boot: machine.secure_boot.unwrap_or(true) });
     }
     if machines.is_empty() {
-        machines.push(MachineSpec { name: "machine".into(), disk_size: ImageSize::from_bytes(4 << 30), memory_mib: 1024, installer: false, image_copy_attached: false, extra_disks: Vec::new(), tpm: false, point_release: false });
+        machines.push(MachineSpec { name: "machine".into(), disk_size: ImageSize::from_bytes(4 << 30), memory_mib: 1024, installer: false, image_copy_attached: false, extra_disks: Vec::new(), tpm: false, point_release: false, secure_boot: true });
     }
     let isolated_network = raw.isolated_network.unwrap_or(false);
     let mut checks = Vec::new();
@@ -378,13 +391,13 @@ pub fn load(path: &Path) -> Result<Scenario, LocatedError> {
         if check.action.needs_isolated_network() && !isolated_network {
             return Err(source.error(&name, format!("check {}: checks from outside need isolated-network = true", check.name)));
         }
-        if check.action == Action::PatchMediumApplies {
+        if matches!(check.action, Action::PatchMediumApplies | Action::KernelFromAptBoots) {
             let on_point_release = match check.target {
                 Target::One(index) => machines[index].point_release,
                 Target::All => machines.iter().all(|m| m.point_release),
             };
             if !on_point_release {
-                return Err(source.error(&name, format!("check {}: patch-medium-applies runs on machines with image-lock = \"point-release\"", check.name)));
+                return Err(source.error(&name, format!("check {}: patch-medium-applies and kernel-from-apt-boots run on machines with image-lock = \"point-release\"", check.name)));
             }
         }
         checks.push(check);
@@ -509,6 +522,9 @@ fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec]) 
     if raw.patch_medium_applies == Some(true) {
         actions.push(Action::PatchMediumApplies);
     }
+    if raw.kernel_from_apt_boots == Some(true) {
+        actions.push(Action::KernelFromAptBoots);
+    }
     if raw.first_login_forced_password_change == Some(true) {
         actions.push(Action::FirstLoginForcedPasswordChange);
     }
@@ -523,7 +539,7 @@ fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec]) 
     }
     let action = match actions.len() {
         1 => actions.remove(0),
-        0 => return Err(source.error(&raw.name, format!("check {name}: no action; give one of succeed, fail, wait-until-succeeds, wait-for-unit, wait-for-port, differ, ssh-refuses-wrong-key, ssh-refuses, outside-succeed, outside-fail, open-tcp-ports, open-udp-ports, running-services-match-profile, listening-sockets-match-profile, sysctls-match-profile, first-login-forced-password-change, remote-log-receives, remote-log-survives-outage, profile-services-log, installer-refuses-disk-of, firewall-fails-closed, tampered-boot-image-is-refused, injected-command-line-is-ignored, data-is-sealed-to-the-tpm, disk-is-its-own, patch-medium-applies"))),
+        0 => return Err(source.error(&raw.name, format!("check {name}: no action; give one of succeed, fail, wait-until-succeeds, wait-for-unit, wait-for-port, differ, ssh-refuses-wrong-key, ssh-refuses, outside-succeed, outside-fail, open-tcp-ports, open-udp-ports, running-services-match-profile, listening-sockets-match-profile, sysctls-match-profile, first-login-forced-password-change, remote-log-receives, remote-log-survives-outage, profile-services-log, installer-refuses-disk-of, firewall-fails-closed, tampered-boot-image-is-refused, injected-command-line-is-ignored, data-is-sealed-to-the-tpm, disk-is-its-own, patch-medium-applies, kernel-from-apt-boots"))),
         _ => return Err(source.error(&raw.name, format!("check {name}: give exactly one action"))),
     };
     let uses_expect = matches!(
@@ -596,7 +612,7 @@ mod tests {
     fn unknown_check_kind_is_refused() {
         check_error(
             "profile = \"baseline\"\n[[check]]\nname = \"x\"\nsucceeds = \"true\"\n",
-            "$DIR/vm-tests/t.toml:4:1: unknown field `succeeds`, expected one of `name`, `machine`, `timeout`, `succeed`, `fail`, `wait-until-succeeds`, `wait-for-unit`, `wait-for-port`, `differ`, `ssh-refuses-wrong-key`, `outside-succeed`, `outside-fail`, `open-tcp-ports`, `open-udp-ports`, `scan-from`, `ssh-refuses`, `ssh-user`, `running-services-match-profile`, `listening-sockets-match-profile`, `sysctls-match-profile`, `first-login-forced-password-change`, `remote-log-receives`, `remote-log-survives-outage`, `profile-services-log`, `installer-refuses-disk-of`, `firewall-fails-closed`, `tampered-boot-image-is-refused`, `injected-command-line-is-ignored`, `data-is-sealed-to-the-tpm`, `disk-is-its-own`, `patch-medium-applies`, `as-root`, `expect`, `expect-contains`",
+            "$DIR/vm-tests/t.toml:4:1: unknown field `succeeds`, expected one of `name`, `machine`, `timeout`, `succeed`, `fail`, `wait-until-succeeds`, `wait-for-unit`, `wait-for-port`, `differ`, `ssh-refuses-wrong-key`, `outside-succeed`, `outside-fail`, `open-tcp-ports`, `open-udp-ports`, `scan-from`, `ssh-refuses`, `ssh-user`, `running-services-match-profile`, `listening-sockets-match-profile`, `sysctls-match-profile`, `first-login-forced-password-change`, `remote-log-receives`, `remote-log-survives-outage`, `profile-services-log`, `installer-refuses-disk-of`, `firewall-fails-closed`, `tampered-boot-image-is-refused`, `injected-command-line-is-ignored`, `data-is-sealed-to-the-tpm`, `disk-is-its-own`, `patch-medium-applies`, `kernel-from-apt-boots`, `as-root`, `expect`, `expect-contains`",
         );
     }
 
