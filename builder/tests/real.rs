@@ -1118,6 +1118,15 @@ fn baseline_scenario_passes_in_qemu() {
     let patch = std::fs::read_to_string(ws.path("out/baseline/patch.junit.xml")).unwrap();
     assert!(patch.contains("failures=\"0\"") && patch.contains("the_patch_medium_brings_the_machine_to_the_profiles_lock"), "{patch}");
     assert!(ws.path("out/baseline.point-release/baseline.qcow2").exists() && ws.path("out/baseline.point-release.lock").exists());
+    // What the machine reported before its patch, compared with the lock
+    // offline: it lacked the new lock's kernel (a security update).
+    let output = ws.rampart(&["outdated", "profiles/baseline.toml", "--installed", "out/baseline/patch-installed.installed.txt"]);
+    assert!(output.status.success(), "rampart outdated --installed failed:\n{}", stderr(&output));
+    let listed = String::from_utf8_lossy(&output.stdout).to_string();
+    let lock = std::fs::read_to_string(ws.path("profiles/baseline.lock")).unwrap();
+    let kernel = lock.split("[[package]]").find(|p| p.contains("name = \"linux-image-cloud-amd64\"")).unwrap();
+    let kernel_version = kernel.lines().find_map(|l| l.strip_prefix("version = ")).unwrap().trim_matches('"');
+    assert!(listed.starts_with("security updates the machine lacks (") && listed.contains("  linux-image-cloud-amd64 ") && listed.contains(&format!(" -> {kernel_version}\n")), "{listed}");
     // The same locks and keys make the same medium, its seal signed by the
     // site's archive key.
     let media: Vec<Vec<u8>> = ["a", "b"]

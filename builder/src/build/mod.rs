@@ -142,7 +142,7 @@ pub fn ensure_built(profile: &Profile, mirror: Mirror, options: &BuildOptions) -
     let report_path = options.out.join(format!("{name}.report.json"));
     let has_installer = !options.installer || options.out.join(format!("{name}.installer.raw")).exists();
     let made = ["qcow2", "raw"].iter().all(|suffix| options.out.join(format!("{name}.{suffix}")).exists());
-    if profile.lock_path().exists() && made && report_path.exists() && has_installer {
+    if options.lock.is_none() && profile.lock_path().exists() && made && report_path.exists() && has_installer {
         let wanted = inputs_digest(profile, &mirror)?;
         let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report_path)?)?;
         if report["inputs-sha256"].as_str() == Some(wanted.as_str()) {

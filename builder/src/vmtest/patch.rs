@@ -19,10 +19,14 @@ use crate::lock::{self, Lock};
 use crate::mirror::Mirror;
 use crate::patch::{self, PatchOptions};
 use crate::profile::Profile;
+use crate::secureboot::archive::ArchiveKey;
 use crate::ui;
+use sha2::Digest;
 
 pub const MEDIUM_SERIAL: &str = "rampart-patch";
 pub const DAMAGED_SERIAL: &str = "rampart-damaged";
+pub const FOREIGN_SERIAL: &str = "rampart-foreign";
+pub const OTHER_LOCK_SERIAL: &str = "rampart-other-lock";
 const POWER_OFF: Duration = Duration::from_secs(180);
 
 /// The point release's image and the two media.
@@ -30,15 +34,22 @@ pub struct PatchSetup {
     /// `<name>.qcow2` of the point release's build.
     pub image: PathBuf,
     pub medium: PathBuf,
+    /// One byte of its payload flipped.
     pub damaged: PathBuf,
+    /// Its seal signed by another site's archive key.
+    pub foreign: PathBuf,
+    /// Its seal, signed by the site, naming another lock to start from.
+    pub other_lock: PathBuf,
     /// The profile's lock, which the machine must run once patched.
     pub to: Lock,
+    /// The packages the new lock changes or adds.
+    pub changed: std::collections::BTreeSet<String>,
     pub kernel: String,
 }
 
 impl PatchSetup {
     pub fn media(&self) -> Vec<Attached> {
-        [(&self.medium, MEDIUM_SERIAL), (&self.damaged, DAMAGED_SERIAL)]
+        [(&self.medium, MEDIUM_SERIAL), (&self.damaged, DAMAGED_SERIAL), (&self.foreign, FOREIGN_SERIAL), (&self.other_lock, OTHER_LOCK_SERIAL)]
             .into_iter()
             .map(|(file, serial)| Attached { file: file.clone(), serial, format: "raw", read_only: true })
             .collect()
@@ -50,7 +61,7 @@ impl PatchSetup {
 /// build in `--out` must be current.
 pub fn prepare(profile: &Profile, mirror: &Mirror, options: &TestOptions, work: &Path) -> Result<PatchSetup> {
     if options.offline {
-        bail!("a machine with image-lock = \"point-release\" needs the mirror to lock the point release; it cannot run --offline");
+        bail!("a machine with image-lock = \"point-release\" needs the mirror to lock the point release, so its scenario cannot run --offline; run the others with --scenario NAME");
     }
     let name = profile.name.as_str();
     let mut old_name = options.out.file_name().context("--out has no name")?.to_os_string();
@@ -64,7 +75,8 @@ pub fn prepare(profile: &Profile, mirror: &Mirror, options: &TestOptions, work: 
     point_release.write(&lock_path, name)?;
     timer.done();
     let to = Lock::read(&profile.lock_path())?;
-    ui::step(&format!("the point release's lock differs from {} in {} packages", profile.lock_path().display(), patch::changed_packages(&point_release, &to).len()));
+    let changed: std::collections::BTreeSet<String> = patch::changed_packages(&point_release, &to).iter().map(|p| p.name.clone()).collect();
+    ui::step(&format!("the point release's lock differs from {} in {} packages", profile.lock_path().display(), changed.len()));
     build::build(
         profile.clone(),
         mirror.clone(),
@@ -88,7 +100,35 @@ pub fn prepare(profile: &Profile, mirror: &Mirror, options: &TestOptions, work: 
     let damaged = work.join("patch-medium-damaged.img");
     std::fs::copy(&medium, &damaged)?;
     flip_byte(&damaged, patch::PAYLOAD_OFFSET + (std::fs::metadata(&damaged)?.len() - patch::PAYLOAD_OFFSET) / 2)?;
-    Ok(PatchSetup { image: old_out.join(format!("{name}.qcow2")), medium, damaged, kernel: patch::kernel_release(&to)?, to })
+    let site = crate::secureboot::archive::load(&options.out.join(format!("{name}.{}", build::KEYS_SUFFIX)))?;
+    let stranger_keys = work.join("another-site.keys");
+    std::fs::create_dir_all(&stranger_keys)?;
+    crate::secureboot::archive::make_if_missing(&stranger_keys, name)?;
+    let stranger = crate::secureboot::archive::load(&stranger_keys)?;
+    let foreign = work.join("patch-medium-foreign.img");
+    resealed(&medium, &foreign, &site, &stranger, |text| text.to_string(), to.source_date_epoch)?;
+    let other_lock = work.join("patch-medium-other-lock.img");
+    let another = hex::encode(sha2::Sha256::digest(b"another lock"));
+    resealed(&medium, &other_lock, &site, &site, |text| text.lines().map(|l| if l.starts_with("From-Lock: ") { format!("From-Lock: {another}\n") } else { format!("{l}\n") }).collect(), to.source_date_epoch)?;
+    Ok(PatchSetup { image: old_out.join(format!("{name}.qcow2")), medium, damaged, foreign, other_lock, kernel: patch::kernel_release(&to)?, to, changed })
+}
+
+/// A copy of `medium` whose seal says `edit(what the seal said)`, signed by
+/// `signer`.
+fn resealed(medium: &Path, copy: &Path, site: &ArchiveKey, signer: &ArchiveKey, edit: impl Fn(&str) -> String, epoch: i64) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    std::fs::copy(medium, copy)?;
+    let mut file = std::fs::OpenOptions::new().read(true).write(true).open(copy)?;
+    let mut seal = vec![0u8; patch::SEAL_SIZE as usize];
+    file.seek(SeekFrom::Start(patch::SEAL_OFFSET))?;
+    file.read_exact(&mut seal)?;
+    let signed: Vec<u8> = seal.into_iter().take_while(|b| *b != 0).collect();
+    let text = String::from_utf8(site.verify(&signed)?)?;
+    let mut new = signer.clearsign(edit(&text).as_bytes(), epoch)?;
+    new.resize(patch::SEAL_SIZE as usize, 0);
+    file.seek(SeekFrom::Start(patch::SEAL_OFFSET))?;
+    file.write_all(&new)?;
+    Ok(())
 }
 
 fn flip_byte(file: &Path, offset: u64) -> Result<()> {
@@ -143,14 +183,16 @@ pub fn aide_reported_paths(report: &str) -> std::collections::BTreeSet<String> {
 }
 
 /// A guest command: rampart-patch from the disk `serial`, in a session of
-/// its own, killed whole (SIGKILL) once dpkg has begun unpacking its third
-/// package (dpkg.log); prints what it printed.
+/// its own, killed whole (SIGKILL) once three packages of the medium are
+/// at their new versions (dpkg is under way), and waited for until every
+/// process of it is gone; prints what it printed. (procps' kill: dash's
+/// own takes no process group after `--`.)
 fn cut_off_run(serial: &str) -> String {
+    let list = "/var/cache/rampart-patch/rampart-patch/install";
     format!(
-        "n=$(wc -l < /var/log/dpkg.log); \
-         setsid sh -c 'echo $$ > /run/cut.pid; exec rampart-patch /dev/disk/by-id/virtio-{serial}' > /run/cut.log 2>&1 < /dev/null & \
-         i=0; until [ \"$(tail -n +$((n + 1)) /var/log/dpkg.log | grep -c ' unpack ')\" -ge 3 ]; do i=$((i+1)); [ $i -lt 900 ] || break; sleep 1; done; \
-         kill -KILL -- -$(cat /run/cut.pid); sleep 2; cat /run/cut.log; rm -f /run/cut.log /run/cut.pid"
+        "setsid sh -c 'exec rampart-patch /dev/disk/by-id/virtio-{serial}' > /run/cut.log 2>&1 < /dev/null & pid=$!; \
+         i=0; until [ \"$(dpkg-query -W -f '${{Package}}=${{Version}}\\n' | grep -c -x -F -f {list} 2>/dev/null)\" -ge 3 ] 2>/dev/null; do i=$((i+1)); [ $i -lt 900 ] || break; sleep 1; done; \
+         /bin/kill -KILL -- -$pid; i=0; while pgrep -g $pid > /dev/null && [ $i -lt 120 ]; do i=$((i+1)); sleep 1; done; cat /run/cut.log; rm -f /run/cut.log"
     )
 }
 
@@ -177,14 +219,38 @@ pub fn patch_medium_applies(machine: &mut Machine, check: &Check, env: &CheckEnv
     let state = format!("{INSTALLED}; sha256sum /etc/rampart/aide/aide.db.gz");
     let before = root_status(machine, env, &state, short)?;
 
-    // The flipped byte: refused before anything changes.
-    let refused = root_status(machine, env, &format!("rampart-patch /dev/disk/by-id/virtio-{DAMAGED_SERIAL}"), short)?;
-    if !refused.trim_end().ends_with("exit 1") || !refused.contains("does not match its seal") {
-        return Err(failed("rampart-patch did not refuse the medium with one byte flipped as damaged", refused));
+    // What the machine reports, kept for `rampart outdated --installed`.
+    let report = root_status(machine, env, "rampart-patch --report", short)?;
+    let report = report.trim_end().strip_suffix("exit 0").ok_or_else(|| failed("rampart-patch --report failed", report.clone()))?.to_string();
+    std::fs::write(env.out.join(format!("{}-{}.installed.txt", env.scenario.name, machine.name)), &report).map_err(|e| failed("could not keep the machine's report", e.to_string()))?;
+    let reported = lock::parse_installed(&report, "the machine's report").map_err(|e| failed("the machine's report does not read", format!("{e:#}")))?;
+    let lacking: std::collections::BTreeSet<String> = lock::outdated(&reported, &setup.to).into_iter().map(|u| u.name).collect();
+    let missing: std::collections::BTreeSet<String> = lock::describe_changes(&reported, &setup.to).iter().filter_map(|l| l.strip_prefix("+ ")).filter_map(|l| l.split(' ').next()).map(str::to_string).collect();
+    let explained: std::collections::BTreeSet<String> = lacking.union(&missing).cloned().collect();
+    if explained != setup.changed {
+        return Err(failed(
+            "what the machine's report lacks against the new lock is not what the patch changes",
+            format!("lacking or missing: {explained:?}\nchanged: {:?}\n{report}", setup.changed),
+        ));
+    }
+
+    // Refused before anything changes: a flipped byte, another site's
+    // signature, a medium for another lock, a /var too full.
+    let fill = "avail=$(df -Pk /var | awk 'NR == 2 { print $4 }'); fallocate -l $(( (avail - 102400) * 1024 )) /var/rampart-test-fill";
+    for (what, command, says) in [
+        ("the medium with one byte flipped", format!("rampart-patch /dev/disk/by-id/virtio-{DAMAGED_SERIAL}"), "does not match its seal"),
+        ("the medium signed by another site's key", format!("rampart-patch /dev/disk/by-id/virtio-{FOREIGN_SERIAL}"), "not signed by this site's archive key"),
+        ("the medium for another lock", format!("rampart-patch /dev/disk/by-id/virtio-{OTHER_LOCK_SERIAL}"), "this machine runs lock"),
+        ("the medium, with /var too full for it", format!("{fill} && rampart-patch /dev/disk/by-id/virtio-{MEDIUM_SERIAL}; s=$?; rm -f /var/rampart-test-fill; (exit $s)"), "/var has"),
+    ] {
+        let refused = root_status(machine, env, &command, short)?;
+        if !refused.trim_end().ends_with("exit 1") || !refused.contains(says) {
+            return Err(failed(format!("rampart-patch did not refuse {what}"), refused));
+        }
     }
     let after_refusal = root_status(machine, env, &state, short)?;
     if after_refusal != before {
-        return Err(failed("refusing the damaged medium changed the packages or the AIDE database", format!("before:\n{before}\nafter:\n{after_refusal}")));
+        return Err(failed("refusing the media changed the packages or the AIDE database", format!("before:\n{before}\nafter:\n{after_refusal}")));
     }
 
     // The medium rampart patch made, its run cut off (every process of it

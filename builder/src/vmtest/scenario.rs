@@ -244,12 +244,14 @@ pub enum Action {
     /// identifier on it (disk GUID, partition UUIDs, file-system UUIDs) is
     /// the image's; a copy attached beside it still carries the image's.
     DiskIsItsOwn,
-    /// On a machine of the point release's image: the patch medium with one
-    /// byte flipped is refused and changes nothing; the medium `rampart
-    /// patch` made is applied; restarted, the machine runs the new lock's
-    /// kernel and every package at the new lock's version, AIDE is clean
-    /// but for a file changed after the patch, and each step was logged.
-    /// Powers the machine off and on.
+    /// On a machine of the point release's image: its package report says
+    /// what it lacks; media damaged, signed by another site or for another
+    /// lock, and /var too full, are refused with nothing changed; the medium
+    /// `rampart patch` made, cut off while dpkg unpacks, resumes and
+    /// finishes; restarted, the machine runs the new lock's kernel and
+    /// every package at the new lock's version, AIDE is clean but for a
+    /// file changed after the patch, and each step was logged (the remote
+    /// log host too, on the isolated network). Powers the machine off and on.
     PatchMediumApplies,
     /// On a point-release machine with Secure Boot off: the new lock's
     /// kernel, installed by plain apt from a local repository (the patch
@@ -613,6 +615,18 @@ mod tests {
         check_error(
             "profile = \"baseline\"\n[[check]]\nname = \"x\"\nsucceeds = \"true\"\n",
             "$DIR/vm-tests/t.toml:4:1: unknown field `succeeds`, expected one of `name`, `machine`, `timeout`, `succeed`, `fail`, `wait-until-succeeds`, `wait-for-unit`, `wait-for-port`, `differ`, `ssh-refuses-wrong-key`, `outside-succeed`, `outside-fail`, `open-tcp-ports`, `open-udp-ports`, `scan-from`, `ssh-refuses`, `ssh-user`, `running-services-match-profile`, `listening-sockets-match-profile`, `sysctls-match-profile`, `first-login-forced-password-change`, `remote-log-receives`, `remote-log-survives-outage`, `profile-services-log`, `installer-refuses-disk-of`, `firewall-fails-closed`, `tampered-boot-image-is-refused`, `injected-command-line-is-ignored`, `data-is-sealed-to-the-tpm`, `disk-is-its-own`, `patch-medium-applies`, `kernel-from-apt-boots`, `as-root`, `expect`, `expect-contains`",
+        );
+    }
+
+    #[test]
+    fn patch_checks_need_a_machine_of_the_point_release() {
+        check_error(
+            "profile = \"baseline\"\n[[check]]\nname = \"p\"\npatch-medium-applies = true\n",
+            "$DIR/vm-tests/t.toml:3:8: check p: patch-medium-applies and kernel-from-apt-boots run on machines with image-lock = \"point-release\"",
+        );
+        check_error(
+            "profile = \"baseline\"\n[[machine]]\nname = \"m\"\nimage-lock = \"2026-11\"\n[[check]]\nname = \"p\"\nsucceed = \"true\"\n",
+            "$DIR/vm-tests/t.toml:4:14: machine.image-lock: \"2026-11\" is not a lock the harness makes; the one is \"point-release\"",
         );
     }
 
