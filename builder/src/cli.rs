@@ -327,23 +327,11 @@ pub fn default_out(profile: &Profile) -> PathBuf {
 
 fn run_outdated(profile: &Profile, mirror: &Mirror) -> Result<()> {
     let path = profile.lock_path();
-    if !path.exists() {
-        anyhow::bail!("{} has no lock ({}); run `rampart lock {}` first", profile.path.display(), path.display(), profile.path.display());
-    }
-    let locked = Lock::read(&path)?;
+    let locked = read_existing_lock(profile)?;
     let fresh = with_private_log("outdated", |log| lock::resolve(profile, mirror, log, None))?;
     let updates = lock::outdated(&locked, &fresh);
     let n_security = updates.iter().filter(|u| u.security).count();
-    for (heading, security) in [("security updates", true), ("other updates", false)] {
-        let group: Vec<&lock::Update> = updates.iter().filter(|u| u.security == security).collect();
-        if group.is_empty() {
-            continue;
-        }
-        println!("{heading} ({}):", group.len());
-        for update in group {
-            println!("  {} {} -> {}", update.name, update.locked, update.available);
-        }
-    }
+    print_updates(&updates, ["security updates", "other updates"]);
     let added_or_dropped: Vec<String> =
         lock::describe_changes(&locked, &fresh).into_iter().filter(|l| !l.starts_with('~')).collect();
     if !added_or_dropped.is_empty() {
@@ -364,19 +352,19 @@ fn run_outdated(profile: &Profile, mirror: &Mirror) -> Result<()> {
     Ok(())
 }
 
-/// What a machine lacks against the profile's lock, from its package report.
-fn run_outdated_installed(profile: &Profile, installed: &Path) -> Result<()> {
-    let text = std::fs::read_to_string(installed).with_context(|| format!("while reading --installed {}", installed.display()))?;
-    let machine = lock::parse_installed(&text, &installed.display().to_string())?;
+/// The profile's lock, which must exist.
+fn read_existing_lock(profile: &Profile) -> Result<Lock> {
     let path = profile.lock_path();
     if !path.exists() {
         anyhow::bail!("{} has no lock ({}); run `rampart lock {}` first", profile.path.display(), path.display(), profile.path.display());
     }
-    let locked = Lock::read(&path)?;
-    let lacking = lock::outdated(&machine, &locked);
-    let n_security = lacking.iter().filter(|u| u.security).count();
-    for (heading, security) in [("security updates the machine lacks", true), ("other versions that differ from the lock", false)] {
-        let group: Vec<&lock::Update> = lacking.iter().filter(|u| u.security == security).collect();
+    Lock::read(&path)
+}
+
+/// Updates under two headings: security ones first, then the others.
+fn print_updates(updates: &[lock::Update], headings: [&str; 2]) {
+    for (heading, security) in [(headings[0], true), (headings[1], false)] {
+        let group: Vec<&lock::Update> = updates.iter().filter(|u| u.security == security).collect();
         if group.is_empty() {
             continue;
         }
@@ -385,6 +373,17 @@ fn run_outdated_installed(profile: &Profile, installed: &Path) -> Result<()> {
             println!("  {} {} -> {}", update.name, update.locked, update.available);
         }
     }
+}
+
+/// What a machine lacks against the profile's lock, from its package report.
+fn run_outdated_installed(profile: &Profile, installed: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(installed).with_context(|| format!("while reading --installed {}", installed.display()))?;
+    let machine = lock::parse_installed(&text, &installed.display().to_string())?;
+    let path = profile.lock_path();
+    let locked = read_existing_lock(profile)?;
+    let lacking = lock::outdated(&machine, &locked);
+    let n_security = lacking.iter().filter(|u| u.security).count();
+    print_updates(&lacking, ["security updates the machine lacks", "other versions that differ from the lock"]);
     let changes = lock::describe_changes(&machine, &locked);
     let missing: Vec<&String> = changes.iter().filter(|l| l.starts_with('+')).collect();
     let extra: Vec<&String> = changes.iter().filter(|l| l.starts_with('-')).collect();
