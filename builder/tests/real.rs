@@ -198,7 +198,7 @@ fn offline_build_of_baseline_in_a_network_namespace_makes_every_artifact() {
         stages,
         [
             "packages", "configure", "kernel", "passwords", "users", "sessions", "firstboot", "encryption", "ssh", "time", "updates", "firewall", "logging", "accounting", "auditd", "integrity",
-            "backups", "toolchain", "overlays", "services", "sandboxing", "seal", "elf-audit", "config-partition", "disk"
+            "backups", "toolchain", "overlays", "services", "sandboxing", "patching", "seal", "elf-audit", "config-partition", "disk"
         ]
     );
     // The integrity baseline was made at build time, and lives on the
