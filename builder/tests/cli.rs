@@ -239,3 +239,28 @@ fn a_machines_package_report_with_a_bad_line_is_refused_naming_file_and_line() {
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains(&format!("{}:2: \"openssl 3.0.2\" is not a line of `dpkg-query -W`", report.display())), "{stderr}");
 }
+
+#[test]
+fn an_interface_role_given_twice_is_refused() {
+    check("gateway-role-twice");
+}
+
+#[test]
+fn a_port_forward_outside_the_dmz_is_refused() {
+    check("gateway-forward-outside-dmz");
+}
+
+#[test]
+fn overlapping_zone_prefixes_are_refused() {
+    check("gateway-zones-overlap");
+}
+
+#[test]
+fn a_wireguard_key_that_is_not_32_bytes_is_refused() {
+    check("vpn-key-not-32-bytes");
+}
+
+#[test]
+fn a_peer_covering_the_whole_internet_is_refused_without_allow_default_route() {
+    check("vpn-peer-whole-internet");
+}

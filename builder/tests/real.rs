@@ -197,10 +197,13 @@ fn offline_build_of_baseline_in_a_network_namespace_makes_every_artifact() {
     assert_eq!(
         stages,
         [
-            "packages", "configure", "kernel", "passwords", "users", "sessions", "firstboot", "encryption", "ssh", "time", "updates", "firewall", "logging", "accounting", "auditd", "integrity",
+            "packages", "configure", "kernel", "wireless", "passwords", "users", "sessions", "firstboot", "encryption", "ssh", "time", "updates", "firewall", "gateway", "vpn", "logging", "accounting", "auditd", "integrity",
             "backups", "toolchain", "overlays", "services", "sandboxing", "patching", "seal", "elf-audit", "config-partition", "disk"
         ]
     );
+    // The cloud kernel carries no radio at all, and the report says so.
+    let wireless = &report["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "wireless").unwrap()["settings"];
+    assert!(wireless["kernel-carries"].as_str().unwrap().starts_with("no Wi-Fi, Bluetooth, NFC or 802.15.4 modules"), "{wireless}");
     // The integrity baseline was made at build time, and lives on the
     // configuration partition, which the image's baseline covers at its
     // mount point, with the ESP's files and the partition table.
@@ -1232,6 +1235,38 @@ fn lab_bastion_scenario_proves_source_ranges_from_two_addresses() {
     ] {
         assert!(junit.contains(case), "{case} did not run");
     }
+}
+
+#[test]
+#[ignore = "needs root, the network and QEMU: run by scripts/test"]
+fn gateway_scenario_forwards_filters_and_admits_only_the_enrolled_vpn_peer() {
+    let ws = Workspace::new();
+    ws.rampart_ok(&["lock", "profiles/lab-gateway.toml"]);
+    ws.rampart_ok(&["fetch", "profiles/lab-gateway.toml"]);
+    let junit = passing_scenario(&ws, "lab-gateway");
+    for case in [
+        "lan_reaches_wan_through_nat",
+        "the_port_forward_reaches_the_dmz_host",
+        "from_wan_no_tcp_port_of_the_lan_host_answers",
+        "border_port_drops_are_logged_on_the_gateway",
+        "a_full_scan_of_the_gateway_from_wan_finds_only_the_forwards",
+        "a_lan_source_arriving_on_wan_is_dropped_and_logged",
+        "from_lan_ssh_and_dns_answer",
+        "dhcp_answers_lan",
+        "ssh_answers_an_enrolled_vpn_peer_only",
+        "no_radio_module_loads_and_rfkill_blocks",
+    ] {
+        assert!(junit.contains(case), "{case} did not run");
+    }
+    let report = "out/lab-gateway/lab-gateway.report.json";
+    let gateway = stage_record(&ws, report, "gateway");
+    assert_eq!(gateway["settings"]["ssh-from"], serde_json::json!(["lan", "mgmt", "wg0"]));
+    let wireless = stage_record(&ws, report, "wireless");
+    assert!(wireless["settings"]["modules-refused"].as_u64().unwrap() > 100, "the generic kernel's radios: {wireless}");
+    // Nothing of the lab outlives the run: its namespaces are gone.
+    let namespaces = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let left = String::from_utf8_lossy(&namespaces.stdout).lines().filter(|l| l.contains("-lan") || l.contains("-dmz")).count();
+    assert_eq!(left, 0, "lab namespaces left: {}", String::from_utf8_lossy(&namespaces.stdout));
 }
 
 #[test]

@@ -218,6 +218,8 @@ pub struct FirewallAllow {
     pub port: Port,
     pub protocol: Protocol,
     pub from: Vec<Cidr>,
+    /// Only on these interfaces (by name); empty: on any.
+    pub interfaces: Vec<String>,
     pub service: Option<String>,
     pub at: String,
 }
@@ -427,7 +429,7 @@ pub fn validate(
                 }
             };
             let at = source.location(allow.port.span().start);
-            layer.firewall_allow.push(FirewallAllow { port, protocol, from, service: allow.service.clone(), at });
+            layer.firewall_allow.push(FirewallAllow { port, protocol, from, interfaces: Vec::new(), service: allow.service.clone(), at });
         }
         for rule in &f.input_rules {
             let text = source.check(rule, "firewall.input-rules", |s: &String| {

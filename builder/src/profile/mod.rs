@@ -15,6 +15,7 @@ pub mod raw;
 pub mod sandboxes;
 pub mod sessions;
 pub mod time;
+pub mod network;
 pub mod updates;
 pub mod encryption;
 pub mod types;
@@ -29,6 +30,7 @@ pub use monitoring::{IntegritySpec, LogHost, LoggingSpec};
 pub use accounting::AccountingSpec;
 pub use sessions::SessionsSpec;
 pub use time::TimeSpec;
+pub use network::{GatewaySpec, VpnSpec, WirelessSpec};
 pub use updates::UpdatesSpec;
 pub use encryption::EncryptionSpec;
 pub use elf_audit::{ElfAuditSpec, HardeningProperty};
@@ -187,6 +189,9 @@ pub struct Profile {
     pub encryption: EncryptionSpec,
     pub accounting: AccountingSpec,
     pub firewall: FirewallSpec,
+    pub gateway: GatewaySpec,
+    pub vpn: VpnSpec,
+    pub wireless: WirelessSpec,
     pub logging: LoggingSpec,
     pub integrity: IntegritySpec,
     pub auditd: auditd::AuditdSpec,
@@ -236,6 +241,7 @@ struct Layer {
     controls: controls::ControlsLayer,
     sessions: sessions::SessionsLayer,
     time: time::TimeLayer,
+    network: network::NetworkLayer,
     updates: updates::UpdatesLayer,
     encryption: encryption::EncryptionLayer,
     accounting: accounting::AccountingLayer,
@@ -369,6 +375,7 @@ fn validate_layer(source: &Source, raw: raw::RawProfile) -> Result<Layer, Profil
     layer.controls = controls::validate(source, raw.ssh.as_ref(), raw.services, raw.passwords, raw.firewall)?;
     layer.sessions = sessions::validate(source, raw.sessions)?;
     layer.time = time::validate(source, raw.time)?;
+    layer.network = network::validate(source, raw.gateway, raw.vpn, raw.wireless)?;
     layer.updates = updates::validate(raw.updates);
     layer.encryption = encryption::validate(raw.encryption);
     layer.accounting = accounting::validate(source, raw.accounting)?;
@@ -491,6 +498,7 @@ fn merge(base: &mut Layer, child: Layer) {
     controls::merge(&mut base.controls, child.controls);
     sessions::merge(&mut base.sessions, child.sessions);
     time::merge(&mut base.time, child.time);
+    network::merge(&mut base.network, child.network);
     updates::merge(&mut base.updates, child.updates);
     encryption::merge(&mut base.encryption, child.encryption);
     accounting::merge(&mut base.accounting, child.accounting);
@@ -576,6 +584,13 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
         needed.push(("accounting", "acct"));
     }
     let time = time::finish(layer.time);
+    let (gateway, vpn, wireless) = network::finish(layer.network, &path.display().to_string())?;
+    if gateway.dhcp.is_some() {
+        needed.push(("gateway.dhcp", "dnsmasq"));
+    }
+    if vpn.enable {
+        needed.push(("vpn", "wireguard-tools"));
+    }
     if time.enable {
         needed.push(("time", "systemd-timesyncd"));
     }
@@ -674,6 +689,9 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
         encryption,
         accounting,
         firewall: controls.firewall,
+        gateway,
+        vpn,
+        wireless,
         logging,
         integrity,
         auditd,

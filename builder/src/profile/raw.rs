@@ -33,6 +33,9 @@ pub struct RawProfile {
     pub accounting: Option<RawAccounting>,
     pub updates: Option<RawUpdates>,
     pub encryption: Option<RawEncryption>,
+    pub gateway: Option<RawGateway>,
+    pub vpn: Option<RawVpn>,
+    pub wireless: Option<RawWireless>,
     #[serde(default)]
     pub users: Vec<RawUser>,
     pub overlays: Option<RawOverlays>,
@@ -430,4 +433,87 @@ pub struct RawOverlays {
     /// Per image path: "0640" or "0640 root:adm".
     #[serde(default)]
     pub modes: BTreeMap<String, Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawGateway {
+    pub enable: Option<bool>,
+    /// One entry per role: wan, lan, and optionally dmz and mgmt.
+    #[serde(default)]
+    pub interface: Vec<RawGatewayInterface>,
+    /// Port forwards from wan to a dmz host.
+    #[serde(default)]
+    pub forward: Vec<RawPortForward>,
+    pub dhcp: Option<RawGatewayDhcp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawGatewayInterface {
+    pub role: Spanned<String>,
+    /// The NIC's MAC address ...
+    pub mac: Option<Spanned<String>>,
+    /// ... or its udev path (ID_PATH, e.g. "pci-0000:00:04.0").
+    pub path: Option<Spanned<String>>,
+    /// Addresses with their prefix length ("10.78.0.1/24", "fd78::1/64").
+    pub addresses: Option<Vec<Spanned<String>>>,
+    /// Take the IPv4 address by DHCP (wan and mgmt only).
+    pub dhcp: Option<bool>,
+    /// Routers for the default route (wan with static addresses).
+    pub routers: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawPortForward {
+    pub protocol: Option<Spanned<String>>,
+    pub port: Spanned<i64>,
+    /// "ADDRESS" or "ADDRESS:PORT" of a dmz host.
+    pub to: Spanned<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawGatewayDhcp {
+    pub enable: Option<bool>,
+    /// First and last address handed out on lan.
+    pub range: Option<Vec<Spanned<String>>>,
+    /// Also answer DNS queries from lan (dnsmasq's forwarder).
+    pub dns: Option<bool>,
+    /// Upstream DNS servers dnsmasq asks; none: the ones wan's DHCP gave.
+    pub upstream: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawVpn {
+    pub enable: Option<bool>,
+    /// The host's addresses inside the tunnel, with prefix ("10.90.0.1/24").
+    pub addresses: Option<Vec<Spanned<String>>>,
+    pub listen_port: Option<Spanned<i64>>,
+    /// "also" (SSH from its usual places and the VPN) or "only" (the VPN alone).
+    pub ssh: Option<Spanned<String>>,
+    /// Let a peer's allowed addresses cover the whole internet.
+    pub allow_default_route: Option<bool>,
+    #[serde(default)]
+    pub peer: Vec<RawVpnPeer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawVpnPeer {
+    pub name: Spanned<String>,
+    /// The peer's WireGuard public key: 32 bytes in base64.
+    pub public_key: Spanned<String>,
+    pub allowed_ips: Vec<Spanned<String>>,
+    /// Where to reach the peer ("host:port"); none: it calls in.
+    pub endpoint: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawWireless {
+    /// Off by default: no Wi-Fi, Bluetooth or other radio module loads.
+    pub enable: Option<bool>,
 }

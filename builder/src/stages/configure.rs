@@ -29,8 +29,15 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     }
     ctx.install_file("etc/apt/sources.list", sources.as_bytes(), 0o644)?;
 
-    let network = "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n\n[DHCPv4]\nUseDomains=yes\n";
-    ctx.install_file("etc/systemd/network/80-rampart-dhcp.network", network.as_bytes(), 0o644)?;
+    // A gateway configures each NIC by its role ([gateway]); one left
+    // without a role stays unconfigured rather than taking an address.
+    let network_setting = if ctx.profile.gateway.enable {
+        "systemd-networkd, each interface by its [gateway] role; others unconfigured"
+    } else {
+        let network = "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n\n[DHCPv4]\nUseDomains=yes\n";
+        ctx.install_file("etc/systemd/network/80-rampart-dhcp.network", network.as_bytes(), 0o644)?;
+        "systemd-networkd, DHCP on en*/eth*"
+    };
     ctx.install_symlink(
         "etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
         "/lib/systemd/system/systemd-networkd.service",
@@ -60,7 +67,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
         json!({
             "hostname": hostname,
             "apt-sources": ctx.mirror.sources().iter().map(|s| format!("{} {}", without_credentials(&s.url), s.suite)).collect::<Vec<_>>(),
-            "network": "systemd-networkd, DHCP on en*/eth*",
+            "network": network_setting,
             "name-resolution": resolver,
         }),
     );

@@ -145,12 +145,15 @@ pub fn declared_ports(profile: &Profile) -> Vec<FirewallAllow> {
         port: profile.ssh.port,
         protocol: Protocol::Tcp,
         from: profile.ssh.allow_from.clone(),
+        interfaces: crate::stages::gateway::ssh_interfaces(profile),
         service: Some("ssh.service".into()),
         at: "[ssh]".into(),
     }];
     // The profile refuses the SSH port in firewall.allow and merges entries
     // by port and protocol: no entry repeats another.
     ports.extend(profile.firewall.allow.iter().cloned());
+    ports.extend(crate::stages::gateway::declared_ports(profile));
+    ports.extend(crate::stages::vpn::declared_ports(profile));
     ports
 }
 
@@ -195,12 +198,18 @@ pub fn render(profile: &Profile) -> TracedText {
         let v4: Vec<&Cidr> = allow.from.iter().filter(|c| c.address.is_ipv4()).collect();
         let v6: Vec<&Cidr> = allow.from.iter().filter(|c| c.address.is_ipv6()).collect();
         let what = format!("{} dport {}", allow.protocol.as_str(), allow.port);
+        let on = if allow.interfaces.is_empty() {
+            String::new()
+        } else {
+            let names: Vec<String> = allow.interfaces.iter().map(|i| format!("\"{i}\"")).collect();
+            format!("iifname {{ {} }} ", names.join(", "))
+        };
         let origin = Some(format!("{} (port {})", allow.at, allow.port));
         if !v4.is_empty() {
-            r.line(&format!("\t\tip saddr {} {what} accept", address_set(&v4)), origin.clone());
+            r.line(&format!("\t\t{on}ip saddr {} {what} accept", address_set(&v4)), origin.clone());
         }
         if !v6.is_empty() {
-            r.line(&format!("\t\tip6 saddr {} {what} accept", address_set(&v6)), origin);
+            r.line(&format!("\t\t{on}ip6 saddr {} {what} accept", address_set(&v6)), origin);
         }
     }
     for rule in &firewall.input_rules {
@@ -212,6 +221,7 @@ pub fn render(profile: &Profile) -> TracedText {
     r.line("\t}", None);
     r.line("\tchain forward {", None);
     r.line("\t\ttype filter hook forward priority filter; policy drop;", None);
+    crate::stages::gateway::render_forward(profile, &mut r);
     r.line("\t}", None);
     r.line("\tchain output {", None);
     r.line("\t\ttype filter hook output priority filter; policy drop;", None);
@@ -220,6 +230,7 @@ pub fn render(profile: &Profile) -> TracedText {
     r.line("\t\t# connections this host opens: TCP, UDP and ICMP; any other protocol is dropped", None);
     r.line("\t\tmeta l4proto { tcp, udp, icmp, icmpv6 } accept", None);
     r.line("\t}", None);
+    crate::stages::gateway::render_chains(profile, &mut r);
     r.line("}", None);
     r
 }
@@ -266,6 +277,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
                 "port": a.port.get(),
                 "protocol": a.protocol.as_str(),
                 "from": a.from.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+                "on-interfaces": if a.interfaces.is_empty() { json!("any") } else { json!(a.interfaces) },
                 "service": a.service,
             })
         })
@@ -274,7 +286,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     let settings = json!({
         "engine": "nftables (nftables.service, before network-pre.target)",
         "inbound": "default deny; loopback and established allowed",
-        "forward": "default deny",
+        "forward": if ctx.profile.gateway.enable { "default deny; what [gateway] forwards (see the gateway stage)" } else { "default deny" },
         "outbound": "default deny; loopback, established, and new TCP, UDP and ICMP connections allowed",
         "open": declared,
         "risky-ports-dropped-and-logged": RISKY_PORTS,

@@ -59,6 +59,11 @@ pub fn expected_sysctls(profile: &Profile) -> BTreeMap<String, String> {
         for (key, value) in parse_assignments(crate::stages::firewall::SYSCTLS) {
             expected.insert(key, value);
         }
+        if profile.gateway.enable {
+            for (key, value) in crate::stages::gateway::FORWARDING_SYSCTLS {
+                expected.insert(key.to_string(), value.to_string());
+            }
+        }
     }
     for (key, value, _) in profile.kernel.hardening.sysctls() {
         expected.insert(key, value);
@@ -250,7 +255,7 @@ fn check_effective_sysctls(ctx: &BuildContext, sysctls: &[(String, String, Sysct
 }
 
 /// The version of the kernel the disk boots, whose modules must be there.
-fn modules_version(ctx: &BuildContext) -> Result<String> {
+pub fn modules_version(ctx: &BuildContext) -> Result<String> {
     let version = crate::stages::disk::boot_kernel_version(&ctx.root())?;
     if !ctx.root().join("lib/modules").join(&version).is_dir() {
         bail!("the image boots kernel {version}, but has no /lib/modules/{version}");
@@ -259,7 +264,7 @@ fn modules_version(ctx: &BuildContext) -> Result<String> {
 }
 
 /// What the image's modprobe would do to load `module`.
-fn modprobe_dry_run(ctx: &BuildContext, version: &str, module: &str) -> Result<crate::process::Output> {
+pub fn modprobe_dry_run(ctx: &BuildContext, version: &str, module: &str) -> Result<crate::process::Output> {
     ctx.in_root("modprobe")
         .args(["--dry-run", "--verbose", "--set-version", version, module])
         .run()

@@ -11,6 +11,7 @@ pub mod elf_audit;
 pub mod encryption;
 pub mod firewall;
 pub mod firstboot;
+pub mod gateway;
 pub mod installer;
 pub mod integrity;
 pub mod kernel;
@@ -28,6 +29,8 @@ pub mod time;
 pub mod toolchain;
 pub mod updates;
 pub mod users;
+pub mod vpn;
+pub mod wireless;
 
 use anyhow::{bail, Result};
 

@@ -131,7 +131,7 @@ fn initramfs_files(modules: &InitramfsModules) -> Vec<(&'static str, String, u32
         files.push((
             "hooks/rampart-modules",
             format!(
-                "#!/bin/sh\n# rampart: the storage drivers this image boots from (kernel.initramfs-modules)\ncase \"$1\" in prereqs) exit 0 ;; esac\n. /usr/share/initramfs-tools/hook-functions\nfor module in {}; do manual_add_modules \"$module\"; done\n",
+                "#!/bin/sh\n# rampart: the storage drivers this image boots from (kernel.initramfs-modules), and ext4,\n# the root's file system (built into the cloud kernel, a module of the generic one)\ncase \"$1\" in prereqs) exit 0 ;; esac\n. /usr/share/initramfs-tools/hook-functions\nfor module in ext4 {}; do manual_add_modules \"$module\"; done\n",
                 names.join(" ")
             ),
             0o755,

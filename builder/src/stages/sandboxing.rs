@@ -156,6 +156,41 @@ pub const SANDBOXES: &[Sandbox] = &[
         why: "writes the host key into /etc/ssh",
     },
     Sandbox {
+        unit: crate::stages::vpn::KEY_UNIT,
+        applies: |p| p.vpn.enable,
+        // the key is given to systemd-network's group, which networkd reads it as
+        needs: &[
+            "CapabilityBoundingSet=CAP_CHOWN",
+            "ReadWritePaths=/var/lib/rampart",
+            "PrivateNetwork=yes",
+            "RestrictAddressFamilies=AF_UNIX",
+            "ProcSubset=pid",
+            FILTER_WITH_CHOWN[0],
+            FILTER_WITH_CHOWN[1],
+        ],
+        without: &["SystemCallFilter"],
+        from_settings: None,
+        why: "makes this machine's WireGuard key in /var/lib/rampart/vpn",
+    },
+    Sandbox {
+        unit: crate::stages::gateway::DHCP_SERVICE,
+        applies: |p| p.gateway.enable && p.gateway.dhcp.is_some(),
+        needs: &[
+            // DHCP: raw sockets (ICMP probes, ARP), the privileged ports; then it becomes the dnsmasq user
+            "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_NET_RAW CAP_SETUID CAP_SETGID CAP_CHOWN",
+            "ReadWritePaths=/run /var/lib/misc",
+            "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK AF_PACKET",
+            FILTER_WITH_CHOWN[0],
+            FILTER_WITH_CHOWN[1],
+            // it keeps CAP_NET_ADMIN across its change of user
+            "SystemCallFilter=capset",
+            "UMask=0022",
+        ],
+        without: &["SystemCallFilter", "UMask"],
+        from_settings: None,
+        why: "answers DHCP and DNS on lan, keeps its leases in /var/lib/misc",
+    },
+    Sandbox {
         unit: crate::stages::firstboot::KEYS_RECORD_UNIT,
         applies: |_| true,
         needs: &["CapabilityBoundingSet=", "ReadWritePaths=/var/lib/rampart", "PrivateNetwork=yes", "RestrictAddressFamilies=AF_UNIX", "ProcSubset=pid"],

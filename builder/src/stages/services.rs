@@ -60,6 +60,12 @@ pub fn implied_units(profile: &Profile) -> Vec<(String, &'static str)> {
     if profile.encryption.data {
         units.push((crate::stages::encryption::SERVICE.to_string(), "[encryption] data, at every boot before the volumes open"));
     }
+    if profile.gateway.enable && profile.gateway.dhcp.is_some() {
+        units.push((crate::stages::gateway::DHCP_SERVICE.to_string(), "[gateway] dhcp"));
+    }
+    if profile.vpn.enable {
+        units.push((crate::stages::vpn::KEY_UNIT.to_string(), "[vpn] this machine's key, made on first boot"));
+    }
     if profile.updates.automatic {
         for unit in crate::stages::updates::TIMERS {
             units.push((unit.to_string(), "[updates] automatic"));

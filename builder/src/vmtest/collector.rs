@@ -22,7 +22,7 @@ pub struct Collector {
 }
 
 /// Moves the calling thread (only it) into the named network namespace.
-fn enter_network_namespace(netns: &str) -> std::io::Result<()> {
+pub(crate) fn enter_network_namespace(netns: &str) -> std::io::Result<()> {
     let file = std::fs::File::open(format!("/run/netns/{netns}"))?;
     // SAFETY: a valid namespace file descriptor; setns changes only this thread.
     let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };

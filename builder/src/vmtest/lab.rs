@@ -1,9 +1,12 @@
-//! The isolated test network: two network namespaces that the test creates
-//! and removes. "lab" holds a bridge with the VMs' second NIC (a tap) and
-//! their QEMU processes (so their management port forwards stay inside it);
-//! "outside" is the second host, with its own address, a DHCP server for the
-//! lab (dnsmasq) and the scanner (nmap). Nothing outside these namespaces is
-//! ever contacted.
+//! The isolated test networks: network namespaces that the test creates
+//! and removes. "lab" holds one bridge per network of the scenario, with the
+//! VMs' NICs on it (taps), and their QEMU processes (so their management
+//! port forwards stay inside it); each network has a host of its own, a
+//! namespace joined to its bridge: "outside", the second host, with its
+//! addresses, a DHCP server for its network (dnsmasq) and the scanner
+//! (nmap); the scenario's other networks' hosts (a gateway's lan and dmz)
+//! with their addresses, routes through a machine and small listeners.
+//! Nothing outside these namespaces is ever contacted.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -12,6 +15,8 @@ use anyhow::{bail, Context, Result};
 
 use crate::process::{Background, Cmd};
 use crate::vmtest::collector::Collector;
+use crate::vmtest::listeners::Listeners;
+use crate::vmtest::networks::NetworkSpec;
 
 /// The lab subnet; it exists only inside the namespaces.
 pub const SUBNET_PREFIX: &str = "10.77.0";
@@ -23,6 +28,12 @@ pub const OUTSIDE_ADDRESSES: &[&str] = &["10.77.0.2", "10.77.0.3"];
 pub struct Lab {
     pub lab_ns: String,
     pub outside_ns: String,
+    /// Each network's host namespace, by the scenario's network index (0: outside_ns).
+    hosts: Vec<String>,
+    /// The networks, by the same index.
+    networks: Vec<NetworkSpec>,
+    /// The hosts' listeners, stopped with the lab.
+    listeners: Vec<Listeners>,
     dhcp: Option<Background>,
     /// dnsmasq's lease file: every lease it handed out.
     leases: std::path::PathBuf,
@@ -35,7 +46,21 @@ pub struct Lab {
 /// The lab address and MAC of the machine with this index.
 pub fn machine_address(index: usize) -> (String, String) {
     let host = 10 + index;
-    (format!("{SUBNET_PREFIX}.{host}"), format!("52:54:00:77:00:{host:02x}"))
+    (format!("{SUBNET_PREFIX}.{host}"), machine_mac(index, 0))
+}
+
+/// The MAC of machine `index`'s NIC on network `network`.
+pub fn machine_mac(index: usize, network: usize) -> String {
+    format!("52:54:00:77:{network:02x}:{:02x}", 10 + index)
+}
+
+/// The tap of machine `index` on network `network` (the outside one keeps its old name).
+fn tap_name(index: usize, network: usize) -> String {
+    if network == 0 {
+        format!("lab{index}")
+    } else {
+        format!("lab{index}n{network}")
+    }
 }
 
 fn ip(args: &[&str]) -> Result<()> {
@@ -45,35 +70,53 @@ fn ip(args: &[&str]) -> Result<()> {
 impl Lab {
     /// A lab for `n_machines`, and one slot more (index `n_machines`) for a
     /// machine a check boots beside them.
-    pub fn create(work: &Path, n_machines: usize) -> Result<Lab> {
+    pub fn create(work: &Path, n_machines: usize, networks: &[NetworkSpec]) -> Result<Lab> {
         remove_stale_namespaces();
         let tag = std::process::id();
+        let outside = NetworkSpec::outside();
+        let networks = if networks.is_empty() { std::slice::from_ref(&outside) } else { networks };
         let mut lab = Lab {
             lab_ns: format!("rampart-{tag}-lab"),
             outside_ns: format!("rampart-{tag}-outside"),
+            hosts: networks.iter().enumerate().map(|(k, n)| if k == 0 { format!("rampart-{tag}-outside") } else { format!("rampart-{tag}-{}", n.name) }).collect(),
+            networks: networks.to_vec(),
+            listeners: Vec::new(),
             dhcp: None,
             leases: work.join("lab.leases"),
             made: Vec::new(),
             collector: None,
         };
-        for namespace in [lab.lab_ns.clone(), lab.outside_ns.clone()] {
+        let mut namespaces = vec![lab.lab_ns.clone()];
+        namespaces.extend(lab.hosts.iter().cloned());
+        for namespace in namespaces {
             record_owner(&namespace)?;
             if let Err(error) = ip(&["netns", "add", &namespace]) {
                 let _ = std::fs::remove_file(Path::new(OWNERS_DIR).join(&namespace));
                 return Err(error);
             }
+            ip(&["-n", &namespace, "link", "set", "lo", "up"])?;
             lab.made.push(namespace);
         }
-        ip(&["-n", &lab.lab_ns, "link", "set", "lo", "up"])?;
-        ip(&["-n", &lab.outside_ns, "link", "set", "lo", "up"])?;
-        ip(&["-n", &lab.lab_ns, "link", "add", "br0", "type", "bridge"])?;
-        ip(&["-n", &lab.lab_ns, "link", "set", "br0", "up"])?;
-        ip(&["-n", &lab.lab_ns, "link", "add", "uplink", "type", "veth", "peer", "name", "lab0", "netns", &lab.outside_ns])?;
-        ip(&["-n", &lab.lab_ns, "link", "set", "uplink", "master", "br0", "up"])?;
-        for address in OUTSIDE_ADDRESSES {
-            ip(&["-n", &lab.outside_ns, "addr", "add", &format!("{address}/24"), "dev", "lab0"])?;
+        for (k, network) in networks.iter().enumerate() {
+            let (bridge, uplink, host) = (format!("br{k}"), if k == 0 { "uplink".to_string() } else { format!("uplink{k}") }, lab.hosts[k].clone());
+            ip(&["-n", &lab.lab_ns, "link", "add", &bridge, "type", "bridge"])?;
+            ip(&["-n", &lab.lab_ns, "link", "set", &bridge, "up"])?;
+            ip(&["-n", &lab.lab_ns, "link", "add", &uplink, "type", "veth", "peer", "name", "lab0", "netns", &host])?;
+            ip(&["-n", &lab.lab_ns, "link", "set", &uplink, "master", &bridge, "up"])?;
+            for address in &network.hosts {
+                ip(&["-n", &host, "addr", "add", &format!("{address}/{}", network.subnet.prefix), "dev", "lab0"])?;
+            }
+            ip(&["-n", &host, "link", "set", "lab0", "up"])?;
+            if let Some(router) = network.router {
+                ip(&["-n", &host, "route", "add", "default", "via", &router.to_string()])?;
+            }
+            for (to, via) in &network.routes {
+                ip(&["-n", &host, "route", "add", &to.to_string(), "via", &via.to_string()])?;
+            }
+            if !network.listen_tcp.is_empty() || !network.listen_udp.is_empty() {
+                lab.listeners.push(Listeners::start(&host, &network.name, network.hosts[0], &network.listen_tcp, &network.listen_udp)?);
+            }
         }
-        ip(&["-n", &lab.outside_ns, "link", "set", "lab0", "up"])?;
         let mut dnsmasq = lab
             .outside("dnsmasq")
             .args(["--keep-in-foreground", "--log-facility=-", "--no-resolv", "--no-hosts", "--port=0"])
@@ -104,35 +147,69 @@ impl Lab {
 
     /// A command run on the second host.
     pub fn outside(&self, program: &str) -> Cmd {
-        Cmd::new("ip").args(["netns", "exec", &self.outside_ns, program])
+        self.host(0, program)
     }
 
-    /// QEMU arguments for a machine's lab NIC.
-    pub fn nic_args(index: usize) -> Vec<String> {
-        let (_, mac) = machine_address(index);
-        vec![
-            "-netdev".into(),
-            format!("tap,id=lab,ifname=lab{index},script=no,downscript=no"),
-            "-device".into(),
-            format!("virtio-net-pci,netdev=lab,mac={mac}"),
-        ]
+    /// A command run on network `network`'s host.
+    pub fn host(&self, network: usize, program: &str) -> Cmd {
+        Cmd::new("ip").args(["netns", "exec", &self.hosts[network], program])
     }
 
-    /// Puts a machine's tap on the lab bridge once QEMU has made it.
-    pub fn attach(&self, index: usize) -> Result<()> {
-        let tap = format!("lab{index}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let exists = Cmd::new("ip").args(["-n", &self.lab_ns, "link", "show", &tap]).run_unchecked()?.status.success();
-            if exists {
-                return ip(&["-n", &self.lab_ns, "link", "set", &tap, "master", "br0", "up"]);
-            }
-            if Instant::now() >= deadline {
-                bail!("QEMU did not create the lab interface {tap}");
-            }
-            crate::process::check_interrupted()?;
-            crate::process::pause(Duration::from_millis(100));
+    /// The index of the network whose host has `address`.
+    pub fn host_with(&self, address: &str) -> Result<usize> {
+        crate::vmtest::networks::host_of(&self.networks, address).with_context(|| format!("no lab host has the address {address}"))
+    }
+
+    /// The address the host with address `from` sends to on its way to
+    /// `target`: the target itself on the host's own network, else the
+    /// router of its route there (or its default route).
+    pub fn first_hop(&self, from: &str, target: &str) -> Result<String> {
+        let network = &self.networks[self.host_with(from)?];
+        let target_ip: std::net::IpAddr = target.parse().with_context(|| format!("{target:?} is not an IP address"))?;
+        if crate::profile::network::contains(&network.subnet, target_ip) {
+            return Ok(target.to_string());
         }
+        let via = network
+            .routes
+            .iter()
+            .filter(|(to, _)| crate::profile::network::contains(to, target_ip))
+            .max_by_key(|(to, _)| to.prefix)
+            .map(|(_, via)| *via)
+            .or(network.router);
+        via.map(|v| v.to_string()).with_context(|| format!("the lab host {from} has no route to {target}"))
+    }
+
+    /// QEMU arguments for a machine's lab NICs, one per network, in order.
+    pub fn nic_args(index: usize, networks: &[usize]) -> Vec<String> {
+        let mut args = Vec::new();
+        for &k in networks {
+            args.push("-netdev".into());
+            args.push(format!("tap,id=lab{k},ifname={},script=no,downscript=no", tap_name(index, k)));
+            args.push("-device".into());
+            args.push(format!("virtio-net-pci,netdev=lab{k},mac={}", machine_mac(index, k)));
+        }
+        args
+    }
+
+    /// Puts each of a machine's taps on its network's bridge once QEMU has made it.
+    pub fn attach(&self, index: usize, networks: &[usize]) -> Result<()> {
+        for &k in networks {
+            let tap = tap_name(index, k);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let exists = Cmd::new("ip").args(["-n", &self.lab_ns, "link", "show", &tap]).run_unchecked()?.status.success();
+                if exists {
+                    ip(&["-n", &self.lab_ns, "link", "set", &tap, "master", &format!("br{k}"), "up"])?;
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    bail!("QEMU did not create the lab interface {tap}");
+                }
+                crate::process::check_interrupted()?;
+                crate::process::pause(Duration::from_millis(100));
+            }
+        }
+        Ok(())
     }
 
     /// The leases dnsmasq has handed out (one line each, with the MAC).
@@ -155,10 +232,11 @@ impl Lab {
         Ok(output.stdout_text())
     }
 
-    /// The TCP ports of `address` that answer, seen from the second host's
-    /// address `from`: a SYN scan of all 65535 ports.
-    pub fn open_tcp_ports(&self, address: &str, from: &str, timeout: Duration) -> Result<Scan> {
-        self.scan(&["-sS", "-p-"], address, from, timeout)
+    /// The TCP ports of `address` that answer, seen from a lab host's
+    /// address `from`: a SYN scan of all 65535 ports, or of `only`.
+    pub fn open_tcp_ports(&self, address: &str, from: &str, only: Option<&str>, timeout: Duration) -> Result<Scan> {
+        let ports = only.map(|p| format!("-p{p}")).unwrap_or_else(|| "-p-".into());
+        self.scan(&["-sS", &ports], address, from, timeout)
     }
 
     /// The common UDP ports (nmap's top 100) of `address` that answer.
@@ -169,7 +247,7 @@ impl Lab {
 
     fn scan(&self, kind: &[&str], address: &str, from: &str, timeout: Duration) -> Result<Scan> {
         let output = self
-            .outside("nmap")
+            .host(self.host_with(from)?, "nmap")
             .args(["-n", "-Pn"])
             .args(kind)
             .args(["-S", from, "-e", "lab0", "-T4", "--max-retries", "1", "-oG", "-", address])
@@ -274,6 +352,7 @@ impl Drop for Lab {
         if let Some(collector) = self.collector.take() {
             collector.stop();
         }
+        self.listeners.clear();
         if let Some(mut dhcp) = self.dhcp.take() {
             dhcp.kill();
         }

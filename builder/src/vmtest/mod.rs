@@ -8,6 +8,9 @@ pub mod audit;
 pub mod identity;
 pub mod junit;
 pub mod lab;
+pub mod listeners;
+pub mod networks;
+mod outside;
 pub mod qemu;
 pub mod scenario;
 mod patch;
@@ -238,7 +241,7 @@ fn run_scenario(
     let boot_timeout = scenario.boot_timeout;
     let mut cases = Vec::new();
     let mut captured: BTreeMap<usize, Vec<(String, String)>> = BTreeMap::new();
-    let mut lab = if scenario.isolated_network { Some(lab::Lab::create(work, scenario.machines.len())?) } else { None };
+    let mut lab = if scenario.isolated_network { Some(lab::Lab::create(work, scenario.machines.len(), &scenario.networks)?) } else { None };
     if let (Some(lab), Some(address)) = (lab.as_mut(), lab_log_host(profile)) {
         lab.start_collector(address)?;
     }
@@ -285,7 +288,7 @@ fn run_scenario(
             user: admin,
             guest_ssh_port,
             key: &key,
-            extra_args: if lab.is_some() { lab::Lab::nic_args(index) } else { Vec::new() },
+            extra_args: if lab.is_some() { lab::Lab::nic_args(index, &spec.networks) } else { Vec::new() },
             netns: lab.as_ref().map(|l| l.lab_ns.clone()),
             prepared_disk,
             serial_log: kept_console(out, scenario, &spec.name),
@@ -295,7 +298,7 @@ fn run_scenario(
         };
         let mut machine = Machine::boot(&config, work)?;
         if let Some(lab) = &lab {
-            lab.attach(index)?;
+            lab.attach(index, &spec.networks)?;
         }
         let outside = lab.as_ref().map(|l| (l, lab::machine_address(index).0));
         let booted = machine.wait_for_ssh(boot_timeout).and_then(|(elapsed, change_required)| {
@@ -500,10 +503,10 @@ fn firewall_fails_closed(machine: &Machine, check: &Check, env: &CheckEnv, lab: 
         .map_err(|e| failed("could not make a copy of the image with an unloadable ruleset", format!("{e:#}")))?;
     let spare = env.scenario.machines.len();
     let mut config = copy_config(&name, disk, env);
-    config.extra_args = lab::Lab::nic_args(spare);
+    config.extra_args = lab::Lab::nic_args(spare, &[0]);
     config.netns = Some(lab.lab_ns.clone());
     let mut copy = Machine::boot(&config, env.work).map_err(|e| failed("could not boot the copy", format!("{e:#}")))?;
-    lab.attach(spare).map_err(|e| failed("could not attach the copy to the lab", format!("{e:#}")))?;
+    lab.attach(spare, &[0]).map_err(|e| failed("could not attach the copy to the lab", format!("{e:#}")))?;
     let said = copy
         .wait_for_console(crate::stages::firewall::FAILURE_MARKER, check.timeout)
         .map_err(|e| failed("the copy with an unloadable ruleset did not say that its firewall failed", format!("{e:#}")))?;
@@ -690,52 +693,25 @@ fn run_check(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Result<Opt
                 Err(error) => Err(failed("could not run ssh", format!("{error:#}"))),
             }
         }
-        Action::OutsideSucceed { command, .. } | Action::OutsideFail { command } if outside.is_some() => {
+        Action::OutsideSucceed { command, host, .. } | Action::OutsideFail { command, host } if outside.is_some() => {
             let (lab, address) = outside.expect("checked");
-            let command = command.replace("{address}", address);
-            let result = lab.outside("sh").arg("-c").arg(&command).run_with_timeout(check.timeout);
-            let output = match result {
-                Ok(Some(output)) => output,
-                Ok(None) => return Err(failed(format!("timed out after {} s on the outside host", check.timeout.as_secs()), format!("command: {command}"))),
-                Err(error) => return Err(failed("could not run the command on the outside host", format!("{error:#}"))),
-            };
-            let want_success = matches!(check.action, Action::OutsideSucceed { .. });
-            let expect = match &check.action {
-                Action::OutsideSucceed { expect, .. } => expect.clone(),
-                _ => Expect::Anything,
-            };
-            if output.status.success() != want_success {
-                let verb = if want_success { "failed" } else { "succeeded but should have failed" };
-                return Err(failed(format!("outside host: `{command}` {verb}"), show(&command, &output)));
-            }
-            if want_success && !matches_expectation(&output.stdout_text(), &expect) {
-                return Err(failed(format!("outside host: `{command}` printed something else than expected: {expect:?}"), show(&command, &output)));
-            }
+            outside::host_command(check, lab, address, command, *host)?;
             Ok(None)
         }
-        Action::OpenTcpPorts { ports, from } | Action::OpenUdpPorts { ports, from } if outside.is_some() => {
+        Action::OpenTcpPorts { ports, from, target, only } if outside.is_some() => {
             let (lab, address) = outside.expect("checked");
-            // The lab address comes by DHCP; wait until the machine answers
-            // there (ARP, which no firewall rule of the guest sees).
-            let reachable = format!("for i in $(seq 60); do nmap -n -sn -PR {address} 2>/dev/null | grep -q 'Host is up' && exit 0; sleep 1; done; exit 1");
-            let up = lab.outside("sh").arg("-c").arg(&reachable).run_with_timeout(Duration::from_secs(90));
-            if !matches!(&up, Ok(Some(output)) if output.status.success()) {
-                // A scan of nothing finds nothing open: that proves nothing.
-                return Err(failed(format!("the machine never answered at {address} on the lab network"), format!("{up:?}")));
-            }
-            let udp = matches!(check.action, Action::OpenUdpPorts { .. });
-            let scanned = if udp { lab.open_udp_ports(address, from, check.timeout) } else { lab.open_tcp_ports(address, from, check.timeout) };
-            let kind = if udp { "UDP" } else { "TCP" };
-            let shown = format!("nmap scan of {address} from {from}");
-            match scanned {
-                Ok(scan) if scan.n_closed > 0 => Err(failed(
-                    format!("from {from}, {} {kind} ports of {address} answered \"closed\": nothing drops probes of undeclared ports", scan.n_closed),
-                    shown,
-                )),
-                Ok(scan) if &scan.open == ports => Ok(None),
-                Ok(scan) => Err(failed(format!("from {from}, open {kind} ports of {address} are {:?}, expected exactly {ports:?}", scan.open), shown)),
-                Err(error) => Err(failed("the port scan failed", format!("{error:#}"))),
-            }
+            outside::open_ports(check, lab, address, ports, from, target.as_deref(), outside::Kind::Tcp(only.as_deref()))?;
+            Ok(None)
+        }
+        Action::OpenUdpPorts { ports, from, target } if outside.is_some() => {
+            let (lab, address) = outside.expect("checked");
+            outside::open_ports(check, lab, address, ports, from, target.as_deref(), outside::Kind::Udp)?;
+            Ok(None)
+        }
+        Action::VpnAdmitsEnrolledPeer { key } if outside.is_some() => {
+            let (lab, address) = outside.expect("checked");
+            outside::vpn_admits_enrolled_peer(machine, check, env, lab, address, key)?;
+            Ok(None)
         }
         Action::SshRefuses { options, user, expect } => {
             let shown = format!("ssh {} {}@<machine> true", options.join(" "), user.as_deref().unwrap_or("<admin>"));
@@ -963,7 +939,7 @@ fn run_check(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Result<Opt
             }
             Ok(None)
         }
-        Action::OutsideSucceed { .. } | Action::OutsideFail { .. } | Action::OpenTcpPorts { .. } | Action::OpenUdpPorts { .. } => {
+        Action::OutsideSucceed { .. } | Action::OutsideFail { .. } | Action::OpenTcpPorts { .. } | Action::OpenUdpPorts { .. } | Action::VpnAdmitsEnrolledPeer { .. } => {
             Err(failed("this check needs the isolated network", String::new()))
         }
     }

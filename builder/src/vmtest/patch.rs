@@ -145,7 +145,7 @@ fn flip_byte(file: &Path, offset: u64) -> Result<()> {
 
 /// A root command's output (stdout and stderr together, then `exit N`):
 /// the check judges the status itself.
-fn root_status(machine: &Machine, env: &CheckEnv, command: &str, timeout: Duration) -> Result<String, CheckFailure> {
+pub(super) fn root_status(machine: &Machine, env: &CheckEnv, command: &str, timeout: Duration) -> Result<String, CheckFailure> {
     let password = env.session.sudo_password.as_deref().ok_or_else(|| failed("the check needs the admin's password for sudo, and the secrets file has none", String::new()))?;
     let wrapped = format!("{{ {command}; }} 2>&1; echo \"exit $?\"");
     match machine.ssh_as_root(&wrapped, password, timeout) {

@@ -18,6 +18,9 @@ use crate::ui;
 pub const OVMF_CODE: &str = crate::secureboot::OVMF_CODE_SECURE;
 /// What the firmware's secure build needs of the machine: SMM, and the
 /// variable store's flash writable from SMM only.
+/// The MAC of every machine's management NIC (QEMU's user network, the
+/// harness's SSH): a profile can name that NIC by it (a gateway's mgmt role).
+pub const MANAGEMENT_MAC: &str = "52:54:00:12:34:56";
 const SECURE_MACHINE: [&str; 4] = ["-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on"];
 const QEMU: &str = "qemu-system-x86_64";
 
@@ -279,7 +282,7 @@ impl Machine {
             .arg(format!("virtio-blk-pci,drive=system,serial={},bootindex=0", super::identity::SYSTEM_SERIAL))
             .args(attached_args(&config.attached))
             .arg("-nic")
-            .arg(format!("user,model=virtio-net-pci,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:{}", config.guest_ssh_port))
+            .arg(format!("user,model=virtio-net-pci,mac={MANAGEMENT_MAC},restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:{}", config.guest_ssh_port))
             .args(["-device", "virtio-rng-pci"])
             .arg("-smbios")
             .arg(format!("type=11,value={credential}"))

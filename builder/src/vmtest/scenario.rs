@@ -19,6 +19,9 @@ struct RawScenario {
     profile: Spanned<String>,
     boot_timeout: Option<Spanned<u64>>,
     isolated_network: Option<bool>,
+    /// Networks of the lab besides "outside" (or amending it).
+    #[serde(default)]
+    network: Vec<crate::vmtest::networks::RawNetwork>,
     #[serde(default)]
     machine: Vec<RawMachine>,
     #[serde(default)]
@@ -50,6 +53,8 @@ struct RawMachine {
     /// false: the firmware has no keys enrolled (setup mode), so Secure Boot
     /// is off; default true (the site's keys, Secure Boot on).
     secure_boot: Option<bool>,
+    /// The lab networks the machine has a NIC on, in order; default ["outside"].
+    networks: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -80,6 +85,19 @@ struct RawCheck {
     /// With open-tcp-ports / open-udp-ports: scan from this address of the
     /// second host (it has 10.77.0.2 and 10.77.0.3).
     scan_from: Option<Spanned<String>>,
+    /// With open-tcp-ports / open-udp-ports: scan this address instead of
+    /// the machine's on the outside network.
+    scan_target: Option<Spanned<String>>,
+    /// With open-tcp-ports: scan these ports (nmap's -p, e.g. "1-1024,8080")
+    /// instead of all 65535.
+    scan_ports: Option<Spanned<String>>,
+    /// With outside-succeed / outside-fail: run on this network's host.
+    host: Option<Spanned<String>>,
+    /// `[vpn]`: with the WireGuard key in this file (relative to the
+    /// scenario; a peer the profile enrolls), the outside host's tunnel
+    /// reaches SSH on the machine's VPN address; without the tunnel, and
+    /// with a key the profile does not enroll, it does not.
+    vpn_admits_enrolled_peer: Option<Spanned<String>>,
     ssh_refuses: Option<Vec<String>>,
     ssh_user: Option<String>,
     running_services_match_profile: Option<bool>,
@@ -140,6 +158,8 @@ pub struct MachineSpec {
     pub point_release: bool,
     /// The site's keys enrolled in the firmware (Secure Boot on).
     pub secure_boot: bool,
+    /// Indices into the scenario's networks, one NIC each, in order.
+    pub networks: Vec<usize>,
 }
 
 /// A blank virtio disk: the guest finds it at /dev/disk/by-id/virtio-SERIAL.
@@ -189,15 +209,19 @@ pub enum Action {
     Differ { command: String },
     /// An SSH login with a key the machine was not given is refused.
     SshRefusesWrongKey,
-    /// On the second host of the isolated network, the command exits 0;
-    /// `{address}` stands for the machine's address there.
-    OutsideSucceed { command: String, expect: Expect },
-    /// On the second host, the command exits non-zero.
-    OutsideFail { command: String },
-    /// A scan of every TCP port from the second host finds exactly these open.
-    OpenTcpPorts { ports: Vec<u16>, from: String },
-    /// A scan of the common UDP ports from the second host finds exactly these open.
-    OpenUdpPorts { ports: Vec<u16>, from: String },
+    /// On the host of network `host` (0: the outside host), the command
+    /// exits 0; `{address}` stands for the machine's outside address.
+    OutsideSucceed { command: String, expect: Expect, host: usize },
+    /// On that host, the command exits non-zero.
+    OutsideFail { command: String, host: usize },
+    /// A scan of every TCP port of `target` (default: the machine's outside
+    /// address) from the host with address `from` finds exactly these open.
+    OpenTcpPorts { ports: Vec<u16>, from: String, target: Option<String>, only: Option<String> },
+    /// A scan of the common UDP ports finds exactly these open.
+    OpenUdpPorts { ports: Vec<u16>, from: String, target: Option<String> },
+    /// `[vpn]`: an enrolled peer's tunnel from the outside host reaches SSH
+    /// on the machine's VPN address; no tunnel, or another key, does not.
+    VpnAdmitsEnrolledPeer { key: PathBuf },
     /// An SSH login with the provisioned key and these client options (and
     /// perhaps another user) is refused.
     SshRefuses { options: Vec<String>, user: Option<String>, expect: Expect },
@@ -271,6 +295,7 @@ impl Action {
                 | Action::RemoteLogReceives
                 | Action::RemoteLogSurvivesOutage
                 | Action::FirewallFailsClosed
+                | Action::VpnAdmitsEnrolledPeer { .. }
         )
     }
 
@@ -304,6 +329,8 @@ pub struct Scenario {
     pub boot_timeout: Duration,
     /// Machines also get a NIC on an isolated network with a second host.
     pub isolated_network: bool,
+    /// The lab's networks, "outside" first (only with isolated_network).
+    pub networks: Vec<crate::vmtest::networks::NetworkSpec>,
     pub machines: Vec<MachineSpec>,
     pub checks: Vec<Check>,
 }
@@ -339,6 +366,11 @@ pub fn load(path: &Path) -> Result<Scenario, LocatedError> {
     if !profile_path.exists() {
         return Err(source.error(&raw.profile, format!("profile: no profile {profile_name} (looked for {})", profile_path.display())));
     }
+    let isolated_network = raw.isolated_network.unwrap_or(false);
+    if !isolated_network && !raw.network.is_empty() {
+        return Err(source.error(raw.network[0].name_span(), "network: the lab's networks need isolated-network = true"));
+    }
+    let networks = crate::vmtest::networks::parse(&source, &raw.network)?;
     let mut machines = Vec::new();
     for machine in &raw.machine {
         let name = source.check(&machine.name, "machine.name", |s| crate::profile::Hostname::parse(s))?.to_string();
@@ -380,16 +412,32 @@ pub fn load(path: &Path) -> Result<Scenario, LocatedError> {
             Some(_) => true,
             None => false,
         };
-        machines.push(MachineSpec { name, disk_size, memory_mib, installer, image_copy_attached, extra_disks, tpm: machine.tpm.unwrap_or(false), point_release, secure_boot: machine.secure_boot.unwrap_or(true) });
+        let mut nics = Vec::new();
+        for network in machine.networks.iter().flatten() {
+            let Some(index) = networks.iter().position(|n| &n.name == network.get_ref()) else {
+                let names: Vec<&str> = networks.iter().map(|n| n.name.as_str()).collect();
+                return Err(source.error(network, format!("machine.networks: no network {:?} (the scenario's: {})", network.get_ref(), names.join(", "))));
+            };
+            if nics.contains(&index) {
+                return Err(source.error(network, format!("machine.networks: {} is given twice", network.get_ref())));
+            }
+            if !isolated_network {
+                return Err(source.error(network, "machine.networks: the lab's networks need isolated-network = true"));
+            }
+            nics.push(index);
+        }
+        if machine.networks.is_none() {
+            nics.push(0);
+        }
+        machines.push(MachineSpec { name, disk_size, memory_mib, installer, image_copy_attached, extra_disks, tpm: machine.tpm.unwrap_or(false), point_release, secure_boot: machine.secure_boot.unwrap_or(true), networks: nics });
     }
     if machines.is_empty() {
-        machines.push(MachineSpec { name: "machine".into(), disk_size: ImageSize::from_bytes(4 << 30), memory_mib: 1024, installer: false, image_copy_attached: false, extra_disks: Vec::new(), tpm: false, point_release: false, secure_boot: true });
+        machines.push(MachineSpec { name: "machine".into(), disk_size: ImageSize::from_bytes(4 << 30), memory_mib: 1024, installer: false, image_copy_attached: false, extra_disks: Vec::new(), tpm: false, point_release: false, secure_boot: true, networks: vec![0] });
     }
-    let isolated_network = raw.isolated_network.unwrap_or(false);
     let mut checks = Vec::new();
     for check in raw.check {
         let name = check.name.clone();
-        let check = validate_check(&source, check, &machines)?;
+        let check = validate_check(&source, check, &machines, &networks)?;
         if check.action.needs_isolated_network() && !isolated_network {
             return Err(source.error(&name, format!("check {}: checks from outside need isolated-network = true", check.name)));
         }
@@ -418,12 +466,27 @@ pub fn load(path: &Path) -> Result<Scenario, LocatedError> {
         profile_path,
         boot_timeout,
         isolated_network,
+        networks: if isolated_network { networks } else { Vec::new() },
         machines,
         checks,
     })
 }
 
-fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec]) -> Result<Check, LocatedError> {
+/// Ports as nmap's -p takes them: "22", "1-1024", "1-1024,8080".
+fn parse_port_ranges(s: &str) -> Result<String, String> {
+    let bad = || format!("{s:?} is not a list of ports and ranges (e.g. \"1-1024,8080\")");
+    for item in s.split(',') {
+        let (low, high) = item.split_once('-').unwrap_or((item, item));
+        let low = low.parse::<i64>().map_err(|_| bad()).and_then(|p| Port::from_i64(p).map_err(|_| bad()))?;
+        let high = high.parse::<i64>().map_err(|_| bad()).and_then(|p| Port::from_i64(p).map_err(|_| bad()))?;
+        if low > high {
+            return Err(bad());
+        }
+    }
+    Ok(s.to_string())
+}
+
+fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec], networks: &[crate::vmtest::networks::NetworkSpec]) -> Result<Check, LocatedError> {
     let name = raw.name.get_ref().clone();
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
         return Err(source.error(&raw.name, "check.name: use letters, digits, '_' and '-' (it names the JUnit test case)"));
@@ -456,21 +519,31 @@ fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec]) 
     if raw.ssh_refuses_wrong_key == Some(true) {
         actions.push(Action::SshRefusesWrongKey);
     }
+    let host = match &raw.host {
+        None => 0,
+        Some(name) => source.check(name, "check.host", |n| {
+            networks.iter().position(|x| &x.name == n).ok_or_else(|| format!("no network {n:?} (the scenario's: {})", networks.iter().map(|x| x.name.as_str()).collect::<Vec<_>>().join(", ")))
+        })?,
+    };
     if let Some(command) = raw.outside_succeed {
-        actions.push(Action::OutsideSucceed { command, expect: expect.clone() });
+        actions.push(Action::OutsideSucceed { command, expect: expect.clone(), host });
     }
     if let Some(command) = raw.outside_fail {
-        actions.push(Action::OutsideFail { command });
+        actions.push(Action::OutsideFail { command, host });
     }
     let from = match &raw.scan_from {
         None => crate::vmtest::lab::OUTSIDE_ADDRESS.to_string(),
-        Some(address) => source.check(address, "check.scan-from", |a| {
-            if crate::vmtest::lab::OUTSIDE_ADDRESSES.contains(&a.as_str()) {
-                Ok(a.clone())
-            } else {
-                Err(format!("{a:?} is not an address of the second host ({})", crate::vmtest::lab::OUTSIDE_ADDRESSES.join(", ")))
+        Some(address) => source.check(address, "check.scan-from", |a| match crate::vmtest::networks::host_of(networks, a) {
+            Some(_) => Ok(a.clone()),
+            None => {
+                let all: Vec<String> = networks.iter().flat_map(|n| n.hosts.iter().map(|h| h.to_string())).collect();
+                Err(format!("{a:?} is not an address of a lab host ({})", all.join(", ")))
             }
         })?,
+    };
+    let target = match &raw.scan_target {
+        None => None,
+        Some(address) => Some(source.check(address, "check.scan-target", |a| a.parse::<std::net::Ipv4Addr>().map(|a| a.to_string()).map_err(|_| format!("{a:?} is not an IPv4 address")))?),
     };
     for (list, field, udp) in [(&raw.open_tcp_ports, "check.open-tcp-ports", false), (&raw.open_udp_ports, "check.open-udp-ports", true)] {
         let Some(ports) = list else { continue };
@@ -480,8 +553,13 @@ fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec]) 
         }
         parsed.sort_unstable();
         parsed.dedup();
-        let from = from.clone();
-        actions.push(if udp { Action::OpenUdpPorts { ports: parsed, from } } else { Action::OpenTcpPorts { ports: parsed, from } });
+        let (from, target) = (from.clone(), target.clone());
+        let only = match &raw.scan_ports {
+            Some(spec) if udp => return Err(source.error(spec, "check.scan-ports: goes with open-tcp-ports (a UDP scan covers nmap's 100 most common ports)")),
+            Some(spec) => Some(source.check(spec, "check.scan-ports", |s| parse_port_ranges(s))?),
+            None => None,
+        };
+        actions.push(if udp { Action::OpenUdpPorts { ports: parsed, from, target } } else { Action::OpenTcpPorts { ports: parsed, from, target, only } });
     }
     if let Some(options) = raw.ssh_refuses {
         // The harness pins the guest's host key; a check may not undo that.
@@ -527,6 +605,16 @@ fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec]) 
     if raw.kernel_from_apt_boots == Some(true) {
         actions.push(Action::KernelFromAptBoots);
     }
+    if let Some(key) = &raw.vpn_admits_enrolled_peer {
+        let key = source.check(key, "check.vpn-admits-enrolled-peer", |k| {
+            if k.is_empty() || k.starts_with('/') || k.split('/').any(|c| c == "..") {
+                Err(format!("{k:?} is not a file below the scenario's directory"))
+            } else {
+                Ok(source.file.parent().unwrap_or(Path::new(".")).join(k))
+            }
+        })?;
+        actions.push(Action::VpnAdmitsEnrolledPeer { key });
+    }
     if raw.first_login_forced_password_change == Some(true) {
         actions.push(Action::FirstLoginForcedPasswordChange);
     }
@@ -541,7 +629,7 @@ fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec]) 
     }
     let action = match actions.len() {
         1 => actions.remove(0),
-        0 => return Err(source.error(&raw.name, format!("check {name}: no action; give one of succeed, fail, wait-until-succeeds, wait-for-unit, wait-for-port, differ, ssh-refuses-wrong-key, ssh-refuses, outside-succeed, outside-fail, open-tcp-ports, open-udp-ports, running-services-match-profile, listening-sockets-match-profile, sysctls-match-profile, first-login-forced-password-change, remote-log-receives, remote-log-survives-outage, profile-services-log, installer-refuses-disk-of, firewall-fails-closed, tampered-boot-image-is-refused, injected-command-line-is-ignored, data-is-sealed-to-the-tpm, disk-is-its-own, patch-medium-applies, kernel-from-apt-boots"))),
+        0 => return Err(source.error(&raw.name, format!("check {name}: no action; give one of succeed, fail, wait-until-succeeds, wait-for-unit, wait-for-port, differ, ssh-refuses-wrong-key, ssh-refuses, outside-succeed, outside-fail, open-tcp-ports, open-udp-ports, running-services-match-profile, listening-sockets-match-profile, sysctls-match-profile, first-login-forced-password-change, remote-log-receives, remote-log-survives-outage, profile-services-log, installer-refuses-disk-of, firewall-fails-closed, tampered-boot-image-is-refused, injected-command-line-is-ignored, data-is-sealed-to-the-tpm, disk-is-its-own, patch-medium-applies, kernel-from-apt-boots, vpn-admits-enrolled-peer"))),
         _ => return Err(source.error(&raw.name, format!("check {name}: give exactly one action"))),
     };
     let uses_expect = matches!(
@@ -561,6 +649,15 @@ fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec]) 
     }
     if raw.scan_from.is_some() && !matches!(action, Action::OpenTcpPorts { .. } | Action::OpenUdpPorts { .. }) {
         return Err(source.error(&raw.name, format!("check {name}: scan-from goes with open-tcp-ports or open-udp-ports")));
+    }
+    if raw.scan_target.is_some() && !matches!(action, Action::OpenTcpPorts { .. } | Action::OpenUdpPorts { .. }) {
+        return Err(source.error(&raw.name, format!("check {name}: scan-target goes with open-tcp-ports or open-udp-ports")));
+    }
+    if raw.scan_ports.is_some() && !matches!(action, Action::OpenTcpPorts { .. }) {
+        return Err(source.error(&raw.name, format!("check {name}: scan-ports goes with open-tcp-ports")));
+    }
+    if raw.host.is_some() && !matches!(action, Action::OutsideSucceed { .. } | Action::OutsideFail { .. }) {
+        return Err(source.error(&raw.name, format!("check {name}: host goes with outside-succeed or outside-fail")));
     }
     let target = match (&raw.machine, &action) {
         (_, Action::Differ { .. }) if machines.len() < 2 => {
@@ -614,7 +711,7 @@ mod tests {
     fn unknown_check_kind_is_refused() {
         check_error(
             "profile = \"baseline\"\n[[check]]\nname = \"x\"\nsucceeds = \"true\"\n",
-            "$DIR/vm-tests/t.toml:4:1: unknown field `succeeds`, expected one of `name`, `machine`, `timeout`, `succeed`, `fail`, `wait-until-succeeds`, `wait-for-unit`, `wait-for-port`, `differ`, `ssh-refuses-wrong-key`, `outside-succeed`, `outside-fail`, `open-tcp-ports`, `open-udp-ports`, `scan-from`, `ssh-refuses`, `ssh-user`, `running-services-match-profile`, `listening-sockets-match-profile`, `sysctls-match-profile`, `first-login-forced-password-change`, `remote-log-receives`, `remote-log-survives-outage`, `profile-services-log`, `installer-refuses-disk-of`, `firewall-fails-closed`, `tampered-boot-image-is-refused`, `injected-command-line-is-ignored`, `data-is-sealed-to-the-tpm`, `disk-is-its-own`, `patch-medium-applies`, `kernel-from-apt-boots`, `as-root`, `expect`, `expect-contains`",
+            "$DIR/vm-tests/t.toml:4:1: unknown field `succeeds`, expected one of `name`, `machine`, `timeout`, `succeed`, `fail`, `wait-until-succeeds`, `wait-for-unit`, `wait-for-port`, `differ`, `ssh-refuses-wrong-key`, `outside-succeed`, `outside-fail`, `open-tcp-ports`, `open-udp-ports`, `scan-from`, `scan-target`, `scan-ports`, `host`, `vpn-admits-enrolled-peer`, `ssh-refuses`, `ssh-user`, `running-services-match-profile`, `listening-sockets-match-profile`, `sysctls-match-profile`, `first-login-forced-password-change`, `remote-log-receives`, `remote-log-survives-outage`, `profile-services-log`, `installer-refuses-disk-of`, `firewall-fails-closed`, `tampered-boot-image-is-refused`, `injected-command-line-is-ignored`, `data-is-sealed-to-the-tpm`, `disk-is-its-own`, `patch-medium-applies`, `kernel-from-apt-boots`, `as-root`, `expect`, `expect-contains`",
         );
     }
 
