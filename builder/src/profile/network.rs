@@ -391,13 +391,14 @@ pub fn validate(source: &SourceText, gateway: Option<RawGateway>, vpn: Option<Ra
                 g.dhcp_upstream = Some(upstream.iter().map(|v| source.check(v, "gateway.dhcp.upstream", |s| parse_ip(s))).collect::<Result<_, _>>()?);
             }
         }
-        layer.gateway.at = Some(source.location(0));
+        layer.gateway.at = Some(raw.interface.first().map(|i| source.location(i.role.span().start)).unwrap_or_else(|| source.location(0)));
     }
     if let Some(raw) = vpn {
         let v = &mut layer.vpn;
         v.enable = raw.enable;
         v.allow_default_route = raw.allow_default_route;
-        v.at = Some(source.location(0));
+        let first = raw.addresses.as_ref().and_then(|a| a.first()).map(|a| a.span().start).or(raw.peer.first().map(|p| p.name.span().start));
+        v.at = Some(source.location(first.unwrap_or(0)));
         if let Some(values) = &raw.addresses {
             v.addresses = Some(parse_addresses(source, values, "vpn.addresses")?);
         }

@@ -598,3 +598,40 @@ fn sandboxes_merge_by_unit_then_by_directive() {
     assert!(nginx.at.ends_with("web.toml:3:21"), "the unit's place is where the child names it");
     assert!(profile.services.sandboxes.contains_key("rsyslog.service"));
 }
+
+#[test]
+fn the_lab_gateway_replaces_the_gateways_interfaces_by_role_and_keeps_its_forward() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles");
+    let gateway = load(&root.join("gateway.toml")).unwrap();
+    assert_eq!(gateway.kernel.package.as_str(), "linux-image-amd64");
+    assert!(gateway.gateway.enable && !gateway.vpn.enable && !gateway.wireless.enable);
+    let lab = load(&root.join("lab-gateway.toml")).unwrap();
+    let roles: Vec<&str> = lab.gateway.interfaces.iter().map(|i| i.role.name()).collect();
+    assert_eq!(roles, ["wan", "lan", "dmz", "mgmt"]);
+    assert!(lab.gateway.interfaces.iter().all(|i| matches!(i.link, network::LinkMatch::Mac(_))));
+    let forwards: Vec<(u16, String)> = lab.gateway.forwards.iter().map(|f| (f.port.get(), format!("{}:{}", f.to, f.to_port))).collect();
+    assert_eq!(forwards, [(8080, "10.79.0.2:80".to_string()), (443, "10.79.0.2:443".to_string())]);
+    assert!(lab.vpn.enable && lab.packages.include.iter().any(|p| p.as_str() == "wireguard-tools"));
+    assert!(lab.packages.include.iter().any(|p| p.as_str() == "dnsmasq"));
+}
+
+#[test]
+fn gateway_zones_and_vpn_peers_are_checked_whole() {
+    let wan_lan = "[[gateway.interface]]\nrole = \"wan\"\nmac = \"52:54:00:00:00:01\"\ndhcp = true\n[[gateway.interface]]\nrole = \"lan\"\nmac = \"52:54:00:00:00:02\"\naddresses = [\"10.1.0.1/24\"]\n";
+    check_error(&[("g.toml", "name = \"g\"\n[[gateway.interface]]\nrole = \"lan\"\nmac = \"52:54:00:00:00:02\"\naddresses = [\"10.1.0.1/24\"]\n")], "$DIR/profiles/g.toml:3:8: gateway: a gateway needs a wan interface ([[gateway.interface]] role = \"wan\")");
+    check_error(
+        &[("g.toml", &format!("name = \"g\"\n{wan_lan}[[gateway.interface]]\nrole = \"dmz\"\nmac = \"52:54:00:00:00:02\"\naddresses = [\"10.2.0.1/24\"]\n"))],
+        "$DIR/profiles/g.toml:11:8: gateway.interface: lan and dmz match the same NIC",
+    );
+    check_error(&[("g.toml", &format!("name = \"g\"\n{wan_lan}[gateway.dhcp]\nrange = [\"10.1.0.1\", \"10.1.0.9\"]\n"))], "$DIR/profiles/g.toml:11:10: gateway.dhcp.range: it holds the gateway's own lan address 10.1.0.1");
+    check_error(
+        &[("g.toml", &format!("name = \"g\"\n{wan_lan}[[gateway.forward]]\nport = 139\nto = \"10.1.0.5\"\n"))],
+        "$DIR/profiles/g.toml:11:8: gateway.forward: port 139 is one of the seed's border ports (111, 137-139, 445, 515), dropped at the border and never forwarded",
+    );
+    check_error(
+        &[("g.toml", &format!("name = \"g\"\n{wan_lan}[vpn]\naddresses = [\"10.1.0.200/24\"]\n[[vpn.peer]]\nname = \"a\"\npublic-key = \"SvWXT97e+NlIR9lVm0otSbOUbjflGUMw51gDXG4OJ3I=\"\nallowed-ips = [\"10.9.0.2/32\"]\n"))],
+        "$DIR/profiles/g.toml:11:14: vpn.addresses: 10.1.0.0/24 overlaps the gateway's lan zone 10.1.0.0/24",
+    );
+    let allowed = check_ok(&[("g.toml", &format!("name = \"g\"\n{wan_lan}[vpn]\naddresses = [\"10.9.0.1/24\"]\nallow-default-route = true\n[[vpn.peer]]\nname = \"a\"\npublic-key = \"SvWXT97e+NlIR9lVm0otSbOUbjflGUMw51gDXG4OJ3I=\"\nallowed-ips = [\"0.0.0.0/0\"]\n"))]);
+    assert!(allowed.vpn.enable);
+}

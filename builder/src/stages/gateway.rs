@@ -303,3 +303,58 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lab_gateway() -> Profile {
+        crate::profile::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/lab-gateway.toml")).unwrap()
+    }
+
+    #[test]
+    fn wan_drops_bogons_private_ranges_outside_its_own_and_the_inside_prefixes() {
+        let profile = lab_gateway();
+        let v4: Vec<String> = spoofed_sources(&profile, true).iter().map(|c| c.to_string()).collect();
+        // wan is 10.77.0.1/24: 10.0.0.0/8 stays, the zones inside it are listed one by one.
+        assert!(!v4.contains(&"10.0.0.0/8".to_string()));
+        for range in ["192.168.0.0/16", "172.16.0.0/12", "127.0.0.0/8", "10.78.0.0/24", "10.79.0.0/24", "10.90.0.0/24"] {
+            assert!(v4.contains(&range.to_string()), "{range} in {v4:?}");
+        }
+        // No two overlap: nft refuses overlapping intervals in one set.
+        let ranges = spoofed_sources(&profile, true);
+        for (n, a) in ranges.iter().enumerate() {
+            assert!(ranges[n + 1..].iter().all(|b| !overlap(a, b)), "{a} overlaps");
+        }
+        let gateway = crate::profile::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/gateway.toml")).unwrap();
+        // wan by DHCP may sit behind another router: private ranges are kept.
+        let v4: Vec<String> = spoofed_sources(&gateway, true).iter().map(|c| c.to_string()).collect();
+        assert!(!v4.contains(&"192.168.0.0/16".to_string()) && v4.contains(&"192.168.10.0/24".to_string()), "{v4:?}");
+        let v6: Vec<String> = spoofed_sources(&gateway, false).iter().map(|c| c.to_string()).collect();
+        assert!(v6.contains(&"fc00::/7".to_string()) && !v6.iter().any(|r| r.starts_with("fd10")), "{v6:?}");
+    }
+
+    #[test]
+    fn forwards_are_for_the_gateways_own_addresses_and_ssh_answers_inside_only() {
+        let profile = lab_gateway();
+        let mut r = TracedText::default();
+        render_chains(&profile, &mut r);
+        assert!(r.text.contains("iifname \"wan\" fib daddr type local tcp dport 8080 dnat ip to 10.79.0.2:80\n"), "{}", r.text);
+        assert!(r.text.contains("oifname \"wan\" meta nfproto ipv4 masquerade"));
+        let mut f = TracedText::default();
+        render_forward(&profile, &mut f);
+        let border = f.text.find("rampart-border").unwrap();
+        assert!(border < f.text.find("ct state established,related accept").unwrap(), "border ports go first, both ways");
+        assert_eq!(ssh_interfaces(&profile), ["lan", "mgmt", "wg0"]);
+    }
+
+    #[test]
+    fn interfaces_are_named_by_their_match_and_mgmt_takes_no_default_route() {
+        let profile = lab_gateway();
+        let mgmt = profile.gateway.interface(Role::Mgmt).unwrap();
+        assert!(link_file(mgmt).contains("[Match]\nMACAddress=52:54:00:12:34:56\n\n[Link]\nName=mgmt\n"));
+        assert!(network_file(mgmt).contains("UseGateway=no"));
+        let wan = profile.gateway.interface(Role::Wan).unwrap();
+        assert!(network_file(wan).contains("Address=10.77.0.1/24\n") && network_file(wan).contains("DHCP=no\n"));
+    }
+}

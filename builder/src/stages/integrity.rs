@@ -94,6 +94,7 @@ const RUN_TIME_PATHS: &[(&str, &str)] = &[
     (crate::stages::firstboot::PROVISIONED_KEYS_RECORD, "the SSH keys provisioned on first boot, recorded then (compared by the check)"),
     ("/etc/ssh/ssh_host_", "host keys, made on first boot"),
     (crate::stages::vpn::KEY_DIR, "the WireGuard private key, made on first boot ([vpn])"),
+    ("/var/lib/misc/dnsmasq.leases", "dnsmasq's DHCP leases ([gateway.dhcp])"),
     ("/etc/passwd-", "shadow-utils' backup of the previous version"),
     ("/etc/group-", "shadow-utils' backup of the previous version"),
     ("/etc/shadow-", "shadow-utils' backup of the previous version"),

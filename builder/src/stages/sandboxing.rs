@@ -161,7 +161,7 @@ pub const SANDBOXES: &[Sandbox] = &[
         // the key is given to systemd-network's group, which networkd reads it as
         needs: &[
             "CapabilityBoundingSet=CAP_CHOWN",
-            "ReadWritePaths=/var/lib/rampart",
+            "ReadWritePaths=/var/lib/rampart-vpn",
             "PrivateNetwork=yes",
             "RestrictAddressFamilies=AF_UNIX",
             "ProcSubset=pid",
@@ -170,7 +170,7 @@ pub const SANDBOXES: &[Sandbox] = &[
         ],
         without: &["SystemCallFilter"],
         from_settings: None,
-        why: "makes this machine's WireGuard key in /var/lib/rampart/vpn",
+        why: "makes this machine's WireGuard key in /var/lib/rampart-vpn",
     },
     Sandbox {
         unit: crate::stages::gateway::DHCP_SERVICE,
@@ -178,7 +178,11 @@ pub const SANDBOXES: &[Sandbox] = &[
         needs: &[
             // DHCP: raw sockets (ICMP probes, ARP), the privileged ports; then it becomes the dnsmasq user
             "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_NET_RAW CAP_SETUID CAP_SETGID CAP_CHOWN",
-            "ReadWritePaths=/run /var/lib/misc",
+            // its pid file, in a directory systemd makes root's (Debian's helper
+            // gives one it makes to the dnsmasq user, where root without
+            // CAP_DAC_OVERRIDE cannot write)
+            "RuntimeDirectory=dnsmasq",
+            "ReadWritePaths=/var/lib/misc",
             "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK AF_PACKET",
             FILTER_WITH_CHOWN[0],
             FILTER_WITH_CHOWN[1],

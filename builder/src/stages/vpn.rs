@@ -15,8 +15,10 @@ use crate::profile::network::VpnSsh;
 use crate::profile::{FirewallAllow, Profile, Protocol};
 
 pub const INTERFACE: &str = "wg0";
-pub const KEY_DIR: &str = "/var/lib/rampart/vpn";
-const KEY_FILE: &str = "/var/lib/rampart/vpn/private.key";
+/// networkd (user systemd-network) reads the key: the directory is
+/// 0750 root:systemd-network, made at build time and empty in the image.
+pub const KEY_DIR: &str = "/var/lib/rampart-vpn";
+const KEY_FILE: &str = "/var/lib/rampart-vpn/private.key";
 pub const KEY_UNIT: &str = "rampart-vpn-key.service";
 /// The console line that carries the public key.
 pub const PUBLIC_KEY_MARKER: &str = "rampart-vpn-public-key: ";
@@ -26,7 +28,7 @@ const KEY_UNIT_TEXT: &str = "# rampart: [vpn] this machine's WireGuard key, made
 [Unit]
 Description=Make this machine's WireGuard key and show its public half
 Before=systemd-networkd.service
-RequiresMountsFor=/var/lib/rampart
+RequiresMountsFor=/var/lib/rampart-vpn
 
 [Service]
 Type=oneshot
@@ -44,13 +46,9 @@ WantedBy=systemd-networkd.service
 const KEY_SCRIPT: &str = "#!/bin/sh
 # rampart: [vpn] this machine's WireGuard private key, made on its first boot
 set -eu
-key=/var/lib/rampart/vpn/private.key
+key=/var/lib/rampart-vpn/private.key
 if [ ! -s \"$key\" ]; then
     umask 077
-    # networkd (user systemd-network) reads the key: the directory lets its group through
-    mkdir -p /var/lib/rampart/vpn
-    chgrp systemd-network /var/lib/rampart/vpn
-    chmod 0750 /var/lib/rampart/vpn
     wg genkey > \"$key.new\"
     chgrp systemd-network \"$key.new\"
     chmod 0640 \"$key.new\"
@@ -131,6 +129,10 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     // networkd reads the .netdev as systemd-network; the peers' keys are public, but the list is nobody else's business.
     ctx.in_root("chgrp").args(["systemd-network", "/etc/systemd/network/20-rampart-vpn.netdev"]).run().context("while giving the VPN's .netdev to systemd-network")?;
     ctx.install_file("usr/lib/rampart/vpn-key", KEY_SCRIPT.as_bytes(), 0o755)?;
+    let key_dir = ctx.root().join(KEY_DIR.trim_start_matches('/'));
+    std::fs::create_dir_all(&key_dir).with_context(|| format!("while making {KEY_DIR}"))?;
+    ctx.in_root("chown").args(["root:systemd-network", KEY_DIR]).run().context("while giving the VPN key's directory to systemd-network")?;
+    ctx.in_root("chmod").args(["0750", KEY_DIR]).run()?;
     ctx.install_file(&format!("etc/systemd/system/{KEY_UNIT}"), KEY_UNIT_TEXT.as_bytes(), 0o644)?;
     ctx.install_file(MODULES_LOAD_FILE, b"# rampart: [vpn] WireGuard, loaded before networkd makes the interface\nwireguard\n", 0o644)?;
     crate::stages::kernel::check_modules_load(ctx, &["wireguard"]).context("while checking the VPN's kernel module")?;
@@ -146,7 +148,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
         "addresses": vpn.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         "listen-port": vpn.listen_port.get(),
         "peers": peers,
-        "private-key": format!("made on first boot by {KEY_UNIT} in {KEY_FILE} (0640 root:systemd-network); never in the image"),
+        "private-key": format!("made on first boot by {KEY_UNIT} in {KEY_FILE} (0640 root:systemd-network, in a 0750 directory); never in the image"),
         "public-key": format!("on the console and in the journal, after {PUBLIC_KEY_MARKER:?}"),
         "ssh-answers-on": if ssh.is_empty() { vec!["any interface".to_string()] } else { ssh },
         "forwarded": "nothing: the tunnel reaches this host only",
