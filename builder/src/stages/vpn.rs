@@ -156,3 +156,41 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     ctx.record("vpn", true, settings);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lab_gateway() -> Profile {
+        crate::profile::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/lab-gateway.toml")).unwrap()
+    }
+
+    #[test]
+    fn ssh_over_the_vpn_only_keeps_out_of_band_management() {
+        let mut profile = lab_gateway();
+        let mut interfaces = vec!["lan".to_string(), "mgmt".to_string()];
+        restrict_ssh(&profile, &mut interfaces);
+        assert_eq!(interfaces, ["lan", "mgmt", "wg0"]);
+        profile.vpn.ssh = VpnSsh::Only;
+        let mut interfaces = vec!["lan".to_string(), "mgmt".to_string()];
+        restrict_ssh(&profile, &mut interfaces);
+        assert_eq!(interfaces, ["mgmt", "wg0"]);
+        // A host that is no gateway: SSH anywhere, or over the tunnel alone.
+        let mut anywhere = Vec::new();
+        restrict_ssh(&profile, &mut anywhere);
+        assert_eq!(anywhere, ["wg0"]);
+        profile.vpn.ssh = VpnSsh::Also;
+        let mut anywhere = Vec::new();
+        restrict_ssh(&profile, &mut anywhere);
+        assert!(anywhere.is_empty());
+    }
+
+    #[test]
+    fn the_netdev_lists_each_peer_and_reads_the_key_made_on_first_boot() {
+        let text = netdev(&lab_gateway());
+        assert!(text.contains("PrivateKeyFile=/var/lib/rampart-vpn/private.key\nListenPort=51820\n"), "{text}");
+        assert!(text.contains("# lab-admin ("));
+        assert!(text.contains("[WireGuardPeer]\nPublicKey=SvWXT97e+NlIR9lVm0otSbOUbjflGUMw51gDXG4OJ3I=\nAllowedIPs=10.90.0.2/32\n"));
+        assert!(!text.contains("PrivateKey="), "no key in the image");
+    }
+}

@@ -11,6 +11,9 @@ pub mod lab;
 pub mod listeners;
 pub mod networks;
 mod outside;
+mod commands;
+mod conformance;
+mod remote_log;
 pub mod qemu;
 pub mod scenario;
 mod patch;
@@ -256,26 +259,15 @@ fn run_scenario(
             attached.extend(setup.media());
         }
         if spec.installer {
-            let disk = work.join(format!("{}.installed.qcow2", spec.name));
-            let started = Instant::now();
-            let outcome = qemu::blank_disk(&disk, spec.disk_size.bytes())
-                .and_then(|_| qemu::run_installer(&artifacts.installer, &disk, &attached, accel, work, &spec.name, &kept_console(out, scenario, &format!("{}-installer", spec.name)), INSTALL_TIMEOUT));
-            let failure = match &outcome {
-                Ok(run) if run.installed => None,
-                Ok(run) => Some(("the installer did not install".to_string(), run.messages.join("\n"))),
-                Err(error) => Some(("the installer did not finish".to_string(), format!("{error:#}"))),
-            };
-            let seconds = started.elapsed().as_secs_f64();
-            if let Ok(run) = &outcome {
-                ui::step(&format!("{}: installed by the offline installer in {seconds:.1} s: {}", spec.name, run.messages.last().map(String::as_str).unwrap_or("")));
+            let (case, disk) = install(spec, &attached, artifacts, accel, work, out, scenario);
+            cases.push(case);
+            match disk {
+                Some(disk) => prepared_disk = Some(disk),
+                None => {
+                    not_run(&mut cases, scenario, index, &spec.name, "the offline installer did not install the machine");
+                    continue;
+                }
             }
-            let installed = failure.is_none();
-            cases.push(CaseResult { name: "offline_installer_installs".into(), machine: spec.name.clone(), seconds, failure });
-            if !installed {
-                not_run(&mut cases, scenario, index, &spec.name, "the offline installer did not install the machine");
-                continue;
-            }
-            prepared_disk = Some(disk);
         }
         let config = MachineConfig {
             name: &spec.name,
@@ -325,27 +317,7 @@ fn run_scenario(
                     scenario,
                     patch: patch_setup,
                 };
-                for (check_index, check) in scenario.checks.iter().enumerate() {
-                    let applies = matches!(check.target, Target::All) || check.target == Target::One(index);
-                    if !applies {
-                        continue;
-                    }
-                    crate::process::check_interrupted()?;
-                    let started = Instant::now();
-                    let outcome = run_check(&mut machine, check, &env);
-                    let seconds = started.elapsed().as_secs_f64();
-                    let failure = match outcome {
-                        Ok(Some(output)) => {
-                            captured.entry(check_index).or_default().push((spec.name.clone(), output));
-                            None
-                        }
-                        Ok(None) => None,
-                        Err(failure) => Some((failure.message, format!("{}\n{}", failure.details, machine.serial_tail(20)))),
-                    };
-                    if !matches!(check.action, Action::Differ { .. }) || failure.is_some() {
-                        cases.push(CaseResult { name: check.name.clone(), machine: spec.name.clone(), seconds, failure });
-                    }
-                }
+                run_checks(&mut machine, index, &spec.name, scenario, &env, &mut captured, &mut cases)?;
             }
             Err(error) => {
                 let message = format!("{error:#}");
@@ -359,6 +331,13 @@ fn run_scenario(
     // An interrupted machine is no verdict: nothing is reported for it (the
     // next machine's turn checks too).
     crate::process::check_interrupted()?;
+    cases.extend(judge_differ(scenario, captured));
+    Ok(cases)
+}
+
+/// The `differ` checks' verdicts, from the outputs every machine gave.
+fn judge_differ(scenario: &Scenario, captured: BTreeMap<usize, Vec<(String, String)>>) -> Vec<CaseResult> {
+    let mut cases = Vec::new();
     for (check_index, outputs) in captured {
         let check = &scenario.checks[check_index];
         if !matches!(check.action, Action::Differ { .. }) {
@@ -377,7 +356,53 @@ fn run_scenario(
         }
         cases.push(CaseResult { name: check.name.clone(), machine: "all".into(), seconds: 0.0, failure });
     }
-    Ok(cases)
+    cases
+}
+
+/// Runs every check of machine `index`, recording each case (and the outputs `differ` compares).
+fn run_checks(machine: &mut Machine, index: usize, name: &str, scenario: &Scenario, env: &CheckEnv, captured: &mut BTreeMap<usize, Vec<(String, String)>>, cases: &mut Vec<CaseResult>) -> Result<()> {
+    for (check_index, check) in scenario.checks.iter().enumerate() {
+        let applies = matches!(check.target, Target::All) || check.target == Target::One(index);
+        if !applies {
+            continue;
+        }
+        crate::process::check_interrupted()?;
+        let started = Instant::now();
+        let outcome = run_check(machine, check, env);
+        let seconds = started.elapsed().as_secs_f64();
+        let failure = match outcome {
+            Ok(Some(output)) => {
+                captured.entry(check_index).or_default().push((name.to_string(), output));
+                None
+            }
+            Ok(None) => None,
+            Err(failure) => Some((failure.message, format!("{}\n{}", failure.details, machine.serial_tail(20)))),
+        };
+        if !matches!(check.action, Action::Differ { .. }) || failure.is_some() {
+            cases.push(CaseResult { name: check.name.clone(), machine: name.to_string(), seconds, failure });
+        }
+    }
+    Ok(())
+}
+
+/// Installs machine `spec` with the offline installer onto an empty disk:
+/// the case's verdict, and the disk when it was installed.
+fn install(spec: &scenario::MachineSpec, attached: &[qemu::Attached], artifacts: &Artifacts, accel: Accel, work: &Path, out: &Path, scenario: &Scenario) -> (CaseResult, Option<PathBuf>) {
+    let disk = work.join(format!("{}.installed.qcow2", spec.name));
+    let started = Instant::now();
+    let outcome = qemu::blank_disk(&disk, spec.disk_size.bytes())
+        .and_then(|_| qemu::run_installer(&artifacts.installer, &disk, attached, accel, work, &spec.name, &kept_console(out, scenario, &format!("{}-installer", spec.name)), INSTALL_TIMEOUT));
+    let failure = match &outcome {
+        Ok(run) if run.installed => None,
+        Ok(run) => Some(("the installer did not install".to_string(), run.messages.join("\n"))),
+        Err(error) => Some(("the installer did not finish".to_string(), format!("{error:#}"))),
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    if let Ok(run) = &outcome {
+        ui::step(&format!("{}: installed by the offline installer in {seconds:.1} s: {}", spec.name, run.messages.last().map(String::as_str).unwrap_or("")));
+    }
+    let installed = failure.is_none();
+    (CaseResult { name: "offline_installer_installs".into(), machine: spec.name.clone(), seconds, failure }, installed.then_some(disk))
 }
 
 /// How long the offline installer may take to boot, write, check and grow.
@@ -407,29 +432,6 @@ fn show(command: &str, output: &crate::process::Output) -> String {
         String::from_utf8_lossy(&output.stdout).trim_end(),
         String::from_utf8_lossy(&output.stderr).trim_end()
     )
-}
-
-/// (protocol, port) of every listening socket in `ss -Hlntu` output, except
-/// the DHCP clients' own (68, 546), which only take replies to their requests.
-fn parse_listening(text: &str) -> std::collections::BTreeSet<(String, u16)> {
-    text.lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let protocol = fields.first()?.to_string();
-            let port: u16 = fields.get(4)?.rsplit(':').next()?.parse().ok()?;
-            Some((protocol, port))
-        })
-        .filter(|(protocol, port)| !(protocol == "udp" && (*port == 68 || *port == 546)))
-        .collect()
-}
-
-/// `key = value` lines, values with their white space collapsed (the kernel
-/// separates several numbers with tabs).
-fn parse_sysctl_readings(text: &str) -> BTreeMap<String, String> {
-    text.lines()
-        .filter_map(|line| line.split_once(" = "))
-        .map(|(key, value)| (key.trim().to_string(), value.split_whitespace().collect::<Vec<_>>().join(" ")))
-        .collect()
 }
 
 fn matches_expectation(output: &str, expect: &Expect) -> bool {
@@ -599,100 +601,78 @@ fn injected_command_line_is_ignored(machine: &Machine, check: &Check, env: &Chec
     Ok(())
 }
 
+/// Runs `command` in the guest over SSH: as the admin, or as root through
+/// sudo when the check says `as-root`.
+fn guest_ssh(machine: &Machine, check: &Check, env: &CheckEnv, command: &str, timeout: Duration) -> Result<crate::process::Output, CheckFailure> {
+    let result = if check.as_root {
+        match &env.session.sudo_password {
+            Some(password) => machine.ssh_as_root(command, password, timeout),
+            None => return Err(failed("as-root needs the admin's password, and the secrets file has none", String::new())),
+        }
+    } else {
+        machine.ssh(command, timeout)
+    };
+    match result {
+        Ok(Some(output)) => Ok(output),
+        Ok(None) => Err(failed(format!("timed out after {} s", timeout.as_secs()), format!("command: {command}"))),
+        Err(error) => Err(failed("could not run ssh", format!("{error:#}"))),
+    }
+}
+
+/// The offline installer, booted beside an empty disk of `disk_size`, refuses it as expected and writes nothing.
+fn installer_refuses(machine: &Machine, check: &Check, env: &CheckEnv, disk_size: &crate::profile::ImageSize, expect: &Expect) -> Result<Option<String>, CheckFailure> {
+        let disk = env.work.join(format!("{}-{}.refused.qcow2", machine.name, check.name));
+        let run = qemu::blank_disk(&disk, disk_size.bytes())
+            .and_then(|_| {
+                let name = format!("{}-{}", machine.name, check.name);
+                qemu::run_installer(env.installer, &disk, &[], env.accel, env.work, &name, &kept_console(env.out, env.scenario, &format!("{name}-installer")), check.timeout)
+            })
+            .map_err(|e| failed("the installer did not answer", format!("{e:#}")))?;
+        let console = run.messages.join("\n");
+        let refusal = run.messages.iter().find(|l| l.starts_with(crate::stages::installer::FAILED_MARKER));
+        let Some(refusal) = refusal else {
+            return Err(failed(format!("the installer did not refuse a disk of {} MiB", disk_size.bytes() >> 20), console));
+        };
+        if !matches_expectation(refusal, expect) {
+            return Err(failed(format!("the installer refused with another reason than expected: {expect:?}"), console));
+        }
+        let untouched = qemu::disk_is_untouched(&disk).map_err(|e| failed("could not read the refused disk", format!("{e:#}")))?;
+        if !untouched {
+            return Err(failed("the installer refused, yet wrote to the disk", console));
+        }
+        Ok(None)
+}
+
+/// The machine booted from a disk of its own identifiers (see `identity`).
+fn disk_is_its_own(machine: &Machine, check: &Check, env: &CheckEnv) -> Result<Option<String>, CheckFailure> {
+        let Some(password) = &env.session.sudo_password else {
+            return Err(failed("this check reads the boot loader's variable as root, and the secrets file has no admin password", String::new()));
+        };
+        let output = match machine.ssh_as_root(identity::COMMAND, password, check.timeout) {
+            Ok(Some(output)) if output.status.success() => output,
+            Ok(Some(output)) => return Err(failed("the guest could not list its disks", show(identity::COMMAND, &output))),
+            Ok(None) => return Err(failed(format!("timed out after {} s", check.timeout.as_secs()), identity::COMMAND)),
+            Err(error) => return Err(failed("could not run ssh", format!("{error:#}"))),
+        };
+        let copy_attached = env.scenario.machines.iter().any(|m| m.name == machine.name && m.image_copy_attached);
+        let ids = crate::layout::Identifiers::for_profile(env.profile.name.as_str());
+        match identity::judge(&output.stdout_text(), &ids, copy_attached) {
+            Ok(summary) => {
+                ui::step(&format!("{}: {summary}", machine.name));
+                Ok(None)
+            }
+            Err(problem) => Err(failed(problem, show(identity::COMMAND, &output))),
+        }
+}
+
 /// Runs one check; `Ok(Some(output))` carries output that other machines'
 /// answers are compared with (`differ`).
 fn run_check(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Result<Option<String>, CheckFailure> {
-    let (stranger, outside) = (env.stranger, env.outside);
-    let deadline = Instant::now() + check.timeout;
-    let remaining = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
-    let ssh = |machine: &Machine, command: &str, timeout: Duration| -> Result<crate::process::Output, CheckFailure> {
-        let result = if check.as_root {
-            match &env.session.sudo_password {
-                Some(password) => machine.ssh_as_root(command, password, timeout),
-                None => return Err(failed("as-root needs the admin's password, and the secrets file has none", String::new())),
-            }
-        } else {
-            machine.ssh(command, timeout)
-        };
-        match result {
-            Ok(Some(output)) => Ok(output),
-            Ok(None) => Err(failed(format!("timed out after {} s", timeout.as_secs()), format!("command: {command}"))),
-            Err(error) => Err(failed("could not run ssh", format!("{error:#}"))),
-        }
-    };
+    let outside = env.outside;
     match &check.action {
-        Action::Succeed { command, expect } => {
-            let output = ssh(machine, command, check.timeout)?;
-            if !output.status.success() {
-                return Err(failed(format!("`{command}` failed ({})", crate::process::describe_status(output.status)), show(command, &output)));
-            }
-            if !matches_expectation(&output.stdout_text(), expect) {
-                return Err(failed(format!("`{command}` printed something else than expected: {expect:?}"), show(command, &output)));
-            }
-            Ok(None)
-        }
-        Action::Fail { command } => {
-            let output = ssh(machine, command, check.timeout)?;
-            if output.status.success() {
-                return Err(failed(format!("`{command}` succeeded but should have failed"), show(command, &output)));
-            }
-            Ok(None)
-        }
-        Action::WaitUntilSucceeds { command, expect } => loop {
-            let output = ssh(machine, command, remaining())?;
-            if output.status.success() && matches_expectation(&output.stdout_text(), expect) {
-                return Ok(None);
-            }
-            if Instant::now() >= deadline {
-                return Err(failed(format!("`{command}` did not succeed within {} s", check.timeout.as_secs()), show(command, &output)));
-            }
-            crate::process::pause(Duration::from_secs(1));
-        },
-        Action::WaitForUnit { unit } => loop {
-            let command = format!("systemctl is-active {}", shell_words::quote(unit));
-            let output = ssh(machine, &command, remaining())?;
-            let state = output.stdout_text().trim().to_string();
-            if state == "active" {
-                return Ok(None);
-            }
-            if state == "failed" || Instant::now() >= deadline {
-                let status_command = format!("systemctl status --no-pager {}", shell_words::quote(unit));
-                let status = machine.ssh(&status_command, Duration::from_secs(20)).ok().flatten();
-                let details = status.map(|s| show(&status_command, &s)).unwrap_or_default();
-                return Err(failed(format!("unit {unit} is {state}"), details));
-            }
-            crate::process::pause(Duration::from_secs(1));
-        },
-        Action::WaitForPort { port } => loop {
-            let command = format!("ss -Htln 'sport = :{port}'");
-            let output = ssh(machine, &command, remaining())?;
-            if output.status.success() && !output.stdout_text().trim().is_empty() {
-                return Ok(None);
-            }
-            if Instant::now() >= deadline {
-                return Err(failed(format!("nothing listens on TCP port {port} after {} s", check.timeout.as_secs()), show(&command, &output)));
-            }
-            crate::process::pause(Duration::from_secs(1));
-        },
-        Action::Differ { command } => {
-            let output = ssh(machine, command, check.timeout)?;
-            if !output.status.success() {
-                return Err(failed(format!("`{command}` failed"), show(command, &output)));
-            }
-            Ok(Some(output.stdout_text().trim().to_string()))
-        }
-        Action::SshRefusesWrongKey => {
-            let result = machine.ssh_with_key(&stranger.private, "true", check.timeout);
-            match result {
-                Ok(Some(output)) if output.status.success() => {
-                    Err(failed("a key the machine was never given logged in", show("ssh -i <stranger key> true", &output)))
-                }
-                Ok(Some(output)) if String::from_utf8_lossy(&output.stderr).contains("Permission denied") => Ok(None),
-                Ok(Some(output)) => Err(failed("the login failed, but not because the key was refused", show("ssh -i <stranger key> true", &output))),
-                Ok(None) => Err(failed("the login attempt timed out", String::new())),
-                Err(error) => Err(failed("could not run ssh", format!("{error:#}"))),
-            }
-        }
+        Action::Succeed { .. } | Action::Fail { .. } | Action::WaitUntilSucceeds { .. } | Action::WaitForUnit { .. } | Action::WaitForPort { .. } | Action::Differ { .. } | Action::SshRefusesWrongKey | Action::SshRefuses { .. } => commands::run(machine, check, env),
+        Action::RunningServicesMatchProfile | Action::ListeningSocketsMatchProfile | Action::SysctlsMatchProfile | Action::ProfileServicesLog | Action::FirstLoginForcedPasswordChange => conformance::run(machine, check, env),
+        Action::RemoteLogReceives | Action::RemoteLogSurvivesOutage => remote_log::run(machine, check, env),
         Action::OutsideSucceed { command, host, .. } | Action::OutsideFail { command, host } if outside.is_some() => {
             let (lab, address) = outside.expect("checked");
             outside::host_command(check, lab, address, command, *host)?;
@@ -713,97 +693,7 @@ fn run_check(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Result<Opt
             outside::vpn_admits_enrolled_peer(machine, check, env, lab, address, key)?;
             Ok(None)
         }
-        Action::SshRefuses { options, user, expect } => {
-            let shown = format!("ssh {} {}@<machine> true", options.join(" "), user.as_deref().unwrap_or("<admin>"));
-            match machine.ssh_with_options(options, user.as_deref(), check.timeout) {
-                Ok(Some(output)) if output.status.success() => Err(failed("the login was let in", show(&shown, &output))),
-                Ok(Some(output)) if !matches_expectation(&String::from_utf8_lossy(&output.stderr), expect) => {
-                    Err(failed(format!("the login was refused, but not as expected: {expect:?}"), show(&shown, &output)))
-                }
-                Ok(Some(_)) => Ok(None),
-                Ok(None) => Err(failed("the login attempt timed out", shown)),
-                Err(error) => Err(failed("could not run ssh", format!("{error:#}"))),
-            }
-        }
-        Action::RunningServicesMatchProfile => {
-            let command = "systemctl list-units --type=service --state=running --no-legend --plain";
-            let output = ssh(machine, command, check.timeout)?;
-            let running: Vec<String> = output.stdout_text().lines().filter_map(|l| l.split_whitespace().next().map(String::from)).collect();
-            let expected = crate::stages::services::expected_running(env.profile);
-            let unexpected: Vec<&String> = running.iter().filter(|u| !expected.iter().any(|e| crate::stages::services::unit_matches(e, u))).collect();
-            let missing: Vec<&String> = env
-                .profile
-                .services
-                .enable
-                .iter()
-                .map(|u| &u.value)
-                .filter(|u| u.ends_with(".service") && !running.contains(u))
-                .collect();
-            if !unexpected.is_empty() || !missing.is_empty() {
-                return Err(failed(
-                    format!("running services differ from the allow-list: not allowed but running {unexpected:?}; allowed but not running {missing:?}"),
-                    show(command, &output),
-                ));
-            }
-            Ok(None)
-        }
-        Action::ListeningSocketsMatchProfile => {
-            let command = "ss -Hlntu";
-            let output = ssh(machine, command, check.timeout)?;
-            let listening = parse_listening(&output.stdout_text());
-            let declared: std::collections::BTreeSet<(String, u16)> = crate::stages::firewall::declared_ports(env.profile)
-                .iter()
-                .map(|a| (a.protocol.as_str().to_string(), a.port.get()))
-                .collect();
-            if listening != declared {
-                return Err(failed(
-                    format!("listening sockets {listening:?} differ from the declared {declared:?}"),
-                    show(command, &output),
-                ));
-            }
-            Ok(None)
-        }
-        Action::SysctlsMatchProfile => {
-            let expected = crate::stages::kernel::expected_sysctls(env.profile);
-            let keys: Vec<String> = expected.keys().map(|k| shell_words::quote(k).into_owned()).collect();
-            let command = format!(
-                "for key in {}; do printf '%s = %s\\n' \"$key\" \"$(sysctl -n \"$key\" 2>&1 | tr '\\t\\n' '  ')\"; done",
-                keys.join(" ")
-            );
-            let output = ssh(machine, &command, check.timeout)?;
-            let found = parse_sysctl_readings(&output.stdout_text());
-            let differing: Vec<String> = expected
-                .iter()
-                .filter(|(key, value)| found.get(*key) != Some(value))
-                .map(|(key, value)| format!("{key}: set {value}, reads {}", found.get(key).map(String::as_str).unwrap_or("nothing")))
-                .collect();
-            if !differing.is_empty() {
-                return Err(failed(format!("{} of {} sysctls differ from the profile: {}", differing.len(), expected.len(), differing.join("; ")), show(&command, &output)));
-            }
-            Ok(None)
-        }
-        Action::InstallerRefuses { disk_size, expect } => {
-            let disk = env.work.join(format!("{}-{}.refused.qcow2", machine.name, check.name));
-            let run = qemu::blank_disk(&disk, disk_size.bytes())
-                .and_then(|_| {
-                    let name = format!("{}-{}", machine.name, check.name);
-                    qemu::run_installer(env.installer, &disk, &[], env.accel, env.work, &name, &kept_console(env.out, env.scenario, &format!("{name}-installer")), check.timeout)
-                })
-                .map_err(|e| failed("the installer did not answer", format!("{e:#}")))?;
-            let console = run.messages.join("\n");
-            let refusal = run.messages.iter().find(|l| l.starts_with(crate::stages::installer::FAILED_MARKER));
-            let Some(refusal) = refusal else {
-                return Err(failed(format!("the installer did not refuse a disk of {} MiB", disk_size.bytes() >> 20), console));
-            };
-            if !matches_expectation(refusal, expect) {
-                return Err(failed(format!("the installer refused with another reason than expected: {expect:?}"), console));
-            }
-            let untouched = qemu::disk_is_untouched(&disk).map_err(|e| failed("could not read the refused disk", format!("{e:#}")))?;
-            if !untouched {
-                return Err(failed("the installer refused, yet wrote to the disk", console));
-            }
-            Ok(None)
-        }
+        Action::InstallerRefuses { disk_size, expect } => installer_refuses(machine, check, env, disk_size, expect),
         Action::FirewallFailsClosed => {
             let Some((lab, _)) = outside else {
                 return Err(failed("this check needs the isolated network", String::new()));
@@ -833,112 +723,7 @@ fn run_check(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Result<Opt
             tampered_boot_image_is_refused(machine, check, env)?;
             Ok(None)
         }
-        Action::DiskIsItsOwn => {
-            let Some(password) = &env.session.sudo_password else {
-                return Err(failed("this check reads the boot loader's variable as root, and the secrets file has no admin password", String::new()));
-            };
-            let output = match machine.ssh_as_root(identity::COMMAND, password, check.timeout) {
-                Ok(Some(output)) if output.status.success() => output,
-                Ok(Some(output)) => return Err(failed("the guest could not list its disks", show(identity::COMMAND, &output))),
-                Ok(None) => return Err(failed(format!("timed out after {} s", check.timeout.as_secs()), identity::COMMAND)),
-                Err(error) => return Err(failed("could not run ssh", format!("{error:#}"))),
-            };
-            let copy_attached = env.scenario.machines.iter().any(|m| m.name == machine.name && m.image_copy_attached);
-            let ids = crate::layout::Identifiers::for_profile(env.profile.name.as_str());
-            match identity::judge(&output.stdout_text(), &ids, copy_attached) {
-                Ok(summary) => {
-                    ui::step(&format!("{}: {summary}", machine.name));
-                    Ok(None)
-                }
-                Err(problem) => Err(failed(problem, show(identity::COMMAND, &output))),
-            }
-        }
-        Action::FirstLoginForcedPasswordChange => {
-            if env.session.forced_password_change {
-                Ok(None)
-            } else {
-                Err(failed("the first login was let in without changing the initial password", String::new()))
-            }
-        }
-        Action::RemoteLogReceives | Action::RemoteLogSurvivesOutage => {
-            let Some(collector) = outside.and_then(|(lab, _)| lab.collector.as_ref()) else {
-                return Err(failed("this check needs the profile's remote log host on the isolated network", String::new()));
-            };
-            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
-            let tag = format!("rampart-check-{}-{nanos}", std::process::id());
-            let outage = matches!(check.action, Action::RemoteLogSurvivesOutage);
-            if outage {
-                collector.stop();
-            }
-            let lines: Vec<String> = (1..=if outage { 5 } else { 1 }).map(|i| format!("{tag}-line-{i}")).collect();
-            for line in &lines {
-                let command = format!("logger -p user.notice -t rampart-check {line}");
-                let output = ssh(machine, &command, remaining())?;
-                if !output.status.success() {
-                    return Err(failed(format!("`{command}` failed"), show(&command, &output)));
-                }
-            }
-            if outage {
-                // Long enough for rsyslog to notice the host is gone and queue;
-                // then a restart of rsyslog, which must keep the queue on disk.
-                crate::process::pause(Duration::from_secs(5));
-                let Some(password) = &env.session.sudo_password else {
-                    return Err(failed("restarting rsyslog needs the admin's password, and the secrets file has none", String::new()));
-                };
-                let queue = crate::stages::logging::QUEUE_NAME;
-                let command = "systemctl restart rsyslog.service && ls /var/spool/rsyslog";
-                let output = match machine.ssh_as_root(command, password, remaining()) {
-                    Ok(Some(output)) => output,
-                    Ok(None) => return Err(failed(format!("`{command}` timed out"), String::new())),
-                    Err(error) => return Err(failed(format!("`{command}` could not run"), format!("{error:#}"))),
-                };
-                if !output.status.success() || !output.stdout_text().contains(&format!("{queue}.")) {
-                    return Err(failed("the forwarding queue was not kept on disk over a restart of rsyslog", show(command, &output)));
-                }
-                collector.start().map_err(|e| failed("could not start the log collector again", format!("{e:#}")))?;
-            }
-            loop {
-                let received = collector.received();
-                let missing: Vec<&String> = lines.iter().filter(|l| !received.contains(l.as_str())).collect();
-                if missing.is_empty() {
-                    return Ok(None);
-                }
-                if Instant::now() >= deadline {
-                    let tail: String = received.chars().rev().take(2000).collect::<Vec<_>>().into_iter().rev().collect();
-                    return Err(failed(
-                        format!("{} of {} lines never reached the log host at {}: {missing:?}", missing.len(), lines.len(), collector.address()),
-                        format!("the log host received (tail):\n{tail}"),
-                    ));
-                }
-                crate::process::pause(Duration::from_millis(500));
-            }
-        }
-        Action::ProfileServicesLog => {
-            let mut units: Vec<String> = env.profile.services.enable.iter().map(|u| u.value.clone()).collect();
-            units.extend(crate::stages::services::implied_units(env.profile).into_iter().map(|(u, _)| u));
-            units.retain(|u| u.ends_with(".service"));
-            units.sort();
-            units.dedup();
-            // For each running one: its main process's name, found among the
-            // program names of /var/log/syslog or auth.log (sshd logs as auth).
-            let script = format!(
-                "for u in {}; do [ \"$(systemctl is-active $u)\" = active ] || continue; \
-                 pid=$(systemctl show -p MainPID --value $u); [ \"$pid\" -gt 0 ] || continue; comm=$(cat /proc/$pid/comm); \
-                 tag=$comm; [ ${{#comm}} -eq 15 ] && tag=\"$comm[^ :[]*\"; \
-                 if grep -qE \" $tag(\\[[0-9]+\\])?: \" /var/log/syslog /var/log/auth.log; then echo \"$u logs as $comm\"; else echo \"SILENT $u ($comm)\"; fi; done",
-                units.join(" ")
-            );
-            let output = ssh(machine, &script, check.timeout)?;
-            let text = output.stdout_text();
-            if !output.status.success() || text.contains("SILENT") || !text.contains(" logs as ") {
-                let silent: Vec<&str> = text.lines().filter_map(|line| line.strip_prefix("SILENT ")).collect();
-                return Err(failed(
-                    format!("running services of the profile with no lines of their own in /var/log/syslog or auth.log: {}", silent.join(", ")),
-                    show(&script, &output),
-                ));
-            }
-            Ok(None)
-        }
+        Action::DiskIsItsOwn => disk_is_its_own(machine, check, env),
         Action::OutsideSucceed { .. } | Action::OutsideFail { .. } | Action::OpenTcpPorts { .. } | Action::OpenUdpPorts { .. } | Action::VpnAdmitsEnrolledPeer { .. } => {
             Err(failed("this check needs the isolated network", String::new()))
         }
@@ -951,7 +736,7 @@ mod tests {
 
     #[test]
     fn sysctl_readings_collapse_white_space() {
-        let found = parse_sysctl_readings("kernel.sysrq = 0\nnet.ipv4.tcp_rmem = 4096 131072  6291456 \nfs.x = sysctl: permission denied on key \"fs.x\" \n");
+        let found = conformance::parse_sysctl_readings("kernel.sysrq = 0\nnet.ipv4.tcp_rmem = 4096 131072  6291456 \nfs.x = sysctl: permission denied on key \"fs.x\" \n");
         assert_eq!(found["kernel.sysrq"], "0");
         assert_eq!(found["net.ipv4.tcp_rmem"], "4096 131072 6291456");
         assert_eq!(found["fs.x"], "sysctl: permission denied on key \"fs.x\"");
@@ -963,7 +748,7 @@ mod tests {
                   tcp   LISTEN 0      128            0.0.0.0:22         0.0.0.0:*\n\
                   tcp   LISTEN 0      128               [::]:22            [::]:*\n\
                   udp   UNCONN 0      0          127.0.0.1:323        0.0.0.0:*\n";
-        let found: Vec<(String, u16)> = parse_listening(ss).into_iter().collect();
+        let found: Vec<(String, u16)> = conformance::parse_listening(ss).into_iter().collect();
         assert_eq!(found, vec![("tcp".to_string(), 22), ("udp".to_string(), 323)]);
     }
 }

@@ -109,7 +109,11 @@ impl<'a> Peer<'a> {
 
     /// The SSH banner's first bytes at `address`, if it answers within `seconds`.
     fn ssh_banner(&self, address: Ipv4Addr, seconds: u64) -> String {
-        let probe = format!("timeout {seconds} bash -c 'until exec 3<>/dev/tcp/{address}/22; do sleep 1; done 2>/dev/null; head -c 8 <&3'");
+        // One connection at a time, each in a shell of its own (a failed
+        // `exec` redirection ends a non-interactive bash), until one answers.
+        let probe = format!(
+            "end=$(( $(date +%s) + {seconds} )); while [ $(date +%s) -lt $end ]; do b=$(timeout 5 bash -c 'exec 3<>/dev/tcp/{address}/22 && head -c 8 <&3' 2>/dev/null); [ -n \"$b\" ] && {{ printf %s \"$b\"; exit 0; }}; sleep 1; done"
+        );
         self.lab.outside("sh").arg("-c").arg(&probe).run_with_timeout(Duration::from_secs(seconds + 10)).ok().flatten().map(|o| o.stdout_text()).unwrap_or_default()
     }
 

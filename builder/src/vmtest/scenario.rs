@@ -373,63 +373,8 @@ pub fn load(path: &Path) -> Result<Scenario, LocatedError> {
     let networks = crate::vmtest::networks::parse(&source, &raw.network)?;
     let mut machines = Vec::new();
     for machine in &raw.machine {
-        let name = source.check(&machine.name, "machine.name", |s| crate::profile::Hostname::parse(s))?.to_string();
-        if machines.iter().any(|m: &MachineSpec| m.name == name) {
-            return Err(source.error(&machine.name, format!("machine.name: {name} is declared twice")));
-        }
-        let disk_size = match &machine.disk_size {
-            Some(size) => source.check(size, "machine.disk-size", |s| ImageSize::parse(s))?,
-            None => ImageSize::from_bytes(4 << 30),
-        };
-        let memory_mib = match &machine.memory_mib {
-            Some(m) => source.check(m, "machine.memory-mib", |m| {
-                if (256..=65536).contains(m) { Ok(*m) } else { Err(format!("{m} MiB is out of range (256 to 65536)")) }
-            })?,
-            None => 1024,
-        };
-        let mut extra_disks: Vec<ExtraDisk> = Vec::new();
-        for disk in &machine.extra_disks {
-            let serial = source.check(&disk.serial, "machine.extra-disks.serial", |s| parse_disk_serial(s))?;
-            if extra_disks.iter().any(|d| d.serial == serial) {
-                return Err(source.error(&disk.serial, format!("machine.extra-disks.serial: {serial} is given twice")));
-            }
-            let size = source.check(&disk.size, "machine.extra-disks.size", |s| ImageSize::parse(s))?;
-            extra_disks.push(ExtraDisk { size, serial });
-        }
-        let installer = machine.installer.unwrap_or(false);
-        let image_copy_attached = match &machine.image_copy_attached {
-            Some(flag) if *flag.get_ref() && !installer => {
-                return Err(source.error(flag, "machine.image-copy-attached: only a machine installed by the offline installer (installer = true) boots beside a copy of its image"));
-            }
-            Some(flag) => *flag.get_ref(),
-            None => false,
-        };
-        let point_release = match &machine.image_lock {
-            Some(lock) if lock.get_ref() != "point-release" => {
-                return Err(source.error(lock, format!("machine.image-lock: {:?} is not a lock the harness makes; the one is \"point-release\"", lock.get_ref())));
-            }
-            Some(lock) if installer => return Err(source.error(lock, "machine.image-lock: a machine installed by the offline installer boots the profile's own image")),
-            Some(_) => true,
-            None => false,
-        };
-        let mut nics = Vec::new();
-        for network in machine.networks.iter().flatten() {
-            let Some(index) = networks.iter().position(|n| &n.name == network.get_ref()) else {
-                let names: Vec<&str> = networks.iter().map(|n| n.name.as_str()).collect();
-                return Err(source.error(network, format!("machine.networks: no network {:?} (the scenario's: {})", network.get_ref(), names.join(", "))));
-            };
-            if nics.contains(&index) {
-                return Err(source.error(network, format!("machine.networks: {} is given twice", network.get_ref())));
-            }
-            if !isolated_network {
-                return Err(source.error(network, "machine.networks: the lab's networks need isolated-network = true"));
-            }
-            nics.push(index);
-        }
-        if machine.networks.is_none() {
-            nics.push(0);
-        }
-        machines.push(MachineSpec { name, disk_size, memory_mib, installer, image_copy_attached, extra_disks, tpm: machine.tpm.unwrap_or(false), point_release, secure_boot: machine.secure_boot.unwrap_or(true), networks: nics });
+        let spec = machine_spec(&source, machine, &machines, &networks, isolated_network)?;
+        machines.push(spec);
     }
     if machines.is_empty() {
         machines.push(MachineSpec { name: "machine".into(), disk_size: ImageSize::from_bytes(4 << 30), memory_mib: 1024, installer: false, image_copy_attached: false, extra_disks: Vec::new(), tpm: false, point_release: false, secure_boot: true, networks: vec![0] });
@@ -472,6 +417,67 @@ pub fn load(path: &Path) -> Result<Scenario, LocatedError> {
     })
 }
 
+/// One `[[machine]]`, validated against those before it and the scenario's networks.
+fn machine_spec(source: &SourceText, machine: &RawMachine, machines: &[MachineSpec], networks: &[crate::vmtest::networks::NetworkSpec], isolated_network: bool) -> Result<MachineSpec, LocatedError> {
+    let name = source.check(&machine.name, "machine.name", |s| crate::profile::Hostname::parse(s))?.to_string();
+    if machines.iter().any(|m: &MachineSpec| m.name == name) {
+        return Err(source.error(&machine.name, format!("machine.name: {name} is declared twice")));
+    }
+    let disk_size = match &machine.disk_size {
+        Some(size) => source.check(size, "machine.disk-size", |s| ImageSize::parse(s))?,
+        None => ImageSize::from_bytes(4 << 30),
+    };
+    let memory_mib = match &machine.memory_mib {
+        Some(m) => source.check(m, "machine.memory-mib", |m| {
+            if (256..=65536).contains(m) { Ok(*m) } else { Err(format!("{m} MiB is out of range (256 to 65536)")) }
+        })?,
+        None => 1024,
+    };
+    let mut extra_disks: Vec<ExtraDisk> = Vec::new();
+    for disk in &machine.extra_disks {
+        let serial = source.check(&disk.serial, "machine.extra-disks.serial", |s| parse_disk_serial(s))?;
+        if extra_disks.iter().any(|d| d.serial == serial) {
+            return Err(source.error(&disk.serial, format!("machine.extra-disks.serial: {serial} is given twice")));
+        }
+        let size = source.check(&disk.size, "machine.extra-disks.size", |s| ImageSize::parse(s))?;
+        extra_disks.push(ExtraDisk { size, serial });
+    }
+    let installer = machine.installer.unwrap_or(false);
+    let image_copy_attached = match &machine.image_copy_attached {
+        Some(flag) if *flag.get_ref() && !installer => {
+            return Err(source.error(flag, "machine.image-copy-attached: only a machine installed by the offline installer (installer = true) boots beside a copy of its image"));
+        }
+        Some(flag) => *flag.get_ref(),
+        None => false,
+    };
+    let point_release = match &machine.image_lock {
+        Some(lock) if lock.get_ref() != "point-release" => {
+            return Err(source.error(lock, format!("machine.image-lock: {:?} is not a lock the harness makes; the one is \"point-release\"", lock.get_ref())));
+        }
+        Some(lock) if installer => return Err(source.error(lock, "machine.image-lock: a machine installed by the offline installer boots the profile's own image")),
+        Some(_) => true,
+        None => false,
+    };
+    let mut nics = Vec::new();
+    for network in machine.networks.iter().flatten() {
+        let Some(index) = networks.iter().position(|n| &n.name == network.get_ref()) else {
+            let names: Vec<&str> = networks.iter().map(|n| n.name.as_str()).collect();
+            return Err(source.error(network, format!("machine.networks: no network {:?} (the scenario's: {})", network.get_ref(), names.join(", "))));
+        };
+        if nics.contains(&index) {
+            return Err(source.error(network, format!("machine.networks: {} is given twice", network.get_ref())));
+        }
+        if !isolated_network {
+            return Err(source.error(network, "machine.networks: the lab's networks need isolated-network = true"));
+        }
+        nics.push(index);
+    }
+    if machine.networks.is_none() {
+        nics.push(0);
+    }
+    Ok(MachineSpec { name, disk_size, memory_mib, installer, image_copy_attached, extra_disks, tpm: machine.tpm.unwrap_or(false), point_release, secure_boot: machine.secure_boot.unwrap_or(true), networks: nics })
+}
+
 /// Ports as nmap's -p takes them: "22", "1-1024", "1-1024,8080".
 fn parse_port_ranges(s: &str) -> Result<String, String> {
     let bad = || format!("{s:?} is not a list of ports and ranges (e.g. \"1-1024,8080\")");
@@ -497,23 +503,51 @@ fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec], 
         (None, Some(text)) => Expect::Contains(text.clone()),
         (None, None) => Expect::Anything,
     };
+    let mut actions = actions_of(source, &raw, &name, &expect, networks)?;
+    let action = match actions.len() {
+        1 => actions.remove(0),
+        0 => return Err(source.error(&raw.name, format!("check {name}: no action; give one of succeed, fail, wait-until-succeeds, wait-for-unit, wait-for-port, differ, ssh-refuses-wrong-key, ssh-refuses, outside-succeed, outside-fail, open-tcp-ports, open-udp-ports, running-services-match-profile, listening-sockets-match-profile, sysctls-match-profile, first-login-forced-password-change, remote-log-receives, remote-log-survives-outage, profile-services-log, installer-refuses-disk-of, firewall-fails-closed, tampered-boot-image-is-refused, injected-command-line-is-ignored, data-is-sealed-to-the-tpm, disk-is-its-own, patch-medium-applies, kernel-from-apt-boots, vpn-admits-enrolled-peer"))),
+        _ => return Err(source.error(&raw.name, format!("check {name}: give exactly one action"))),
+    };
+    check_modifiers(source, &raw, &name, &action, &expect)?;
+    let target = match (&raw.machine, &action) {
+        (_, Action::Differ { .. }) if machines.len() < 2 => {
+            return Err(source.error(&raw.name, format!("check {name}: differ needs at least two machines")));
+        }
+        (_, Action::Differ { .. }) => Target::All,
+        (None, _) => Target::One(0),
+        (Some(m), _) if m.get_ref() == "all" => Target::All,
+        (Some(m), _) => match machines.iter().position(|spec| &spec.name == m.get_ref()) {
+            Some(index) => Target::One(index),
+            None => return Err(source.error(m, format!("check.machine: no machine named {}", m.get_ref()))),
+        },
+    };
+    let timeout = match &raw.timeout {
+        Some(t) => Duration::from_secs(source.check(t, "check.timeout", |t| if (1..=3600).contains(t) { Ok(*t) } else { Err("1 to 3600 seconds") })?),
+        None => Duration::from_secs(60),
+    };
+    Ok(Check { name, target, action, timeout, as_root: raw.as_root.unwrap_or(false) })
+}
+
+/// The actions a check's fields ask for (exactly one is allowed).
+fn actions_of(source: &SourceText, raw: &RawCheck, name: &str, expect: &Expect, networks: &[crate::vmtest::networks::NetworkSpec]) -> Result<Vec<Action>, LocatedError> {
     let mut actions = Vec::new();
-    if let Some(command) = raw.succeed {
+    if let Some(command) = raw.succeed.clone() {
         actions.push(Action::Succeed { command, expect: expect.clone() });
     }
-    if let Some(command) = raw.wait_until_succeeds {
+    if let Some(command) = raw.wait_until_succeeds.clone() {
         actions.push(Action::WaitUntilSucceeds { command, expect: expect.clone() });
     }
-    if let Some(command) = raw.fail {
+    if let Some(command) = raw.fail.clone() {
         actions.push(Action::Fail { command });
     }
-    if let Some(unit) = raw.wait_for_unit {
+    if let Some(unit) = raw.wait_for_unit.clone() {
         actions.push(Action::WaitForUnit { unit });
     }
     if let Some(port) = &raw.wait_for_port {
         actions.push(Action::WaitForPort { port: source.check(port, "check.wait-for-port", |p| Port::from_i64(*p))? });
     }
-    if let Some(command) = raw.differ {
+    if let Some(command) = raw.differ.clone() {
         actions.push(Action::Differ { command });
     }
     if raw.ssh_refuses_wrong_key == Some(true) {
@@ -525,10 +559,10 @@ fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec], 
             networks.iter().position(|x| &x.name == n).ok_or_else(|| format!("no network {n:?} (the scenario's: {})", networks.iter().map(|x| x.name.as_str()).collect::<Vec<_>>().join(", ")))
         })?,
     };
-    if let Some(command) = raw.outside_succeed {
+    if let Some(command) = raw.outside_succeed.clone() {
         actions.push(Action::OutsideSucceed { command, expect: expect.clone(), host });
     }
-    if let Some(command) = raw.outside_fail {
+    if let Some(command) = raw.outside_fail.clone() {
         actions.push(Action::OutsideFail { command, host });
     }
     let from = match &raw.scan_from {
@@ -561,7 +595,7 @@ fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec], 
         };
         actions.push(if udp { Action::OpenUdpPorts { ports: parsed, from, target } } else { Action::OpenTcpPorts { ports: parsed, from, target, only } });
     }
-    if let Some(options) = raw.ssh_refuses {
+    if let Some(options) = raw.ssh_refuses.clone() {
         // The harness pins the guest's host key; a check may not undo that.
         const PINNING: &[&str] = &["stricthostkeychecking", "userknownhostsfile", "globalknownhostsfile", "hostkeyalias", "knownhostscommand"];
         if let Some(option) = options.iter().find(|o| PINNING.iter().any(|p| o.to_ascii_lowercase().contains(p))) {
@@ -627,16 +661,16 @@ fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec], 
     if raw.profile_services_log == Some(true) {
         actions.push(Action::ProfileServicesLog);
     }
-    let action = match actions.len() {
-        1 => actions.remove(0),
-        0 => return Err(source.error(&raw.name, format!("check {name}: no action; give one of succeed, fail, wait-until-succeeds, wait-for-unit, wait-for-port, differ, ssh-refuses-wrong-key, ssh-refuses, outside-succeed, outside-fail, open-tcp-ports, open-udp-ports, running-services-match-profile, listening-sockets-match-profile, sysctls-match-profile, first-login-forced-password-change, remote-log-receives, remote-log-survives-outage, profile-services-log, installer-refuses-disk-of, firewall-fails-closed, tampered-boot-image-is-refused, injected-command-line-is-ignored, data-is-sealed-to-the-tpm, disk-is-its-own, patch-medium-applies, kernel-from-apt-boots, vpn-admits-enrolled-peer"))),
-        _ => return Err(source.error(&raw.name, format!("check {name}: give exactly one action"))),
-    };
+    Ok(actions)
+}
+
+/// The fields that qualify an action (expect, as-root, scan-from, host, ...) go with one that takes them.
+fn check_modifiers(source: &SourceText, raw: &RawCheck, name: &str, action: &Action, expect: &Expect) -> Result<(), LocatedError> {
     let uses_expect = matches!(
         action,
         Action::Succeed { .. } | Action::WaitUntilSucceeds { .. } | Action::OutsideSucceed { .. } | Action::SshRefuses { .. } | Action::InstallerRefuses { .. }
     );
-    if expect != Expect::Anything && !uses_expect {
+    if *expect != Expect::Anything && !uses_expect {
         return Err(source.error(&raw.name, format!("check {name}: expect applies only to succeed, wait-until-succeeds, outside-succeed, ssh-refuses and installer-refuses-disk-of")));
     }
     let runs_a_command = matches!(
@@ -659,23 +693,7 @@ fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec], 
     if raw.host.is_some() && !matches!(action, Action::OutsideSucceed { .. } | Action::OutsideFail { .. }) {
         return Err(source.error(&raw.name, format!("check {name}: host goes with outside-succeed or outside-fail")));
     }
-    let target = match (&raw.machine, &action) {
-        (_, Action::Differ { .. }) if machines.len() < 2 => {
-            return Err(source.error(&raw.name, format!("check {name}: differ needs at least two machines")));
-        }
-        (_, Action::Differ { .. }) => Target::All,
-        (None, _) => Target::One(0),
-        (Some(m), _) if m.get_ref() == "all" => Target::All,
-        (Some(m), _) => match machines.iter().position(|spec| &spec.name == m.get_ref()) {
-            Some(index) => Target::One(index),
-            None => return Err(source.error(m, format!("check.machine: no machine named {}", m.get_ref()))),
-        },
-    };
-    let timeout = match &raw.timeout {
-        Some(t) => Duration::from_secs(source.check(t, "check.timeout", |t| if (1..=3600).contains(t) { Ok(*t) } else { Err("1 to 3600 seconds") })?),
-        None => Duration::from_secs(60),
-    };
-    Ok(Check { name, target, action, timeout, as_root })
+    Ok(())
 }
 
 #[cfg(test)]
