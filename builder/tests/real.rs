@@ -114,11 +114,16 @@ fn stderr(output: &Output) -> String {
 /// fetched before); asserts it passed with no failure and returns its
 /// JUnit report.
 fn passing_scenario(ws: &Workspace, name: &str) -> String {
+    passing_scenario_of(ws, name, name)
+}
+
+/// `rampart test` of profile `name` passes; the JUnit report of its scenario `scenario`.
+fn passing_scenario_of(ws: &Workspace, name: &str, scenario: &str) -> String {
     let (profile, out) = (format!("profiles/{name}.toml"), format!("out/{name}"));
     let output = ws.rampart(&["test", &profile, "--out", &out]);
     eprintln!("{}", String::from_utf8_lossy(&output.stdout));
     assert!(output.status.success(), "the {name} scenario failed:\n{}", stderr(&output));
-    let junit = std::fs::read_to_string(ws.path(&format!("{out}/{name}.junit.xml"))).unwrap();
+    let junit = std::fs::read_to_string(ws.path(&format!("{out}/{scenario}.junit.xml"))).unwrap();
     assert!(junit.contains("failures=\"0\""));
     junit
 }
@@ -1243,7 +1248,7 @@ fn gateway_scenario_forwards_filters_and_admits_only_the_enrolled_vpn_peer() {
     let ws = Workspace::new();
     ws.rampart_ok(&["lock", "profiles/lab-gateway.toml"]);
     ws.rampart_ok(&["fetch", "profiles/lab-gateway.toml"]);
-    let junit = passing_scenario(&ws, "lab-gateway");
+    let junit = passing_scenario_of(&ws, "lab-gateway", "gateway");
     for case in [
         "lan_reaches_wan_through_nat",
         "the_port_forward_reaches_the_dmz_host",

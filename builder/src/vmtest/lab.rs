@@ -253,7 +253,9 @@ impl Lab {
             .args(["-S", from, "-e", "lab0", "-T4", "--max-retries", "1", "-oG", "-", address])
             // A host that drops everything gives nmap no round trips to learn
             // from; on a bridge inside one machine, answers take milliseconds.
-            .args(["--min-rate", "2000", "--initial-rtt-timeout", "100ms", "--max-rtt-timeout", "500ms"])
+            // At 5000 probes a second a full TCP scan, each port tried twice,
+            // takes about 30 s.
+            .args(["--min-rate", "5000", "--initial-rtt-timeout", "100ms", "--max-rtt-timeout", "500ms"])
             .run_with_timeout(timeout)?
             .with_context(|| format!("the port scan of {address} did not finish in {} s", timeout.as_secs()))?;
         if !output.status.success() {
