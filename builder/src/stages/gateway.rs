@@ -93,18 +93,20 @@ pub fn ssh_interfaces(profile: &Profile) -> Vec<String> {
 /// The gateway's own services: DHCP and DNS for lan, on lan.
 pub fn declared_ports(profile: &Profile) -> Vec<FirewallAllow> {
     let Some(dhcp) = profile.gateway.dhcp.as_ref().filter(|_| profile.gateway.enable) else { return Vec::new() };
-    let on_lan = |port: u16, protocol: Protocol, service: &str| FirewallAllow {
+    let on_lan = |port: u16, protocol: Protocol, service: &str, from: Vec<crate::profile::Cidr>| FirewallAllow {
         port: Port::from_i64(port.into()).expect("valid"),
         protocol,
-        from: crate::profile::controls::anywhere(),
+        from,
         interfaces: vec!["lan".into()],
         service: Some(service.into()),
         at: "[gateway.dhcp]".into(),
     };
-    let mut ports = vec![on_lan(67, Protocol::Udp, DHCP_SERVICE)];
+    // DHCP is IPv4's (a client asks from 0.0.0.0); DNS answers both families.
+    let ipv4_only = vec![crate::profile::Cidr::parse("0.0.0.0/0").expect("valid")];
+    let mut ports = vec![on_lan(67, Protocol::Udp, DHCP_SERVICE, ipv4_only)];
     if dhcp.dns {
-        ports.push(on_lan(53, Protocol::Udp, DHCP_SERVICE));
-        ports.push(on_lan(53, Protocol::Tcp, DHCP_SERVICE));
+        ports.push(on_lan(53, Protocol::Udp, DHCP_SERVICE, crate::profile::controls::anywhere()));
+        ports.push(on_lan(53, Protocol::Tcp, DHCP_SERVICE, crate::profile::controls::anywhere()));
     }
     ports
 }
@@ -346,6 +348,10 @@ mod tests {
         let border = f.text.find("rampart-border").unwrap();
         assert!(border < f.text.find("ct state established,related accept").unwrap(), "border ports go first, both ways");
         assert_eq!(ssh_interfaces(&profile), ["lan", "mgmt", "wg0"]);
+        let input = crate::stages::firewall::render(&profile).text;
+        assert!(input.contains("iifname { \"lan\" } ip saddr { 0.0.0.0/0 } udp dport 67 accept"), "{input}");
+        assert!(!input.contains("ip6 saddr { ::/0 } udp dport 67"), "DHCP is IPv4's");
+        assert!(input.contains("iifname { \"lan\" } ip6 saddr { ::/0 } udp dport 53 accept"));
     }
 
     #[test]
