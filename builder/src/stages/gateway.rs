@@ -307,10 +307,11 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn lab_gateway() -> Profile {
+    /// The lab's gateway profile (profiles/lab-gateway.toml), for the network controls' tests.
+    pub(crate) fn lab_gateway() -> Profile {
         crate::profile::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/lab-gateway.toml")).unwrap()
     }
 

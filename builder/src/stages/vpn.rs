@@ -160,10 +160,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn lab_gateway() -> Profile {
-        crate::profile::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/lab-gateway.toml")).unwrap()
-    }
+    use crate::stages::gateway::tests::lab_gateway;
 
     #[test]
     fn ssh_over_the_vpn_only_keeps_out_of_band_management() {
