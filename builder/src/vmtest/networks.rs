@@ -106,6 +106,10 @@ pub fn parse(source: &SourceText, raw: &[RawNetwork]) -> Result<Vec<NetworkSpec>
                 Err(format!("{s:?} is not a network name (1 to 8 lower-case letters or digits)"))
             }
         })?;
+        if name == "lab" {
+            // The namespace of the lab's bridges and machines is named so.
+            return Err(source.error(&entry.name, "network.name: \"lab\" is the lab's own; pick another"));
+        }
         let is_outside = name == OUTSIDE;
         if !is_outside && networks.iter().any(|n| n.name == name) {
             return Err(source.error(&entry.name, format!("network.name: {name} is declared twice")));
@@ -208,6 +212,7 @@ mod tests {
             ("[[network]]\nname = \"lan\"\nsubnet = \"10.78.0.0/24\"\n", "give its host's address"),
             ("[[network]]\nname = \"outside\"\nsubnet = \"10.78.0.0/24\"\n", "the lab's"),
             ("[[network]]\nname = \"Lan\"\n", "not a network name"),
+            ("[[network]]\nname = \"lab\"\nsubnet = \"10.78.0.0/24\"\nhosts = [\"10.78.0.2\"]\n", "the lab's own"),
             ("[[network]]\nname = \"outside\"\nroutes = [\"10.78.0.0/24 through 10.77.0.1\"]\n", "PREFIX via ADDRESS"),
         ] {
             let error = parse_text(text).unwrap_err();
