@@ -844,4 +844,21 @@ mod tests {
         assert!(scenario.needs_installer());
         assert_eq!(scenario.checks[1].action, Action::InstallerRefuses { disk_size: ImageSize::parse_any("256M").unwrap(), expect: Expect::Contains("too small".into()) });
     }
+
+    #[test]
+    fn every_shipped_scenario_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../vm-tests");
+        let mut loaded = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                load(&path).unwrap_or_else(|e| panic!("{e}"));
+                loaded += 1;
+            }
+        }
+        assert!(loaded >= 6, "{loaded} scenarios");
+        let gateway = load(&dir.join("gateway.toml")).unwrap();
+        assert_eq!(gateway.networks.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["outside", "lan", "dmz"]);
+        assert_eq!(gateway.machines[0].networks, [0, 1, 2]);
+    }
 }
