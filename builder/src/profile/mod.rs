@@ -611,6 +611,16 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
         }
     }
     let kernel_hardening = kernel::finish(layer.kernel_hardening);
+    if gateway.enable {
+        for key in ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"] {
+            if let Some(value) = kernel_hardening.sysctl.get(key).filter(|v| v.value == "0") {
+                return Err(ProfileError {
+                    location: value.at.clone(),
+                    message: format!("kernel.sysctl: {key} = 0 would stop the gateway forwarding; [gateway] forwards only what its default-drop forward chain lets through"),
+                });
+            }
+        }
+    }
     if kernel_hardening.apparmor {
         needed.push(("kernel.apparmor", "apparmor"));
     }

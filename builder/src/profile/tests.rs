@@ -635,3 +635,14 @@ fn gateway_zones_and_vpn_peers_are_checked_whole() {
     let allowed = check_ok(&[("g.toml", &format!("name = \"g\"\n{wan_lan}[vpn]\naddresses = [\"10.9.0.1/24\"]\nallow-default-route = true\n[[vpn.peer]]\nname = \"a\"\npublic-key = \"SvWXT97e+NlIR9lVm0otSbOUbjflGUMw51gDXG4OJ3I=\"\nallowed-ips = [\"0.0.0.0/0\"]\n"))]);
     assert!(allowed.vpn.enable);
 }
+
+#[test]
+fn a_gateway_refuses_a_sysctl_that_turns_forwarding_off() {
+    let gateway = "[[gateway.interface]]\nrole = \"wan\"\nmac = \"52:54:00:00:00:01\"\ndhcp = true\n[[gateway.interface]]\nrole = \"lan\"\nmac = \"52:54:00:00:00:02\"\naddresses = [\"10.1.0.1/24\"]\n";
+    check_error(
+        &[("g.toml", &format!("name = \"g\"\n{gateway}[kernel.sysctl]\n\"net.ipv4.ip_forward\" = 0\n"))],
+        "$DIR/profiles/g.toml:11:25: kernel.sysctl: net.ipv4.ip_forward = 0 would stop the gateway forwarding; [gateway] forwards only what its default-drop forward chain lets through",
+    );
+    // Without a gateway the same setting is CIS's own.
+    check_ok(&[("h.toml", "name = \"h\"\n[kernel.sysctl]\n\"net.ipv4.ip_forward\" = 0\n")]);
+}
