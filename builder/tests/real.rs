@@ -1258,6 +1258,7 @@ fn gateway_scenario_forwards_filters_and_admits_only_the_enrolled_vpn_peer() {
         "a_lan_source_arriving_on_wan_is_dropped_and_logged",
         "from_lan_ssh_and_dns_answer",
         "dhcp_answers_lan",
+        "lan_hosts_take_ipv6_from_the_gateways_advertisements",
         "ssh_answers_an_enrolled_vpn_peer_only",
         "no_radio_module_loads_and_rfkill_blocks",
     ] {

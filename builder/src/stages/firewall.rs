@@ -193,6 +193,7 @@ pub fn render(profile: &Profile) -> TracedText {
     r.line("\t\t# DHCP replies to this host's own clients", None);
     r.line("\t\tudp sport 67 udp dport 68 accept", None);
     r.line("\t\tip6 saddr fe80::/10 udp sport 547 udp dport 546 accept", None);
+    crate::stages::gateway::render_input(profile, &mut r);
     r.line("\t\t# declared services, each for its source ranges only", None);
     for allow in declared_ports(profile) {
         let v4: Vec<&Cidr> = allow.from.iter().filter(|c| c.address.is_ipv4()).collect();

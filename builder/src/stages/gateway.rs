@@ -204,9 +204,17 @@ fn network_file(interface: &GatewayInterface) -> String {
     }
     text.push_str(if interface.dhcp { "DHCP=ipv4\n" } else { "DHCP=no\n" });
     // Router advertisements are taken on wan only; the zones behind are
-    // configured here, not by whatever advertises on them.
+    // configured here, not by whatever advertises on them, and the gateway
+    // advertises their IPv6 prefixes itself (SLAAC for their hosts).
     text.push_str(if interface.role == Role::Wan { "IPv6AcceptRA=yes\n" } else { "IPv6AcceptRA=no\n" });
+    let advertised = advertised_prefixes(interface);
+    if !advertised.is_empty() {
+        text.push_str("IPv6SendRA=yes\n");
+    }
     text.push_str("LLMNR=no\nMulticastDNS=no\n");
+    for prefix in &advertised {
+        text.push_str(&format!("\n[IPv6Prefix]\nPrefix={prefix}\n"));
+    }
     if interface.dhcp && interface.role == Role::Mgmt {
         // Management reaches the gateway, never the internet: no default route, no resolver.
         text.push_str("\n[DHCPv4]\nUseGateway=no\nUseRoutes=no\nUseDNS=no\nUseDomains=no\n");
@@ -214,6 +222,23 @@ fn network_file(interface: &GatewayInterface) -> String {
         text.push_str("\n[DHCPv4]\nUseDomains=yes\n");
     }
     text
+}
+
+/// The IPv6 prefixes a zone's hosts learn from the gateway's advertisements.
+fn advertised_prefixes(interface: &GatewayInterface) -> Vec<Cidr> {
+    if !matches!(interface.role, Role::Lan | Role::Dmz) {
+        return Vec::new();
+    }
+    interface.addresses.iter().filter(|a| a.address.is_ipv6() && a.prefix == 64).map(|a| a.network()).collect()
+}
+
+/// Input rules of the gateway's own: router solicitations from the zones it advertises to.
+pub fn render_input(profile: &Profile, r: &mut TracedText) {
+    let zones: Vec<String> = profile.gateway.interfaces.iter().filter(|i| !advertised_prefixes(i).is_empty()).map(|i| format!("\"{}\"", i.role.name())).collect();
+    if profile.gateway.enable && !zones.is_empty() {
+        r.line("\t\t# router solicitations from the zones the gateway advertises IPv6 prefixes to", None);
+        r.line(&format!("\t\tiifname {{ {} }} icmpv6 type nd-router-solicit ip6 hoplimit 255 accept", zones.join(", ")), Some("[gateway]".into()));
+    }
 }
 
 fn dnsmasq_conf(profile: &Profile) -> Option<String> {
@@ -363,5 +388,10 @@ pub(crate) mod tests {
         assert!(network_file(mgmt).contains("UseGateway=no"));
         let wan = profile.gateway.interface(Role::Wan).unwrap();
         assert!(network_file(wan).contains("Address=10.77.0.1/24\n") && network_file(wan).contains("DHCP=no\n"));
+        assert!(!network_file(wan).contains("IPv6SendRA"));
+        let lan = network_file(profile.gateway.interface(Role::Lan).unwrap());
+        assert!(lan.contains("IPv6SendRA=yes\n") && lan.contains("\n[IPv6Prefix]\nPrefix=fd78::/64\n"), "{lan}");
+        let input = crate::stages::firewall::render(&profile).text;
+        assert!(input.contains("iifname { \"lan\" } icmpv6 type nd-router-solicit ip6 hoplimit 255 accept"), "{input}");
     }
 }
