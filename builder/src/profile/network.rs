@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use super::controls::{Protocol, Sited};
 use super::monitoring::LogHost;
 use super::raw::{RawGateway, RawVpn, RawWireless};
-use super::types::{Cidr, Port};
+use super::types::{address_value, host_mask, Cidr, Port};
 use crate::located::{LocatedError, SourceText};
 
 /// The seed's border ports, never forwarded (NetBIOS, SMB, RPC, LPR).
@@ -71,7 +71,7 @@ impl IfAddress {
             return Err(format!("{s:?}: a prefix length from 1 to {bits}"));
         }
         let network = network_of(address, prefix);
-        if prefix < bits && (network.address == address || (address.is_ipv4() && bits - prefix >= 2 && to_u128(address) == to_u128(network.address) | host_mask(bits, prefix))) {
+        if prefix < bits && (network.address == address || (address.is_ipv4() && bits - prefix >= 2 && address_value(address) == address_value(network.address) | host_mask(bits, prefix))) {
             return Err(format!("{s:?} is the network's own (or broadcast) address, not a host's"));
         }
         Ok(IfAddress { address, prefix })
@@ -88,24 +88,9 @@ impl std::fmt::Display for IfAddress {
     }
 }
 
-fn to_u128(address: IpAddr) -> u128 {
-    match address {
-        IpAddr::V4(a) => u32::from(a) as u128,
-        IpAddr::V6(a) => u128::from(a),
-    }
-}
-
-fn host_mask(bits: u8, prefix: u8) -> u128 {
-    match bits - prefix {
-        0 => 0,
-        128 => u128::MAX,
-        n => (1u128 << n) - 1,
-    }
-}
-
 fn network_of(address: IpAddr, prefix: u8) -> Cidr {
     let bits = if address.is_ipv4() { 32 } else { 128 };
-    let value = to_u128(address) & !host_mask(bits, prefix);
+    let value = address_value(address) & !host_mask(bits, prefix);
     let address = match address {
         IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(value as u32)),
         IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::from(value)),
@@ -116,13 +101,13 @@ fn network_of(address: IpAddr, prefix: u8) -> Cidr {
 /// The first and last address a range covers, as numbers of its family.
 fn bounds(range: &Cidr) -> (u128, u128) {
     let bits = if range.address.is_ipv4() { 32 } else { 128 };
-    let low = to_u128(range.address);
+    let low = address_value(range.address);
     (low, low | host_mask(bits, range.prefix))
 }
 
 pub fn contains(range: &Cidr, address: IpAddr) -> bool {
     let (low, high) = bounds(range);
-    range.address.is_ipv4() == address.is_ipv4() && (low..=high).contains(&to_u128(address))
+    range.address.is_ipv4() == address.is_ipv4() && (low..=high).contains(&address_value(address))
 }
 
 pub fn overlap(a: &Cidr, b: &Cidr) -> bool {

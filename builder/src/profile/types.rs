@@ -116,6 +116,23 @@ impl fmt::Display for Port {
     }
 }
 
+/// An address as a number of its family (IPv4 in the low 32 bits).
+pub fn address_value(address: IpAddr) -> u128 {
+    match address {
+        IpAddr::V4(a) => u32::from(a) as u128,
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+/// The host part of a `bits`-bit address under a /`prefix`.
+pub fn host_mask(bits: u8, prefix: u8) -> u128 {
+    match bits - prefix {
+        0 => 0,
+        128 => u128::MAX,
+        n => (1u128 << n) - 1,
+    }
+}
+
 /// An address range in CIDR form whose host bits are zero.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cidr {
@@ -133,17 +150,7 @@ impl Cidr {
         if prefix > bits {
             return Err(format!("{s:?}: prefix /{prefix} is longer than {bits} bits"));
         }
-        let value: u128 = match address {
-            IpAddr::V4(a) => u32::from(a) as u128,
-            IpAddr::V6(a) => u128::from(a),
-        };
-        let host_bits = bits - prefix;
-        let host_mask: u128 = match host_bits {
-            0 => 0,
-            128 => u128::MAX,
-            n => (1u128 << n) - 1,
-        };
-        if value & host_mask != 0 {
+        if address_value(address) & host_mask(bits, prefix) != 0 {
             return Err(format!("{s:?} has host bits set; did you mean the network address?"));
         }
         Ok(Cidr { address, prefix })
