@@ -210,6 +210,7 @@ pub fn build(profile: Profile, mirror: Mirror, options: &BuildOptions) -> Result
         stages::encryption::run,
         stages::ssh::run,
         stages::time::run,
+        stages::mail::run,
         stages::updates::run,
         stages::firewall::run,
         stages::gateway::run,

@@ -99,6 +99,21 @@ pub struct PasswordPolicy {
     pub warn_days: u32,
     pub inactive_days: u32,
     pub umask: u32,
+    /// `passwords.audit`: John the Ripper on a timer; `None` when off.
+    pub audit: Option<PasswordAudit>,
+}
+
+/// How the password audit runs: on a schedule, for at most `minutes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswordAudit {
+    pub schedule: Sited<String>,
+    pub minutes: u32,
+}
+
+impl Default for PasswordAudit {
+    fn default() -> Self {
+        PasswordAudit { schedule: Sited { value: "weekly".into(), at: "rampart's default".into() }, minutes: 30 }
+    }
 }
 
 impl Default for PasswordPolicy {
@@ -119,6 +134,7 @@ impl Default for PasswordPolicy {
             warn_days: 7,
             inactive_days: 30,
             umask: 0o027,
+            audit: Some(PasswordAudit::default()),
         }
     }
 }
@@ -328,6 +344,9 @@ struct PasswordLayer {
     min_days: Option<u32>,
     warn_days: Option<u32>,
     inactive_days: Option<u32>,
+    audit: Option<bool>,
+    audit_schedule: Option<Sited<String>>,
+    audit_minutes: Option<u32>,
     umask: Option<u32>,
 }
 
@@ -397,6 +416,11 @@ pub fn validate(
         l.min_days = in_range(source, &p.min_days, "passwords.min-days", 0, 99_999)?;
         l.warn_days = in_range(source, &p.warn_days, "passwords.warn-days", 0, 99_999)?;
         l.inactive_days = in_range(source, &p.inactive_days, "passwords.inactive-days", 0, 99_999)?;
+        l.audit = p.audit;
+        if let Some(schedule) = &p.audit_schedule {
+            l.audit_schedule = Some(sited(source, schedule, source.check(schedule, "passwords.audit-schedule", |s| super::monitoring::parse_schedule(s))?));
+        }
+        l.audit_minutes = in_range(source, &p.audit_minutes, "passwords.audit-minutes", 1, 1440)?;
         if let Some(umask) = &p.umask {
             l.umask = Some(source.check(umask, "passwords.umask", |s| parse_umask(s))?);
         }
@@ -485,6 +509,9 @@ pub fn merge(base: &mut ControlsLayer, child: ControlsLayer) {
     take!(passwords.warn_days);
     take!(passwords.inactive_days);
     take!(passwords.umask);
+    take!(passwords.audit);
+    take!(passwords.audit_schedule);
+    take!(passwords.audit_minutes);
     take!(firewall_enable);
     take!(icmp_echo_per_second);
     take!(log_drops);
@@ -533,6 +560,12 @@ pub fn finish(layer: ControlsLayer) -> Result<Controls, String> {
         warn_days: p.warn_days.unwrap_or(d.warn_days),
         inactive_days: p.inactive_days.unwrap_or(d.inactive_days),
         umask: p.umask.unwrap_or(d.umask),
+        audit: if p.audit.unwrap_or(true) {
+            let default = PasswordAudit::default();
+            Some(PasswordAudit { schedule: p.audit_schedule.unwrap_or(default.schedule), minutes: p.audit_minutes.unwrap_or(default.minutes) })
+        } else {
+            None
+        },
     };
     if passwords.min_days >= passwords.max_days {
         return Err(format!("passwords: min-days ({}) must be below max-days ({})", passwords.min_days, passwords.max_days));

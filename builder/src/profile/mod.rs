@@ -15,6 +15,7 @@ pub mod raw;
 pub mod sandboxes;
 pub mod sessions;
 pub mod time;
+pub mod mail;
 pub mod network;
 pub mod updates;
 pub mod encryption;
@@ -24,12 +25,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 
-pub use controls::{FirewallAllow, FirewallSpec, PasswordPolicy, Protocol, ServicesSpec, Sited};
+pub use controls::{FirewallAllow, FirewallSpec, PasswordAudit, PasswordPolicy, Protocol, ServicesSpec, Sited};
 pub use backups::{BackupTarget, BackupsSpec};
 pub use monitoring::{IntegritySpec, LogHost, LoggingSpec};
 pub use accounting::AccountingSpec;
 pub use sessions::SessionsSpec;
 pub use time::TimeSpec;
+pub use mail::MailSpec;
 pub use network::{GatewaySpec, VpnSpec, WirelessSpec};
 pub use updates::UpdatesSpec;
 pub use encryption::EncryptionSpec;
@@ -185,6 +187,7 @@ pub struct Profile {
     pub passwords: PasswordPolicy,
     pub sessions: SessionsSpec,
     pub time: TimeSpec,
+    pub mail: MailSpec,
     pub updates: UpdatesSpec,
     pub encryption: EncryptionSpec,
     pub accounting: AccountingSpec,
@@ -241,6 +244,7 @@ struct Layer {
     controls: controls::ControlsLayer,
     sessions: sessions::SessionsLayer,
     time: time::TimeLayer,
+    mail: mail::MailLayer,
     network: network::NetworkLayer,
     updates: updates::UpdatesLayer,
     encryption: encryption::EncryptionLayer,
@@ -375,6 +379,7 @@ fn validate_layer(source: &Source, raw: raw::RawProfile) -> Result<Layer, Profil
     layer.controls = controls::validate(source, raw.ssh.as_ref(), raw.services, raw.passwords, raw.firewall)?;
     layer.sessions = sessions::validate(source, raw.sessions)?;
     layer.time = time::validate(source, raw.time)?;
+    layer.mail = mail::validate(source, raw.mail)?;
     layer.network = network::validate(source, raw.gateway, raw.vpn, raw.wireless)?;
     layer.updates = updates::validate(raw.updates);
     layer.encryption = encryption::validate(raw.encryption);
@@ -498,6 +503,7 @@ fn merge(base: &mut Layer, child: Layer) {
     controls::merge(&mut base.controls, child.controls);
     sessions::merge(&mut base.sessions, child.sessions);
     time::merge(&mut base.time, child.time);
+    mail::merge(&mut base.mail, child.mail);
     network::merge(&mut base.network, child.network);
     updates::merge(&mut base.updates, child.updates);
     encryption::merge(&mut base.encryption, child.encryption);
@@ -593,6 +599,17 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
     }
     if time.enable {
         needed.push(("time", "systemd-timesyncd"));
+    }
+    let mail = mail::finish(layer.mail)?;
+    if mail.enable {
+        needed.push(("mail", "postfix"));
+        if mail.credentials.is_some() {
+            // SASL's PLAIN and LOGIN mechanisms
+            needed.push(("mail.credentials", "libsasl2-modules"));
+        }
+    }
+    if controls.passwords.audit.is_some() {
+        needed.push(("passwords.audit", "john"));
     }
     let updates = updates::finish(layer.updates);
     if updates.automatic {
@@ -695,6 +712,7 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
         passwords: controls.passwords,
         sessions,
         time,
+        mail,
         updates,
         encryption,
         accounting,

@@ -30,6 +30,7 @@ pub struct RawProfile {
     pub audit: Option<RawAudit>,
     pub sessions: Option<RawSessions>,
     pub time: Option<RawTime>,
+    pub mail: Option<RawMail>,
     pub accounting: Option<RawAccounting>,
     pub updates: Option<RawUpdates>,
     pub encryption: Option<RawEncryption>,
@@ -237,6 +238,10 @@ pub struct RawPasswords {
     pub warn_days: Option<Spanned<i64>>,
     pub inactive_days: Option<Spanned<i64>>,
     pub umask: Option<Spanned<String>>,
+    /// John the Ripper against the shadow file on a timer.
+    pub audit: Option<bool>,
+    pub audit_schedule: Option<Spanned<String>>,
+    pub audit_minutes: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -375,6 +380,19 @@ pub struct RawAccounting {
     pub processes: Option<bool>,
     /// Days of records kept (rotated daily).
     pub days_kept: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawMail {
+    pub enable: Option<bool>,
+    /// host:port of the relay every mail leaves through; "" for none.
+    pub smarthost: Option<Spanned<String>>,
+    /// A file beside the profile holding "user:password" for the smarthost.
+    pub credentials: Option<Spanned<String>>,
+    /// Where root's mail and the alerts go.
+    pub to: Option<Vec<Spanned<String>>>,
+    pub alert_interval_minutes: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -171,12 +171,18 @@ const CIS: &[CisRules] = &[
 ];
 
 /// auditd.conf settings: key, value, why (CIS Debian 12 6.3.2).
-fn auditd_conf_settings(max_log_file_mib: u32, num_logs: u32) -> Vec<(&'static str, String, &'static str)> {
+fn auditd_conf_settings(max_log_file_mib: u32, num_logs: u32, mail: bool) -> Vec<(&'static str, String, &'static str)> {
+    let space_left = if mail {
+        ("space_left_action", "EMAIL".to_string(), "mail root, whom [mail] sends to the admins, and warn through syslog (CIS 6.3.2.4)")
+    } else {
+        ("space_left_action", "SYSLOG".to_string(), "warn through syslog, which reaches the remote log host (mail.enable = false: CIS 6.3.2.4 asks email)")
+    };
     vec![
         ("max_log_file", max_log_file_mib.to_string(), "[auditd] max-log-file-mib (CIS 6.3.2.1)"),
         ("num_logs", num_logs.to_string(), "[auditd] num-logs"),
         ("max_log_file_action", "ROTATE".into(), "rotate, keeping num_logs files (CIS 6.3.2.2 asks keep_logs, which fills the disk)"),
-        ("space_left_action", "SYSLOG".into(), "warn through syslog, which reaches the remote log host; mail alerts are not set up yet (CIS 6.3.2.4 asks email)"),
+        space_left,
+        ("action_mail_acct", "root".into(), "who space_left_action = email writes to"),
         ("admin_space_left_action", "SINGLE".into(), "CIS 6.3.2.4"),
         ("disk_full_action", "SINGLE".into(), "CIS 6.3.2.3"),
         ("disk_error_action", "SINGLE".into(), "CIS 6.3.2.3"),
@@ -293,7 +299,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
 
     let conf_path = ctx.root().join(AUDITD_CONF);
     let conf = std::fs::read_to_string(&conf_path).with_context(|| format!("while reading /{AUDITD_CONF} of the image"))?;
-    let settings = auditd_conf_settings(spec.max_log_file_mib, spec.num_logs);
+    let settings = auditd_conf_settings(spec.max_log_file_mib, spec.num_logs, ctx.profile.mail.enable);
     let edited = set_keys(&conf, &settings.iter().map(|(k, v, why)| (*k, v.as_str(), *why)).collect::<Vec<_>>());
     ctx.install_file(AUDITD_CONF, edited.as_bytes(), 0o640)?;
 

@@ -16,6 +16,7 @@ pub mod installer;
 pub mod integrity;
 pub mod kernel;
 pub mod logging;
+pub mod mail;
 pub mod overlays;
 pub mod packages;
 pub mod passwords;

@@ -247,6 +247,10 @@ fn bootstrap(ctx: &BuildContext, dpkg_options: &[&str], initramfs: &[(&str, Stri
         .arg("--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr")
         .arg("--essential-hook=mkdir -p \"$1/etc/initramfs-tools\"")
         .arg(format!("--essential-hook=sync-in {} /etc/initramfs-tools", initramfs_dir.display()))
+        // postfix's maintainer script makes no configuration (its newaliases
+        // needs a network interface, and the package stage has none): the
+        // mail stage writes postfix's whole configuration itself.
+        .arg("--essential-hook=echo 'postfix postfix/main_mailer_type select No configuration' | chroot \"$1\" debconf-set-selections")
         .arg(format!("--architectures={ARCH}"))
         .arg(format!("--include={}", names.join(",")))
         .arg("--aptopt=Acquire::Languages \"none\"");

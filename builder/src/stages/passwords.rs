@@ -3,12 +3,68 @@
 //! login.defs aging and umask, sudo asking for the user's own password.
 //! PAM stacks are made by Debian's pam-auth-update from profiles this stage
 //! installs, never by editing /etc/pam.d by hand. Accounts are `users.rs`.
+//!
+//! `passwords.audit` (seed step 3, "cracking passwords after they are
+//! created"): a timer runs John the Ripper with the image's cracklib
+//! dictionary against the shadow file for a bounded time
+//! (`builder/data/passwords/rampart-password-audit`); an account whose
+//! password it finds is expired and named, and the unit fails, which mails
+//! the admins (`[mail]` alerts). Passwords found stay in the unit's private,
+//! memory-only /root.
 
 use anyhow::{Context, Result};
 use serde_json::json;
 
 use crate::build::context::BuildContext;
-use crate::profile::PasswordPolicy;
+use crate::profile::{PasswordAudit, PasswordPolicy};
+
+pub const AUDIT_SERVICE: &str = "rampart-password-audit.service";
+pub const AUDIT_TIMER: &str = "rampart-password-audit.timer";
+const AUDIT_SCRIPT: &str = "usr/lib/rampart/rampart-password-audit";
+const AUDIT_SCRIPT_TEXT: &str = include_str!("../../data/passwords/rampart-password-audit");
+/// The dictionary john tries (cracklib-runtime's plain word list).
+pub const AUDIT_DICTIONARY: &str = "usr/share/dict/cracklib-small";
+
+fn audit_unit(audit: &PasswordAudit) -> String {
+    format!(
+        "[Unit]
+Description=rampart: passwords in the shadow file tried against the dictionary (John the Ripper)
+Documentation=man:john(8)
+
+[Service]
+Type=oneshot
+Environment=RAMPART_AUDIT_MINUTES={minutes}
+ExecStart=/{AUDIT_SCRIPT}
+# john's pot file and session land in root's home: here a private tmpfs
+RuntimeDirectory=rampart-password-audit
+RuntimeDirectoryMode=0700
+TimeoutStartSec={timeout}
+Nice=19
+IOSchedulingClass=idle
+",
+        minutes = audit.minutes,
+        timeout = u64::from(audit.minutes) * 60 + 300,
+    )
+}
+
+fn install_audit(ctx: &BuildContext, audit: &PasswordAudit) -> Result<serde_json::Value> {
+    for needed in ["usr/sbin/john", AUDIT_DICTIONARY] {
+        if !ctx.root().join(needed).exists() {
+            anyhow::bail!("passwords.audit of {}: the image has no /{needed}; is john or cracklib-runtime excluded?", ctx.profile.path.display());
+        }
+    }
+    ctx.install_file(AUDIT_SCRIPT, AUDIT_SCRIPT_TEXT.as_bytes(), 0o755)?;
+    ctx.install_file(&format!("etc/systemd/system/{AUDIT_SERVICE}"), audit_unit(audit).as_bytes(), 0o644)?;
+    super::install_timer(ctx, AUDIT_TIMER, "rampart: password audit (John the Ripper)", &audit.schedule, "passwords.audit-schedule")?;
+    Ok(json!({
+        "tool": "john (John the Ripper), --format=crypt",
+        "dictionary": format!("/{AUDIT_DICTIONARY}"),
+        "schedule": audit.schedule.value,
+        "at-most-minutes": audit.minutes,
+        "found": "expired (chage -d 0), named in the journal and auth.log; the unit fails and rampart-alert mails the admins",
+        "found-passwords-kept": "nowhere: john's pot file is in the unit's private tmpfs /root, its output goes to /dev/null",
+    }))
+}
 
 /// pam-auth-update profiles, in the form CIS Debian 12 (5.3.2) gives them.
 /// `rampart-unix` replaces Debian's `unix` profile: the same, but without
@@ -181,10 +237,15 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
         ctx.install_file("etc/sudoers.d/10-rampart", sudoers.as_bytes(), 0o440)?;
         ctx.in_root("visudo").args(["--check", "--strict", "--quiet"]).run().context("the image's visudo refuses the sudoers policy")?;
     }
+    let audit = match &policy.audit {
+        Some(audit) => install_audit(ctx, audit)?,
+        None => json!("off (passwords.audit = false)"),
+    };
     ctx.record(
         "passwords",
         true,
         json!({
+            "audit": audit,
             "hash": "yescrypt (pam_unix, login.defs ENCRYPT_METHOD)",
             "pwquality": {
                 "min-length": policy.min_length,

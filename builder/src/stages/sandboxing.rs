@@ -195,6 +195,42 @@ pub const SANDBOXES: &[Sandbox] = &[
         why: "answers DHCP and DNS on lan, keeps its leases in /var/lib/misc",
     },
     Sandbox {
+        unit: crate::stages::mail::SERVICE,
+        applies: |p| p.mail.enable,
+        needs: &[
+            // master runs as root and starts its daemons as postfix; local(8)
+            // writes mailboxes as their owners; no daemon is chrooted (master.cf)
+            "CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_CHOWN CAP_FOWNER CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_KILL",
+            "ReadWritePaths=/var/spool/postfix /var/lib/postfix /var/mail",
+            "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+            FILTER_WITH_CHOWN[0],
+            FILTER_WITH_CHOWN[1],
+            "UMask=0022",
+        ],
+        without: &["SystemCallFilter", "UMask", "PrivateIPC"],
+        from_settings: None,
+        why: "postfix, send-only: queues local mail in /var/spool/postfix, delivers root's mailbox in /var/mail or relays to the smarthost",
+    },
+    Sandbox {
+        unit: crate::stages::passwords::AUDIT_SERVICE,
+        applies: |p| p.passwords.audit.is_some(),
+        needs: &[
+            // reads /etc/shadow; chage rewrites it (a new file, renamed) and audits the change
+            "CapabilityBoundingSet=CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_CHOWN CAP_FOWNER CAP_AUDIT_WRITE",
+            "ReadWritePaths=/etc",
+            // john's pot file (the passwords it found) goes to root's home: an empty tmpfs here
+            "ProtectHome=tmpfs",
+            "PrivateNetwork=yes",
+            "RestrictAddressFamilies=AF_UNIX AF_NETLINK",
+            "ProcSubset=pid",
+            FILTER_WITH_CHOWN[0],
+            FILTER_WITH_CHOWN[1],
+        ],
+        without: &["ProtectHome", "SystemCallFilter"],
+        from_settings: None,
+        why: "reads the shadow file, expires the accounts whose password john finds; john's pot file stays in a private tmpfs",
+    },
+    Sandbox {
         unit: crate::stages::firstboot::KEYS_RECORD_UNIT,
         applies: |_| true,
         needs: &["CapabilityBoundingSet=", "ReadWritePaths=/var/lib/rampart", "PrivateNetwork=yes", "RestrictAddressFamilies=AF_UNIX", "ProcSubset=pid"],
@@ -389,6 +425,20 @@ fn rate(ctx: &BuildContext, unit: &str) -> Result<Rating> {
     let text = output.stdout_text();
     let (value, rating) = parse_exposure(&text).with_context(|| format!("systemd-analyze security gave no exposure level for {unit}"))?;
     Ok(Rating { value, rating, output: text, stderr: String::from_utf8_lossy(&output.stderr).into_owned() })
+}
+
+/// Rates a unit whose sandbox is in its own file (not this module's
+/// table): its exposure, or an error when systemd refuses a line or rates
+/// it above OK.
+pub fn rate_ok(ctx: &BuildContext, unit: &str, file: &str) -> Result<f64> {
+    let rated = rate(ctx, unit)?;
+    if let Some((_, complaint)) = complaints_about(&rated.stderr, file).into_iter().next() {
+        bail!("{unit}: the image's systemd refuses a line of its sandbox:\n{complaint}");
+    }
+    if rated.value >= OK_BELOW {
+        bail!("{unit}: the image's systemd-analyze security rates it {} {}, above OK ({})", rated.value, rated.rating, largest_exposures(&rated.output, 6).join(", "));
+    }
+    Ok(rated.value)
 }
 
 /// "OK" in systemd-analyze's words: below 5.0.

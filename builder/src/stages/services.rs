@@ -57,6 +57,14 @@ pub fn implied_units(profile: &Profile) -> Vec<(String, &'static str)> {
     if profile.time.enable {
         units.push((crate::stages::time::SERVICE.to_string(), "[time]"));
     }
+    if profile.mail.enable {
+        units.push((crate::stages::mail::WRAPPER_SERVICE.to_string(), "[mail]"));
+        units.push((crate::stages::mail::SERVICE.to_string(), "[mail] postfix's instance"));
+    }
+    if profile.passwords.audit.is_some() {
+        units.push((crate::stages::passwords::AUDIT_TIMER.to_string(), "[passwords] audit"));
+        units.push((crate::stages::passwords::AUDIT_SERVICE.to_string(), "[passwords] audit, started by its timer"));
+    }
     if profile.encryption.data {
         units.push((crate::stages::encryption::SERVICE.to_string(), "[encryption] data, at every boot before the volumes open"));
     }
@@ -101,6 +109,10 @@ pub fn expected_running(profile: &Profile) -> Vec<String> {
     units.extend(implied_units(profile).into_iter().map(|(u, _)| u));
     units.extend(profile.services.gettys.iter().map(|t| ServicesSpec::getty_unit(t)));
     units.extend(CORE_SERVICES.iter().map(|u| u.to_string()));
+    if profile.mail.enable {
+        // started by a watched unit's failure
+        units.push("rampart-alert@*.service".to_string());
+    }
     units
 }
 

@@ -41,6 +41,8 @@ pub struct Lab {
     made: Vec<String>,
     /// The remote log host on the second host, when the profile forwards there.
     pub collector: Option<Collector>,
+    /// The smarthost on the second host, when the profile's mail goes there.
+    pub mail_sink: Option<crate::vmtest::mail_sink::MailSink>,
 }
 
 /// The lab address and MAC of the machine with this index.
@@ -85,6 +87,7 @@ impl Lab {
             leases: work.join("lab.leases"),
             made: Vec::new(),
             collector: None,
+            mail_sink: None,
         };
         let mut namespaces = vec![lab.lab_ns.clone()];
         namespaces.extend(lab.hosts.iter().cloned());
@@ -142,6 +145,12 @@ impl Lab {
         let collector = Collector::new(&self.outside_ns, address);
         collector.start()?;
         self.collector = Some(collector);
+        Ok(())
+    }
+
+    /// Starts the smarthost at `address` (an address of the second host).
+    pub fn start_mail_sink(&mut self, address: std::net::SocketAddr, work: &Path) -> Result<()> {
+        self.mail_sink = Some(crate::vmtest::mail_sink::MailSink::start(&self.outside_ns, address, work)?);
         Ok(())
     }
 
@@ -354,6 +363,7 @@ impl Drop for Lab {
         if let Some(collector) = self.collector.take() {
             collector.stop();
         }
+        self.mail_sink = None;
         self.listeners.clear();
         if let Some(mut dhcp) = self.dhcp.take() {
             dhcp.kill();

@@ -4,6 +4,8 @@
 //! only; QEMU's exit status is never trusted.
 
 pub mod collector;
+pub mod mail_sink;
+mod smarthost;
 pub mod audit;
 pub mod identity;
 pub mod junit;
@@ -169,6 +171,15 @@ fn lab_log_host(profile: &Profile) -> Option<std::net::SocketAddr> {
     format!("{}:{}", remote.value.host, remote.value.port).parse().ok()
 }
 
+/// The profile's smarthost, when it is an address of the lab's second host.
+fn lab_mail_host(profile: &Profile) -> Option<std::net::SocketAddr> {
+    let smarthost = profile.mail.smarthost.as_ref()?;
+    if !profile.mail.enable || !lab::OUTSIDE_ADDRESSES.contains(&smarthost.value.host.as_str()) {
+        return None;
+    }
+    format!("{}:{}", smarthost.value.host, smarthost.value.port).parse().ok()
+}
+
 /// The build's artifacts the harness boots, in `--out`.
 struct Artifacts {
     /// `<name>.qcow2`, the backing file of every scratch disk
@@ -247,6 +258,9 @@ fn run_scenario(
     let mut lab = if scenario.isolated_network { Some(lab::Lab::create(work, scenario.machines.len(), &scenario.networks)?) } else { None };
     if let (Some(lab), Some(address)) = (lab.as_mut(), lab_log_host(profile)) {
         lab.start_collector(address)?;
+    }
+    if let (Some(lab), Some(address)) = (lab.as_mut(), lab_mail_host(profile)) {
+        lab.start_mail_sink(address, work)?;
     }
     for (index, spec) in scenario.machines.iter().enumerate() {
         crate::process::check_interrupted()?;
@@ -673,6 +687,7 @@ fn run_check(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Result<Opt
         Action::Succeed { .. } | Action::Fail { .. } | Action::WaitUntilSucceeds { .. } | Action::WaitForUnit { .. } | Action::WaitForPort { .. } | Action::Differ { .. } | Action::SshRefusesWrongKey | Action::SshRefuses { .. } => commands::run(machine, check, env),
         Action::RunningServicesMatchProfile | Action::ListeningSocketsMatchProfile | Action::SysctlsMatchProfile | Action::ProfileServicesLog | Action::FirstLoginForcedPasswordChange => conformance::run(machine, check, env),
         Action::RemoteLogReceives | Action::RemoteLogSurvivesOutage => remote_log::run(machine, check, env),
+        Action::SmarthostReceives { .. } => smarthost::run(machine, check, env),
         Action::OutsideSucceed { command, host, .. } | Action::OutsideFail { command, host } if outside.is_some() => {
             let (lab, address) = outside.expect("checked");
             outside::host_command(check, lab, address, command, *host)?;

@@ -67,6 +67,16 @@ struct RawExtraDisk {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawSmarthostReceives {
+    after: String,
+    containing: Vec<String>,
+    #[serde(default)]
+    absent: Vec<String>,
+    mails: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawCheck {
     name: Spanned<String>,
     machine: Option<Spanned<String>>,
@@ -98,6 +108,11 @@ struct RawCheck {
     /// reaches SSH on the machine's VPN address; without the tunnel, and
     /// with a key the profile does not enroll, it does not.
     vpn_admits_enrolled_peer: Option<Spanned<String>>,
+    /// `[mail]`: after a command run as root in the guest, the lab's
+    /// smarthost (the profile's `mail.smarthost` on the outside host)
+    /// receives this many mails holding every `containing` string and none
+    /// of `absent`, all of them after STARTTLS.
+    smarthost_receives: Option<Spanned<RawSmarthostReceives>>,
     ssh_refuses: Option<Vec<String>>,
     ssh_user: Option<String>,
     running_services_match_profile: Option<bool>,
@@ -222,6 +237,10 @@ pub enum Action {
     /// `[vpn]`: an enrolled peer's tunnel from the outside host reaches SSH
     /// on the machine's VPN address; no tunnel, or another key, does not.
     VpnAdmitsEnrolledPeer { key: PathBuf },
+    /// `[mail]`: once `after` ran as root in the guest, the lab's smarthost
+    /// receives exactly `mails` messages holding every `containing` string
+    /// and no `absent` one, each after STARTTLS.
+    SmarthostReceives { after: String, containing: Vec<String>, absent: Vec<String>, mails: usize },
     /// An SSH login with the provisioned key and these client options (and
     /// perhaps another user) is refused.
     SshRefuses { options: Vec<String>, user: Option<String>, expect: Expect },
@@ -296,6 +315,7 @@ impl Action {
                 | Action::RemoteLogSurvivesOutage
                 | Action::FirewallFailsClosed
                 | Action::VpnAdmitsEnrolledPeer { .. }
+                | Action::SmarthostReceives { .. }
         )
     }
 
@@ -506,7 +526,7 @@ fn validate_check(source: &SourceText, raw: RawCheck, machines: &[MachineSpec], 
     let mut actions = actions_of(source, &raw, &name, &expect, networks)?;
     let action = match actions.len() {
         1 => actions.remove(0),
-        0 => return Err(source.error(&raw.name, format!("check {name}: no action; give one of succeed, fail, wait-until-succeeds, wait-for-unit, wait-for-port, differ, ssh-refuses-wrong-key, ssh-refuses, outside-succeed, outside-fail, open-tcp-ports, open-udp-ports, running-services-match-profile, listening-sockets-match-profile, sysctls-match-profile, first-login-forced-password-change, remote-log-receives, remote-log-survives-outage, profile-services-log, installer-refuses-disk-of, firewall-fails-closed, tampered-boot-image-is-refused, injected-command-line-is-ignored, data-is-sealed-to-the-tpm, disk-is-its-own, patch-medium-applies, kernel-from-apt-boots, vpn-admits-enrolled-peer"))),
+        0 => return Err(source.error(&raw.name, format!("check {name}: no action; give one of succeed, fail, wait-until-succeeds, wait-for-unit, wait-for-port, differ, ssh-refuses-wrong-key, ssh-refuses, outside-succeed, outside-fail, open-tcp-ports, open-udp-ports, running-services-match-profile, listening-sockets-match-profile, sysctls-match-profile, first-login-forced-password-change, remote-log-receives, remote-log-survives-outage, profile-services-log, installer-refuses-disk-of, firewall-fails-closed, tampered-boot-image-is-refused, injected-command-line-is-ignored, data-is-sealed-to-the-tpm, disk-is-its-own, patch-medium-applies, kernel-from-apt-boots, vpn-admits-enrolled-peer, smarthost-receives"))),
         _ => return Err(source.error(&raw.name, format!("check {name}: give exactly one action"))),
     };
     check_modifiers(source, &raw, &name, &action, &expect)?;
@@ -649,6 +669,17 @@ fn actions_of(source: &SourceText, raw: &RawCheck, name: &str, expect: &Expect, 
         })?;
         actions.push(Action::VpnAdmitsEnrolledPeer { key });
     }
+    if let Some(receives) = &raw.smarthost_receives {
+        let spec = receives.get_ref();
+        if spec.containing.iter().chain(&spec.absent).any(|s| s.is_empty()) || spec.containing.is_empty() {
+            return Err(source.error(receives, "check.smarthost-receives: containing needs at least one string, and no string may be empty"));
+        }
+        let mails = spec.mails.unwrap_or(1) as usize;
+        if !(1..=20).contains(&mails) {
+            return Err(source.error(receives, "check.smarthost-receives: mails is out of range (1 to 20)"));
+        }
+        actions.push(Action::SmarthostReceives { after: spec.after.clone(), containing: spec.containing.clone(), absent: spec.absent.clone(), mails });
+    }
     if raw.first_login_forced_password_change == Some(true) {
         actions.push(Action::FirstLoginForcedPasswordChange);
     }
@@ -729,7 +760,7 @@ mod tests {
     fn unknown_check_kind_is_refused() {
         check_error(
             "profile = \"baseline\"\n[[check]]\nname = \"x\"\nsucceeds = \"true\"\n",
-            "$DIR/vm-tests/t.toml:4:1: unknown field `succeeds`, expected one of `name`, `machine`, `timeout`, `succeed`, `fail`, `wait-until-succeeds`, `wait-for-unit`, `wait-for-port`, `differ`, `ssh-refuses-wrong-key`, `outside-succeed`, `outside-fail`, `open-tcp-ports`, `open-udp-ports`, `scan-from`, `scan-target`, `scan-ports`, `host`, `vpn-admits-enrolled-peer`, `ssh-refuses`, `ssh-user`, `running-services-match-profile`, `listening-sockets-match-profile`, `sysctls-match-profile`, `first-login-forced-password-change`, `remote-log-receives`, `remote-log-survives-outage`, `profile-services-log`, `installer-refuses-disk-of`, `firewall-fails-closed`, `tampered-boot-image-is-refused`, `injected-command-line-is-ignored`, `data-is-sealed-to-the-tpm`, `disk-is-its-own`, `patch-medium-applies`, `kernel-from-apt-boots`, `as-root`, `expect`, `expect-contains`",
+            "$DIR/vm-tests/t.toml:4:1: unknown field `succeeds`, expected one of `name`, `machine`, `timeout`, `succeed`, `fail`, `wait-until-succeeds`, `wait-for-unit`, `wait-for-port`, `differ`, `ssh-refuses-wrong-key`, `outside-succeed`, `outside-fail`, `open-tcp-ports`, `open-udp-ports`, `scan-from`, `scan-target`, `scan-ports`, `host`, `vpn-admits-enrolled-peer`, `smarthost-receives`, `ssh-refuses`, `ssh-user`, `running-services-match-profile`, `listening-sockets-match-profile`, `sysctls-match-profile`, `first-login-forced-password-change`, `remote-log-receives`, `remote-log-survives-outage`, `profile-services-log`, `installer-refuses-disk-of`, `firewall-fails-closed`, `tampered-boot-image-is-refused`, `injected-command-line-is-ignored`, `data-is-sealed-to-the-tpm`, `disk-is-its-own`, `patch-medium-applies`, `kernel-from-apt-boots`, `as-root`, `expect`, `expect-contains`",
         );
     }
 
