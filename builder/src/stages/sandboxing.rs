@@ -118,8 +118,12 @@ pub const SANDBOXES: &[Sandbox] = &[
             "SystemCallFilter=capset",
         ],
         without: &["SystemCallFilter"],
-        from_settings: None,
-        why: "talks to the kernel's audit system, writes /var/log/audit, forwards to syslog",
+        from_settings: Some(|p| SettingsLines {
+            without: Vec::new(),
+            // space_left_action = email: sendmail drops the warning into postfix's queue
+            needs: if p.mail.enable { vec!["ReadWritePaths=/var/spool/postfix/maildrop".to_string()] } else { Vec::new() },
+        }),
+        why: "talks to the kernel's audit system, writes /var/log/audit, forwards to syslog, mails root when its partition runs low",
     },
     Sandbox {
         unit: "logrotate.service",

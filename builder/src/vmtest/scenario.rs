@@ -73,6 +73,9 @@ struct RawSmarthostReceives {
     #[serde(default)]
     absent: Vec<String>,
     mails: Option<u32>,
+    /// Count the mails since the sink started, not only those after the command.
+    #[serde(default)]
+    from_start: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -239,8 +242,9 @@ pub enum Action {
     VpnAdmitsEnrolledPeer { key: PathBuf },
     /// `[mail]`: once `after` ran as root in the guest, the lab's smarthost
     /// receives exactly `mails` messages holding every `containing` string
-    /// and no `absent` one, each after STARTTLS.
-    SmarthostReceives { after: String, containing: Vec<String>, absent: Vec<String>, mails: usize },
+    /// and no `absent` one, each after STARTTLS (with `from_start`, counted
+    /// since the sink started: mails an earlier check's failure sent).
+    SmarthostReceives { after: String, containing: Vec<String>, absent: Vec<String>, mails: usize, from_start: bool },
     /// An SSH login with the provisioned key and these client options (and
     /// perhaps another user) is refused.
     SshRefuses { options: Vec<String>, user: Option<String>, expect: Expect },
@@ -678,7 +682,7 @@ fn actions_of(source: &SourceText, raw: &RawCheck, name: &str, expect: &Expect, 
         if !(1..=20).contains(&mails) {
             return Err(source.error(receives, "check.smarthost-receives: mails is out of range (1 to 20)"));
         }
-        actions.push(Action::SmarthostReceives { after: spec.after.clone(), containing: spec.containing.clone(), absent: spec.absent.clone(), mails });
+        actions.push(Action::SmarthostReceives { after: spec.after.clone(), containing: spec.containing.clone(), absent: spec.absent.clone(), mails, from_start: spec.from_start });
     }
     if raw.first_login_forced_password_change == Some(true) {
         actions.push(Action::FirstLoginForcedPasswordChange);

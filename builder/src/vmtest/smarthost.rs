@@ -13,7 +13,7 @@ use crate::vmtest::{failed, show, CheckEnv, CheckFailure};
 
 /// How long after the first matching mail the check still waits for more
 /// (a repeated alert, which must not come).
-const SETTLE: Duration = Duration::from_secs(30);
+const SETTLE: Duration = Duration::from_secs(15);
 
 fn describe(mails: &[Mail]) -> String {
     mails
@@ -24,7 +24,7 @@ fn describe(mails: &[Mail]) -> String {
 }
 
 pub(super) fn run(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Result<Option<String>, CheckFailure> {
-    let Action::SmarthostReceives { after, containing, absent, mails } = &check.action else {
+    let Action::SmarthostReceives { after, containing, absent, mails, from_start } = &check.action else {
         return Err(failed(format!("{:?} is not a check of this family", check.action), String::new()));
     };
     let Some(sink) = env.outside.and_then(|(lab, _)| lab.mail_sink.as_ref()) else {
@@ -34,7 +34,7 @@ pub(super) fn run(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Resul
         return Err(failed("running the command as root needs the admin's password, and the secrets file has none", String::new()));
     };
     let deadline = Instant::now() + check.timeout;
-    let before = sink.received().len();
+    let before = if *from_start { 0 } else { sink.received().len() };
     let output = match machine.ssh_as_root(after, password, check.timeout) {
         Ok(Some(output)) => output,
         Ok(None) => return Err(failed(format!("`{after}` timed out"), String::new())),
