@@ -21,7 +21,7 @@ use crate::ui;
 const UNPACK: &[&str] = &["--extract", "--preserve-permissions", "--numeric-owner", "--xattrs", "--xattrs-include=*"];
 
 /// Bump when the way this stage calls mmdebstrap changes.
-const STAGE_VERSION: &str = "packages-v4";
+const STAGE_VERSION: &str = "packages-v5";
 
 /// Paths dpkg leaves out of the image when `packages.drop-docs` is on.
 const DOC_EXCLUDES: &[&str] = &[
@@ -35,8 +35,22 @@ const DOC_EXCLUDES: &[&str] = &[
     "path-exclude=/usr/share/linda/*",
 ];
 
+/// John the Ripper's character sets (19 MB) serve only its incremental
+/// mode; the password audit runs its wordlist mode alone.
+const JOHN_EXCLUDES: &[&str] = &["path-exclude=/usr/share/john/*.chr"];
+
+/// Perl's C headers (8 MB) serve only building XS modules, which needs a
+/// compiler: left out of an image without gcc.
+const PERL_HEADER_EXCLUDES: &[&str] = &["path-exclude=/usr/lib/x86_64-linux-gnu/perl/*/CORE/*.h"];
+
 pub fn run(ctx: &mut BuildContext) -> Result<()> {
-    let dpkg_options: Vec<&str> = if ctx.profile.packages.drop_docs { DOC_EXCLUDES.to_vec() } else { Vec::new() };
+    let mut dpkg_options: Vec<&str> = if ctx.profile.packages.drop_docs { DOC_EXCLUDES.to_vec() } else { Vec::new() };
+    if ctx.profile.passwords.audit.is_some() {
+        dpkg_options.extend(JOHN_EXCLUDES);
+    }
+    if ctx.profile.packages.drop_docs && !ctx.lock.packages.iter().any(|p| p.name.as_str() == "gcc") {
+        dpkg_options.extend(PERL_HEADER_EXCLUDES);
+    }
     let mmdebstrap_version = Cmd::new("mmdebstrap").arg("--version").run()?.stdout_text().trim().to_string();
     let initramfs = initramfs_files(&ctx.profile.kernel.initramfs_modules);
     let initramfs_key: String = initramfs.iter().map(|(path, text, mode)| format!("{path} {mode:o}\n{text}")).collect();
