@@ -264,3 +264,11 @@ fn a_wireguard_key_that_is_not_32_bytes_is_refused() {
 fn a_peer_covering_the_whole_internet_is_refused_without_allow_default_route() {
     check("vpn-peer-whole-internet");
 }
+
+#[test]
+fn mail_errors_name_their_field() {
+    check("mail-to-without-smarthost");
+    check("mail-smarthost-not-host-port");
+    check("mail-to-not-an-address");
+    check("password-audit-minutes-out-of-range");
+}

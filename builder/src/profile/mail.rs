@@ -125,7 +125,7 @@ pub fn merge(base: &mut MailLayer, child: MailLayer) {
 /// sense with a smarthost, and a smarthost needs someone to write to.
 pub fn finish(layer: MailLayer) -> Result<MailSpec, LocatedError> {
     let spec = MailSpec {
-        enable: layer.enable.unwrap_or(true),
+        enable: layer.enable.unwrap_or(false),
         smarthost: layer.smarthost.flatten(),
         credentials: layer.credentials,
         to: layer.to.unwrap_or_default(),

@@ -33,9 +33,11 @@ const ALERT_DROP_IN: &str = "50-rampart-alert.conf";
 /// Where the alert keeps when it last mailed about each unit.
 pub const ALERT_STATE: &str = "/var/lib/rampart-alert";
 
-/// postfix's address for the smarthost: brackets, so no MX lookup is made.
+/// postfix's address for the smarthost: brackets, so no MX lookup is made
+/// (an IPv6 address as postfix writes it, `[ipv6:...]`).
 fn relay(smarthost: &crate::profile::monitoring::LogHost) -> String {
-    format!("[{}]:{}", smarthost.host, smarthost.port)
+    let prefix = if smarthost.host.contains(':') { "ipv6:" } else { "" };
+    format!("[{prefix}{}]:{}", smarthost.host, smarthost.port)
 }
 
 pub fn main_cf(profile: &Profile) -> String {
@@ -60,7 +62,6 @@ pub fn main_cf(profile: &Profile) -> String {
         "smtpd_banner = $myhostname ESMTP".to_string(),
         "disable_vrfy_command = yes".to_string(),
         "smtpd_relay_restrictions = permit_mynetworks reject_unauth_destination".to_string(),
-        // the unit's sandbox confines every postfix process (see stages::sandboxing)
         "readme_directory = no".to_string(),
     ];
     match &mail.smarthost {
@@ -234,12 +235,30 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
         ctx.install_file(CREDENTIALS, format!("{} {user}:{password}\n", relay(&smarthost.value)).as_bytes(), 0o600)?;
     }
     let settings = check_postconf(ctx)?;
+    // ssl-cert (a dependency of postfix) makes a "snakeoil" key pair at
+    // install: one private key on every machine of the image, and another
+    // on each build. Nothing here uses it (no listener; the smarthost
+    // client needs no certificate): it goes.
+    let mut removed = Vec::new();
+    for path in ["etc/ssl/private/ssl-cert-snakeoil.key", "etc/ssl/certs/ssl-cert-snakeoil.pem"] {
+        if std::fs::symlink_metadata(ctx.root().join(path)).is_ok() {
+            std::fs::remove_file(ctx.root().join(path)).with_context(|| format!("while removing /{path} from the image"))?;
+            removed.push(format!("/{path}"));
+        }
+    }
+    for entry in std::fs::read_dir(ctx.root().join("etc/ssl/certs")).into_iter().flatten().flatten() {
+        let target = std::fs::read_link(entry.path()).unwrap_or_default();
+        if target.to_string_lossy().ends_with("ssl-cert-snakeoil.pem") {
+            std::fs::remove_file(entry.path())?;
+            removed.push(format!("/etc/ssl/certs/{}", entry.file_name().to_string_lossy()));
+        }
+    }
 
     ctx.install_file(ALERT_SCRIPT, ALERT_SCRIPT_TEXT.as_bytes(), 0o755)?;
     ctx.install_file(&format!("etc/systemd/system/{ALERT_TEMPLATE}"), alert_unit(&mail).as_bytes(), 0o644)?;
     let watched = alerted_units(&ctx.profile);
     for (unit, _) in &watched {
-        let text = format!("# rampart: [mail] a failure of this unit is mailed to the admins\n[Unit]\nOnFailure=rampart-alert@%n.service\n");
+        let text = "# rampart: [mail] a failure of this unit is mailed to the admins\n[Unit]\nOnFailure=rampart-alert@%n.service\n";
         ctx.install_file(&format!("etc/systemd/system/{unit}.d/{ALERT_DROP_IN}"), text.as_bytes(), 0o644)?;
     }
     ctx.record(
@@ -251,6 +270,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
                 Some(s) => format!("through {} (STARTTLS required{})", s.value, if mail.credentials.is_some() { ", SASL login from mail.credentials" } else { "" }),
                 None => "local only: root's mailbox /var/mail/root; mail for other hosts is refused".to_string(),
             },
+            "snakeoil-removed": removed,
             "root-to": mail.to.iter().map(|a| a.value.clone()).collect::<Vec<_>>(),
             "postconf": settings.lines().filter(|l| !l.starts_with("smtp_sasl_password_maps")).collect::<Vec<_>>(),
             "alerts": {
@@ -296,6 +316,14 @@ mod tests {
         assert!(services.iter().all(|l| l.split_whitespace().nth(1) != Some("inet")), "{master}");
         assert!(master.contains("pickup    unix  n       -       n       60      1       pickup\n"), "{master}");
         assert!(master.contains("        -o syslog_name=postfix/$service_name\n"), "the relay's option stays: {master}");
+    }
+
+    #[test]
+    fn the_relay_is_bracketed_and_an_ipv6_one_marked() {
+        let v4 = crate::profile::monitoring::LogHost::parse("192.0.2.25:587").unwrap();
+        let v6 = crate::profile::monitoring::LogHost::parse("[2001:db8::25]:25").unwrap();
+        let name = crate::profile::monitoring::LogHost::parse("relay.example.org:587").unwrap();
+        assert_eq!((relay(&v4), relay(&v6), relay(&name)), ("[192.0.2.25]:587".into(), "[ipv6:2001:db8::25]:25".into(), "[relay.example.org]:587".into()));
     }
 
     #[test]
