@@ -19,7 +19,7 @@ pub struct Sited<T> {
     pub at: String,
 }
 
-fn sited<T, U>(source: &SourceText, value: &toml::Spanned<T>, parsed: U) -> Sited<U> {
+pub(super) fn sited<T, U>(source: &SourceText, value: &toml::Spanned<T>, parsed: U) -> Sited<U> {
     Sited { value: parsed, at: source.location(value.span().start) }
 }
 

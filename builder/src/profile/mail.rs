@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::monitoring::{is_dns_name, LogHost};
 use super::raw::RawMail;
+use super::controls::sited;
 use super::Sited;
 use crate::located::{LocatedError, SourceText};
 
@@ -73,10 +74,6 @@ pub fn parse_credentials(text: &str) -> Result<(String, String), String> {
         return Err(bad.into());
     }
     Ok((user.to_string(), password.to_string()))
-}
-
-fn sited<T>(source: &SourceText, value: &toml::Spanned<String>, parsed: T) -> Sited<T> {
-    Sited { value: parsed, at: source.location(value.span().start) }
 }
 
 pub fn validate(source: &SourceText, raw: Option<RawMail>) -> Result<MailLayer, LocatedError> {
