@@ -6,7 +6,9 @@ use serde_json::{json, Value};
 use crate::lock::Lock;
 use crate::profile::Profile;
 
-pub fn render(profile: &Profile, lock: &Lock) -> Value {
+/// `build_inputs`: the files stages took in besides the profile's (virus
+/// databases, say), with their digests.
+pub fn render(profile: &Profile, lock: &Lock, build_inputs: &[Value]) -> Value {
     let packages: Vec<Value> = lock
         .packages
         .iter()
@@ -35,6 +37,7 @@ pub fn render(profile: &Profile, lock: &Lock) -> Value {
             "inrelease-sha256": s.inrelease_sha256,
             "date": s.date,
         })).collect::<Vec<_>>(),
+        "build-inputs": build_inputs,
         "n-packages": packages.len(),
         "packages": packages,
     })

@@ -272,3 +272,11 @@ fn mail_errors_name_their_field() {
     check("mail-to-not-an-address");
     check("password-audit-minutes-out-of-range");
 }
+
+#[test]
+fn mail_gateway_errors_name_their_field() {
+    check("mail-gateway-relay-domain-not-a-domain");
+    check("mail-gateway-unknown-attachment-action");
+    check("mail-gateway-without-port-25");
+    check("mail-gateway-without-databases");
+}

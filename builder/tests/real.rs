@@ -1277,6 +1277,48 @@ fn gateway_scenario_forwards_filters_and_admits_only_the_enrolled_vpn_peer() {
 
 #[test]
 #[ignore = "needs root, the network and QEMU: run by scripts/test"]
+fn mail_gateway_scenario_defangs_refuses_viruses_and_spam_and_relays_for_its_domains_only() {
+    let ws = Workspace::new();
+    // The test's own signature database, made with ClamAV's sigtool.
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let made = Command::new(repo.join("scripts/lab-signatures")).arg(ws.path("profiles/lab-mail-gateway.signatures")).output().unwrap();
+    assert!(made.status.success(), "scripts/lab-signatures: {}", stderr(&made));
+    ws.rampart_ok(&["lock", "profiles/lab-mail-gateway.toml"]);
+    ws.rampart_ok(&["fetch", "profiles/lab-mail-gateway.toml"]);
+    let junit = passing_scenario_of(&ws, "lab-mail-gateway", "mail-gateway");
+    for case in [
+        "an_exe_attachment_arrives_renamed_txt_at_the_internal_host",
+        "a_message_carrying_eicar_is_refused",
+        "a_gtube_message_is_refused_as_spam",
+        "mail_for_other_domains_and_for_the_gateways_own_users_is_refused",
+        "with_a_filter_down_the_sender_is_told_to_try_later",
+        "each_filter_runs_as_its_own_user_on_a_socket_only_postfix_may_use",
+    ] {
+        assert!(junit.contains(case), "{case} did not run");
+    }
+    // The signatures' digests, in the report and in the manifest.
+    let digest = "8e0ed6eee188c34bceb801b5880b8604ab5d547e408c9728b4e44314b294866c";
+    let gateway = stage_record(&ws, "out/lab-mail-gateway/lab-mail-gateway.report.json", "mail-gateway");
+    assert_eq!(gateway["settings"]["virus-databases"]["files"][0]["sha256"], digest);
+    assert_eq!(gateway["settings"]["virus-databases"]["signatures"], 1);
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(ws.path("out/lab-mail-gateway/lab-mail-gateway.manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["build-inputs"][0]["files"][0]["sha256"], digest, "{}", manifest["build-inputs"]);
+
+    // A corrupt database: the image's clamscan refuses it, the build fails
+    // naming the field, and nothing is written.
+    std::fs::create_dir_all(ws.path("profiles/corrupt.signatures")).unwrap();
+    std::fs::write(ws.path("profiles/corrupt.signatures/site.ndb"), "Broken.Sig:0:*:zz-not-hex\n").unwrap();
+    std::fs::write(ws.path("profiles/lab-mail-gateway-corrupt.toml"), "name = \"lab-mail-gateway-corrupt\"\nextends = \"lab-mail-gateway.toml\"\n\n[mail-gateway]\nvirus-databases = \"corrupt.signatures\"\n").unwrap();
+    ws.rampart_ok(&["lock", "profiles/lab-mail-gateway-corrupt.toml"]);
+    let output = ws.rampart(&["build", "profiles/lab-mail-gateway-corrupt.toml", "--out", "out/corrupt"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let message = stderr(&output);
+    assert!(message.contains("lab-mail-gateway-corrupt.toml:5:19: mail-gateway.virus-databases: the image's clamscan refuses"), "{message}");
+    assert!(!ws.path("out/corrupt").exists(), "a failed build left out/corrupt");
+}
+
+#[test]
+#[ignore = "needs root, the network and QEMU: run by scripts/test"]
 fn build_host_scenario_proves_the_hardened_toolchain_defaults_in_qemu() {
     let ws = Workspace::new();
     ws.rampart_ok(&["lock", "profiles/build-host.toml"]);

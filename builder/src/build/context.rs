@@ -33,6 +33,8 @@ pub struct BuildContext {
     tree: crate::fsutil::OwnedTempDir,
     log: PathBuf,
     pub records: Vec<StageRecord>,
+    /// Files a stage took in besides the profile's (their digests), for the manifest.
+    pub build_inputs: Vec<serde_json::Value>,
     /// Kernel command-line words that controls add to the profile's.
     pub kernel_cmdline_extra: Vec<String>,
     /// Where the accounts' initial passwords are read from and written to.
@@ -80,6 +82,7 @@ impl BuildContext {
             tree,
             log,
             records: Vec::new(),
+            build_inputs: Vec::new(),
             kernel_cmdline_extra: Vec::new(),
             secrets_file,
             secrets: Vec::new(),

@@ -100,6 +100,12 @@ fn add_content_inputs(digest: &mut LabelledDigest, profile: &Profile, lock: &Pat
         digest.add("profile", &std::fs::read(file).with_context(|| format!("while reading {}", file.display()))?);
     }
     digest.add("lock", &std::fs::read(lock).with_context(|| format!("while reading {}", lock.display()))?);
+    if let Some(dir) = profile.mail_gateway.virus_databases.as_ref().filter(|_| profile.mail_gateway.enable) {
+        let files = stages::mail_gateway::signature_files(&dir.value).map_err(|e| anyhow::anyhow!("{}: mail-gateway.virus-databases: {e}", dir.at))?;
+        for (name, path) in files {
+            digest.add(&format!("virus database {name}"), &std::fs::read(&path).with_context(|| format!("while reading {}", path.display()))?);
+        }
+    }
     for tree in &profile.overlays {
         for entry in crate::tree::walk(&tree.dir)? {
             use std::os::unix::fs::MetadataExt;
@@ -211,6 +217,7 @@ pub fn build(profile: Profile, mirror: Mirror, options: &BuildOptions) -> Result
         stages::ssh::run,
         stages::time::run,
         stages::mail::run,
+        stages::mail_gateway::run,
         stages::updates::run,
         stages::firewall::run,
         stages::gateway::run,
@@ -258,7 +265,7 @@ fn write_artifacts(ctx: &mut BuildContext, digests: &Digests, installer: bool) -
     // point, and (once the disk is made) its EFI system partition and table.
     let mut records = baseline::compute(&ctx.root())?;
     records.extend(baseline::at_mount_point(baseline::compute(&ctx.config_tree())?, crate::layout::CONFIG_MOUNT));
-    let manifest = manifest::render(&ctx.profile, &ctx.lock);
+    let manifest = manifest::render(&ctx.profile, &ctx.lock, &ctx.build_inputs);
     write_atomic(&ctx.artifact("manifest.json"), format!("{:#}\n", manifest).as_bytes())?;
     let sbom = spdx::SbomInputs { image_name: &name, content_sha256: &digests.content };
     write_atomic(&ctx.artifact("spdx.json"), spdx::render(&sbom, &ctx.lock).as_bytes())?;

@@ -134,7 +134,7 @@ impl Default for PasswordPolicy {
             warn_days: 7,
             inactive_days: 30,
             umask: 0o027,
-            audit: None,
+            audit: Some(PasswordAudit::default()),
         }
     }
 }
@@ -560,7 +560,7 @@ pub fn finish(layer: ControlsLayer) -> Result<Controls, String> {
         warn_days: p.warn_days.unwrap_or(d.warn_days),
         inactive_days: p.inactive_days.unwrap_or(d.inactive_days),
         umask: p.umask.unwrap_or(d.umask),
-        audit: if p.audit.unwrap_or(false) {
+        audit: if p.audit.unwrap_or(true) {
             let default = PasswordAudit::default();
             Some(PasswordAudit { schedule: p.audit_schedule.unwrap_or(default.schedule), minutes: p.audit_minutes.unwrap_or(default.minutes) })
         } else {

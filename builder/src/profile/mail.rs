@@ -53,7 +53,7 @@ pub fn parse_address(s: &str) -> Result<String, String> {
     Ok(s.to_ascii_lowercase())
 }
 
-fn parse_credentials_path(s: &str) -> Result<PathBuf, String> {
+pub(super) fn parse_file_name(s: &str) -> Result<PathBuf, String> {
     if s.is_empty() || s.chars().any(|c| c.is_control()) {
         return Err(format!("{s:?} is not a file name"));
     }
@@ -87,7 +87,7 @@ pub fn validate(source: &SourceText, raw: Option<RawMail>) -> Result<MailLayer, 
         });
     }
     if let Some(credentials) = &raw.credentials {
-        let path = source.check(credentials, "mail.credentials", |s| parse_credentials_path(s))?;
+        let path = source.check(credentials, "mail.credentials", |s| parse_file_name(s))?;
         let base = source.file.parent().unwrap_or(Path::new("."));
         layer.credentials = Some(Sited { value: base.join(path), at: source.location(credentials.span().start) });
     }
@@ -122,7 +122,7 @@ pub fn merge(base: &mut MailLayer, child: MailLayer) {
 /// sense with a smarthost, and a smarthost needs someone to write to.
 pub fn finish(layer: MailLayer) -> Result<MailSpec, LocatedError> {
     let spec = MailSpec {
-        enable: layer.enable.unwrap_or(false),
+        enable: layer.enable.unwrap_or(true),
         smarthost: layer.smarthost.flatten(),
         credentials: layer.credentials,
         to: layer.to.unwrap_or_default(),

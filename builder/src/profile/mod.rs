@@ -16,6 +16,7 @@ pub mod sandboxes;
 pub mod sessions;
 pub mod time;
 pub mod mail;
+pub mod mail_gateway;
 pub mod network;
 pub mod updates;
 pub mod encryption;
@@ -32,6 +33,7 @@ pub use accounting::AccountingSpec;
 pub use sessions::SessionsSpec;
 pub use time::TimeSpec;
 pub use mail::MailSpec;
+pub use mail_gateway::{AttachmentAction, MailGatewaySpec};
 pub use network::{GatewaySpec, VpnSpec, WirelessSpec};
 pub use updates::UpdatesSpec;
 pub use encryption::EncryptionSpec;
@@ -188,6 +190,7 @@ pub struct Profile {
     pub sessions: SessionsSpec,
     pub time: TimeSpec,
     pub mail: MailSpec,
+    pub mail_gateway: MailGatewaySpec,
     pub updates: UpdatesSpec,
     pub encryption: EncryptionSpec,
     pub accounting: AccountingSpec,
@@ -245,6 +248,7 @@ struct Layer {
     sessions: sessions::SessionsLayer,
     time: time::TimeLayer,
     mail: mail::MailLayer,
+    mail_gateway: mail_gateway::MailGatewayLayer,
     network: network::NetworkLayer,
     updates: updates::UpdatesLayer,
     encryption: encryption::EncryptionLayer,
@@ -380,6 +384,7 @@ fn validate_layer(source: &Source, raw: raw::RawProfile) -> Result<Layer, Profil
     layer.sessions = sessions::validate(source, raw.sessions)?;
     layer.time = time::validate(source, raw.time)?;
     layer.mail = mail::validate(source, raw.mail)?;
+    layer.mail_gateway = mail_gateway::validate(source, raw.mail_gateway)?;
     layer.network = network::validate(source, raw.gateway, raw.vpn, raw.wireless)?;
     layer.updates = updates::validate(raw.updates);
     layer.encryption = encryption::validate(raw.encryption);
@@ -504,6 +509,7 @@ fn merge(base: &mut Layer, child: Layer) {
     sessions::merge(&mut base.sessions, child.sessions);
     time::merge(&mut base.time, child.time);
     mail::merge(&mut base.mail, child.mail);
+    mail_gateway::merge(&mut base.mail_gateway, child.mail_gateway);
     network::merge(&mut base.network, child.network);
     updates::merge(&mut base.updates, child.updates);
     encryption::merge(&mut base.encryption, child.encryption);
@@ -606,6 +612,18 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
         if mail.credentials.is_some() {
             // SASL's PLAIN and LOGIN mechanisms
             needed.push(("mail.credentials", "libsasl2-modules"));
+        }
+    }
+    let mail_gateway = mail_gateway::finish(layer.mail_gateway, &mail, &path.display().to_string())?;
+    if mail_gateway.enable {
+        // clamav: clamscan checks the signatures at build time;
+        // libarchive-zip-perl: MIMEDefang looks at the names inside zip files
+        for package in ["mimedefang", "libarchive-zip-perl", "clamav", "clamav-daemon", "clamav-milter", "spamassassin", "spamd", "spamass-milter"] {
+            needed.push(("mail-gateway", package));
+        }
+        let smtp = Port::from_i64(25).expect("a port");
+        if controls.firewall.enable && !controls.firewall.allow.iter().any(|a| a.port == smtp && a.protocol == Protocol::Tcp) {
+            return Err(at_file("mail-gateway: firewall.allow has no entry for port 25/tcp: the gateway would accept no mail (add [[firewall.allow]] port = 25, with the ranges that may send)".to_string()));
         }
     }
     if controls.passwords.audit.is_some() {
@@ -713,6 +731,7 @@ fn finish(path: &Path, files: Vec<PathBuf>, top_name: Option<ProfileName>, layer
         sessions,
         time,
         mail,
+        mail_gateway,
         updates,
         encryption,
         accounting,

@@ -31,6 +31,7 @@ pub struct RawProfile {
     pub sessions: Option<RawSessions>,
     pub time: Option<RawTime>,
     pub mail: Option<RawMail>,
+    pub mail_gateway: Option<RawMailGateway>,
     pub accounting: Option<RawAccounting>,
     pub updates: Option<RawUpdates>,
     pub encryption: Option<RawEncryption>,
@@ -393,6 +394,25 @@ pub struct RawMail {
     /// Where root's mail and the alerts go.
     pub to: Option<Vec<Spanned<String>>>,
     pub alert_interval_minutes: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawMailGateway {
+    pub enable: Option<bool>,
+    /// The domains mail is accepted for (and only these).
+    pub relay_domains: Option<Vec<Spanned<String>>>,
+    /// host:port of the internal mail host their mail is passed to.
+    pub deliver_to: Option<Spanned<String>>,
+    /// Attachment name extensions MIMEDefang treats as risky.
+    pub risky_extensions: Option<Vec<Spanned<String>>>,
+    /// What happens to a risky attachment: "rename" (".txt" appended), "drop", "reject".
+    pub attachments: Option<Spanned<String>>,
+    /// A directory beside the profile of ClamAV signature databases.
+    pub virus_databases: Option<Spanned<String>>,
+    pub spam_threshold: Option<Spanned<f64>>,
+    /// "reject" or "tag" a message SpamAssassin scores at the threshold.
+    pub spam_action: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

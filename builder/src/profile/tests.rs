@@ -151,8 +151,8 @@ fn extends_merges_base_then_child() {
     assert_eq!(profile.name.as_str(), "web", "the asked-for file names the profile");
     assert_eq!(profile.description, "the base");
     let include: Vec<&str> = profile.packages.include.iter().map(|p| p.as_str()).collect();
-    // The password, firewall, logging, integrity, kernel, time, accounting, auditd and sessions controls bring their packages.
-    assert_eq!(include, vec!["acct", "aide", "apparmor", "auditd", "cracklib-runtime", "debsums", "e2fsprogs", "fdisk", "libpam-pwquality", "libpam-tmpdir", "logrotate", "nftables", "nginx", "openssh-server", "rsyslog", "systemd-boot-efi", "systemd-timesyncd"]);
+    // The password (and its audit), firewall, logging, integrity, kernel, time, mail, accounting, auditd and sessions controls bring their packages.
+    assert_eq!(include, vec!["acct", "aide", "apparmor", "auditd", "cracklib-runtime", "debsums", "e2fsprogs", "fdisk", "john", "libpam-pwquality", "libpam-tmpdir", "logrotate", "nftables", "nginx", "openssh-server", "postfix", "rsyslog", "systemd-boot-efi", "systemd-timesyncd"]);
     assert_eq!(profile.image.hostname.as_str(), "web1");
     assert_eq!(profile.image.size.map(|s| s.bytes()), Some(4 << 30));
     let users: Vec<(&str, usize)> = profile.users.iter().map(|u| (u.name.as_str(), u.groups.len())).collect();

@@ -46,6 +46,15 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
         "etc/systemd/system/sockets.target.wants/systemd-networkd.socket",
         "/lib/systemd/system/systemd-networkd.socket",
     )?;
+    // A unit that wants network-online.target (postfix's does) starts
+    // systemd-networkd-wait-online, which by default waits for every link:
+    // a NIC with no DHCP server on its wire would hold the boot for two
+    // minutes and then fail. One configured link is "online".
+    ctx.install_file(
+        "etc/systemd/system/systemd-networkd-wait-online.service.d/50-rampart-any.conf",
+        b"# rampart: online once any link is configured, at most 60 s\n[Service]\nExecStart=\nExecStart=/lib/systemd/systemd-networkd-wait-online --any --timeout=60\n",
+        0o644,
+    )?;
 
     let resolver = if ctx.root().join("lib/systemd/system/systemd-resolved.service").exists() {
         // resolved keeps the list of DNS servers (from DHCP) in its
@@ -68,6 +77,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
             "hostname": hostname,
             "apt-sources": ctx.mirror.sources().iter().map(|s| format!("{} {}", without_credentials(&s.url), s.suite)).collect::<Vec<_>>(),
             "network": network_setting,
+            "network-online": "systemd-networkd-wait-online --any --timeout=60: one configured link",
             "name-resolution": resolver,
         }),
     );

@@ -97,6 +97,7 @@ const RUN_TIME_PATHS: &[(&str, &str)] = &[
     ("/var/lib/misc/dnsmasq.leases", "dnsmasq's DHCP leases ([gateway.dhcp])"),
     ("/var/spool/postfix", "postfix's queue ([mail])"),
     ("/var/lib/postfix", "postfix's state: its lock, the TLS session cache ([mail])"),
+    ("/var/spool/MIMEDefang", "MIMEDefang's work directories, one per message ([mail-gateway])"),
     ("/var/mail", "local mailboxes ([mail])"),
     (crate::stages::mail::ALERT_STATE, "when each alert was last mailed ([mail])"),
     ("/etc/passwd-", "shadow-utils' backup of the previous version"),

@@ -17,6 +17,7 @@ pub mod integrity;
 pub mod kernel;
 pub mod logging;
 pub mod mail;
+pub mod mail_gateway;
 pub mod overlays;
 pub mod packages;
 pub mod passwords;

@@ -43,6 +43,16 @@ const JOHN_EXCLUDES: &[&str] = &["path-exclude=/usr/share/john/*.chr"];
 /// compiler: left out of an image without gcc.
 const PERL_HEADER_EXCLUDES: &[&str] = &["path-exclude=/usr/lib/x86_64-linux-gnu/perl/*/CORE/*.h"];
 
+/// Perl's Chinese, Japanese and Korean encodings (9 MB of tables): nothing
+/// in an image without the mail gateway (whose filters decode mail in any
+/// charset) reads text in them. Left out with the docs.
+const PERL_CJK_EXCLUDES: &[&str] = &[
+    "path-exclude=/usr/lib/x86_64-linux-gnu/perl/*/auto/Encode/CN/*",
+    "path-exclude=/usr/lib/x86_64-linux-gnu/perl/*/auto/Encode/JP/*",
+    "path-exclude=/usr/lib/x86_64-linux-gnu/perl/*/auto/Encode/KR/*",
+    "path-exclude=/usr/lib/x86_64-linux-gnu/perl/*/auto/Encode/TW/*",
+];
+
 pub fn run(ctx: &mut BuildContext) -> Result<()> {
     let mut dpkg_options: Vec<&str> = if ctx.profile.packages.drop_docs { DOC_EXCLUDES.to_vec() } else { Vec::new() };
     if ctx.profile.passwords.audit.is_some() {
@@ -50,6 +60,9 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     }
     if ctx.profile.packages.drop_docs && !ctx.lock.packages.iter().any(|p| p.name.as_str() == "gcc") {
         dpkg_options.extend(PERL_HEADER_EXCLUDES);
+    }
+    if ctx.profile.packages.drop_docs && !ctx.profile.mail_gateway.enable {
+        dpkg_options.extend(PERL_CJK_EXCLUDES);
     }
     let mmdebstrap_version = Cmd::new("mmdebstrap").arg("--version").run()?.stdout_text().trim().to_string();
     let initramfs = initramfs_files(&ctx.profile.kernel.initramfs_modules);

@@ -212,8 +212,77 @@ pub const SANDBOXES: &[Sandbox] = &[
             "UMask=0022",
         ],
         without: &["SystemCallFilter", "UMask", "PrivateIPC"],
+        from_settings: Some(|p| SettingsLines {
+            without: Vec::new(),
+            // [mail-gateway]: smtpd on port 25
+            needs: if p.mail_gateway.enable { vec!["CapabilityBoundingSet=CAP_NET_BIND_SERVICE".to_string()] } else { Vec::new() },
+        }),
+        why: "postfix: queues mail in /var/spool/postfix, delivers root's mailbox in /var/mail or relays to the smarthost (with [mail-gateway], listens on port 25 and hands each message to the milters)",
+    },
+    Sandbox {
+        unit: crate::stages::mail_gateway::CLAMD_SERVICE,
+        applies: |p| p.mail_gateway.enable,
+        // its socket is systemd's (clamav-daemon.socket); it reads the signatures and scans in its private /tmp
+        needs: &["User=clamav", "Group=clamav", "CapabilityBoundingSet=", "PrivateNetwork=yes", "RestrictAddressFamilies=AF_UNIX"],
+        without: &[],
         from_settings: None,
-        why: "postfix, send-only: queues local mail in /var/spool/postfix, delivers root's mailbox in /var/mail or relays to the smarthost",
+        why: "clamd scans what the milter hands it on its local socket, with the build's signatures",
+    },
+    Sandbox {
+        unit: crate::stages::mail_gateway::CLAMAV_MILTER_SERVICE,
+        applies: |p| p.mail_gateway.enable,
+        // it gives its socket to group postfix (a group it is in: no capability)
+        needs: &["CapabilityBoundingSet=", "PrivateNetwork=yes", "RestrictAddressFamilies=AF_UNIX", FILTER_WITH_CHOWN[0], FILTER_WITH_CHOWN[1]],
+        without: &["SystemCallFilter"],
+        from_settings: None,
+        why: "ClamAV's milter: passes each message from postfix to clamd, on local sockets only",
+    },
+    Sandbox {
+        unit: crate::stages::mail_gateway::SPAMD_SERVICE,
+        applies: |p| p.mail_gateway.enable,
+        needs: &["CapabilityBoundingSet=", "PrivateNetwork=yes", "RestrictAddressFamilies=AF_UNIX"],
+        without: &[],
+        from_settings: None,
+        why: "spamd scores what the milter hands it on its local socket (no network tests)",
+    },
+    Sandbox {
+        unit: crate::stages::mail_gateway::SPAMASS_MILTER_SERVICE,
+        applies: |p| p.mail_gateway.enable,
+        // it gives its socket to group postfix (a group it is in: no capability)
+        needs: &["CapabilityBoundingSet=", "PrivateNetwork=yes", "RestrictAddressFamilies=AF_UNIX", FILTER_WITH_CHOWN[0], FILTER_WITH_CHOWN[1]],
+        without: &["SystemCallFilter"],
+        from_settings: None,
+        why: "SpamAssassin's milter: passes each message from postfix to spamd (spamc), on local sockets only",
+    },
+    Sandbox {
+        unit: crate::stages::mail_gateway::MULTIPLEXOR_SERVICE,
+        applies: |p| p.mail_gateway.enable,
+        needs: &[
+            "User=defang",
+            "Group=defang",
+            "CapabilityBoundingSet=",
+            "ReadWritePaths=/var/spool/MIMEDefang /run/mimedefang",
+            "PrivateNetwork=yes",
+            "RestrictAddressFamilies=AF_UNIX",
+        ],
+        without: &[],
+        from_settings: None,
+        why: "MIMEDefang's Perl workers: run the filter on each message in /var/spool/MIMEDefang",
+    },
+    Sandbox {
+        unit: crate::stages::mail_gateway::MIMEDEFANG_SERVICE,
+        applies: |p| p.mail_gateway.enable,
+        needs: &[
+            "User=defang",
+            "Group=defang",
+            "CapabilityBoundingSet=",
+            "ReadWritePaths=/var/spool/MIMEDefang /run/mimedefang /run/mimedefang-milter",
+            "PrivateNetwork=yes",
+            "RestrictAddressFamilies=AF_UNIX",
+        ],
+        without: &[],
+        from_settings: None,
+        why: "MIMEDefang's milter: takes each message from postfix into /var/spool/MIMEDefang for the workers",
     },
     Sandbox {
         unit: crate::stages::mail::ALERT_TEMPLATE,

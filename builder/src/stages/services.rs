@@ -61,6 +61,9 @@ pub fn implied_units(profile: &Profile) -> Vec<(String, &'static str)> {
         units.push((crate::stages::mail::WRAPPER_SERVICE.to_string(), "[mail]"));
         units.push((crate::stages::mail::SERVICE.to_string(), "[mail] postfix's instance"));
     }
+    if profile.mail_gateway.enable {
+        units.extend(crate::stages::mail_gateway::UNITS.iter().map(|(unit, why)| (unit.to_string(), *why)));
+    }
     if profile.passwords.audit.is_some() {
         units.push((crate::stages::passwords::AUDIT_TIMER.to_string(), "[passwords] audit"));
         units.push((crate::stages::passwords::AUDIT_SERVICE.to_string(), "[passwords] audit, started by its timer"));

@@ -41,8 +41,9 @@ pub struct Lab {
     made: Vec<String>,
     /// The remote log host on the second host, when the profile forwards there.
     pub collector: Option<Collector>,
-    /// The smarthost on the second host, when the profile's mail goes there.
-    pub mail_sink: Option<crate::vmtest::mail_sink::MailSink>,
+    /// Mail hosts on the second host: the profile's smarthost, a mail
+    /// gateway's internal host, when they are its addresses.
+    pub mail_sinks: Vec<crate::vmtest::mail_sink::MailSink>,
 }
 
 /// The lab address and MAC of the machine with this index.
@@ -87,7 +88,7 @@ impl Lab {
             leases: work.join("lab.leases"),
             made: Vec::new(),
             collector: None,
-            mail_sink: None,
+            mail_sinks: Vec::new(),
         };
         let mut namespaces = vec![lab.lab_ns.clone()];
         namespaces.extend(lab.hosts.iter().cloned());
@@ -148,9 +149,9 @@ impl Lab {
         Ok(())
     }
 
-    /// Starts the smarthost at `address` (an address of the second host).
+    /// Starts a mail host at `address` (an address of the second host).
     pub fn start_mail_sink(&mut self, address: std::net::SocketAddr, work: &Path) -> Result<()> {
-        self.mail_sink = Some(crate::vmtest::mail_sink::MailSink::start(&self.outside_ns, address, work)?);
+        self.mail_sinks.push(crate::vmtest::mail_sink::MailSink::start(&self.outside_ns, address, work)?);
         Ok(())
     }
 
@@ -363,7 +364,7 @@ impl Drop for Lab {
         if let Some(collector) = self.collector.take() {
             collector.stop();
         }
-        self.mail_sink = None;
+        self.mail_sinks.clear();
         self.listeners.clear();
         if let Some(mut dhcp) = self.dhcp.take() {
             dhcp.kill();

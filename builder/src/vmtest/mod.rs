@@ -171,13 +171,19 @@ fn lab_log_host(profile: &Profile) -> Option<std::net::SocketAddr> {
     format!("{}:{}", remote.value.host, remote.value.port).parse().ok()
 }
 
-/// The profile's smarthost, when it is an address of the lab's second host.
-fn lab_mail_host(profile: &Profile) -> Option<std::net::SocketAddr> {
-    let smarthost = profile.mail.smarthost.as_ref()?;
-    if !profile.mail.enable || !lab::OUTSIDE_ADDRESSES.contains(&smarthost.value.host.as_str()) {
-        return None;
-    }
-    format!("{}:{}", smarthost.value.host, smarthost.value.port).parse().ok()
+/// The profile's mail hosts that are addresses of the lab's second host:
+/// its smarthost, and a mail gateway's internal host.
+fn lab_mail_hosts(profile: &Profile) -> Vec<std::net::SocketAddr> {
+    let smarthost = profile.mail.smarthost.as_ref().filter(|_| profile.mail.enable);
+    let internal = profile.mail_gateway.deliver_to.as_ref().filter(|_| profile.mail_gateway.enable);
+    let mut hosts: Vec<std::net::SocketAddr> = smarthost
+        .into_iter()
+        .chain(internal)
+        .filter(|h| lab::OUTSIDE_ADDRESSES.contains(&h.value.host.as_str()))
+        .filter_map(|h| format!("{}:{}", h.value.host, h.value.port).parse().ok())
+        .collect();
+    hosts.dedup();
+    hosts
 }
 
 /// The build's artifacts the harness boots, in `--out`.
@@ -259,8 +265,10 @@ fn run_scenario(
     if let (Some(lab), Some(address)) = (lab.as_mut(), lab_log_host(profile)) {
         lab.start_collector(address)?;
     }
-    if let (Some(lab), Some(address)) = (lab.as_mut(), lab_mail_host(profile)) {
-        lab.start_mail_sink(address, work)?;
+    if let Some(lab) = lab.as_mut() {
+        for address in lab_mail_hosts(profile) {
+            lab.start_mail_sink(address, work)?;
+        }
     }
     for (index, spec) in scenario.machines.iter().enumerate() {
         crate::process::check_interrupted()?;

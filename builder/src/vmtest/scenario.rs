@@ -68,7 +68,11 @@ struct RawExtraDisk {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawSmarthostReceives {
-    after: String,
+    /// Run as root in the guest first (or `outside`, on the outside host).
+    after: Option<String>,
+    outside: Option<String>,
+    /// Which of the lab's mail hosts (host:port); default: the first (the smarthost).
+    at: Option<String>,
     containing: Vec<String>,
     #[serde(default)]
     absent: Vec<String>,
@@ -211,6 +215,14 @@ pub enum Expect {
     Contains(String),
 }
 
+/// What makes a mail: a command as root in the guest, or one on the
+/// outside host (`{address}` is the machine's outside address).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MailTrigger {
+    Guest(String),
+    Outside(String),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// The command exits 0 (and its output matches).
@@ -240,11 +252,13 @@ pub enum Action {
     /// `[vpn]`: an enrolled peer's tunnel from the outside host reaches SSH
     /// on the machine's VPN address; no tunnel, or another key, does not.
     VpnAdmitsEnrolledPeer { key: PathBuf },
-    /// `[mail]`: once `after` ran as root in the guest, the lab's smarthost
-    /// receives exactly `mails` messages holding every `containing` string
-    /// and no `absent` one, each after STARTTLS (with `from_start`, counted
-    /// since the sink started: mails an earlier check's failure sent).
-    SmarthostReceives { after: String, containing: Vec<String>, absent: Vec<String>, mails: usize, from_start: bool },
+    /// `[mail]`, `[mail-gateway]`: once `after` ran (as root in the guest,
+    /// or on the outside host), the lab's mail host `at` (default: the
+    /// first, the smarthost) receives exactly `mails` messages holding every
+    /// `containing` string and no `absent` one, each after STARTTLS (with
+    /// `from_start`, counted since the sink started: mails an earlier
+    /// check's failure sent). `mails = 0`: a refused message never arrives.
+    SmarthostReceives { after: MailTrigger, at: Option<std::net::SocketAddr>, containing: Vec<String>, absent: Vec<String>, mails: usize, from_start: bool },
     /// An SSH login with the provisioned key and these client options (and
     /// perhaps another user) is refused.
     SshRefuses { options: Vec<String>, user: Option<String>, expect: Expect },
@@ -679,10 +693,19 @@ fn actions_of(source: &SourceText, raw: &RawCheck, name: &str, expect: &Expect, 
             return Err(source.error(receives, "check.smarthost-receives: containing needs at least one string, and no string may be empty"));
         }
         let mails = spec.mails.unwrap_or(1) as usize;
-        if !(1..=20).contains(&mails) {
-            return Err(source.error(receives, "check.smarthost-receives: mails is out of range (1 to 20)"));
+        if mails > 20 {
+            return Err(source.error(receives, "check.smarthost-receives: mails is out of range (0 to 20)"));
         }
-        actions.push(Action::SmarthostReceives { after: spec.after.clone(), containing: spec.containing.clone(), absent: spec.absent.clone(), mails, from_start: spec.from_start });
+        let after = match (&spec.after, &spec.outside) {
+            (Some(command), None) => MailTrigger::Guest(command.clone()),
+            (None, Some(command)) => MailTrigger::Outside(command.clone()),
+            _ => return Err(source.error(receives, "check.smarthost-receives: give one of after (a command run as root in the guest) or outside (one run on the outside host)")),
+        };
+        let at = match &spec.at {
+            Some(at) => Some(at.parse().map_err(|_| source.error(receives, format!("check.smarthost-receives: at = {at:?} is not an address:port")))?),
+            None => None,
+        };
+        actions.push(Action::SmarthostReceives { after, at, containing: spec.containing.clone(), absent: spec.absent.clone(), mails, from_start: spec.from_start });
     }
     if raw.first_login_forced_password_change == Some(true) {
         actions.push(Action::FirstLoginForcedPasswordChange);

@@ -1,14 +1,15 @@
-//! The check of the lab's smarthost (`[mail]` with `mail.smarthost` on the
-//! outside host): something done in the guest as root makes postfix send
-//! mail, which must arrive encrypted, as many times as the check says, with
-//! what it must hold and without what it must never hold (a password the
-//! audit found, say).
+//! The check of the lab's mail hosts (`[mail]` with `mail.smarthost` on the
+//! outside host, `[mail-gateway]` with its internal host there): something
+//! done in the guest as root, or a message sent from the outside host,
+//! makes postfix send mail, which must arrive encrypted, as many times as
+//! the check says (none: a refused message), with what it must hold and
+//! without what it must never hold (a password the audit found, say).
 
 use std::time::{Duration, Instant};
 
 use crate::vmtest::mail_sink::Mail;
 use crate::vmtest::qemu::Machine;
-use crate::vmtest::scenario::{Action, Check};
+use crate::vmtest::scenario::{Action, Check, MailTrigger};
 use crate::vmtest::{failed, show, CheckEnv, CheckFailure};
 
 /// How long after the first matching mail the check still waits for more
@@ -24,18 +25,36 @@ fn describe(mails: &[Mail]) -> String {
 }
 
 pub(super) fn run(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Result<Option<String>, CheckFailure> {
-    let Action::SmarthostReceives { after, containing, absent, mails, from_start } = &check.action else {
+    let Action::SmarthostReceives { after, at, containing, absent, mails, from_start } = &check.action else {
         return Err(failed(format!("{:?} is not a check of this family", check.action), String::new()));
     };
-    let Some(sink) = env.outside.and_then(|(lab, _)| lab.mail_sink.as_ref()) else {
-        return Err(failed("this check needs the profile's mail.smarthost on the isolated network's outside host", String::new()));
+    let Some((lab, address)) = env.outside else {
+        return Err(failed("this check needs the isolated network's outside host", String::new()));
     };
-    let Some(password) = &env.session.sudo_password else {
-        return Err(failed("running the command as root needs the admin's password, and the secrets file has none", String::new()));
+    let sink = match at {
+        Some(at) => lab.mail_sinks.iter().find(|s| s.address() == *at),
+        None => lab.mail_sinks.first(),
+    };
+    let Some(sink) = sink else {
+        return Err(failed(format!("no lab mail host at {}: the profile's mail.smarthost or mail-gateway.deliver-to names it", at.map_or("the outside host".to_string(), |a| a.to_string())), String::new()));
     };
     let deadline = Instant::now() + check.timeout;
     let before = if *from_start { 0 } else { sink.received().len() };
-    let output = match machine.ssh_as_root(after, password, check.timeout) {
+    let (after, ran) = match after {
+        MailTrigger::Guest(command) => {
+            let Some(password) = &env.session.sudo_password else {
+                return Err(failed("running the command as root needs the admin's password, and the secrets file has none", String::new()));
+            };
+            (command.clone(), machine.ssh_as_root(command, password, check.timeout))
+        }
+        MailTrigger::Outside(command) => {
+            let command = command.replace("{address}", address);
+            let ran = lab.outside("sh").arg("-c").arg(&command).run_with_timeout(check.timeout);
+            (command, ran)
+        }
+    };
+    let after = after.as_str();
+    let output = match ran {
         Ok(Some(output)) => output,
         Ok(None) => return Err(failed(format!("`{after}` timed out"), String::new())),
         Err(error) => return Err(failed(format!("`{after}` could not run"), format!("{error:#}"))),
@@ -59,12 +78,12 @@ pub(super) fn run(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Resul
     let new: Vec<Mail> = sink.received().into_iter().skip(before).collect();
     if found.len() != *mails {
         return Err(failed(
-            format!("the smarthost at {} received {} mail(s) holding {containing:?}, not {mails}", sink.address(), found.len()),
+            format!("the mail host at {} received {} mail(s) holding {containing:?}, not {mails}", sink.address(), found.len()),
             format!("{}\nmails received since the command:\n{}", show(after, &output), describe(&new)),
         ));
     }
     if let Some(clear) = found.iter().find(|m| !m.encrypted) {
-        return Err(failed("a mail reached the smarthost without STARTTLS", describe(std::slice::from_ref(clear))));
+        return Err(failed("a mail reached the mail host without STARTTLS", describe(std::slice::from_ref(clear))));
     }
     if let Some((mail, text)) = found.iter().find_map(|m| absent.iter().find(|a| m.data.contains(a.as_str())).map(|a| (m, a))) {
         return Err(failed(format!("a mail holds {text:?}, which it must never hold"), describe(std::slice::from_ref(mail))));
