@@ -151,7 +151,8 @@ pub enum Content {
 }
 
 /// The profile's input files as members: every profile of the `extends`
-/// chain, its lock (if present) and every overlay tree, below `inputs/` in
+/// chain, its lock (if present), the mail gateway's signature databases
+/// and every overlay tree, below `inputs/` in
 /// their layout relative to the deepest directory holding them all, so that
 /// `extends` and `overlays/` still resolve after unpacking.
 pub fn profile_inputs(profile: &Profile) -> Result<(String, Vec<Planned>)> {
@@ -161,6 +162,14 @@ pub fn profile_inputs(profile: &Profile) -> Result<(String, Vec<Planned>)> {
     let lock_path = profile.lock_path();
     if lock_path.exists() {
         files.push(canonical(&lock_path)?);
+    }
+    // The mail gateway's signature databases: a build input the air-gapped
+    // site cannot fetch.
+    if let Some(dir) = profile.mail_gateway.virus_databases.as_ref().filter(|_| profile.mail_gateway.enable) {
+        let listed = crate::stages::mail_gateway::signature_files(&dir.value).map_err(|e| anyhow::anyhow!("{}: mail-gateway.virus-databases: {e}", dir.at))?;
+        for (_, path) in listed {
+            files.push(canonical(&path)?);
+        }
     }
     let trees: Vec<PathBuf> = profile.overlays.iter().map(|t| canonical(&t.dir)).collect::<Result<_>>()?;
     // The overlays/ directory beside the profiles/ directory is an anchor:

@@ -1303,6 +1303,11 @@ fn mail_gateway_scenario_defangs_refuses_viruses_and_spam_and_relays_for_its_dom
     assert_eq!(gateway["settings"]["virus-databases"]["signatures"], 1);
     let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(ws.path("out/lab-mail-gateway/lab-mail-gateway.manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["build-inputs"][0]["files"][0]["sha256"], digest, "{}", manifest["build-inputs"]);
+    // The air-gapped site gets the signatures in the bundle, beside the profile.
+    ws.rampart_ok(&["bundle", "profiles/lab-mail-gateway.toml", "-o", "gateway.bundle"]);
+    let listing = Command::new("tar").args(["-tf"]).arg(ws.path("gateway.bundle")).output().unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.lines().any(|l| l.ends_with("/lab-mail-gateway.signatures/lab-eicar.hdb")), "{listing}");
 
     // A corrupt database: the image's clamscan refuses it, the build fails
     // naming the field, and nothing is written.

@@ -51,6 +51,7 @@ pub const UNITS: &[(&str, &str)] = &[
 ];
 
 pub const CLAMAV_MILTER_SOCKET: &str = "/run/clamav-milter/clamav-milter.ctl";
+pub const SPAMASS_MILTER_SOCKET_DIR: &str = "/run/spamass-milter";
 pub const SPAMASS_MILTER_SOCKET: &str = "/run/spamass-milter/spamass.sock";
 pub const SPAMD_SOCKET: &str = "/run/spamd/spamd.sock";
 /// MIMEDefang's milter socket, in a directory of group postfix (setgid, so
@@ -234,26 +235,21 @@ MaxFileSize 25M
     )
 }
 
-fn clamav_milter_unit() -> String {
+/// A milter's unit (neither milter package ships one): after the daemon
+/// it hands messages to, before postfix; `service` is its [Service] lines.
+fn milter_unit(package: &str, description: &str, manual: &str, after: &str, service: &str) -> String {
     format!(
-        "# rampart: [mail-gateway] (clamav-milter ships no systemd unit)
+        "# rampart: [mail-gateway] ({package} ships no systemd unit)
 [Unit]
-Description=ClamAV's milter for postfix
-Documentation=man:clamav-milter(8)
-Wants={CLAMD_SOCKET}
-After={CLAMD_SOCKET}
+Description={description}
+Documentation={manual}
+Wants={after}
+After={after}
 Before=postfix.service
 
 [Service]
 Type=simple
-User=clamav
-Group=clamav
-# its socket is made group postfix, whose daemons keep only that group
-SupplementaryGroups=postfix
-RuntimeDirectory=clamav-milter
-RuntimeDirectoryMode=0755
-ExecStart=/usr/sbin/clamav-milter --config-file=/etc/clamav/clamav-milter.conf
-Restart=on-failure
+{service}Restart=on-failure
 
 [Install]
 WantedBy=multi-user.target
@@ -261,34 +257,35 @@ WantedBy=multi-user.target
     )
 }
 
+fn clamav_milter_unit() -> String {
+    let service = "User=clamav
+Group=clamav
+# its socket is made group postfix, whose daemons keep only that group
+SupplementaryGroups=postfix
+RuntimeDirectory=clamav-milter
+RuntimeDirectoryMode=0755
+ExecStart=/usr/sbin/clamav-milter --config-file=/etc/clamav/clamav-milter.conf
+";
+    milter_unit("clamav-milter", "ClamAV's milter for postfix", "man:clamav-milter(8)", CLAMD_SOCKET, service)
+}
+
 fn spamass_milter_unit(gateway: &MailGatewaySpec) -> String {
     // -r -1: refuse what SpamAssassin calls spam (required_score); without
     // it the message is tagged. No -i: mail from loopback is checked too.
+    // Bookworm's spamass-milter cannot set its socket's group: the socket
+    // takes its directory's (setgid, postfix; tmpfiles), with mode 0770.
     let reject = if gateway.spam_reject { " -r -1" } else { "" };
-    format!(
-        "# rampart: [mail-gateway] (spamass-milter ships no systemd unit)
-[Unit]
-Description=SpamAssassin's milter for postfix
-Documentation=man:spamass-milter(1)
-Wants={SPAMD_SERVICE}
-After={SPAMD_SERVICE}
-Before=postfix.service
-
-[Service]
-Type=simple
-User=spamass-milter
+    let service = format!(
+        "User=spamass-milter
 Group=spamass-milter
-# its socket is made group postfix; spamd's socket is debian-spamd's
-SupplementaryGroups=postfix debian-spamd
-RuntimeDirectory=spamass-milter
-RuntimeDirectoryMode=0755
-ExecStart=/usr/sbin/spamass-milter -p {SPAMASS_MILTER_SOCKET} -g postfix{reject} -- -U {SPAMD_SOCKET}
-Restart=on-failure
-
-[Install]
-WantedBy=multi-user.target
+# spamd's socket is debian-spamd's
+SupplementaryGroups=debian-spamd
+UMask=0007
+ExecStartPre=/bin/rm -f {SPAMASS_MILTER_SOCKET}
+ExecStart=/usr/sbin/spamass-milter -p {SPAMASS_MILTER_SOCKET}{reject} -- -U {SPAMD_SOCKET}
 "
-    )
+    );
+    milter_unit("spamass-milter", "SpamAssassin's milter for postfix", "man:spamass-milter(1)", SPAMD_SERVICE, &service)
 }
 
 /// spamd as its own user on a local socket only (no TCP listener).
@@ -340,13 +337,47 @@ ConditionPathExistsGlob=
 AssertDirectoryNotEmpty=/var/lib/clamav
 ";
 
+/// clamd runs as clamav from the start (its sandbox's User=): the chown of
+/// /run/clamav that the package's postinst adds (`extend.conf`, which it
+/// may write again on an upgrade) is dropped; the socket unit makes the
+/// directory. The drop-in's name sorts after `extend.conf`.
+const CLAMD_SERVICE_DROP_IN: &str = "
+[Service]
+ExecStartPre=
+";
+
 fn tmpfiles() -> String {
     format!(
-        "# rampart: [mail-gateway] MIMEDefang's run directories: its pid files, and its milter socket's (setgid postfix)
+        "# rampart: [mail-gateway] MIMEDefang's run directory (its pid files), and the
+# milter sockets' directories: setgid postfix, so each socket is postfix's
+# group's (postfix's daemons keep only their primary group)
 d {MIMEDEFANG_RUN_DIR} 0755 defang defang -
 d {MIMEDEFANG_SOCKET_DIR} 2750 defang postfix -
+d {SPAMASS_MILTER_SOCKET_DIR} 2750 spamass-milter postfix -
 "
     )
+}
+
+/// The milter hands clamd each message as an open file in its own private
+/// /tmp (a mount clamd's namespace cannot name): AppArmor's clamd profile
+/// refuses it ("Failed name lookup - disconnected path") unless the profile
+/// attaches such paths to the root, where its `/tmp/**` rule applies.
+/// The build compiles the policy afterwards (kernel stage).
+fn attach_disconnected_for_clamd(ctx: &BuildContext) -> Result<()> {
+    const PROFILE: &str = "etc/apparmor.d/usr.sbin.clamd";
+    let Ok(text) = std::fs::read_to_string(ctx.root().join(PROFILE)) else {
+        return Ok(()); // no AppArmor profile for clamd in the image
+    };
+    let header = "/usr/sbin/clamd {";
+    if text.lines().filter(|l| l.trim() == header).count() != 1 {
+        bail!("[mail-gateway] of {}: /{PROFILE} has no line {header:?} to add flags=(attach_disconnected) to; has clamav-daemon's AppArmor profile changed?", ctx.profile.path.display());
+    }
+    let changed: String = text
+        .lines()
+        .map(|l| if l.trim() == header { "# rampart: [mail-gateway] the milter's messages come from its private /tmp\n/usr/sbin/clamd flags=(attach_disconnected) {".to_string() } else { l.to_string() })
+        .map(|l| l + "\n")
+        .collect();
+    ctx.install_file(PROFILE, changed.as_bytes(), 0o644)
 }
 
 /// The image's uid and gid of `user`, from its /etc/passwd.
@@ -433,10 +464,11 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     // ClamAV
     ctx.install_file("etc/clamav/clamd.conf", clamd_conf().as_bytes(), 0o644)?;
     ctx.install_file("etc/clamav/clamav-milter.conf", clamav_milter_conf().as_bytes(), 0o644)?;
-    for unit in [CLAMD_SERVICE, CLAMD_SOCKET] {
-        ctx.install_file(&format!("etc/systemd/system/{unit}.d/50-rampart-signatures.conf"), CLAMD_CONDITION_DROP_IN.as_bytes(), 0o644)?;
-    }
+    ctx.install_file(&format!("etc/systemd/system/{CLAMD_SOCKET}.d/50-rampart-signatures.conf"), CLAMD_CONDITION_DROP_IN.as_bytes(), 0o644)?;
+    let service = format!("{CLAMD_CONDITION_DROP_IN}{CLAMD_SERVICE_DROP_IN}");
+    ctx.install_file(&format!("etc/systemd/system/{CLAMD_SERVICE}.d/rampart-signatures.conf"), service.as_bytes(), 0o644)?;
     ctx.install_file(&format!("etc/systemd/system/{CLAMAV_MILTER_SERVICE}"), clamav_milter_unit().as_bytes(), 0o644)?;
+    attach_disconnected_for_clamd(ctx)?;
     // SpamAssassin
     ctx.install_file("etc/spamassassin/local.cf", spamassassin_local_cf(&gateway).as_bytes(), 0o644)?;
     ctx.install_file(&format!("etc/systemd/system/{SPAMD_SERVICE}.d/50-rampart-socket.conf"), spamd_drop_in().as_bytes(), 0o644)?;
@@ -523,7 +555,7 @@ mod tests {
         let tagged = gateway(AttachmentAction::Drop, false);
         assert!(spamassassin_local_cf(&tagged).contains("required_score 6.5\n") && spamassassin_local_cf(&tagged).contains("rewrite_header Subject"));
         assert!(!spamass_milter_unit(&tagged).contains(" -r -1"));
-        assert!(spamass_milter_unit(&gateway(AttachmentAction::Drop, true)).contains(" -g postfix -r -1 -- -U /run/spamd/spamd.sock"));
+        assert!(spamass_milter_unit(&gateway(AttachmentAction::Drop, true)).contains(" -p /run/spamass-milter/spamass.sock -r -1 -- -U /run/spamd/spamd.sock"));
     }
 
     #[test]

@@ -248,9 +248,9 @@ pub const SANDBOXES: &[Sandbox] = &[
     Sandbox {
         unit: crate::stages::mail_gateway::SPAMASS_MILTER_SERVICE,
         applies: |p| p.mail_gateway.enable,
-        // it gives its socket to group postfix (a group it is in: no capability)
-        needs: &["CapabilityBoundingSet=", "PrivateNetwork=yes", "RestrictAddressFamilies=AF_UNIX", FILTER_WITH_CHOWN[0], FILTER_WITH_CHOWN[1]],
-        without: &["SystemCallFilter"],
+        // its socket, group postfix by its setgid directory, 0770 by its umask
+        needs: &["CapabilityBoundingSet=", "ReadWritePaths=/run/spamass-milter", "PrivateNetwork=yes", "RestrictAddressFamilies=AF_UNIX", "UMask=0007"],
+        without: &["UMask"],
         from_settings: None,
         why: "SpamAssassin's milter: passes each message from postfix to spamd (spamc), on local sockets only",
     },
