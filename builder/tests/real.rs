@@ -202,7 +202,7 @@ fn offline_build_of_baseline_in_a_network_namespace_makes_every_artifact() {
     assert_eq!(
         stages,
         [
-            "packages", "configure", "kernel", "wireless", "passwords", "users", "sessions", "firstboot", "encryption", "ssh", "time", "mail", "updates", "firewall", "gateway", "vpn", "logging", "accounting", "auditd", "integrity",
+            "packages", "configure", "kernel", "wireless", "passwords", "users", "sessions", "firstboot", "encryption", "ssh", "time", "mail", "mail-gateway", "updates", "firewall", "gateway", "vpn", "logging", "accounting", "auditd", "integrity",
             "backups", "toolchain", "overlays", "services", "sandboxing", "patching", "seal", "elf-audit", "config-partition", "disk"
         ]
     );
