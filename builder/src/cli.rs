@@ -176,6 +176,18 @@ pub enum Command {
         #[command(flatten)]
         machine: MachineArgs,
     },
+    /// Print the shell completion script for SHELL on standard output
+    /// (e.g. `rampart completions bash > /etc/bash_completion.d/rampart`)
+    Completions {
+        /// The shell
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages, rampart(1) and one per command (rampart-build(1), ...), into DIR
+    Man {
+        /// The directory (made if missing), e.g. /usr/local/share/man/man1
+        dir: PathBuf,
+    },
 }
 
 /// The options of the commands that build if needed and boot the image (test, audit).
@@ -203,6 +215,18 @@ pub fn run(cli: Cli) -> Result<i32> {
     // group) and lets the work directories go with their owners.
     crate::process::stop_on_signals()?;
     match cli.command {
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "rampart", &mut std::io::stdout());
+        }
+        Command::Man { dir } => {
+            let pages = crate::manual::pages()?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("while making {}", dir.display()))?;
+            for (name, page) in &pages {
+                crate::fsutil::write_atomic(&dir.join(name), page).with_context(|| format!("while writing {}", dir.join(name).display()))?;
+            }
+            ui::step(&format!("{} manual pages in {}", pages.len(), dir.display()));
+        }
         Command::Lock { profile, update, cache, mirror } => {
             let profile = load(&profile)?;
             let mirror = resolve_mirror(&profile, mirror.as_deref())?;

@@ -16,6 +16,7 @@ pub mod located;
 pub mod lock;
 pub mod lynis;
 pub mod manifest;
+pub mod manual;
 pub mod mirror;
 pub mod patch;
 pub mod process;

@@ -274,6 +274,42 @@ fn mail_errors_name_their_field() {
 }
 
 #[test]
+fn completions_name_every_command_and_bash_reads_its_script() {
+    for shell in ["bash", "zsh", "fish"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_rampart")).args(["completions", shell]).output().expect("rampart runs");
+        assert!(output.status.success(), "{shell}: {}", String::from_utf8_lossy(&output.stderr));
+        let text = String::from_utf8(output.stdout).unwrap();
+        for command in ["lock", "fetch", "outdated", "build", "bundle", "patch", "verify", "test", "audit", "completions", "man", "scenario", "installer", "min-index"] {
+            assert!(text.contains(command), "the {shell} completions lack {command}");
+        }
+        if shell == "bash" {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("rampart.bash"), &text).unwrap();
+            let checked = Command::new("bash").arg("-n").arg(dir.path().join("rampart.bash")).output().unwrap();
+            assert!(checked.status.success(), "bash -n: {}", String::from_utf8_lossy(&checked.stderr));
+        }
+    }
+    let refused = Command::new(env!("CARGO_BIN_EXE_rampart")).args(["completions", "tcsh"]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(2), "clap refuses an unknown shell");
+}
+
+#[test]
+fn man_writes_a_page_for_rampart_and_each_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("man1");
+    let output = Command::new(env!("CARGO_BIN_EXE_rampart")).arg("man").arg(&out).output().expect("rampart runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let mut names: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["rampart-audit.1", "rampart-build.1", "rampart-bundle.1", "rampart-completions.1", "rampart-fetch.1", "rampart-lock.1", "rampart-man.1", "rampart-outdated.1", "rampart-patch.1", "rampart-test.1", "rampart-verify.1", "rampart.1"]
+    );
+    let build = std::fs::read_to_string(out.join("rampart-build.1")).unwrap();
+    assert!(build.starts_with(".ie ") && build.contains(".TH rampart-build 1") && build.contains("\\-\\-offline"), "{build}");
+}
+
+#[test]
 fn mail_gateway_errors_name_their_field() {
     check("mail-gateway-relay-domain-not-a-domain");
     check("mail-gateway-unknown-attachment-action");
