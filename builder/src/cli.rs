@@ -62,6 +62,9 @@ pub enum Command {
         /// Debian mirror URL, overriding the profile and the host's apt sources
         #[arg(long)]
         mirror: Option<String>,
+        /// Print the findings as one JSON object on standard output
+        #[arg(long)]
+        json: bool,
     },
     /// Build the image and its artifacts (locks and fetches first unless --offline)
     Build {
@@ -153,14 +156,29 @@ pub enum Command {
         /// The <name>.baseline written by the build
         #[arg(long)]
         baseline: PathBuf,
+        /// Print the differences as one JSON object on standard output (exit status as without)
+        #[arg(long)]
+        json: bool,
     },
     /// Build if needed, boot the image in QEMU and run the profile's vm-tests scenarios
     Test {
-        /// The profile file (profiles/NAME.toml)
-        profile: PathBuf,
+        /// The profile file (profiles/NAME.toml); without it, --list and --shard take every
+        /// scenario in ./vm-tests
+        profile: Option<PathBuf>,
         /// Run only this scenario (vm-tests/NAME.toml) [default: every scenario of the profile]
         #[arg(long)]
         scenario: Option<String>,
+        /// Print the profile × scenario pairs (with --shard, that share's) and their last
+        /// durations instead of running them
+        #[arg(long)]
+        list: bool,
+        /// With --list: one JSON array on standard output
+        #[arg(long, requires = "list")]
+        json: bool,
+        /// Run (or list) share I of N of the pairs, balanced by their last durations (the
+        /// JUnit reports in out/<profile-name>/): the N CI jobs of a matrix each take one
+        #[arg(long, value_name = "I/N", conflicts_with = "scenario")]
+        shard: Option<vmtest::plan::Shard>,
         #[command(flatten)]
         machine: MachineArgs,
     },
@@ -232,17 +250,21 @@ pub fn run(cli: Cli) -> Result<i32> {
             let mirror = resolve_mirror(&profile, mirror.as_deref())?;
             run_lock(&profile, &mirror, update, &cache)?;
         }
-        Command::Verify { image, baseline } => {
+        Command::Verify { image, baseline, json } => {
             crate::process::require_programs(&[("qemu-img", "qemu-utils"), ("sfdisk", "fdisk")])?;
             let differences = crate::verify::verify(&image, &baseline)?;
-            for path in &differences.added {
-                println!("added    {path}");
-            }
-            for path in &differences.removed {
-                println!("removed  {path}");
-            }
-            for (path, what) in &differences.changed {
-                println!("changed  {path}: {}", what.join(", "));
+            if json {
+                println!("{:#}", differences.to_json(&image, &baseline));
+            } else {
+                for path in &differences.added {
+                    println!("added    {path}");
+                }
+                for path in &differences.removed {
+                    println!("removed  {path}");
+                }
+                for (path, what) in &differences.changed {
+                    println!("changed  {path}: {}", what.join(", "));
+                }
             }
             if !differences.is_empty() {
                 anyhow::bail!(
@@ -256,14 +278,14 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
             ui::step(&format!("{} matches {}", image.display(), baseline.display()));
         }
-        Command::Outdated { profile, installed: Some(installed), mirror: _ } => {
+        Command::Outdated { profile, installed: Some(installed), mirror: _, json } => {
             let profile = load(&profile)?;
-            run_outdated_installed(&profile, &installed)?;
+            run_outdated_installed(&profile, &installed, json)?;
         }
-        Command::Outdated { profile, installed: None, mirror } => {
+        Command::Outdated { profile, installed: None, mirror, json } => {
             let profile = load(&profile)?;
             let mirror = resolve_mirror(&profile, mirror.as_deref())?;
-            run_outdated(&profile, &mirror)?;
+            run_outdated(&profile, &mirror, json)?;
         }
         Command::Fetch { profile, cache, mirror } => {
             let profile = load(&profile)?;
@@ -304,7 +326,13 @@ pub fn run(cli: Cli) -> Result<i32> {
             let out = out.unwrap_or_else(|| default_out(&profile));
             crate::patch::make(profile, mirror, &crate::patch::PatchOptions { from, output, out, cache, offline, keys })?;
         }
-        Command::Test { profile, scenario, machine } => {
+        Command::Test { profile, scenario, list, json, shard, machine } if list || shard.is_some() => {
+            run_pairs(profile.as_deref(), scenario.is_some(), list, json, shard, machine)?;
+        }
+        Command::Test { profile: None, .. } => {
+            anyhow::bail!("rampart test: give a PROFILE, or --list or --shard I/N for every scenario in ./vm-tests");
+        }
+        Command::Test { profile: Some(profile), scenario, machine, .. } => {
             let profile = load(&profile)?;
             let mirror = resolve_mirror(&profile, machine.mirror.as_deref())?;
             let out = machine.out.unwrap_or_else(|| default_out(&profile));
@@ -349,15 +377,77 @@ pub fn default_out(profile: &Profile) -> PathBuf {
     PathBuf::from("out").join(profile.name.as_str())
 }
 
-fn run_outdated(profile: &Profile, mirror: &Mirror) -> Result<()> {
+/// `rampart test --list` and `--shard`: the pairs of ./vm-tests (or of the
+/// profile's scenario directory), listed, or the share's run one by one,
+/// each in its profile's default output directory.
+fn run_pairs(profile: Option<&Path>, scenario: bool, list: bool, json: bool, shard: Option<vmtest::plan::Shard>, machine: MachineArgs) -> Result<()> {
+    if scenario {
+        anyhow::bail!("rampart test: --scenario runs one scenario of a PROFILE; --list and --shard take them all");
+    }
+    if !list && machine.out.is_some() {
+        anyhow::bail!("rampart test --shard: each profile's results go to out/<profile-name>; --out names one directory");
+    }
+    let dir = match profile {
+        Some(path) => vmtest::scenario_dir(&load(path)?),
+        None => PathBuf::from("vm-tests"),
+    };
+    let last = |profile: &Path, scenario: &str| -> Option<f64> {
+        let report = default_out(&profile::load(profile).ok()?).join(format!("{scenario}.junit.xml"));
+        vmtest::plan::junit_seconds(&std::fs::read_to_string(report).ok()?)
+    };
+    let all = vmtest::plan::pairs(&dir, profile, last)?;
+    let chosen = match shard {
+        Some(shard) => vmtest::plan::share(&all, shard),
+        None => all,
+    };
+    if list {
+        if json {
+            println!("{:#}", serde_json::Value::Array(chosen.iter().map(|p| p.to_json()).collect()));
+        } else {
+            for pair in &chosen {
+                let last = pair.last_seconds.map_or("no report yet".to_string(), |s| format!("last {s:.0} s"));
+                println!("{} {} ({last})", pair.profile.display(), pair.scenario);
+            }
+        }
+        return Ok(());
+    }
+    let mut failed = Vec::new();
+    for pair in &chosen {
+        ui::step(&format!("shard: {} --scenario {}", pair.profile.display(), pair.scenario));
+        let profile = load(&pair.profile)?;
+        let mirror = resolve_mirror(&profile, machine.mirror.as_deref())?;
+        let options = TestOptions { scenario: Some(pair.scenario.clone()), out: default_out(&profile), cache: machine.cache.clone(), accel: machine.accel, offline: machine.offline };
+        if let Err(error) = vmtest::run(profile, mirror, &options) {
+            crate::process::check_interrupted()?;
+            ui::step(&format!("{} --scenario {}: {error:#}", pair.profile.display(), pair.scenario));
+            failed.push(format!("{} {}", pair.profile.display(), pair.scenario));
+        }
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("{} of {} scenarios of this share failed: {}", failed.len(), chosen.len(), failed.join(", "));
+    }
+    Ok(())
+}
+
+fn run_outdated(profile: &Profile, mirror: &Mirror, json: bool) -> Result<()> {
     let path = profile.lock_path();
     let locked = read_existing_lock(profile)?;
     let fresh = with_private_log("outdated", |log| lock::resolve(profile, mirror, log, None))?;
     let updates = lock::outdated(&locked, &fresh);
     let n_security = updates.iter().filter(|u| u.security).count();
-    print_updates(&updates, ["security updates", "other updates"]);
     let added_or_dropped: Vec<String> =
         lock::describe_changes(&locked, &fresh).into_iter().filter(|l| !l.starts_with('~')).collect();
+    if json {
+        let report = serde_json::json!({
+            "lock": path,
+            "compared-with": "mirror",
+            "updates": updates.iter().map(update_json).collect::<Vec<_>>(),
+            "other-differences": added_or_dropped,
+        });
+        println!("{report:#}");
+        return Ok(());
+    }
+    print_updates(&updates, ["security updates", "other updates"]);
     if !added_or_dropped.is_empty() {
         println!("other differences ({}):", added_or_dropped.len());
         for line in &added_or_dropped {
@@ -385,6 +475,10 @@ fn read_existing_lock(profile: &Profile) -> Result<Lock> {
     Lock::read(&path)
 }
 
+fn update_json(update: &lock::Update) -> serde_json::Value {
+    serde_json::json!({ "name": update.name, "locked": update.locked, "available": update.available, "security": update.security })
+}
+
 /// Updates under two headings: security ones first, then the others.
 fn print_updates(updates: &[lock::Update], headings: [&str; 2]) {
     for (heading, security) in [(headings[0], true), (headings[1], false)] {
@@ -400,17 +494,29 @@ fn print_updates(updates: &[lock::Update], headings: [&str; 2]) {
 }
 
 /// What a machine lacks against the profile's lock, from its package report.
-fn run_outdated_installed(profile: &Profile, installed: &Path) -> Result<()> {
+fn run_outdated_installed(profile: &Profile, installed: &Path, json: bool) -> Result<()> {
     let text = std::fs::read_to_string(installed).with_context(|| format!("while reading --installed {}", installed.display()))?;
     let machine = lock::parse_installed(&text, &installed.display().to_string())?;
     let path = profile.lock_path();
     let locked = read_existing_lock(profile)?;
     let lacking = lock::outdated(&machine, &locked);
     let n_security = lacking.iter().filter(|u| u.security).count();
-    print_updates(&lacking, ["security updates the machine lacks", "other versions that differ from the lock"]);
     let changes = lock::describe_changes(&machine, &locked);
     let missing: Vec<&String> = changes.iter().filter(|l| l.starts_with('+')).collect();
     let extra: Vec<&String> = changes.iter().filter(|l| l.starts_with('-')).collect();
+    if json {
+        let names = |lines: &[&String]| lines.iter().map(|l| l[2..].to_string()).collect::<Vec<_>>();
+        let report = serde_json::json!({
+            "lock": path,
+            "compared-with": installed,
+            "lacking": lacking.iter().map(update_json).collect::<Vec<_>>(),
+            "not-installed": names(&missing),
+            "not-in-the-lock": names(&extra),
+        });
+        println!("{report:#}");
+        return Ok(());
+    }
+    print_updates(&lacking, ["security updates the machine lacks", "other versions that differ from the lock"]);
     for (heading, lines) in [("in the lock, not installed", &missing), ("installed, not in the lock", &extra)] {
         if !lines.is_empty() {
             println!("{heading} ({}):", lines.len());

@@ -32,6 +32,18 @@ pub struct Differences {
 }
 
 impl Differences {
+    /// The differences as `rampart verify --json` prints them.
+    pub fn to_json(&self, image: &Path, baseline: &Path) -> serde_json::Value {
+        serde_json::json!({
+            "image": image,
+            "baseline": baseline,
+            "matches": self.is_empty(),
+            "added": self.added,
+            "removed": self.removed,
+            "changed": self.changed.iter().map(|(path, what)| serde_json::json!({ "path": path, "what": what })).collect::<Vec<_>>(),
+        })
+    }
+
     pub fn is_empty(&self) -> bool {
         self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
     }
@@ -473,6 +485,16 @@ fn partitions(image: &Path, raw: &Path) -> Result<Vec<Partition>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn differences_as_json_name_each_path_and_what_changed() {
+        let differences = Differences { added: vec!["/usr/bin/evil".into()], removed: Vec::new(), changed: vec![("/usr/bin/passwd".into(), vec!["mode 4755 -> 0755".into()])] };
+        let json = differences.to_json(Path::new("m.raw"), Path::new("m.baseline"));
+        assert_eq!(json["matches"], false);
+        assert_eq!(json["added"], serde_json::json!(["/usr/bin/evil"]));
+        assert_eq!(json["changed"], serde_json::json!([{ "path": "/usr/bin/passwd", "what": ["mode 4755 -> 0755"] }]));
+        assert_eq!(Differences { added: Vec::new(), removed: Vec::new(), changed: Vec::new() }.to_json(Path::new("a"), Path::new("b"))["matches"], true);
+    }
 
     fn record(path: &str, mode: u32, content: &str) -> (String, Record) {
         (path.to_string(), Record { path: path.into(), kind: "f".into(), mode, uid: 0, gid: 0, size: 3, content: content.into(), xattrs: BTreeMap::new() })

@@ -309,6 +309,76 @@ fn man_writes_a_page_for_rampart_and_each_command() {
     assert!(build.starts_with(".ie ") && build.contains(".TH rampart-build 1") && build.contains("\\-\\-offline"), "{build}");
 }
 
+/// Every string of a YAML document.
+fn yaml_strings(node: &yaml_rust2::Yaml, out: &mut Vec<String>) {
+    use yaml_rust2::Yaml;
+    match node {
+        Yaml::String(s) => out.push(s.clone()),
+        Yaml::Array(items) => items.iter().for_each(|i| yaml_strings(i, out)),
+        Yaml::Hash(map) => map.iter().for_each(|(k, v)| {
+            yaml_strings(k, out);
+            yaml_strings(v, out);
+        }),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_ci_examples_parse_and_every_rampart_command_in_them_is_one_rampart_takes() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for example in ["github-actions.yml", "gitlab-ci.yml"] {
+        let text = std::fs::read_to_string(repo.join("ci-examples").join(example)).unwrap();
+        let docs = yaml_rust2::YamlLoader::load_from_str(&text).unwrap_or_else(|e| panic!("{example}: {e}"));
+        let mut strings = Vec::new();
+        docs.iter().for_each(|d| yaml_strings(d, &mut strings));
+        let mut commands = Vec::new();
+        for line in strings.iter().flat_map(|s| s.lines()) {
+            for (at, _) in line.match_indices("bin/rampart ") {
+                let rest = &line[at + "bin/rampart ".len()..];
+                let end = rest.find(|c| ";|&)".contains(c)).unwrap_or(rest.len());
+                let command = rest[..end]
+                    .replace("${{ matrix.shard }}", "1")
+                    .replace("$CI_NODE_INDEX", "1")
+                    .replace("$CI_NODE_TOTAL", "3")
+                    .replace("$profile", "profiles/baseline.toml");
+                commands.push(shell_words::split(&command).unwrap_or_else(|e| panic!("{example}: {command}: {e}")));
+            }
+        }
+        for wanted in [["lock"], ["fetch"], ["test"]] {
+            assert!(commands.iter().any(|c| c.first().map(String::as_str) == Some(wanted[0])), "{example} has no rampart {}", wanted[0]);
+        }
+        assert!(commands.iter().any(|c| c.contains(&"--shard".to_string()) && c.contains(&"--offline".to_string())), "{example}: the test jobs run a share offline");
+        for command in &commands {
+            // clap reads every option and value before it gets to --help: an
+            // option rampart does not take, or a bad value, fails here
+            let output = Command::new(env!("CARGO_BIN_EXE_rampart")).args(command).arg("--help").current_dir(&repo).output().expect("rampart runs");
+            assert!(output.status.success(), "{example}: rampart {}: {}", command.join(" "), String::from_utf8_lossy(&output.stderr));
+        }
+    }
+}
+
+#[test]
+fn test_list_and_shard_share_the_scenarios_out() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let list = |args: &[&str]| -> Vec<serde_json::Value> {
+        let output = Command::new(env!("CARGO_BIN_EXE_rampart")).args(["test", "--list", "--json"]).args(args).current_dir(&repo).output().expect("rampart runs");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap().as_array().unwrap().clone()
+    };
+    let all = list(&[]);
+    assert!(all.iter().any(|p| p["profile"] == "profiles/baseline.toml" && p["scenario"] == "patch"), "{all:?}");
+    let mut shared: Vec<serde_json::Value> = (1..=3).flat_map(|i| list(&["--shard", &format!("{i}/3")])).collect();
+    let key = |p: &serde_json::Value| format!("{} {}", p["profile"], p["scenario"]);
+    shared.sort_by_key(key);
+    let mut everything = all.clone();
+    everything.sort_by_key(key);
+    assert_eq!(shared, everything, "the three shares hold every pair once");
+    let only = list(&["profiles/lab-bastion.toml"]);
+    assert_eq!(only.len(), 1, "{only:?}");
+    let refused = Command::new(env!("CARGO_BIN_EXE_rampart")).args(["test", "--shard", "4/3", "--list"]).current_dir(&repo).output().unwrap();
+    assert_eq!(refused.status.code(), Some(2), "clap refuses a share that does not exist");
+}
+
 #[test]
 fn mail_gateway_errors_name_their_field() {
     check("mail-gateway-relay-domain-not-a-domain");

@@ -611,6 +611,11 @@ fn verify_passes_the_built_image_and_names_what_was_tampered_with() {
     assert!(stdout.contains("added    /usr/bin/evil"), "{stdout}");
     assert!(stdout.contains("changed  /usr/bin/passwd: mode 4755 -> "), "{stdout}");
     assert!(stderr(&output).contains("1 changed, 1 added, 0 removed"), "{}", stderr(&output));
+    let output = ws.rampart(&["verify", "tampered.raw", "--baseline", "out/baseline/baseline.baseline", "--json"]);
+    assert_eq!(output.status.code(), Some(1), "--json keeps the exit status");
+    let found: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!((found["matches"].clone(), found["added"].clone()), (serde_json::json!(false), serde_json::json!(["/usr/bin/evil"])), "{found}");
+    assert_eq!(found["changed"][0]["path"], "/usr/bin/passwd", "{found}");
     // The separate partitions are read at their mount points: a file changed
     // on /var is named, and one written on the root below the /var mount
     // point (which the mount would hide on a running machine) is reported.
@@ -864,6 +869,12 @@ fn outdated_lists_locked_versions_the_mirror_has_replaced() {
     assert!(stdout.contains("libssl3 3.0.0-1 -> "), "libssl3 is listed:\n{stdout}");
     assert!(stdout.contains("openssh-server 1:9.2p1-1 -> "), "openssh-server is listed:\n{stdout}");
     assert!(stderr(&output).contains("2 packages have newer versions"));
+    // The same findings as JSON, for CI.
+    let output = ws.rampart_ok(&["outdated", "profiles/baseline.toml", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let locked: Vec<(&str, &str)> = report["updates"].as_array().unwrap().iter().map(|u| (u["name"].as_str().unwrap(), u["locked"].as_str().unwrap())).collect();
+    assert!(locked.contains(&("libssl3", "3.0.0-1")) && locked.contains(&("openssh-server", "1:9.2p1-1")), "{report}");
+    assert_eq!(report["compared-with"], "mirror");
     assert!(std::fs::read_to_string(&path).unwrap().contains("version = \"1:9.2p1-1\""), "outdated leaves the lock alone");
 }
 

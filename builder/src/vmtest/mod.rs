@@ -18,6 +18,7 @@ mod conformance;
 mod remote_log;
 pub mod qemu;
 pub mod scenario;
+pub mod plan;
 mod patch;
 mod sealed;
 
@@ -45,7 +46,7 @@ pub struct TestOptions {
 }
 
 /// Where scenarios live for a profile: `<profile dir>/../vm-tests`.
-fn scenario_dir(profile: &Profile) -> PathBuf {
+pub fn scenario_dir(profile: &Profile) -> PathBuf {
     profile.path.parent().unwrap_or(Path::new(".")).join("..").join("vm-tests")
 }
 
