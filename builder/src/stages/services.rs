@@ -176,6 +176,11 @@ const MASKED_GENERATORS: &[MaskedGenerator] = &[
     MaskedGenerator { name: "systemd-cryptsetup-generator", input: GeneratorInput::KeptIf("etc/crypttab"), why: "no encrypted volumes" },
     MaskedGenerator { name: "systemd-integritysetup-generator", input: GeneratorInput::KeptIf("etc/integritytab"), why: "no integrity volumes" },
     MaskedGenerator { name: "systemd-veritysetup-generator", input: GeneratorInput::KeptIf("etc/veritytab"), why: "no verity volumes" },
+    MaskedGenerator {
+        name: "postfix-instance-generator",
+        input: GeneratorInput::Never,
+        why: "postfix's one instance, postfix@-.service, is enabled through the allow-list ([mail]); the generator would start instances main.cf's multi_instance_directories name",
+    },
 ];
 
 struct MaskedGenerator {
