@@ -35,7 +35,7 @@ pub const ALERT_STATE: &str = "/var/lib/rampart-alert";
 
 /// postfix's address for the smarthost: brackets, so no MX lookup is made
 /// (an IPv6 address as postfix writes it, `[ipv6:...]`).
-fn relay(smarthost: &crate::profile::monitoring::LogHost) -> String {
+pub(crate) fn relay(smarthost: &crate::profile::monitoring::LogHost) -> String {
     let prefix = if smarthost.host.contains(':') { "ipv6:" } else { "" };
     format!("[{prefix}{}]:{}", smarthost.host, smarthost.port)
 }

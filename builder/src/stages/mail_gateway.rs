@@ -107,9 +107,7 @@ pub fn signature_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, String> {
 
 /// postfix's address of the internal mail host: brackets, no MX lookup.
 fn next_hop(profile: &MailGatewaySpec) -> String {
-    let to = &profile.deliver_to.as_ref().expect("checked by profile::mail_gateway::finish").value;
-    let prefix = if to.host.contains(':') { "ipv6:" } else { "" };
-    format!("[{prefix}{}]:{}", to.host, to.port)
+    crate::stages::mail::relay(&profile.deliver_to.as_ref().expect("checked by profile::mail_gateway::finish").value)
 }
 
 /// The `postconf -e` settings the gateway adds to the mail stage's main.cf.
