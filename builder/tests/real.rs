@@ -110,6 +110,24 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// The `<failure>` elements of every JUnit report in `dir`, so that a CI
+/// log shows what a failed check saw, not only its name.
+fn failures_in_junit_reports(dir: &Path) -> String {
+    let mut shown = String::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if !path.to_string_lossy().ends_with(".junit.xml") {
+            continue;
+        }
+        let report = std::fs::read_to_string(&path).unwrap_or_default();
+        for failure in report.split("<failure").skip(1) {
+            let failure = failure.split("</failure>").next().unwrap_or_default();
+            shown.push_str(&format!("--- {}: <failure{}\n", path.display(), tail(failure, 60)));
+        }
+    }
+    shown
+}
+
 /// Runs `profiles/<name>.toml`'s scenario into `out/<name>` (locked and
 /// fetched before); asserts it passed with no failure and returns its
 /// JUnit report.
@@ -122,7 +140,7 @@ fn passing_scenario_of(ws: &Workspace, name: &str, scenario: &str) -> String {
     let (profile, out) = (format!("profiles/{name}.toml"), format!("out/{name}"));
     let output = ws.rampart(&["test", &profile, "--out", &out]);
     eprintln!("{}", String::from_utf8_lossy(&output.stdout));
-    assert!(output.status.success(), "the {name} scenario failed:\n{}", stderr(&output));
+    assert!(output.status.success(), "the {name} scenario failed:\n{}\n{}", stderr(&output), failures_in_junit_reports(&ws.path(&out)));
     let junit = std::fs::read_to_string(ws.path(&format!("{out}/{scenario}.junit.xml"))).unwrap();
     assert!(junit.contains("failures=\"0\""));
     junit

@@ -435,6 +435,21 @@ fn install_signatures(ctx: &BuildContext, dir: &crate::profile::Sited<PathBuf>) 
     Ok((listed, known))
 }
 
+/// clamd and its milter log to syslog (mail.log, rotated with rsyslog's
+/// files), never to /var/log/clamav: Debian's logrotate entries for their
+/// own files lack `missingok`, and logrotate.service would fail each hour.
+const CLAMAV_LOGROTATE: &[&str] = &["etc/logrotate.d/clamav-daemon", "etc/logrotate.d/clamav-milter"];
+
+fn drop_file_log_rotation(ctx: &BuildContext) -> Result<()> {
+    for entry in CLAMAV_LOGROTATE {
+        match std::fs::remove_file(ctx.root().join(entry)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| format!("while removing /{entry}")),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 pub fn run(ctx: &mut BuildContext) -> Result<()> {
     let gateway = ctx.profile.mail_gateway.clone();
     if !gateway.enable {
@@ -467,6 +482,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<()> {
     ctx.install_file(&format!("etc/systemd/system/{CLAMD_SERVICE}.d/rampart-signatures.conf"), service.as_bytes(), 0o644)?;
     ctx.install_file(&format!("etc/systemd/system/{CLAMAV_MILTER_SERVICE}"), clamav_milter_unit().as_bytes(), 0o644)?;
     attach_disconnected_for_clamd(ctx)?;
+    drop_file_log_rotation(ctx)?;
     // SpamAssassin
     ctx.install_file("etc/spamassassin/local.cf", spamassassin_local_cf(&gateway).as_bytes(), 0o644)?;
     ctx.install_file(&format!("etc/systemd/system/{SPAMD_SERVICE}.d/50-rampart-socket.conf"), spamd_drop_in().as_bytes(), 0o644)?;
