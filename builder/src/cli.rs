@@ -18,6 +18,12 @@ use crate::{bundle, fetch, ui};
 #[derive(Debug, Parser)]
 #[command(name = "rampart", version, about = "Build hardened, bootable Debian 12 images offline and prove them in QEMU")]
 pub struct Cli {
+    /// Print warnings and errors only: no step lines, spinners or bars
+    #[arg(long, short, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Also print every command rampart runs, with its wall time
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -194,6 +200,18 @@ pub enum Command {
         #[command(flatten)]
         machine: MachineArgs,
     },
+    /// Start a site profile: write profiles/NAME.toml (extending BASE, with the sections a site
+    /// usually sets commented out) and vm-tests/NAME.toml, a scenario that passes `rampart test` as written
+    New {
+        /// The new profile's name (lower-case letters, digits and '-')
+        name: String,
+        /// The profile it extends, by name (profiles/BASE.toml)
+        #[arg(long, value_name = "BASE", default_value = "baseline")]
+        extends: String,
+        /// The directory holding profiles/ and vm-tests/
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+    },
     /// Print the shell completion script for SHELL on standard output
     /// (e.g. `rampart completions bash > /etc/bash_completion.d/rampart`)
     Completions {
@@ -232,7 +250,17 @@ pub fn run(cli: Cli) -> Result<i32> {
     // A signal stops what rampart started (each command's whole process
     // group) and lets the work directories go with their owners.
     crate::process::stop_on_signals()?;
+    ui::set_verbosity(match (cli.quiet, cli.verbose) {
+        (true, _) => ui::Verbosity::Quiet,
+        (_, true) => ui::Verbosity::Verbose,
+        _ => ui::Verbosity::Normal,
+    });
     match cli.command {
+        Command::New { name, extends, dir } => {
+            let created = crate::scaffold::create(&dir, &name, &extends)?;
+            ui::step(&format!("wrote {} (extends {extends}) and {}", created.profile.display(), created.scenario.display()));
+            ui::step(&format!("next: rampart lock {0} && rampart test {0}", created.profile.display()));
+        }
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "rampart", &mut std::io::stdout());

@@ -41,7 +41,7 @@ mod tests {
         let main = plain(&pages, "rampart.1");
         let command = crate::cli::Cli::command();
         let names: Vec<&str> = command.get_subcommands().map(|c| c.get_name()).collect();
-        assert_eq!(names, ["lock", "fetch", "outdated", "build", "bundle", "patch", "verify", "test", "audit", "completions", "man"]);
+        assert_eq!(names, ["lock", "fetch", "outdated", "build", "bundle", "patch", "verify", "test", "audit", "new", "completions", "man"]);
         for sub in command.get_subcommands() {
             let name = sub.get_name();
             assert!(main.contains(&format!("rampart-{name}(1)")) || main.contains(name), "rampart(1) does not name {name}");

@@ -504,15 +504,15 @@ fn descendants(parents: &[u32]) -> Vec<u32> {
     found
 }
 
-/// With RAMPART_TIMING set in rampart's environment, each command's wall
-/// time goes to stderr when it ends: where a build's seconds go.
+/// With `--verbose`, or RAMPART_TIMING set in rampart's environment, each
+/// command's wall time goes to stderr when it ends: where a build's seconds go.
 struct Timing {
     command: Option<(String, std::time::Instant)>,
 }
 
 impl Timing {
     fn start(command: &Cmd) -> Timing {
-        let wanted = std::env::var_os("RAMPART_TIMING").is_some_and(|v| !v.is_empty());
+        let wanted = std::env::var_os("RAMPART_TIMING").is_some_and(|v| !v.is_empty()) || crate::ui::verbosity() == crate::ui::Verbosity::Verbose;
         Timing { command: wanted.then(|| (command.display(), std::time::Instant::now())) }
     }
 }
@@ -521,7 +521,7 @@ impl Drop for Timing {
     fn drop(&mut self) {
         if let Some((display, started)) = &self.command {
             let shown: String = display.chars().take(160).collect();
-            eprintln!("rampart: timing: {:7.2} s  {shown}", started.elapsed().as_secs_f64());
+            crate::ui::line(&format!("rampart: timing: {:7.2} s  {shown}", started.elapsed().as_secs_f64()));
         }
     }
 }

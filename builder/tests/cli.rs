@@ -303,7 +303,7 @@ fn man_writes_a_page_for_rampart_and_each_command() {
     names.sort();
     assert_eq!(
         names,
-        ["rampart-audit.1", "rampart-build.1", "rampart-bundle.1", "rampart-completions.1", "rampart-fetch.1", "rampart-lock.1", "rampart-man.1", "rampart-outdated.1", "rampart-patch.1", "rampart-test.1", "rampart-verify.1", "rampart.1"]
+        ["rampart-audit.1", "rampart-build.1", "rampart-bundle.1", "rampart-completions.1", "rampart-fetch.1", "rampart-lock.1", "rampart-man.1", "rampart-new.1", "rampart-outdated.1", "rampart-patch.1", "rampart-test.1", "rampart-verify.1", "rampart.1"]
     );
     let build = std::fs::read_to_string(out.join("rampart-build.1")).unwrap();
     assert!(build.starts_with(".ie ") && build.contains(".TH rampart-build 1") && build.contains("\\-\\-offline"), "{build}");
@@ -385,4 +385,44 @@ fn mail_gateway_errors_name_their_field() {
     check("mail-gateway-unknown-attachment-action");
     check("mail-gateway-without-port-25");
     check("mail-gateway-without-databases");
+}
+
+/// A directory with the repository's baseline profile and its overlays.
+fn site_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::fs::create_dir(dir.path().join("profiles")).unwrap();
+    std::fs::copy(repo.join("profiles/baseline.toml"), dir.path().join("profiles/baseline.toml")).unwrap();
+    std::os::unix::fs::symlink(repo.join("overlays"), dir.path().join("overlays")).unwrap();
+    dir
+}
+
+#[test]
+fn new_writes_a_profile_and_its_scenario_and_replaces_nothing() {
+    let dir = site_dir();
+    let at = dir.path().to_str().unwrap();
+    let output = rampart(&["new", "web", "--dir", at]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let profile = std::fs::read_to_string(dir.path().join("profiles/web.toml")).unwrap();
+    assert!(profile.contains("extends = \"baseline.toml\"") && profile.contains("README.md"), "{profile}");
+    assert!(std::fs::read_to_string(dir.path().join("vm-tests/web.toml")).unwrap().contains("profile = \"web\""));
+
+    // An existing scenario of that name: refused, and no profile written either.
+    std::fs::write(dir.path().join("vm-tests/api.toml"), "mine\n").unwrap();
+    let output = rampart(&["new", "api", "--dir", at]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("vm-tests/api.toml exists; rampart new replaces nothing"), "{stderr}");
+    assert!(!dir.path().join("profiles/api.toml").exists());
+    assert_eq!(std::fs::read_to_string(dir.path().join("vm-tests/api.toml")).unwrap(), "mine\n");
+
+    for (args, said) in [
+        (vec!["new", "Web"], "NAME: \"Web\" is not a valid profile name"),
+        (vec!["new", "db", "--extends", "nope"], "--extends nope: there is no "),
+        (vec!["new", "db", "--extends", "../etc/passwd"], "--extends: \"../etc/passwd\" is not a valid profile name"),
+    ] {
+        let output = rampart(&[&args[..], &["--dir", at]].concat());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.code() == Some(1) && stderr.contains(said), "{args:?}: {stderr}");
+    }
+    assert!(!dir.path().join("profiles/db.toml").exists() && !dir.path().join("vm-tests/db.toml").exists());
 }

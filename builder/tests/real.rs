@@ -901,20 +901,39 @@ fn outdated_lists_locked_versions_the_mirror_has_replaced() {
 fn warm_rebuild_after_a_profile_edit_reuses_the_package_stage() {
     let ws = Workspace::new();
     ws.lock_and_fetch();
-    ws.rampart_ok(&["build", "profiles/baseline.toml", "--offline", "--out", "out/a"]);
-    let profile = ws.path("profiles/baseline.toml");
-    let text = std::fs::read_to_string(&profile).unwrap().replace("organisation = \"rampart\"", "organisation = \"edited\"");
-    std::fs::write(&profile, text).unwrap();
+    // --quiet: warnings and errors only.
+    let quiet = ws.rampart_ok(&["--quiet", "build", "profiles/baseline.toml", "--offline", "--out", "out/a"]);
+    assert!(stderr(&quiet).lines().all(|l| l.contains(" rampart: warning: ")), "--quiet printed more than warnings:\n{}", stderr(&quiet));
+    // The edit: a site profile as `rampart new` writes it, on top of the
+    // baseline (the same packages), and its scenario, which passes as written.
+    let new = ws.rampart_ok(&["new", "site", "--extends", "baseline"]);
+    assert!(stderr(&new).contains("wrote ./profiles/site.toml (extends baseline) and ./vm-tests/site.toml"), "{}", stderr(&new));
+    let again = ws.rampart(&["new", "site"]);
+    assert!(!again.status.success() && stderr(&again).contains("./profiles/site.toml exists; rampart new replaces nothing"), "{}", stderr(&again));
+    ws.rampart_ok(&["lock", "profiles/site.toml"]);
+    // On a terminal (script(1) gives it one): spinners with the elapsed
+    // time for the build's steps, the boot and each check; finished steps
+    // as plain lines without a time stamp.
     let started = Instant::now();
-    let output = ws.rampart_ok(&["build", "profiles/baseline.toml", "--offline", "--out", "out/b"]);
-    eprintln!("warm rebuild took {:.1} s", started.elapsed().as_secs_f64());
-    assert!(stderr(&output).contains("reusing cached root tree"), "the package stage was not reused");
-    let motd = Command::new("tar").args(["-xzOf", "out/b/baseline.rootfs.tar.gz", "etc/motd"]).current_dir(ws.path("")).output().unwrap();
-    assert!(String::from_utf8_lossy(&motd.stdout).contains("for edited"), "the edit did not reach the image");
+    let command = format!("{} test profiles/site.toml --offline --out out/b", shell_words::quote(env!("CARGO_BIN_EXE_rampart")));
+    let output = Command::new("script").args(["-qefc", &command, "/dev/null"]).current_dir(ws.path("")).output().unwrap();
+    eprintln!("warm rebuild and the new profile's test took {:.1} s", started.elapsed().as_secs_f64());
+    let terminal = String::from_utf8_lossy(&output.stdout);
+    eprintln!("{}", tail(&terminal, 30));
+    assert!(output.status.success(), "the new profile's test on a terminal failed:\n{terminal}");
+    assert!(terminal.contains("reusing cached root tree"), "the package stage was not reused");
+    for spinner in ["rampart: disk stage: assembling the UEFI disk (0s)", "rampart: first: booting (SSH within ", "rampart: first: check 1/4 system_reaches_running_with_no_failed_units ("] {
+        assert!(terminal.contains(spinner), "no spinner {spinner:?}:\n{terminal:?}");
+    }
+    assert!(terminal.contains("\x1b[") && terminal.contains("rampart: disk stage: assembling the UEFI disk done in "), "{terminal:?}");
+    assert!(!terminal.contains("Z rampart: "), "a terminal's lines carry no time stamp: {terminal:?}");
+    assert!(terminal.contains("rampart: all 5 checks passed"), "{terminal}");
+    let hostname = Command::new("tar").args(["-xzOf", "out/b/site.rootfs.tar.gz", "etc/hostname"]).current_dir(ws.path("")).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&hostname.stdout), "site\n", "the new profile did not reach the image");
 
     // The cache is not a trust root: a stage tarball with a file added and
     // its stored digest rewritten to match is not used.
-    let report = std::fs::read_to_string(ws.path("out/b/baseline.report.json")).unwrap();
+    let report = std::fs::read_to_string(ws.path("out/a/baseline.report.json")).unwrap();
     let key = serde_json::from_str::<serde_json::Value>(&report).unwrap()["stages"][0]["settings"]["stage-key"].as_str().unwrap().to_string();
     let forged_cache = private_cache(true);
     let tarball = forged_cache.path().join(format!("rootfs/{key}.tar"));
@@ -936,8 +955,12 @@ fn warm_rebuild_after_a_profile_edit_reuses_the_package_stage() {
         std::fs::write(&path, format!("{digest}\n")).unwrap();
     }
     let forged_arg = forged_cache.path().to_str().unwrap();
-    let output = ws.rampart_ok(&["build", "profiles/baseline.toml", "--offline", "--out", "out/f", "--cache", forged_arg]);
+    let output = ws.rampart_ok(&["--verbose", "build", "profiles/baseline.toml", "--offline", "--out", "out/f", "--cache", forged_arg]);
     let message = stderr(&output);
+    // In a log: each line stamped with the UTC time; --verbose names every command with its wall time.
+    let stamped = |l: &&str| l.len() > 21 && l.as_bytes()[4] == b'-' && l.as_bytes()[10] == b'T' && &l[19..21] == "Z ";
+    assert!(message.lines().all(|l| stamped(&l)), "a line without its time:\n{message}");
+    assert!(message.lines().any(|l| l.contains(" rampart: timing: ") && l.contains(" mmdebstrap ")), "--verbose did not name mmdebstrap:\n{message}");
     assert!(message.contains(&format!("cached package stage {} does not match its HMAC", tarball.display())) && message.contains("building it again"), "{message}");
     assert!(!message.contains("reusing cached root tree"), "{message}");
     let listing = Command::new("tar").args(["-tzf", "out/f/baseline.rootfs.tar.gz"]).current_dir(ws.path("")).output().unwrap();
@@ -959,9 +982,10 @@ fn warm_rebuild_after_a_profile_edit_reuses_the_package_stage() {
     assert!(message.contains(&format!("the cache directory {}/debs", forged_arg)) && message.contains("writable by its group and others (mode 0777)") && message.contains("chmod go-w"), "{message}");
     assert!(!ws.path("out/g").exists());
     // Changing what is installed invalidates the lock, and so the stage.
+    let profile = ws.path("profiles/baseline.toml");
     let text = std::fs::read_to_string(&profile).unwrap().replace("drop-docs = true", "drop-docs = false");
     std::fs::write(&profile, text).unwrap();
-    let report = std::fs::read_to_string(ws.path("out/b/baseline.report.json")).unwrap();
+    let report = std::fs::read_to_string(ws.path("out/a/baseline.report.json")).unwrap();
     let key_before = serde_json::from_str::<serde_json::Value>(&report).unwrap()["stages"][0]["settings"]["stage-key"].clone();
     let cache = private_cache(false);
     ws.rampart_ok(&["build", "profiles/baseline.toml", "--offline", "--out", "out/c", "--cache", cache.path().to_str().unwrap()]);

@@ -316,7 +316,10 @@ fn run_scenario(
             lab.attach(index, &spec.networks)?;
         }
         let outside = lab.as_ref().map(|l| (l, lab::machine_address(index).0));
-        let booted = machine.wait_for_ssh(boot_timeout).and_then(|(elapsed, change_required)| {
+        let spinner = ui::Timed::quietly(&format!("{}: booting (SSH within {} s)", spec.name, boot_timeout.as_secs()));
+        let waited = machine.wait_for_ssh(boot_timeout);
+        spinner.end();
+        let booted = waited.and_then(|(elapsed, change_required)| {
             ui::step(&format!("{}: SSH ready {:.1} s after QEMU started", spec.name, elapsed.as_secs_f64()));
             let session = first_login(&machine, profile, admin, out, change_required)
                 .with_context(|| format!("{}: the first login failed\n{}", spec.name, machine.serial_tail(20)))?;
@@ -390,9 +393,14 @@ fn run_checks(machine: &mut Machine, index: usize, name: &str, scenario: &Scenar
             continue;
         }
         crate::process::check_interrupted()?;
+        let what = format!("{name}: check {}/{} {}", check_index + 1, scenario.checks.len(), check.name);
+        ui::detail(&format!("{what}..."));
+        let spinner = ui::Timed::quietly(&what);
         let started = Instant::now();
         let outcome = run_check(machine, check, env);
         let seconds = started.elapsed().as_secs_f64();
+        spinner.end();
+        ui::detail(&format!("{what}: {} in {seconds:.1} s", if outcome.is_ok() { "passed" } else { "FAILED" }));
         let failure = match outcome {
             Ok(Some(output)) => {
                 captured.entry(check_index).or_default().push((name.to_string(), output));
