@@ -1035,6 +1035,87 @@ fn corrupted_cached_deb_is_refetched_by_an_online_build() {
     assert!(stderr(&output).contains("was damaged"), "{}", stderr(&output));
 }
 
+/// The host's own apt sources files (one-line and deb822), as mmdebstrap takes them.
+fn host_apt_sources() -> Vec<PathBuf> {
+    let mut sources: Vec<PathBuf> = std::fs::read_dir("/etc/apt/sources.list.d")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "list" || x == "sources"))
+        .collect();
+    if std::fs::metadata("/etc/apt/sources.list").is_ok_and(|m| m.len() > 0) {
+        sources.push(PathBuf::from("/etc/apt/sources.list"));
+    }
+    sources.sort();
+    sources
+}
+
+#[test]
+#[ignore = "needs root, the network and a Debian mirror: run by scripts/test"]
+fn debian_package_is_lintian_clean_reproducible_and_installs_into_a_fresh_debian_where_it_locks() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = tempfile::tempdir().unwrap();
+    let package = |out: &Path| {
+        let output = Command::new(repo.join("scripts/package")).arg(out).output().unwrap();
+        let said = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "scripts/package failed (lintian's tags above the end):\n{said}");
+        assert!(!said.contains("lintian is not installed") && !said.lines().any(|l| l.starts_with("E: ") || l.starts_with("W: ")), "{said}");
+        PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+    };
+    let deb = package(&dir.path().join("a"));
+    assert_eq!(deb.file_name().unwrap().to_string_lossy(), format!("rampart_{}_amd64.deb", env!("CARGO_PKG_VERSION")));
+    let again = package(&dir.path().join("b"));
+    assert_eq!(std::fs::read(&deb).unwrap(), std::fs::read(&again).unwrap(), "two packages of one commit differ");
+
+    let listing = Command::new("dpkg-deb").arg("--contents").arg(&deb).output().unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    for file in [
+        "./usr/bin/rampart",
+        "./usr/share/man/man1/rampart.1.gz",
+        "./usr/share/man/man1/rampart-build.1.gz",
+        "./usr/share/man/man1/rampart-new.1.gz",
+        "./usr/share/bash-completion/completions/rampart",
+        "./usr/share/zsh/vendor-completions/_rampart",
+        "./usr/share/fish/vendor_completions.d/rampart.fish",
+        "./usr/share/rampart/profiles/baseline.toml",
+        "./usr/share/rampart/overlays/baseline/etc/motd.tera",
+        "./usr/share/doc/rampart/copyright",
+    ] {
+        assert!(listing.lines().any(|l| l.ends_with(file)), "the package lacks {file}:\n{listing}");
+    }
+    assert!(!listing.contains(".lock"), "a site's lock was packaged:\n{listing}");
+
+    // `apt install ./rampart_*.deb` in a fresh Debian 12 (mmdebstrap, the
+    // host's mirror) brings every host tool; there, rampart runs and locks
+    // the packaged baseline against the mirror.
+    let cache = Path::new("/var/cache/rampart/package-test");
+    std::fs::create_dir_all(cache).unwrap();
+    let name = deb.file_name().unwrap().to_string_lossy().into_owned();
+    let in_chroot = "mkdir /tmp/site && cp -r /usr/share/rampart/profiles /usr/share/rampart/overlays /tmp/site/ && cd /tmp/site \
+        && rampart lock profiles/baseline.toml && test -s profiles/baseline.lock \
+        && for tool in mmdebstrap qemu-system-x86_64 qemu-img mkfs.ext4 mcopy sbsign faketime gpgv; do command -v $tool >/dev/null || { echo \"missing: $tool\"; exit 1; }; done \
+        && test -f /usr/share/OVMF/OVMF_CODE_4M.secboot.fd && echo rampart-package-test-done";
+    let mut command = Command::new("mmdebstrap");
+    command
+        .args(["--variant=apt", "--skip=essential/unlink", "--skip=download/empty"])
+        .arg("--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives")
+        .arg(format!("--setup-hook=sync-in {} /var/cache/apt/archives/", cache.display()))
+        .arg(format!("--customize-hook=copy-in {} /tmp", deb.display()))
+        .arg(format!("--customize-hook=chroot \"$1\" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends /tmp/{name}"))
+        .arg("--customize-hook=chroot \"$1\" rampart --version")
+        .arg(format!("--customize-hook=chroot \"$1\" sh -c {}", shell_words::quote(in_chroot)))
+        .arg(format!("--customize-hook=sync-out /var/cache/apt/archives {}", cache.display()))
+        .args(["bookworm", "/dev/null"])
+        .args(host_apt_sources());
+    let started = Instant::now();
+    let output = command.output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    eprintln!("mmdebstrap with the package took {:.1} s\n{}", started.elapsed().as_secs_f64(), tail(&said, 15));
+    assert!(output.status.success(), "{}", tail(&said, 60));
+    assert!(said.contains(&format!("rampart {}", env!("CARGO_PKG_VERSION"))) && said.contains("rampart: wrote profiles/baseline.lock (") && said.contains("rampart-package-test-done"), "{}", tail(&said, 60));
+}
+
 #[test]
 #[ignore = "needs root, the network and a Debian mirror: run by scripts/test"]
 fn unknown_package_fails_the_lock_naming_it() {
