@@ -1596,7 +1596,10 @@ fn unreachable_mirror_fails_the_lock_with_apts_reason_and_keeps_the_log() {
     assert!(message.contains("Could not connect to 127.0.0.1:9"), "apt's reason is shown:\n{message}");
     let kept = message
         .lines()
-        .find_map(|l| l.strip_prefix("rampart: the log of `rampart lock` is kept in "))
+        .find_map(|l| l.split_once(" rampart: the log of `rampart lock` is kept in ").map(|(stamp, path)| {
+            assert!(stamp.ends_with('Z') && stamp.len() == 20, "a log line starts with its UTC time: {l}");
+            path
+        }))
         .unwrap_or_else(|| panic!("the log is named:\n{message}"));
     assert!(Path::new(kept).starts_with(&tmp), "{kept}");
     assert!(std::fs::read_to_string(kept).unwrap().contains("Could not connect"), "the kept log holds apt's output");
