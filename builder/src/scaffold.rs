@@ -166,19 +166,18 @@ pub fn create(dir: &Path, name: &str, base: &str) -> Result<Created> {
 mod tests {
     use super::*;
 
+    /// `text` with every commented-out setting and section header taken in
+    /// (prose comments stay comments).
+    fn uncommented(text: &str) -> String {
+        text.lines().map(|l| format!("{}\n", l.strip_prefix("# ").filter(|r| r.starts_with('[') || r.contains(" = ")).unwrap_or(l))).collect()
+    }
+
     /// Each commented-out section, uncommented, is valid TOML: a user who
     /// removes the `# ` gets a profile that parses.
     #[test]
     fn every_commented_section_is_valid_toml_once_uncommented() {
         for text in [profile_text("web", "baseline"), scenario_text("web")] {
-            let uncommented: String = text
-                .lines()
-                .map(|l| match l.strip_prefix("# ") {
-                    Some(rest) if rest.starts_with('[') || rest.contains(" = ") => rest,
-                    _ => l,
-                })
-                .map(|l| format!("{l}\n"))
-                .collect();
+            let uncommented = uncommented(&text);
             let parsed: toml::Table = toml::from_str(&uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
             assert!(parsed.contains_key("description"));
         }
@@ -193,9 +192,8 @@ mod tests {
         std::fs::create_dir(dir.path().join("profiles")).unwrap();
         std::fs::copy(repo.join("profiles/baseline.toml"), dir.path().join("profiles/baseline.toml")).unwrap();
         std::os::unix::fs::symlink(repo.join("overlays"), dir.path().join("overlays")).unwrap();
-        let uncommented: String = profile_text("web", "baseline").lines().map(|l| format!("{}\n", l.strip_prefix("# ").filter(|r| r.starts_with('[') || r.contains(" = ")).unwrap_or(l))).collect();
-        // (the key placeholder is the one line a user must replace)
-        let uncommented = uncommented.replace("ssh-ed25519 AAAA... you@laptop", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKx you@laptop");
+        // The example key line stands for the user's own key: given one.
+        let uncommented = uncommented(&profile_text("web", "baseline")).replace("ssh-ed25519 AAAA... you@laptop", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKx you@laptop");
         std::fs::write(dir.path().join("profiles/web.toml"), uncommented).unwrap();
         let profile = crate::profile::load(&dir.path().join("profiles/web.toml")).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(profile.name.to_string(), "web");

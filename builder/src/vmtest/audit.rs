@@ -114,10 +114,7 @@ pub fn run(profile: Profile, mirror: Mirror, options: &AuditOptions) -> Result<l
     };
     ui::step(&format!("audit ({}): booting {} with Lynis {} on a read-only disk beside it", accel.name(), artifacts.image.display(), lock.auditor.iter().map(|p| p.version.as_str()).collect::<Vec<_>>().join(" ")));
     let mut machine = Machine::boot(&config, work.path())?;
-    let spinner = ui::Timed::quietly("audit: booting (SSH within 300 s)");
-    let waited = machine.wait_for_ssh(Duration::from_secs(300));
-    spinner.end();
-    let (elapsed, change_required) = waited?;
+    let (elapsed, change_required) = machine.wait_for_ssh_shown("audit", Duration::from_secs(300))?;
     ui::step(&format!("audit: SSH ready {:.1} s after QEMU started", elapsed.as_secs_f64()));
     let session = first_login(&machine, &profile, &admin, &options.out, change_required).with_context(|| format!("the first login failed\n{}", machine.serial_tail(20)))?;
     let password = session.sudo_password.context("the secrets file has no password for the admin, so the auditor cannot become root")?;

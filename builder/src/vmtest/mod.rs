@@ -316,10 +316,7 @@ fn run_scenario(
             lab.attach(index, &spec.networks)?;
         }
         let outside = lab.as_ref().map(|l| (l, lab::machine_address(index).0));
-        let spinner = ui::Timed::quietly(&format!("{}: booting (SSH within {} s)", spec.name, boot_timeout.as_secs()));
-        let waited = machine.wait_for_ssh(boot_timeout);
-        spinner.end();
-        let booted = waited.and_then(|(elapsed, change_required)| {
+        let booted = machine.wait_for_ssh_shown(&spec.name, boot_timeout).and_then(|(elapsed, change_required)| {
             ui::step(&format!("{}: SSH ready {:.1} s after QEMU started", spec.name, elapsed.as_secs_f64()));
             let session = first_login(&machine, profile, admin, out, change_required)
                 .with_context(|| format!("{}: the first login failed\n{}", spec.name, machine.serial_tail(20)))?;

@@ -443,6 +443,14 @@ impl Machine {
         self.ssh_command_with(&self.key, &options, user.unwrap_or(&self.user), "true").run_with_timeout(timeout)
     }
 
+    /// `wait_for_ssh`, with a spinner on a terminal naming the machine (`label`).
+    pub fn wait_for_ssh_shown(&mut self, label: &str, timeout: Duration) -> Result<(Duration, bool)> {
+        let spinner = crate::ui::Timed::quietly(&format!("{label}: booting (SSH within {} s)", timeout.as_secs()));
+        let waited = self.wait_for_ssh(timeout);
+        spinner.end();
+        waited
+    }
+
     /// Waits until sshd lets the provisioned key in; returns the time from
     /// QEMU's start and whether the account must change its password first
     /// (sshd then refuses commands without a terminal).
