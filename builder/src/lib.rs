@@ -21,6 +21,7 @@ pub mod mirror;
 pub mod patch;
 pub mod process;
 pub mod profile;
+pub mod report_html;
 pub mod scaffold;
 pub mod secrets;
 pub mod secureboot;

@@ -197,7 +197,7 @@ fn offline_build_of_baseline_in_a_network_namespace_makes_every_artifact() {
     let output = offline_build_without_network(&ws);
     assert!(output.status.success(), "offline build failed:\n{}", stderr(&output));
     let out = ws.path("out/baseline");
-    for artifact in ["raw", "qcow2", "rootfs.tar.gz", "etc.tar.gz", "manifest.json", "spdx.json", "baseline", "report.json"] {
+    for artifact in ["raw", "qcow2", "rootfs.tar.gz", "etc.tar.gz", "manifest.json", "spdx.json", "baseline", "report.json", "report.html"] {
         assert!(out.join(format!("baseline.{artifact}")).exists(), "missing baseline.{artifact}");
     }
     let check = Command::new("sha256sum").args(["--check", "--quiet", "SHA256SUMS"]).current_dir(&out).output().unwrap();
@@ -275,7 +275,7 @@ fn offline_build_of_baseline_in_a_network_namespace_makes_every_artifact() {
     let password = secrets.lines().find_map(|l| l.strip_prefix("admin:")).expect("a password for admin").to_string();
     assert!(password.len() >= 20);
     assert!(!read_sums(&out).contains("secrets"));
-    for file in ["baseline.raw", "baseline.report.json", "baseline.manifest.json", "baseline.spdx.json", "baseline.baseline"] {
+    for file in ["baseline.raw", "baseline.report.json", "baseline.report.html", "baseline.manifest.json", "baseline.spdx.json", "baseline.baseline"] {
         let bytes = std::fs::read(out.join(file)).unwrap();
         assert!(!bytes.windows(password.len()).any(|w| w == password.as_bytes()), "the password is in {file}");
     }
@@ -290,7 +290,7 @@ fn offline_build_of_baseline_in_a_network_namespace_makes_every_artifact() {
     assert!(read_sums(&out).contains("  baseline.ovmf-vars.fd\n"));
     let db_key = std::fs::read_to_string(keys.join("db.key")).unwrap();
     let db_key_body: String = db_key.lines().nth(1).unwrap().to_string();
-    for file in ["baseline.raw", "baseline.rootfs.tar.gz", "baseline.etc.tar.gz", "baseline.report.json"] {
+    for file in ["baseline.raw", "baseline.rootfs.tar.gz", "baseline.etc.tar.gz", "baseline.report.json", "baseline.report.html"] {
         let bytes = std::fs::read(out.join(file)).unwrap();
         assert!(!bytes.windows(db_key_body.len()).any(|w| w == db_key_body.as_bytes()), "the db key is in {file}");
     }
@@ -411,7 +411,7 @@ fn two_cold_builds_of_one_lock_are_byte_identical_the_second_from_a_bundle_with_
     let one = read_sums(&ws.path("out/one"));
     let two = read_sums(&ws.path("out/two"));
     assert_eq!(one, two, "the two builds differ");
-    for artifact in ["baseline.raw", "baseline.qcow2", "baseline.installer.raw", "baseline.ovmf-vars.fd", "baseline.rootfs.tar.gz", "baseline.etc.tar.gz", "baseline.baseline", "baseline.manifest.json", "baseline.spdx.json", "baseline.report.json"] {
+    for artifact in ["baseline.raw", "baseline.qcow2", "baseline.installer.raw", "baseline.ovmf-vars.fd", "baseline.rootfs.tar.gz", "baseline.etc.tar.gz", "baseline.baseline", "baseline.manifest.json", "baseline.spdx.json", "baseline.report.json", "baseline.report.html"] {
         assert!(one.contains(artifact), "SHA256SUMS lacks {artifact}");
     }
     let etc = Command::new("tar").args(["-tzf", "out/two/baseline.etc.tar.gz"]).current_dir(ws.path("")).output().unwrap();
@@ -928,6 +928,11 @@ fn warm_rebuild_after_a_profile_edit_reuses_the_package_stage() {
     assert!(terminal.contains("\x1b[") && terminal.contains("rampart: disk stage: assembling the UEFI disk done in "), "{terminal:?}");
     assert!(!terminal.contains("Z rampart: "), "a terminal's lines carry no time stamp: {terminal:?}");
     assert!(terminal.contains("rampart: all 5 checks passed"), "{terminal}");
+    // The HTML report, updated by the test: its checks shown, no audit yet.
+    let dom = rendered_in_chromium(&ws.path("out/b/site.report.html"));
+    assert!(dom.contains("<b class=\"pass\">5 of 5</b>checks passed in QEMU") && dom.contains("not audited yet"), "{dom}");
+    let check = Command::new("sha256sum").args(["--check", "--quiet", "SHA256SUMS"]).current_dir(ws.path("out/b")).output().unwrap();
+    assert!(check.status.success(), "SHA256SUMS does not verify after the test: {}", String::from_utf8_lossy(&check.stdout));
     let hostname = Command::new("tar").args(["-xzOf", "out/b/site.rootfs.tar.gz", "etc/hostname"]).current_dir(ws.path("")).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&hostname.stdout), "site\n", "the new profile did not reach the image");
 
@@ -1033,6 +1038,35 @@ fn corrupted_cached_deb_is_refetched_by_an_online_build() {
     std::fs::write(&some_deb, b"truncated").unwrap();
     let output = ws.rampart_ok(&["build", "profiles/baseline.toml", "--out", "out/y", "--cache", cache.path().to_str().unwrap()]);
     assert!(stderr(&output).contains("was damaged"), "{}", stderr(&output));
+}
+
+/// `page` as headless Chromium (Debian's) renders it: a screenshot is
+/// taken, the console must stay silent (a page that breaks its own
+/// Content-Security-Policy is seen to fail), and its DOM is returned.
+fn rendered_in_chromium(page: &Path) -> String {
+    let chromium = |page: &Path, extra: &[&str]| {
+        let output = Command::new("chromium")
+            .args(["--headless=new", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--log-level=0", "--v=0", "--window-size=1200,1600"])
+            .args(extra)
+            .arg(format!("file://{}", page.display()))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "chromium failed: {}", String::from_utf8_lossy(&output.stderr));
+        let console: Vec<String> = String::from_utf8_lossy(&output.stderr).lines().filter(|l| l.contains(":CONSOLE")).map(str::to_string).collect();
+        (String::from_utf8_lossy(&output.stdout).into_owned(), console)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.html");
+    std::fs::write(&broken, "<!DOCTYPE html><html><head><meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'\"></head><body><script>1</script></body></html>").unwrap();
+    assert!(!chromium(&broken, &["--dump-dom"]).1.is_empty(), "chromium's console messages are not seen");
+    let shot = dir.path().join("report.png");
+    let (_, console) = chromium(page, &[&format!("--screenshot={}", shot.display())]);
+    assert!(console.is_empty(), "the page made console messages: {console:?}");
+    let png = std::fs::read(&shot).unwrap();
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 20_000, "no screenshot of the page ({} bytes)", png.len());
+    let (dom, console) = chromium(page, &["--dump-dom"]);
+    assert!(console.is_empty(), "the page made console messages: {console:?}");
+    dom
 }
 
 /// The host's own apt sources files (one-line and deb822), as mmdebstrap takes them.
@@ -1301,6 +1335,12 @@ fn baseline_scenario_passes_in_qemu() {
     assert!(record["hardening-index"].as_u64().unwrap() >= 90, "{record}");
     assert!(record["tests-performed"].as_u64().unwrap() > 150, "{record}");
     assert_eq!(record["warnings"].as_array().map(Vec::len), Some(0), "Lynis warns: {record}");
+    // The HTML report a reviewer is handed shows the index, the scenarios
+    // run against these bytes (baseline and patch) and the findings.
+    let dom = rendered_in_chromium(&ws.path("out/baseline/baseline.report.html"));
+    let index = record["hardening-index"].as_u64().unwrap();
+    assert!(dom.contains(&format!("id=\"hardening-index\"><b>{index}</b>Lynis 3.0.8 hardening index")), "{dom}");
+    assert!(dom.contains("scenario <b>baseline</b>") && dom.contains("scenario <b>patch</b>") && dom.contains("Open findings by group"), "{dom}");
     // Every suggestion left is waived in README, with the reason: a new
     // finding fails the suite until it is fixed or waived in the open.
     let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");

@@ -3,6 +3,7 @@
 //! into `--out` only when everything succeeded.
 
 pub mod context;
+pub mod html;
 
 use std::path::{Path, PathBuf};
 
@@ -299,6 +300,7 @@ fn write_artifacts(ctx: &mut BuildContext, digests: &Digests, installer: bool) -
     });
     write_atomic(&ctx.artifact("report.json"), format!("{:#}\n", report).as_bytes())?;
     write_sums(&ctx.artifacts())?;
+    html::write(&ctx.artifacts(), &name).context("while writing the HTML report")?;
     ctx.write_secrets()?;
     timer.done();
     Ok(())

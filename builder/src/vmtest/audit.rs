@@ -151,6 +151,7 @@ pub fn run(profile: Profile, mirror: Mirror, options: &AuditOptions) -> Result<l
         "audit-seconds": seconds.round(),
     });
     write_atomic(&options.out.join(format!("{name}.audit.json")), format!("{}\n", serde_json::to_string_pretty(&record)?).as_bytes())?;
+    super::refresh_html_report(&options.out, &name);
     for finding in &report.warnings {
         println!("WARNING     {:<10} {}", finding.test, finding.text);
     }

@@ -51,6 +51,52 @@ pub fn render(suite: &str, properties: &[(&str, String)], cases: &[CaseResult]) 
     xml
 }
 
+/// A report `render` wrote, read back: its properties and cases.
+pub struct Read {
+    pub properties: Vec<(String, String)>,
+    pub cases: Vec<CaseResult>,
+}
+
+/// Reads a report of `render`'s (no other JUnit dialect): `None` if it is
+/// not one. Attribute values are unescaped; the case's machine is its
+/// classname after the suite's name.
+pub fn read(xml: &str) -> Option<Read> {
+    let attribute = |element: &str, name: &str| -> Option<String> {
+        let start = element.find(&format!(" {name}=\""))? + name.len() + 3;
+        let end = start + element[start..].find('"')?;
+        Some(unescape(&element[start..end]))
+    };
+    if !xml.contains("<testsuites name=\"rampart\"") {
+        return None;
+    }
+    let properties = xml
+        .split("<property ")
+        .skip(1)
+        .filter_map(|p| {
+            let head = format!(" {}", &p[..p.find('>')?]);
+            Some((attribute(&head, "name")?, attribute(&head, "value")?))
+        })
+        .collect();
+    let mut cases = Vec::new();
+    for element in xml.split("<testcase ").skip(1) {
+        let element = format!(" {element}");
+        let head = &element[..element.find('>')?];
+        let classname = attribute(head, "classname")?;
+        let failure = if head.ends_with('/') { None } else { element.split("<failure ").nth(1).map(|f| (attribute(&format!(" {f}"), "message").unwrap_or_default(), String::new())) };
+        cases.push(CaseResult {
+            name: attribute(head, "name")?,
+            machine: classname.split_once('.').map(|(_, m)| m.to_string()).unwrap_or(classname),
+            seconds: attribute(head, "time")?.parse().ok()?,
+            failure,
+        });
+    }
+    Some(Read { properties, cases })
+}
+
+fn unescape(text: &str) -> String {
+    text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&apos;", "'").replace("&amp;", "&")
+}
+
 fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
@@ -71,6 +117,21 @@ fn escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_reads_back_as_written() {
+        let cases = vec![
+            CaseResult { name: "ok".into(), machine: "m".into(), seconds: 1.25, failure: None },
+            CaseResult { name: "bad".into(), machine: "second".into(), seconds: 0.5, failure: Some(("exit <1> & \"x\"".into(), "details".into())) },
+        ];
+        let xml = render("suite", &[("image-sha256", "ab".to_string())], &cases);
+        let back = super::read(&xml).unwrap();
+        assert_eq!(back.properties, vec![("image-sha256".to_string(), "ab".to_string())]);
+        assert_eq!(back.cases.len(), 2);
+        assert_eq!((back.cases[0].name.as_str(), back.cases[0].machine.as_str(), back.cases[0].seconds, back.cases[0].failure.is_none()), ("ok", "m", 1.25, true));
+        assert_eq!(back.cases[1].failure.as_ref().unwrap().0, "exit <1> & \"x\"");
+        assert!(super::read("<testsuites name=\"other\">").is_none());
+    }
 
     #[test]
     fn failures_are_escaped_and_counted() {

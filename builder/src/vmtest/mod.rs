@@ -156,6 +156,7 @@ pub fn run(profile: Profile, mirror: Mirror, options: &TestOptions) -> Result<()
         n_cases += cases.len();
         ui::step(&format!("JUnit report: {}", junit_path.display()));
     }
+    refresh_html_report(&options.out, &name);
     if n_failed > 0 {
         bail!("{n_failed} of {n_cases} checks failed; details in the JUnit reports and serial logs in {}", options.out.display());
     }
@@ -447,6 +448,15 @@ fn not_run(cases: &mut Vec<CaseResult>, scenario: &Scenario, index: usize, machi
 struct CheckFailure {
     message: String,
     details: String,
+}
+
+/// `<name>.report.html` again, with the results just written: a report
+/// that cannot be written is a warning, never a verdict of the test.
+pub(crate) fn refresh_html_report(out: &Path, name: &str) {
+    match crate::build::html::write(out, name) {
+        Ok(()) => ui::step(&format!("HTML report: {}", out.join(format!("{name}.report.html")).display())),
+        Err(error) => ui::warn(&format!("the HTML report was not updated: {error:#}")),
+    }
 }
 
 fn failed(message: impl Into<String>, details: impl Into<String>) -> CheckFailure {
