@@ -49,6 +49,9 @@ pub struct Inputs<'a> {
     pub audit: Option<&'a AuditRun>,
 }
 
+/// Text for HTML or XML (the JUnit reports use it too): the five markup
+/// characters as references, control characters (which XML 1.0 cannot
+/// carry even as references) as U+FFFD.
 pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
@@ -58,7 +61,7 @@ pub fn escape(text: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
-            c if c.is_control() && c != '\n' && c != '\t' => out.push('\u{fffd}'),
+            c if c.is_control() && c != '\n' && c != '\t' && c != '\r' => out.push('\u{fffd}'),
             c => out.push(c),
         }
     }

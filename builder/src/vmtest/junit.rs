@@ -2,6 +2,8 @@
 
 use std::fmt::Write;
 
+use crate::report_html::escape;
+
 #[derive(Debug, Clone)]
 pub struct CaseResult {
     pub name: String,
@@ -94,24 +96,7 @@ pub fn read(xml: &str) -> Option<Read> {
 }
 
 fn unescape(text: &str) -> String {
-    text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&apos;", "'").replace("&amp;", "&")
-}
-
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            // XML 1.0 cannot carry these at all, not even as references.
-            c if (c as u32) < 0x20 && c != '\n' && c != '\t' && c != '\r' => out.push('\u{fffd}'),
-            c => out.push(c),
-        }
-    }
-    out
+    text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&apos;", "'").replace("&#39;", "'").replace("&amp;", "&")
 }
 
 #[cfg(test)]
@@ -121,14 +106,14 @@ mod tests {
     #[test]
     fn a_report_reads_back_as_written() {
         let cases = vec![
-            CaseResult { name: "ok".into(), machine: "m".into(), seconds: 1.25, failure: None },
+            CaseResult { name: "it's ok".into(), machine: "m".into(), seconds: 1.25, failure: None },
             CaseResult { name: "bad".into(), machine: "second".into(), seconds: 0.5, failure: Some(("exit <1> & \"x\"".into(), "details".into())) },
         ];
         let xml = render("suite", &[("image-sha256", "ab".to_string())], &cases);
         let back = super::read(&xml).unwrap();
         assert_eq!(back.properties, vec![("image-sha256".to_string(), "ab".to_string())]);
         assert_eq!(back.cases.len(), 2);
-        assert_eq!((back.cases[0].name.as_str(), back.cases[0].machine.as_str(), back.cases[0].seconds, back.cases[0].failure.is_none()), ("ok", "m", 1.25, true));
+        assert_eq!((back.cases[0].name.as_str(), back.cases[0].machine.as_str(), back.cases[0].seconds, back.cases[0].failure.is_none()), ("it's ok", "m", 1.25, true));
         assert_eq!(back.cases[1].failure.as_ref().unwrap().0, "exit <1> & \"x\"");
         assert!(super::read("<testsuites name=\"other\">").is_none());
     }
