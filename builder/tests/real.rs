@@ -79,9 +79,10 @@ impl Workspace {
     }
 
     /// Whether a process this workspace's rampart started (a QEMU, above
-    /// all) still runs.
+    /// all) still runs: its command line names a file in rampart's work
+    /// directory (`rampart-test-*`, `rampart-audit-*`), which is in TMPDIR.
     fn left_running(&self) -> bool {
-        Command::new("pgrep").arg("-f").arg(self.path("rampart-tmp/rampart-test-")).output().unwrap().status.success()
+        Command::new("pgrep").arg("-f").arg(format!("{}/", self.path("rampart-tmp").display())).output().unwrap().status.success()
     }
 
     /// An empty directory of the workspace's own, to be rampart's TMPDIR.
