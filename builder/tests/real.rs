@@ -1,12 +1,11 @@
 //! Real tests: they lock against the host's mirror, fetch, build images and
 //! boot them. They need root, the network and QEMU, so they are #[ignore]d
-//! for `cargo test` and run by scripts/test (the README's test command) in
-//! two lanes at once, one test at a time in each. Each works in its own copy
-//! of the repository's profiles, overlays and scenarios, with its own
-//! TMPDIR for rampart (so its QEMUs are told from the other lane's) and its
-//! own Chromium profile; .debs come from the shared cache
-//! (/var/cache/rampart), which they fill if it is empty (its entries appear
-//! by rename only, so two lanes may fill it at once).
+//! for `cargo test` and run by scripts/test (the README's test command),
+//! one at a time. Each works in its own copy of the repository's profiles,
+//! overlays and scenarios, with its own TMPDIR for rampart (so its QEMUs are
+//! told from another test's) and its own Chromium profile, so two can run at
+//! once; .debs come from the shared cache (/var/cache/rampart), which they
+//! fill if it is empty (its entries appear by rename only).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -49,8 +48,8 @@ impl Workspace {
         let mut command = Command::new(env!("CARGO_BIN_EXE_rampart"));
         command.args(args).current_dir(self.dir.path());
         // rampart's work directories (`rampart test`'s rampart-test-*, which
-        // QEMU's command line names) are the workspace's own: scripts/test
-        // runs two tests at once, and each must tell its QEMU from the other's.
+        // QEMU's command line names) are the workspace's own: a test tells
+        // its QEMU from another test's.
         let tmp = self.path("rampart-tmp");
         std::fs::create_dir_all(&tmp).unwrap();
         command.env("TMPDIR", &tmp);
@@ -1061,8 +1060,8 @@ fn corrupted_cached_deb_is_refetched_by_an_online_build() {
 /// Content-Security-Policy is seen to fail), and its DOM is returned.
 fn rendered_in_chromium(page: &Path) -> String {
     let dir = tempfile::tempdir().unwrap();
-    // A profile of its own: a Chromium of the other lane would otherwise
-    // be handed the page (one browser per profile directory).
+    // A profile of its own: a Chromium of another test would otherwise be
+    // handed the page (one browser per profile directory).
     let profile = format!("--user-data-dir={}", dir.path().join("profile").display());
     let chromium = |page: &Path, extra: &[&str]| {
         let output = Command::new("chromium")
@@ -1342,8 +1341,7 @@ fn baseline_scenario_passes_in_qemu() {
     assert!(!ws.left_running(), "a QEMU outlived the test");
 
     // The HTML report a reviewer is handed shows both scenarios run
-    // against these bytes; the audit is another test's (scripts/test runs
-    // it beside this one).
+    // against these bytes; the audit is a test of its own.
     let dom = rendered_in_chromium(&ws.path("out/baseline/baseline.report.html"));
     assert!(dom.contains("scenario <b>baseline</b>") && dom.contains("scenario <b>patch</b>") && dom.contains("not audited yet"), "{dom}");
 }
