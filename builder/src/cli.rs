@@ -235,6 +235,10 @@ pub struct MachineArgs {
     /// Acceleration: auto probes KVM with a time limit and falls back to TCG
     #[arg(long, value_enum, default_value = "auto")]
     accel: AccelChoice,
+    /// vCPUs per machine; one lets two runs share a two-core host without
+    /// oversubscribing it
+    #[arg(long, env = "RAMPART_VCPUS", default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=64))]
+    vcpus: u8,
     /// Build (and, for audit, find Lynis) from the cache alone
     #[arg(long)]
     offline: bool,
@@ -364,13 +368,13 @@ pub fn run(cli: Cli) -> Result<i32> {
             let profile = load(&profile)?;
             let mirror = resolve_mirror(&profile, machine.mirror.as_deref())?;
             let out = machine.out.unwrap_or_else(|| default_out(&profile));
-            vmtest::run(profile, mirror, &TestOptions { scenario, out, cache: machine.cache, accel: machine.accel, offline: machine.offline })?;
+            vmtest::run(profile, mirror, &TestOptions { scenario, out, cache: machine.cache, accel: machine.accel, vcpus: machine.vcpus, offline: machine.offline })?;
         }
         Command::Audit { profile, min_index, machine } => {
             let profile = load(&profile)?;
             let mirror = resolve_mirror(&profile, machine.mirror.as_deref())?;
             let out = machine.out.unwrap_or_else(|| default_out(&profile));
-            vmtest::audit::run(profile, mirror, &vmtest::audit::AuditOptions { out, cache: machine.cache, accel: machine.accel, offline: machine.offline, min_index })?;
+            vmtest::audit::run(profile, mirror, &vmtest::audit::AuditOptions { out, cache: machine.cache, accel: machine.accel, vcpus: machine.vcpus, offline: machine.offline, min_index })?;
         }
     }
     Ok(0)
@@ -444,7 +448,7 @@ fn run_pairs(profile: Option<&Path>, scenario: bool, list: bool, json: bool, sha
         ui::step(&format!("shard: {} --scenario {}", pair.profile.display(), pair.scenario));
         let profile = load(&pair.profile)?;
         let mirror = resolve_mirror(&profile, machine.mirror.as_deref())?;
-        let options = TestOptions { scenario: Some(pair.scenario.clone()), out: default_out(&profile), cache: machine.cache.clone(), accel: machine.accel, offline: machine.offline };
+        let options = TestOptions { scenario: Some(pair.scenario.clone()), out: default_out(&profile), cache: machine.cache.clone(), accel: machine.accel, vcpus: machine.vcpus, offline: machine.offline };
         if let Err(error) = vmtest::run(profile, mirror, &options) {
             crate::process::check_interrupted()?;
             ui::step(&format!("{} --scenario {}: {error:#}", pair.profile.display(), pair.scenario));

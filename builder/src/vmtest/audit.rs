@@ -28,6 +28,8 @@ pub struct AuditOptions {
     pub out: PathBuf,
     pub cache: PathBuf,
     pub accel: AccelChoice,
+    /// vCPUs of the audited machine (`--vcpus`).
+    pub vcpus: u8,
     pub offline: bool,
     /// `--min-index`, over the profile's `audit.min-index`.
     pub min_index: Option<u8>,
@@ -69,7 +71,7 @@ pub fn run(profile: Profile, mirror: Mirror, options: &AuditOptions) -> Result<l
     let min_index = options.min_index.or(profile.audit_min_index);
     let name = profile.name.to_string();
     let artifacts = Artifacts::in_dir(&options.out, &name);
-    let test_options = TestOptions { scenario: None, out: options.out.clone(), cache: options.cache.clone(), accel: options.accel, offline: options.offline };
+    let test_options = TestOptions { scenario: None, out: options.out.clone(), cache: options.cache.clone(), accel: options.accel, vcpus: options.vcpus, offline: options.offline };
     ensure_built(&profile, mirror.clone(), &test_options, false)?;
     let lock = Lock::read(&profile.lock_path())?;
     if lock.auditor.is_empty() {
@@ -89,7 +91,7 @@ pub fn run(profile: Profile, mirror: Mirror, options: &AuditOptions) -> Result<l
     let work = crate::fsutil::owned_tempdir(&std::env::temp_dir(), "rampart-audit-")?;
     let auditor = auditor_disk(&lock, &cache, work.path())?;
     let image_sha256 = crate::fsutil::sha256_file(&artifacts.image)?;
-    let accel = qemu::choose_accel(options.accel, &artifacts.raw, work.path())?;
+    let accel = qemu::choose_accel(options.accel, options.vcpus, &artifacts.raw, work.path())?;
     // Not a test's key: nothing that looks for the test harness's machines finds this one.
     let key = TestKey::generate_with_comment(work.path(), "audit-admin", "rampart-audit-admin")?;
     let serial_log = options.out.join("audit.serial.log");
@@ -148,6 +150,7 @@ pub fn run(profile: Profile, mirror: Mirror, options: &AuditOptions) -> Result<l
         "warnings": report.warnings,
         "suggestions": report.suggestions,
         "accel": accel.name(),
+        "vcpus": accel.vcpus,
         "audit-seconds": seconds.round(),
     });
     write_atomic(&options.out.join(format!("{name}.audit.json")), format!("{}\n", serde_json::to_string_pretty(&record)?).as_bytes())?;

@@ -42,6 +42,8 @@ pub struct TestOptions {
     pub out: PathBuf,
     pub cache: PathBuf,
     pub accel: AccelChoice,
+    /// vCPUs per machine (`--vcpus`).
+    pub vcpus: u8,
     pub offline: bool,
 }
 
@@ -116,13 +118,14 @@ pub fn run(profile: Profile, mirror: Mirror, options: &TestOptions) -> Result<()
     // network and the work directory before rampart exits.
     crate::process::stop_on_signals()?;
     let work = crate::fsutil::owned_tempdir(&std::env::temp_dir(), "rampart-test-")?;
-    let accel = qemu::choose_accel(options.accel, &artifacts.raw, work.path())?;
+    let accel = qemu::choose_accel(options.accel, options.vcpus, &artifacts.raw, work.path())?;
     let absolute = |path: &Path| std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string();
     let properties = [
         ("profile", absolute(&profile.path)),
         ("image", absolute(&artifacts.image)),
         ("image-sha256", crate::fsutil::sha256_file(&artifacts.image)?),
         ("accel", accel.name().to_string()),
+        ("vcpus", accel.vcpus.to_string()),
         ("rampart", env!("CARGO_PKG_VERSION").to_string()),
     ];
     let installer_sha256 = if needs_installer { Some(crate::fsutil::sha256_file(&artifacts.installer)?) } else { None };

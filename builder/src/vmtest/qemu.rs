@@ -33,17 +33,31 @@ pub enum AccelChoice {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Accel {
+pub enum AccelKind {
     Kvm,
     Tcg,
 }
 
+/// How every machine of a run gets its processors: the accelerator chosen
+/// and how many vCPUs each machine has (`--vcpus`: one per machine keeps
+/// two runs side by side on a two-core host from oversubscribing it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accel {
+    pub kind: AccelKind,
+    pub vcpus: u8,
+}
+
 impl Accel {
     pub fn name(self) -> &'static str {
-        match self {
-            Accel::Kvm => "kvm",
-            Accel::Tcg => "tcg",
+        match self.kind {
+            AccelKind::Kvm => "kvm",
+            AccelKind::Tcg => "tcg",
         }
+    }
+
+    /// QEMU's `-smp` value.
+    pub fn smp(self) -> String {
+        self.vcpus.to_string()
     }
 
     /// The guest's CPU: the host's own under KVM; under TCG QEMU's default
@@ -51,9 +65,9 @@ impl Accel {
     /// kvm_amd (1.2 MB of modules, checked and linked under emulation) on
     /// every boot for a hypervisor nobody runs in the test.
     pub fn cpu(self) -> &'static str {
-        match self {
-            Accel::Kvm => "host",
-            Accel::Tcg => "qemu64,-svm",
+        match self.kind {
+            AccelKind::Kvm => "host",
+            AccelKind::Tcg => "qemu64,-svm",
         }
     }
 }
@@ -72,16 +86,21 @@ pub fn require_host_tools() -> Result<()> {
 /// Decides the accelerator. `auto` boots the image's own kernel under KVM
 /// with a time limit and uses KVM only if the kernel ran to its end (a panic
 /// for want of a root file system, as asked); otherwise TCG.
-pub fn choose_accel(choice: AccelChoice, raw_image: &Path, work: &Path) -> Result<Accel> {
-    match choice {
-        AccelChoice::Tcg => return Ok(Accel::Tcg),
-        AccelChoice::Kvm => return Ok(Accel::Kvm),
-        AccelChoice::Auto => {}
-    }
+pub fn choose_accel(choice: AccelChoice, vcpus: u8, raw_image: &Path, work: &Path) -> Result<Accel> {
+    let kind = match choice {
+        AccelChoice::Tcg => AccelKind::Tcg,
+        AccelChoice::Kvm => AccelKind::Kvm,
+        AccelChoice::Auto => probe_accel(raw_image, work)?,
+    };
+    Ok(Accel { kind, vcpus })
+}
+
+/// KVM if /dev/kvm opens and a probe kernel runs under it within 10 s.
+fn probe_accel(raw_image: &Path, work: &Path) -> Result<AccelKind> {
     let usable = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
     if !usable {
         ui::step("acceleration: /dev/kvm is not usable; using TCG");
-        return Ok(Accel::Tcg);
+        return Ok(AccelKind::Tcg);
     }
     let kernel = work.join("probe-vmlinuz");
     let uki = work.join("probe-uki.efi");
@@ -117,7 +136,7 @@ pub fn choose_accel(choice: AccelChoice, raw_image: &Path, work: &Path) -> Resul
     let kernel_ran = console.contains("Kernel panic") || console.contains("VFS:");
     if output.is_some() && kernel_ran {
         ui::step(&format!("acceleration: KVM works (probe kernel ran in {:.1} s); using KVM", started.elapsed().as_secs_f64()));
-        Ok(Accel::Kvm)
+        Ok(AccelKind::Kvm)
     } else {
         let why = match output {
             None => "the probe kernel hung (no end within 10 s)".to_string(),
@@ -128,7 +147,7 @@ pub fn choose_accel(choice: AccelChoice, raw_image: &Path, work: &Path) -> Resul
             Some(_) => "unknown".to_string(),
         };
         ui::step(&format!("acceleration: KVM does not work here: {why}; using TCG"));
-        Ok(Accel::Tcg)
+        Ok(AccelKind::Tcg)
     }
 }
 
@@ -268,7 +287,7 @@ impl Machine {
         let credential = format!("io.systemd.credential:ssh.authorized_keys.{}={}", config.user, config.key.public_line).replace(',', ",,");
         let mut command = in_netns(&config.netns, QEMU)
             .args(SECURE_MACHINE)
-            .args(["-accel", config.accel.name(), "-cpu", config.accel.cpu(), "-smp", "2"])
+            .args(["-accel", config.accel.name(), "-cpu", config.accel.cpu(), "-smp", &config.accel.smp()])
             .arg("-m")
             .arg(config.memory_mib.to_string())
             .args(["-nodefaults", "-display", "none", "-no-reboot"])
@@ -851,7 +870,7 @@ pub fn run_installer(installer: &Path, target: &Path, attached: &[Attached], acc
     let qemu_log = dir.join(format!("qemu-{name}-installer.log"));
     let mut process = Cmd::new(QEMU)
         .args(SECURE_MACHINE)
-        .args(["-accel", accel.name(), "-cpu", accel.cpu(), "-smp", "2", "-m", "1024", "-nodefaults", "-display", "none", "-no-reboot", "-nic", "none"])
+        .args(["-accel", accel.name(), "-cpu", accel.cpu(), "-smp", &accel.smp(), "-m", "1024", "-nodefaults", "-display", "none", "-no-reboot", "-nic", "none"])
         .arg("-drive")
         .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
         .arg("-drive")
