@@ -16,6 +16,9 @@ const SHARED_CACHE: &str = "/var/cache/rampart";
 /// A scratch copy of the repository's profiles, overlays and vm-tests.
 struct Workspace {
     dir: tempfile::TempDir,
+    /// Every rampart this workspace ran: its lab namespaces are named
+    /// `rampart-<pid>-<network>`.
+    pids: std::cell::RefCell<Vec<u32>>,
 }
 
 impl Workspace {
@@ -32,7 +35,7 @@ impl Workspace {
                 std::fs::remove_file(path).unwrap();
             }
         }
-        Workspace { dir }
+        Workspace { dir, pids: Default::default() }
     }
 
     fn path(&self, relative: &str) -> PathBuf {
@@ -56,7 +59,9 @@ impl Workspace {
         for (name, value) in env {
             command.env(name, value);
         }
-        let output = command.output().unwrap();
+        let child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        self.pids.borrow_mut().push(child.id());
+        let output = child.wait_with_output().unwrap();
         eprintln!(
             "$ rampart {} -> {:?} in {:.1} s\n{}",
             args.join(" "),
@@ -82,6 +87,19 @@ impl Workspace {
     /// directory (`rampart-test-*`, `rampart-audit-*`), which is in TMPDIR.
     fn left_running(&self) -> bool {
         Command::new("pgrep").arg("-f").arg(format!("{}/", self.path("rampart-tmp").display())).output().unwrap().status.success()
+    }
+
+    /// The network namespaces of this workspace's rampart runs that are
+    /// still there (another test's, running beside this one, are not).
+    fn namespaces_left(&self) -> Vec<String> {
+        let listed = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        let pids = self.pids.borrow();
+        String::from_utf8_lossy(&listed.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|name| pids.iter().any(|pid| name.starts_with(&format!("rampart-{pid}-"))))
+            .map(String::from)
+            .collect()
     }
 
     /// An empty directory of the workspace's own, to be rampart's TMPDIR.
@@ -1281,11 +1299,23 @@ fn build_stopped_or_killed_during_mmdebstrap_leaves_nothing_and_the_next_build_s
     let leftovers: Vec<String> = std::fs::read_dir(cache.path().join("tmp")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert!(leftovers.is_empty(), "scratch left in the cache: {leftovers:?}");
     // The build tree and mmdebstrap's temporary root may live in memory:
-    // neither the killed build's nor the finished one's is left there.
+    // neither the killed build's nor the finished one's is left there. A
+    // directory a running build holds (another test's, beside this one) is
+    // not left: only one whose owner lock nobody holds is.
     let in_memory: Vec<String> = std::fs::read_dir("/dev/shm")
-        .map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(".rampart-")).collect())
+        .map(|d| d.map(|e| e.unwrap().path()).filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(".rampart-") && !held_by_a_running_rampart(p)).map(|p| p.display().to_string()).collect())
         .unwrap_or_default();
     assert!(in_memory.is_empty(), "scratch left in /dev/shm: {in_memory:?}");
+}
+
+/// Whether a rampart work directory's owner lock (`.rampart-owner`, flock)
+/// is held: a running rampart's directory. Every such directory has the
+/// lock from its birth (it is made under another name and renamed into
+/// view), so one whose lock file is gone is being removed by its owner.
+fn held_by_a_running_rampart(dir: &Path) -> bool {
+    let Ok(lock) = std::fs::File::open(dir.join(".rampart-owner")) else { return true };
+    // SAFETY: flock on a file descriptor we own; closing it releases the lock.
+    unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB) != 0 }
 }
 
 #[test]
@@ -1476,9 +1506,8 @@ fn gateway_scenario_forwards_filters_and_admits_only_the_enrolled_vpn_peer() {
     let wireless = stage_record(&ws, report, "wireless");
     assert!(wireless["settings"]["modules-refused"].as_u64().unwrap() > 100, "the generic kernel's radios: {wireless}");
     // Nothing of the lab outlives the run: its namespaces are gone.
-    let namespaces = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    let left = String::from_utf8_lossy(&namespaces.stdout).lines().filter(|l| l.contains("-lan") || l.contains("-dmz")).count();
-    assert_eq!(left, 0, "lab namespaces left: {}", String::from_utf8_lossy(&namespaces.stdout));
+    let left = ws.namespaces_left();
+    assert!(left.is_empty(), "lab namespaces left: {left:?}");
 }
 
 #[test]

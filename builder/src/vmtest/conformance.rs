@@ -77,25 +77,28 @@ pub(super) fn run(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Resul
             units.retain(|u| u.ends_with(".service"));
             units.sort();
             units.dedup();
-            // For each running one: its main process's name, found among the
-            // program names of /var/log/syslog or auth.log (sshd logs as auth).
-            let script = format!(
-                "for u in {}; do [ \"$(systemctl is-active $u)\" = active ] || continue; \
-                 pid=$(systemctl show -p MainPID --value $u); [ \"$pid\" -gt 0 ] || continue; comm=$(cat /proc/$pid/comm); \
-                 tag=$comm; [ ${{#comm}} -eq 15 ] && tag=\"$comm[^ :[]*\"; \
-                 if grep -qE \" $tag(\\[[0-9]+\\])?: \" /var/log/syslog /var/log/auth.log; then echo \"$u logs as $comm\"; else echo \"SILENT $u ($comm)\"; fi; done",
-                units.join(" ")
-            );
-            let output = ssh(machine, &script, check.timeout)?;
-            let text = output.stdout_text();
-            if !output.status.success() || text.contains("SILENT") || !text.contains(" logs as ") {
+            let script = services_log_script(&units);
+            // rsyslog writes a forwarded line a moment after the journal has
+            // it: a silent service is asked again until the check's time is up.
+            let deadline = std::time::Instant::now() + check.timeout;
+            loop {
+                let output = ssh(machine, &script, check.timeout)?;
+                let text = output.stdout_text();
                 let silent: Vec<&str> = text.lines().filter_map(|line| line.strip_prefix("SILENT ")).collect();
-                return Err(failed(
-                    format!("running services of the profile with no lines of their own in /var/log/syslog or auth.log: {}", silent.join(", ")),
-                    show(&script, &output),
-                ));
+                let cannot: Vec<&str> = text.lines().filter(|line| line.starts_with("CANNOT ")).collect();
+                if output.status.success() && silent.is_empty() && cannot.is_empty() && text.contains(" logs as ") {
+                    return Ok(None);
+                }
+                if !cannot.is_empty() || !output.status.success() || std::time::Instant::now() + Duration::from_secs(3) > deadline {
+                    let why = if !cannot.is_empty() {
+                        format!("the check cannot tell a quiet service from a silenced one: {}", cannot.join("; ")).replace("CANNOT ", "")
+                    } else {
+                        format!("running services of the profile whose journal lines since rsyslog started are missing from /var/log/syslog and auth.log: {}", silent.join(", "))
+                    };
+                    return Err(failed(why, show(&script, &output)));
+                }
+                std::thread::sleep(Duration::from_secs(3));
             }
-            Ok(None)
         }
         Action::FirstLoginForcedPasswordChange => {
             if env.session.forced_password_change {
@@ -129,4 +132,97 @@ pub(super) fn parse_sysctl_readings(text: &str) -> BTreeMap<String, String> {
         .filter_map(|line| line.split_once(" = "))
         .map(|(key, value)| (key.trim().to_string(), value.split_whitespace().collect::<Vec<_>>().join(" ")))
         .collect()
+}
+
+/// For each running unit of `units`, a line: `<unit> logs as <name>` when
+/// its main process's name tags lines of /var/log/syslog or auth.log (sshd
+/// logs as auth); `QUIET <unit> (<name>)` when that process has written
+/// nothing to the journal since rsyslog started (nothing to forward: no
+/// proof either way, and not a failure); otherwise `SILENT <unit> (<name>)`:
+/// the journal has its lines and syslog does not. First a `CANNOT ...`
+/// line if the journal shows the checking user nothing of PID 1 or rsyslog
+/// is not active: either would make every service look quiet.
+fn services_log_script(units: &[String]) -> String {
+    services_log_script_reading(units, "/var/log/syslog /var/log/auth.log")
+}
+
+fn services_log_script_reading(units: &[String], logs: &str) -> String {
+    format!(
+        "journalctl -q -o cat -n 1 --no-pager _PID=1 | grep -q . || echo 'CANNOT read the journal: it shows no lines of PID 1'; \
+         since=$(systemctl show -p ActiveEnterTimestamp --value rsyslog.service); [ -n \"$since\" ] || echo 'CANNOT tell when rsyslog started: it is not active'; \
+         for u in {}; do [ \"$(systemctl is-active $u)\" = active ] || continue; \
+         pid=$(systemctl show -p MainPID --value $u); [ \"$pid\" -gt 0 ] || continue; comm=$(cat /proc/$pid/comm); \
+         tag=$comm; [ ${{#comm}} -eq 15 ] && tag=\"$comm[^ :[]*\"; \
+         if grep -qE \" $tag(\\[[0-9]+\\])?: \" {logs}; then echo \"$u logs as $comm\"; \
+         elif [ -z \"$(journalctl -q -o cat -n 1 --no-pager _PID=$pid --since \"$since\")\" ]; then echo \"QUIET $u ($comm)\"; \
+         else echo \"SILENT $u ($comm)\"; fi; done",
+        units.join(" ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::services_log_script_reading;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+    use std::process::{Child, Command};
+
+    /// A process whose name (/proc/PID/comm) is `name`: a copy of sleep.
+    fn named_process(dir: &Path, name: &str) -> Child {
+        let program = dir.join(name);
+        std::fs::copy("/bin/sleep", &program).unwrap();
+        Command::new(&program).arg("30").spawn().unwrap()
+    }
+
+    fn stub(dir: &Path, name: &str, body: &str) {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// The guest's script, run against stub systemctl and journalctl: the
+    /// journal of each PID is a file `journal-<pid>` (PID 1's unless
+    /// `journal_readable` is false), every unit is active with the stub
+    /// processes as main PIDs.
+    fn run(journal_readable: bool, syslog: &str, with_journal: &[&str]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let mut children: Vec<(String, Child)> = ["chattyd", "quietd", "silentd"].iter().map(|n| (n.to_string(), named_process(dir.path(), n))).collect();
+        let d = dir.path().display();
+        let mut pids = String::new();
+        for (name, child) in &children {
+            pids.push_str(&format!("*{name}*) echo {} ;; ", child.id()));
+            if with_journal.contains(&name.as_str()) {
+                std::fs::write(dir.path().join(format!("journal-{}", child.id())), "a line\n").unwrap();
+            }
+        }
+        if journal_readable {
+            std::fs::write(dir.path().join("journal-1"), "systemd line\n").unwrap();
+        }
+        stub(dir.path(), "systemctl", &format!("case \"$*\" in is-active*) echo active ;; *rsyslog*) echo 'Sun 2026-12-06 12:00:00 UTC' ;; {pids} esac"));
+        stub(dir.path(), "journalctl", &format!("for a; do case $a in _PID=*) cat {d}/journal-${{a#_PID=}} 2>/dev/null ;; esac; done"));
+        std::fs::write(dir.path().join("syslog"), syslog).unwrap();
+        let units: Vec<String> = ["chattyd.service", "quietd.service", "silentd.service"].iter().map(|s| s.to_string()).collect();
+        let script = services_log_script_reading(&units, &format!("{d}/syslog"));
+        let output = Command::new("sh").arg("-c").arg(&script).env("PATH", format!("{d}:/usr/bin:/bin")).output().unwrap();
+        for (_, child) in &mut children {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    #[test]
+    fn a_service_with_journal_lines_missing_from_syslog_is_silent_one_with_none_is_quiet() {
+        let text = run(true, "Dec  6 12:00:01 host chattyd[42]: started\n", &["chattyd", "silentd"]);
+        assert!(text.contains("chattyd.service logs as chattyd\n"), "{text}");
+        assert!(text.contains("QUIET quietd.service (quietd)\n"), "{text}");
+        assert!(text.contains("SILENT silentd.service (silentd)\n"), "{text}");
+        assert!(!text.contains("CANNOT"), "{text}");
+    }
+
+    #[test]
+    fn a_journal_the_check_cannot_read_is_said_so_not_taken_for_quiet_services() {
+        let text = run(false, "", &[]);
+        assert!(text.starts_with("CANNOT read the journal"), "{text}");
+    }
 }
