@@ -85,19 +85,19 @@ pub(super) fn run(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Resul
                 let output = ssh(machine, &script, check.timeout)?;
                 let text = output.stdout_text();
                 let silent: Vec<&str> = text.lines().filter_map(|line| line.strip_prefix("SILENT ")).collect();
-                let cannot: Vec<&str> = text.lines().filter(|line| line.starts_with("CANNOT ")).collect();
+                let cannot: Vec<&str> = text.lines().filter_map(|line| line.strip_prefix("CANNOT ")).collect();
                 if output.status.success() && silent.is_empty() && cannot.is_empty() && text.contains(" logs as ") {
                     return Ok(None);
                 }
                 if !cannot.is_empty() || !output.status.success() || std::time::Instant::now() + Duration::from_secs(3) > deadline {
                     let why = if !cannot.is_empty() {
-                        format!("the check cannot tell a quiet service from a silenced one: {}", cannot.join("; ")).replace("CANNOT ", "")
+                        format!("the check cannot tell a quiet service from a silenced one: it cannot {}", cannot.join("; nor "))
                     } else {
                         format!("running services of the profile whose journal lines since rsyslog started are missing from /var/log/syslog and auth.log: {}", silent.join(", "))
                     };
                     return Err(failed(why, show(&script, &output)));
                 }
-                std::thread::sleep(Duration::from_secs(3));
+                crate::process::pause(Duration::from_secs(3));
             }
         }
         Action::FirstLoginForcedPasswordChange => {
@@ -163,15 +163,15 @@ fn services_log_script_reading(units: &[String], logs: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::services_log_script_reading;
+    use crate::process::{Background, Cmd};
     use std::os::unix::fs::PermissionsExt;
     use std::path::Path;
-    use std::process::{Child, Command};
 
     /// A process whose name (/proc/PID/comm) is `name`: a copy of sleep.
-    fn named_process(dir: &Path, name: &str) -> Child {
+    fn named_process(dir: &Path, name: &str) -> Background {
         let program = dir.join(name);
         std::fs::copy("/bin/sleep", &program).unwrap();
-        Command::new(&program).arg("30").spawn().unwrap()
+        Cmd::new(&program.display().to_string()).arg("30").spawn_background(&dir.join(format!("{name}.log"))).unwrap()
     }
 
     fn stub(dir: &Path, name: &str, body: &str) {
@@ -186,7 +186,7 @@ mod tests {
     /// processes as main PIDs.
     fn run(journal_readable: bool, syslog: &str, with_journal: &[&str]) -> String {
         let dir = tempfile::tempdir().unwrap();
-        let mut children: Vec<(String, Child)> = ["chattyd", "quietd", "silentd"].iter().map(|n| (n.to_string(), named_process(dir.path(), n))).collect();
+        let mut children: Vec<(String, Background)> = ["chattyd", "quietd", "silentd"].iter().map(|n| (n.to_string(), named_process(dir.path(), n))).collect();
         let d = dir.path().display();
         let mut pids = String::new();
         for (name, child) in &children {
@@ -203,12 +203,11 @@ mod tests {
         std::fs::write(dir.path().join("syslog"), syslog).unwrap();
         let units: Vec<String> = ["chattyd.service", "quietd.service", "silentd.service"].iter().map(|s| s.to_string()).collect();
         let script = services_log_script_reading(&units, &format!("{d}/syslog"));
-        let output = Command::new("sh").arg("-c").arg(&script).env("PATH", format!("{d}:/usr/bin:/bin")).output().unwrap();
+        let output = Cmd::new("sh").arg("-c").arg(&script).env("PATH", format!("{d}:/usr/bin:/bin")).run_unchecked().unwrap();
         for (_, child) in &mut children {
-            child.kill().unwrap();
-            child.wait().unwrap();
+            child.kill();
         }
-        String::from_utf8(output.stdout).unwrap()
+        output.stdout_text()
     }
 
     #[test]
