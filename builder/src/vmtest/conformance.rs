@@ -8,6 +8,7 @@ use crate::vmtest::qemu::Machine;
 use crate::vmtest::scenario::{Action, Check};
 use std::collections::BTreeMap;
 
+use crate::ui;
 use crate::vmtest::{failed, guest_ssh, show, CheckEnv, CheckFailure};
 
 /// Runs one check of this family; `Ok(Some(output))` is compared across machines (`differ`).
@@ -82,16 +83,24 @@ pub(super) fn run(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Resul
             // it: a silent service is asked again until the check's time is up.
             let deadline = std::time::Instant::now() + check.timeout;
             loop {
-                let output = ssh(machine, &script, check.timeout)?;
+                let left = deadline.saturating_duration_since(std::time::Instant::now()).max(Duration::from_secs(10));
+                let output = ssh(machine, &script, left)?;
                 let text = output.stdout_text();
                 let silent: Vec<&str> = text.lines().filter_map(|line| line.strip_prefix("SILENT ")).collect();
                 let cannot: Vec<&str> = text.lines().filter_map(|line| line.strip_prefix("CANNOT ")).collect();
-                if output.status.success() && silent.is_empty() && cannot.is_empty() && text.contains(" logs as ") {
+                let logging = text.contains(" logs as ");
+                if output.status.success() && silent.is_empty() && cannot.is_empty() && logging {
+                    let quiet: Vec<&str> = text.lines().filter_map(|line| line.strip_prefix("QUIET ")).collect();
+                    if !quiet.is_empty() {
+                        ui::step(&format!("{}: quiet services (no journal lines since rsyslog started): {}", machine.name, quiet.join(", ")));
+                    }
                     return Ok(None);
                 }
                 if !cannot.is_empty() || !output.status.success() || std::time::Instant::now() + Duration::from_secs(3) > deadline {
                     let why = if !cannot.is_empty() {
                         format!("the check cannot tell a quiet service from a silenced one: it cannot {}", cannot.join("; nor "))
+                    } else if silent.is_empty() {
+                        "no running service of the profile has lines of its own in /var/log/syslog or auth.log".to_string()
                     } else {
                         format!("running services of the profile whose journal lines since rsyslog started are missing from /var/log/syslog and auth.log: {}", silent.join(", "))
                     };
@@ -140,8 +149,10 @@ pub(super) fn parse_sysctl_readings(text: &str) -> BTreeMap<String, String> {
 /// nothing to the journal since rsyslog started (nothing to forward: no
 /// proof either way, and not a failure); otherwise `SILENT <unit> (<name>)`:
 /// the journal has its lines and syslog does not. First a `CANNOT ...`
-/// line if the journal shows the checking user nothing of PID 1 or rsyslog
-/// is not active: either would make every service look quiet.
+/// line if the journal shows the checking user nothing of PID 1, rsyslog
+/// is not active or journalctl fails: each would make services look
+/// quiet. Only the main process's lines count, as only its name is looked
+/// for in syslog (a unit's other programs log under their own names).
 fn services_log_script(units: &[String]) -> String {
     services_log_script_reading(units, "/var/log/syslog /var/log/auth.log")
 }
@@ -149,12 +160,14 @@ fn services_log_script(units: &[String]) -> String {
 fn services_log_script_reading(units: &[String], logs: &str) -> String {
     format!(
         "journalctl -q -o cat -n 1 --no-pager _PID=1 | grep -q . || echo 'CANNOT read the journal: it shows no lines of PID 1'; \
-         since=$(systemctl show -p ActiveEnterTimestamp --value rsyslog.service); [ -n \"$since\" ] || echo 'CANNOT tell when rsyslog started: it is not active'; \
+         systemctl is-active --quiet rsyslog.service || echo 'CANNOT tell what rsyslog missed: it is not active'; \
+         since=$(systemctl show -p ActiveEnterTimestamp --timestamp=unix --value rsyslog.service); \
          for u in {}; do [ \"$(systemctl is-active $u)\" = active ] || continue; \
-         pid=$(systemctl show -p MainPID --value $u); [ \"$pid\" -gt 0 ] || continue; comm=$(cat /proc/$pid/comm); \
+         pid=$(systemctl show -p MainPID --value $u); [ \"$pid\" -gt 0 ] || continue; comm=$(cat /proc/$pid/comm) && [ -n \"$comm\" ] || continue; \
          tag=$comm; [ ${{#comm}} -eq 15 ] && tag=\"$comm[^ :[]*\"; \
          if grep -qE \" $tag(\\[[0-9]+\\])?: \" {logs}; then echo \"$u logs as $comm\"; \
-         elif [ -z \"$(journalctl -q -o cat -n 1 --no-pager _PID=$pid --since \"$since\")\" ]; then echo \"QUIET $u ($comm)\"; \
+         elif ! lines=$(journalctl -q -o cat -n 1 --no-pager _PID=$pid --since \"$since\"); then echo \"CANNOT query the journal for $u since $since\"; \
+         elif [ -z \"$lines\" ]; then echo \"QUIET $u ($comm)\"; \
          else echo \"SILENT $u ($comm)\"; fi; done",
         units.join(" ")
     )
@@ -167,10 +180,11 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
     use std::path::Path;
 
-    /// A process whose name (/proc/PID/comm) is `name`: a copy of sleep.
+    /// A process whose name (/proc/PID/comm) is `name`: sleep, run through
+    /// a symbolic link of that name (comm is the name it was run by).
     fn named_process(dir: &Path, name: &str) -> Background {
         let program = dir.join(name);
-        std::fs::copy("/bin/sleep", &program).unwrap();
+        std::os::unix::fs::symlink("/bin/sleep", &program).unwrap();
         Cmd::new(&program.display().to_string()).arg("30").spawn_background(&dir.join(format!("{name}.log"))).unwrap()
     }
 
@@ -184,7 +198,7 @@ mod tests {
     /// journal of each PID is a file `journal-<pid>` (PID 1's unless
     /// `journal_readable` is false), every unit is active with the stub
     /// processes as main PIDs.
-    fn run(journal_readable: bool, syslog: &str, with_journal: &[&str]) -> String {
+    fn run(journal_readable: bool, journal_broken: bool, syslog: &str, with_journal: &[&str]) -> String {
         let dir = tempfile::tempdir().unwrap();
         let mut children: Vec<(String, Background)> = ["chattyd", "quietd", "silentd"].iter().map(|n| (n.to_string(), named_process(dir.path(), n))).collect();
         let d = dir.path().display();
@@ -198,8 +212,11 @@ mod tests {
         if journal_readable {
             std::fs::write(dir.path().join("journal-1"), "systemd line\n").unwrap();
         }
-        stub(dir.path(), "systemctl", &format!("case \"$*\" in is-active*) echo active ;; *rsyslog*) echo 'Sun 2026-12-06 12:00:00 UTC' ;; {pids} esac"));
-        stub(dir.path(), "journalctl", &format!("for a; do case $a in _PID=*) cat {d}/journal-${{a#_PID=}} 2>/dev/null ;; esac; done"));
+        stub(dir.path(), "systemctl", &format!("case \"$*\" in is-active*--quiet*) ;; is-active*) echo active ;; *ActiveEnterTimestamp*rsyslog*) echo @1796558400 ;; {pids} esac"));
+        stub(dir.path(), "journalctl", &format!("[ -e {d}/journal-broken ] && exit 1; for a; do case $a in _PID=*) cat {d}/journal-${{a#_PID=}} 2>/dev/null ;; esac; done"));
+        if journal_broken {
+            std::fs::write(dir.path().join("journal-broken"), "").unwrap();
+        }
         std::fs::write(dir.path().join("syslog"), syslog).unwrap();
         let units: Vec<String> = ["chattyd.service", "quietd.service", "silentd.service"].iter().map(|s| s.to_string()).collect();
         let script = services_log_script_reading(&units, &format!("{d}/syslog"));
@@ -212,7 +229,7 @@ mod tests {
 
     #[test]
     fn a_service_with_journal_lines_missing_from_syslog_is_silent_one_with_none_is_quiet() {
-        let text = run(true, "Dec  6 12:00:01 host chattyd[42]: started\n", &["chattyd", "silentd"]);
+        let text = run(true, false, "Dec  6 12:00:01 host chattyd[42]: started\n", &["chattyd", "silentd"]);
         assert!(text.contains("chattyd.service logs as chattyd\n"), "{text}");
         assert!(text.contains("QUIET quietd.service (quietd)\n"), "{text}");
         assert!(text.contains("SILENT silentd.service (silentd)\n"), "{text}");
@@ -221,7 +238,14 @@ mod tests {
 
     #[test]
     fn a_journal_the_check_cannot_read_is_said_so_not_taken_for_quiet_services() {
-        let text = run(false, "", &[]);
+        let text = run(false, false, "", &[]);
         assert!(text.starts_with("CANNOT read the journal"), "{text}");
+    }
+
+    #[test]
+    fn a_journalctl_that_fails_is_said_so_not_taken_for_a_quiet_service() {
+        let text = run(true, true, "Dec  6 12:00:01 host chattyd[42]: started\n", &[]);
+        assert!(text.contains("CANNOT query the journal for quietd.service since @1796558400"), "{text}");
+        assert!(!text.contains("QUIET"), "{text}");
     }
 }
