@@ -82,6 +82,17 @@ pub fn owned_tempdir(parent: &Path, prefix: &str) -> Result<OwnedTempDir> {
     Ok(OwnedTempDir { path, _lock: lock })
 }
 
+/// The owner lock of a work directory `owned_tempdir` made, now held by
+/// the caller, if its owner is gone (a killed run left it); None while a
+/// running rampart holds it, or when it has no lock file (it is made
+/// locked and renamed into view, so that one is being removed).
+pub fn claim_abandoned(dir: &Path) -> Option<File> {
+    let lock = File::open(dir.join(OWNER_LOCK)).ok()?;
+    // SAFETY: flock on a file descriptor we own; dropping it releases the lock.
+    let free = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    free.then_some(lock)
+}
+
 /// Removes `<parent>/<prefix>*` directories whose owner is gone.
 fn remove_abandoned(parent: &Path, prefix: &str) -> Result<()> {
     let Ok(entries) = std::fs::read_dir(parent) else { return Ok(()) };
@@ -90,10 +101,8 @@ fn remove_abandoned(parent: &Path, prefix: &str) -> Result<()> {
         if !name.starts_with(prefix) || !entry.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
-        let Ok(lock) = File::open(entry.path().join(OWNER_LOCK)) else { continue };
-        // SAFETY: flock on a file descriptor we own.
-        let free = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-        if free {
+        // Held while it is removed: another run that looks now finds it owned.
+        if let Some(_lock) = claim_abandoned(&entry.path()) {
             crate::ui::step(&format!("removing {}, left behind by an interrupted run", entry.path().display()));
             std::fs::remove_dir_all(entry.path()).with_context(|| format!("while removing {}", entry.path().display()))?;
         }

@@ -1303,19 +1303,9 @@ fn build_stopped_or_killed_during_mmdebstrap_leaves_nothing_and_the_next_build_s
     // directory a running build holds (another test's, beside this one) is
     // not left: only one whose owner lock nobody holds is.
     let in_memory: Vec<String> = std::fs::read_dir("/dev/shm")
-        .map(|d| d.map(|e| e.unwrap().path()).filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(".rampart-") && !held_by_a_running_rampart(p)).map(|p| p.display().to_string()).collect())
+        .map(|d| d.map(|e| e.unwrap().path()).filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(".rampart-") && rampart::fsutil::claim_abandoned(p).is_some()).map(|p| p.display().to_string()).collect())
         .unwrap_or_default();
     assert!(in_memory.is_empty(), "scratch left in /dev/shm: {in_memory:?}");
-}
-
-/// Whether a rampart work directory's owner lock (`.rampart-owner`, flock)
-/// is held: a running rampart's directory. Every such directory has the
-/// lock from its birth (it is made under another name and renamed into
-/// view), so one whose lock file is gone is being removed by its owner.
-fn held_by_a_running_rampart(dir: &Path) -> bool {
-    let Ok(lock) = std::fs::File::open(dir.join(".rampart-owner")) else { return true };
-    // SAFETY: flock on a file descriptor we own; closing it releases the lock.
-    unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB) != 0 }
 }
 
 #[test]
