@@ -1,10 +1,13 @@
 //! Logging control (seed step 8, "System Logging"): rsyslog reads its
 //! configuration from the read-only configuration partition, so logging
 //! cannot be quietly reconfigured on the box; journald keeps a persistent
-//! journal and hands every message to rsyslog; with `logging.remote`, every
-//! message also goes to the remote log host over TCP through a disk-assisted
-//! queue, so nothing is lost while that host is down. The image's own
-//! `rsyslogd -N1` checks the configuration at build time.
+//! journal and hands every message to rsyslog over the syslog socket (CIS
+//! 6.1.3.3), except at boot, before rsyslog reads that socket: what does not
+//! fit in it stays in the journal only, and journald reports how many
+//! (`Forwarding to syslog missed N messages.`); with `logging.remote`, every
+//! message rsyslog has also goes to the remote log host over TCP through a
+//! disk-assisted queue, so nothing is lost while that host is down. The
+//! image's own `rsyslogd -N1` checks the configuration at build time.
 
 use anyhow::{bail, Result};
 use serde_json::json;
@@ -85,6 +88,7 @@ ExecStart=/usr/sbin/rsyslogd -n -iNONE -f {}
 fn journald_dropin(profile: &Profile) -> String {
     format!(
         "# rampart: [logging]: a persistent journal of at most {mib} MiB, every message handed to rsyslog
+# (at boot, what overflows the syslog socket before rsyslog reads it stays in the journal only)
 [Journal]
 Storage=persistent
 Compress=yes
