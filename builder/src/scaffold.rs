@@ -149,7 +149,7 @@ pub fn create(dir: &Path, name: &str, base: &str) -> Result<Created> {
     }
     std::fs::create_dir_all(dir.join("vm-tests")).with_context(|| format!("while making {}", dir.join("vm-tests").display()))?;
     write_atomic(&profile, profile_text(name, base).as_bytes())?;
-    let written = write_atomic(&scenario, scenario_text(name).as_bytes()).map_err(anyhow::Error::from).and_then(|()| {
+    let written = write_atomic(&scenario, scenario_text(name).as_bytes()).and_then(|()| {
         crate::profile::load(&profile).with_context(|| format!("the new {} does not load", profile.display()))?;
         crate::vmtest::scenario::load(&scenario).with_context(|| format!("the new {} does not load", scenario.display()))?;
         Ok(())

@@ -306,7 +306,7 @@ pub fn patch_medium_applies(machine: &mut Machine, check: &Check, env: &CheckEnv
         short,
     )?;
     let counts: Vec<&str> = logged.lines().take(3).collect();
-    if counts.len() != 3 || counts.iter().any(|c| *c == "0") {
+    if counts.len() != 3 || counts.contains(&"0") {
         return Err(failed("the patch is not in the journal, the audit log and syslog (counts: journal, audit, auth.log)", logged));
     }
     // And at the remote log host, when the profile forwards to the lab's.
