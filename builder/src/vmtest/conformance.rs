@@ -80,8 +80,10 @@ pub(super) fn run(machine: &mut Machine, check: &Check, env: &CheckEnv) -> Resul
             units.dedup();
             let script = services_log_script(&units);
             // rsyslog writes a forwarded line a moment after the journal has
-            // it: a silent service is asked again until the check's time is up.
-            let deadline = std::time::Instant::now() + check.timeout;
+            // it, and journald reports the lines it could not forward at most
+            // every 30 s: a silent service is asked again until the check's
+            // time is up, and that is never less than 90 s.
+            let deadline = std::time::Instant::now() + check.timeout.max(Duration::from_secs(90));
             loop {
                 let left = deadline.saturating_duration_since(std::time::Instant::now()).max(Duration::from_secs(10));
                 let output = ssh(machine, &script, left)?;
@@ -154,7 +156,8 @@ pub(super) fn parse_sysctl_readings(text: &str) -> BTreeMap<String, String> {
 /// the journal has its lines and syslog does not.
 ///
 /// The boundary is rsyslog's start, to the microsecond, or journald's last
-/// report that it could not hand messages to rsyslog, if later: at boot,
+/// report that it could not hand messages to rsyslog, if later (journald's
+/// own lines, `_TRANSPORT=driver`, which no client can write): at boot,
 /// journald fills the syslog socket before rsyslog reads it, drops what does
 /// not fit (`Forwarding to syslog missed N messages.`, reported at most
 /// every 30 s) and keeps it in the journal. A `MISSED <time> <count>` line
@@ -178,7 +181,7 @@ fn services_log_script_reading(units: &[String], logs: &str) -> String {
          systemctl is-active --quiet rsyslog.service || echo 'CANNOT tell what rsyslog missed: it is not active'; \
          started=$(systemctl show -p ActiveEnterTimestamp --timestamp=us+utc --value rsyslog.service); \
          since=$([ -n \"$started\" ] && date -u -d \"$started\" +%s.%6N) || echo \"CANNOT tell when rsyslog started: '$started'\"; \
-         missed=$(journalctl -b -q -o short-unix --no-pager _COMM=systemd-journal | grep -F 'Forwarding to syslog missed' | awk '{{n += $(NF-1); t = $1}} END {{if (NR) print t, n}}'); \
+         missed=$(journalctl -b -q -o short-unix --no-pager _TRANSPORT=driver | grep -F 'Forwarding to syslog missed' | awk '{{n += $(NF-1); t = $1}} END {{if (NR) print t, n}}'); \
          if [ -n \"$missed\" ]; then echo \"MISSED $missed\"; since=$(printf '%s\\n%s\\n' \"$since\" \"${{missed%% *}}\" | sort -g | tail -n 1); fi; \
          probe=\"rampart-services-log-$(cat /proc/sys/kernel/random/boot_id)\"; \
          if ! grep -qF \"$probe\" {logs}; then logger -t rampart-check \"$probe\"; sleep 2; grep -qF \"$probe\" {logs} || echo \"SILENT a line sent with logger ($probe)\"; fi; \
@@ -258,7 +261,7 @@ mod tests {
             dir.path(),
             "journalctl",
             &format!(
-                "[ -e {d}/journal-broken ] && exit 1; since=0; file=; while [ $# -gt 0 ]; do case $1 in --since) since=${{2#@}}; shift ;; _PID=*) file={d}/journal-${{1#_PID=}} ;; _COMM=systemd-journal) file={d}/journal-journald ;; esac; shift; done; \
+                "[ -e {d}/journal-broken ] && exit 1; since=0; file=; while [ $# -gt 0 ]; do case $1 in --since) since=${{2#@}}; shift ;; _PID=*) file={d}/journal-${{1#_PID=}} ;; _TRANSPORT=driver) file={d}/journal-journald ;; esac; shift; done; \
                  [ -e \"$file\" ] && awk -v s=\"$since\" '$1 >= s + 0' \"$file\"; true"
             ),
         );
